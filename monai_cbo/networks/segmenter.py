@@ -1,0 +1,172 @@
+"""The trainable prompt-driven segmenter: image batch + prompts in, mask logits per prompt out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "SamSegmenter", "SegmenterOutput"]
+
+# segment-anything's ImageNet statistics, for images on a 0..255 scale.
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+Prompt = torch.Tensor | Sequence[torch.Tensor] | None
+
+
+class SegmenterOutput(NamedTuple):
+    """``masks``: logits [B, P, M, H, W] (M = 1, or 3 with ``multimask_output``), at the model input size
+    unless ``output_size`` says otherwise; ``iou``: SAM's IoU prediction [B, P, M]. With prompts given as
+    lists (a different number per image), both are lists of [P_b, ...] tensors."""
+
+    masks: torch.Tensor | list[torch.Tensor]
+    iou: torch.Tensor | list[torch.Tensor]
+
+
+def _per_image(prompt: Prompt, batch: int, what: str) -> list[torch.Tensor | None]:
+    if prompt is None:
+        return [None] * batch
+    if len(prompt) != batch:
+        raise ValueError(f"{what} has {len(prompt)} entries for a batch of {batch} images")
+    return list(prompt)
+
+
+class SamSegmenter(nn.Module):
+    """SAM's image encoder, prompt encoder and mask decoder as one trainable module.
+
+    Unlike ``segment_anything.Sam.forward`` there is no ``no_grad`` anywhere, so gradients reach the
+    encoder's PEFT modules. The image embedding is computed once per image, however many prompts it has.
+
+    Conventions: images are [B, 3, S, S] with S = ``img_size`` (1024 for SAM ViT, 256 for LiteMedSAM),
+    intensities in [0, 1]. Prompts are in input-pixel coordinates with SAM's order: boxes XYXY =
+    (x_min, y_min, x_max, y_max), points (x, y) = (column, row), labels 1 foreground / 0 background.
+
+    Args:
+        image_encoder, prompt_encoder, mask_decoder: SAM-family modules.
+        img_size: the square input size S the encoder expects.
+        model_name: registry name, recorded in adapter checkpoints.
+        pixel_mean, pixel_std: if given, images are scaled to 0..255 and normalised with these (SAM
+            ViT weights); otherwise the [0, 1] image goes in as is (LiteMedSAM, MedSAM).
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        img_size: int,
+        model_name: str,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if (pixel_mean is None) != (pixel_std is None):
+            raise ValueError("give both pixel_mean and pixel_std, or neither")
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.img_size = int(img_size)
+        self.model_name = model_name
+        self.peft_config = None
+        self.normalize = pixel_mean is not None
+        if self.normalize:
+            self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1) / 255.0, False)
+            self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1) / 255.0, False)
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the decoder's low-resolution masks (and of mask prompts): 4 x the embedding grid."""
+        return 4 * self.prompt_encoder.image_embedding_size[0]
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Image embeddings [B, C, h, w] of images [B, 3, S, S] in [0, 1]."""
+        if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != (self.img_size, self.img_size):
+            raise ValueError(
+                f"model {self.model_name!r} takes images of shape [B, 3, {self.img_size}, {self.img_size}], got "
+                f"{list(image.shape)}; resize the longest side to {self.img_size} and pad (see "
+                "monai_cbo.transforms)"
+            )
+        if self.normalize:
+            image = (image - self.pixel_mean) / self.pixel_std
+        return self.image_encoder(image)
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        boxes: Prompt = None,
+        points: Prompt = None,
+        point_labels: Prompt = None,
+        mask_inputs: Prompt = None,
+        multimask_output: bool = False,
+        output_size: int | tuple[int, int] | None = None,
+    ) -> SegmenterOutput:
+        """Decode masks for each image's prompts from precomputed ``embeddings`` [B, C, h, w].
+
+        Prompts per image b: ``boxes[b]`` [P, 4]; ``points[b]`` [P, N, 2] with ``point_labels[b]`` [P, N];
+        ``mask_inputs[b]`` [P, 1, L, L] low-resolution mask logits (L = :attr:`low_res_size`). Give them as
+        batched tensors (same P for every image) or as lists. Every given prompt type must have the same P
+        for an image; boxes and points combine into one prompt.
+        """
+        batch = embeddings.shape[0]
+        as_list = any(isinstance(p, (list, tuple)) for p in (boxes, points, point_labels, mask_inputs))
+        if boxes is None and points is None and mask_inputs is None:
+            raise ValueError("give at least one prompt: boxes, points (with point_labels) or mask_inputs")
+        if (points is None) != (point_labels is None):
+            raise ValueError("points and point_labels go together")
+        per = [_per_image(p, batch, n) for p, n in ((boxes, "boxes"), (points, "points"),
+                                                     (point_labels, "point_labels"), (mask_inputs, "mask_inputs"))]
+        size = self.img_size if output_size is None else output_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        dense_pe = self.prompt_encoder.get_dense_pe()
+        masks, ious = [], []
+        for b, (box, pts, lab, msk) in enumerate(zip(*per, strict=True)):
+            counts = {t.shape[0] for t in (box, pts, lab, msk) if t is not None}
+            if len(counts) != 1:
+                raise ValueError(f"image {b}: prompt types disagree on the number of prompts ({sorted(counts)})")
+            if next(iter(counts)) == 0:
+                n_out = 3 if multimask_output else 1
+                masks.append(embeddings.new_zeros(0, n_out, *size))
+                ious.append(embeddings.new_zeros(0, n_out))
+                continue
+            if box is not None:
+                if box.ndim != 2 or box.shape[-1] != 4:
+                    raise ValueError(f"image {b}: boxes must be [P, 4] XYXY, got {list(box.shape)}")
+                box = box.to(embeddings.device, torch.float32)
+            point_pair = None
+            if pts is not None:
+                point_pair = (pts.to(embeddings.device, torch.float32), lab.to(embeddings.device))
+            if msk is not None:
+                msk = msk.to(embeddings.device, embeddings.dtype)
+            sparse, dense = self.prompt_encoder(points=point_pair, boxes=box, masks=msk)
+            low_res, iou = self.mask_decoder(
+                image_embeddings=embeddings[b : b + 1],
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+            if tuple(low_res.shape[-2:]) != size:
+                low_res = F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
+            masks.append(low_res)
+            ious.append(iou)
+        if as_list:
+            return SegmenterOutput(masks, ious)
+        return SegmenterOutput(torch.stack(masks), torch.stack(ious))
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        boxes: Prompt = None,
+        points: Prompt = None,
+        point_labels: Prompt = None,
+        mask_inputs: Prompt = None,
+        multimask_output: bool = False,
+        output_size: int | tuple[int, int] | None = None,
+    ) -> SegmenterOutput:
+        """Encode ``image`` [B, 3, S, S] once and decode every prompt; see :meth:`decode`."""
+        return self.decode(self.encode(image), boxes, points, point_labels, mask_inputs,
+                           multimask_output, output_size)

@@ -1,0 +1,35 @@
+"""Parameter-efficient fine-tuning with cross-block orchestration (CBO).
+
+``config`` (PeftConfig, presets), ``layers`` (LoRA-qkv and AdaptFormer wrappers), ``orchestration``
+(shared C / S tensors, per-slot quaternion heads), ``inject`` (find blocks, wrap, freeze, count),
+``state`` (adapter-only checkpoints).
+"""
+
+from __future__ import annotations
+
+from .config import PRESETS, PeftConfig
+from .inject import apply_peft, count_parameters, find_attention_blocks, optimizer_param_groups
+from .layers import AdapterMLP, LoraQKV, PeftLayer
+from .orchestration import CBOSlot, CrossBlockOrchestrator, QuaternionLinear, hamilton_weight
+from .state import adapter_state_dict, load_adapter, load_segmenter, read_adapter, save_adapter
+
+__all__ = [
+    "PRESETS",
+    "AdapterMLP",
+    "CBOSlot",
+    "CrossBlockOrchestrator",
+    "LoraQKV",
+    "PeftConfig",
+    "PeftLayer",
+    "QuaternionLinear",
+    "adapter_state_dict",
+    "apply_peft",
+    "count_parameters",
+    "find_attention_blocks",
+    "hamilton_weight",
+    "load_adapter",
+    "load_segmenter",
+    "optimizer_param_groups",
+    "read_adapter",
+    "save_adapter",
+]

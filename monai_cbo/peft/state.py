@@ -1,0 +1,133 @@
+"""Adapter-only checkpoints: exactly the trained parameters, with the config that made them.
+
+A checkpoint is a ``torch.save`` dict that loads with ``weights_only=True``::
+
+    {"format": "monai_cbo.adapter", "format_version": 1, "model_name": "litemedsam",
+     "peft_config": {...PeftConfig fields...}, "state_dict": {name: tensor}, "metadata": {...}}
+
+It goes onto a freshly built pretrained model of the same name with the same config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..utils import write_atomic
+from .config import PeftConfig
+from .inject import apply_peft
+
+__all__ = ["adapter_state_dict", "load_adapter", "load_segmenter", "read_adapter", "save_adapter"]
+
+FORMAT = "monai_cbo.adapter"
+FORMAT_VERSION = 1
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trained parameters (those with ``requires_grad``), detached, on the CPU."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(
+    model: nn.Module, path: str | Path, overwrite: bool = False, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model``'s trained parameters and PEFT config to ``path`` atomically.
+
+    Raises:
+        ValueError: the model has no PEFT config (call :func:`~monai_cbo.peft.apply_peft` first).
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    config: PeftConfig | None = getattr(model, "peft_config", None)
+    if config is None:
+        raise ValueError("the model has no peft_config; apply a preset with monai_cbo.peft.apply_peft first")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "monai_cbo_version": __version__,
+        "model_name": model.model_name,
+        "peft_config": config.to_dict(),
+        "state_dict": adapter_state_dict(model),
+        "metadata": dict(metadata or {}),
+    }
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp), overwrite)
+
+
+def read_adapter(path: str | Path) -> dict[str, Any]:
+    """Read and validate an adapter checkpoint (``weights_only=True``: no code in the file can run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter checkpoint {path} does not exist; pass the path written by training")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cannot read adapter checkpoint {path}: {err.__class__.__name__}: {str(err).splitlines()[0]}. "
+            "It is corrupt, truncated, or holds objects other than tensors and plain values (refused for "
+            "safety); use a checkpoint written by monai_cbo.peft.save_adapter"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a monai_cbo adapter checkpoint (no format={FORMAT!r} field)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {payload['format_version']}; upgrade monai_cbo to read it")
+    return payload
+
+
+def _config_mismatch(saved: PeftConfig, current: PeftConfig) -> list[str]:
+    a, b = saved.to_dict(), current.to_dict()
+    return [f"{k}: checkpoint has {a[k]!r}, model has {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load an adapter checkpoint into ``model`` (already built and PEFT-wrapped with the same config).
+
+    Raises:
+        ValueError: the checkpoint was made for another model or config (the message names each field
+            that differs), or its tensors do not match the model's trained parameters.
+    """
+    return _apply_payload(model, read_adapter(path), path)
+
+
+def _apply_payload(model: nn.Module, payload: dict[str, Any], path: str | Path) -> nn.Module:
+    if payload["model_name"] != model.model_name:
+        raise ValueError(
+            f"adapter {path} was trained on model {payload['model_name']!r}, not {model.model_name!r}; "
+            f"build the model with --model {payload['model_name']}"
+        )
+    current: PeftConfig | None = getattr(model, "peft_config", None)
+    if current is None:
+        raise ValueError(f"apply the checkpoint's PEFT config before loading {path} (or use load_segmenter)")
+    saved = PeftConfig.from_dict(payload["peft_config"])
+    diff = _config_mismatch(saved, current)
+    if diff:
+        raise ValueError(f"adapter {path} does not match the model's PEFT config: " + "; ".join(diff))
+    state = payload["state_dict"]
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    wrong = sorted(n for n in expected & set(state) if state[n].shape != params[n].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"adapter {path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shape {wrong[:3]}"
+        )
+    with torch.no_grad():
+        for name in expected:
+            params[name].copy_(state[name])
+    return model
+
+
+def load_segmenter(path: str | Path, checkpoint: str | Path | None = None) -> nn.Module:
+    """Build the pretrained model named in an adapter checkpoint, apply its config and load it.
+
+    ``checkpoint`` is the base model's weights file (needed for SAM ViT models; LiteMedSAM's are packaged).
+    """
+    from ..networks import build_model
+
+    payload = read_adapter(path)
+    model = build_model(payload["model_name"], checkpoint=checkpoint)
+    apply_peft(model, PeftConfig.from_dict(payload["peft_config"]))
+    return _apply_payload(model, payload, path)
