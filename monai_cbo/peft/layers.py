@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import LORA_B_INITS, choose
+from .orchestration import CBOSlot
 
 __all__ = ["AdapterMLP", "LoraQKV", "PeftLayer"]
 
@@ -80,10 +82,17 @@ class LoraQKV(PeftLayer):
         self.register_buffer("q_index", torch.as_tensor(q_index, dtype=torch.long), persistent=False)
         self.register_buffer("v_index", torch.as_tensor(v_index, dtype=torch.long), persistent=False)
 
+    @staticmethod
+    def _path(x: torch.Tensor, down: nn.Linear, slot: nn.Module, up: nn.Linear) -> torch.Tensor:
+        h = down(x)
+        if isinstance(slot, CBOSlot):  # B(h @ M) = h @ (B M^T)^T: the CBO slot costs no per-token work
+            return F.linear(h, up.weight @ slot.matrix().to(up.weight.dtype).T)
+        return up(h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        dq = self.lora_B_q(self.slot_q(self.lora_A_q(x)))
-        dv = self.lora_B_v(self.slot_v(self.lora_A_v(x)))
+        dq = self._path(x, self.lora_A_q, self.slot_q, self.lora_B_q)
+        dv = self._path(x, self.lora_A_v, self.slot_v, self.lora_B_v)
         out = out.index_add(-1, self.q_index, dq.to(out.dtype))
         return out.index_add(-1, self.v_index, dv.to(out.dtype))
 

@@ -137,9 +137,17 @@ class CBOSlot(nn.Module):
     def orchestrator(self) -> CrossBlockOrchestrator:
         return self._orchestrator[0]
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def matrix(self) -> torch.Tensor:
+        """The slot as one V x V matrix M, ``slot(h) = h @ M``: ``diag(mix[:, t] + gamma) @ W_head``.
+
+        Folding the scaling into the head keeps the per-token cost to one small matmul, and lets a
+        following linear layer absorb M entirely (see :class:`~monai_cbo.peft.layers.LoraQKV`).
+        """
         coef = self.orchestrator.mix()[:, self.index] + self.gamma
-        return self.head(h * coef.to(h.dtype))
+        return coef.unsqueeze(1) * self.head.weight()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.matrix().to(h.dtype)
 
     def extra_repr(self) -> str:
         return f"index={self.index}"
