@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .peft.config import PRESETS, choose
 
@@ -50,6 +51,117 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str, n: int, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n:
+        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _load_model(args: argparse.Namespace):
+    from .networks import build_model
+    from .peft import load_segmenter
+
+    if args.adapter:
+        model = load_segmenter(args.adapter, checkpoint=args.checkpoint)
+        if args.model and args.model != model.model_name:
+            raise ValueError(f"--model {args.model} but adapter {args.adapter} was trained on {model.model_name}")
+        return model
+    return build_model(args.model or "litemedsam", checkpoint=args.checkpoint)
+
+
+def _find_cases(args: argparse.Namespace) -> list:
+    from .data.readers import is_dicom_folder
+    from .inferers import Case, KeyPrompt, case_name
+    from .inferers.volume import IMAGE_SUFFIXES
+
+    source = Path(args.input)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist")
+    if source.is_dir() and not is_dicom_folder(source):
+        images = sorted(p for p in source.iterdir()
+                        if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+                        or (p.is_dir() and is_dicom_folder(p)))
+        if not images:
+            raise ValueError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders)")
+    else:
+        images = [source]
+
+    def companion(option: str | None, image: Path, suffixes: tuple[str, ...]) -> Path | None:
+        if option is None:
+            return None
+        path = Path(option)
+        if len(images) == 1 and not path.is_dir():
+            return path
+        if not path.is_dir():
+            raise ValueError(f"{source} is a folder of cases, so {path} must be a folder with one file per case")
+        for suffix in suffixes:  # same name as the image, or the case name with another suffix
+            for candidate in (path / image.name, path / f"{case_name(image)}{suffix}"):
+                if candidate.exists():
+                    return candidate
+        return path / f"{case_name(image)}{suffixes[0]}"  # missing: reported for this case only
+
+    cases = []
+    for image in images:
+        key = None
+        if args.key_slice is not None:
+            key = KeyPrompt(args.key_slice, args.box, args.label_value)
+        cases.append(Case(image=image, label=companion(args.label, image, IMAGE_SUFFIXES),
+                          prompt_file=companion(args.prompts, image, (".json",)), key=key))
+    return cases
+
+
+def _print_summary(results: list, out_dir: Path) -> int:
+    failed = [r for r in results if r.error]
+    print(f"\n{len(results) - len(failed)} of {len(results)} case(s) segmented; masks in {out_dir}")
+    rows = [(r.name, m) for r in results for m in r.metrics]
+    if rows:
+        print("Dice per case and class (prompts from the label, the benchmark protocol):")
+        for name, m in rows:
+            print(f"  {name}  class {m['class']}: Dice {m['dice']:.3f}  HD95 {m['hd95']:.1f} mm  NSD {m['nsd']:.3f}")
+    for r in failed:
+        print(f"FAILED {r.name}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .inferers import Preprocess, SliceWiseInferer, segment_cases
+    from .metrics import MetricsTable
+
+    if args.key_slice is not None and args.box is None:
+        raise ValueError("--key-slice needs --box i0,j0,i1,j1 (voxel indices on that slice)")
+    cases = _find_cases(args)
+    pre = Preprocess(args.modality, tuple(args.window), args.channels, args.slice_axis)
+    inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
+    out_dir = Path(args.output)
+    results = segment_cases(inferer, cases, out_dir, pre, overwrite=args.overwrite, verbose=True)
+    scored = [r for r in results if r.metrics]
+    if scored:
+        table = MetricsTable()
+        for r in scored:
+            table.add(r.name, r.metrics)
+        table.write_csv(out_dir / "metrics.csv", overwrite=args.overwrite)
+    return _print_summary(results, out_dir)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .data.demo import write_demo_dataset
+    from .inferers import Case, SliceWiseInferer, segment_cases
+    from .networks import build_model
+
+    out = Path(args.out)
+    data = write_demo_dataset(out / "data", num_cases=args.cases, seed=args.seed)
+    print(f"demo data (synthetic CT, spleen-like organ = label 1): {data}")
+    cases = [Case(image=p, label=data / "labelsTr" / p.name) for p in sorted((data / "imagesTr").glob("*.nii.gz"))]
+    inferer = SliceWiseInferer(build_model("litemedsam"))
+    print("zero-shot LiteMedSAM, a ground-truth box on every slice of the organ ...", flush=True)
+    results = segment_cases(inferer, cases, out / "masks", overwrite=True, verbose=True)
+    return _print_summary(results, out / "masks")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .networks.builders import MODELS
 
@@ -82,11 +194,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="autocast (mixed precision)")
     p.add_argument("--skip-encoder", action="store_true", help="do not time the encoder alone")
     p.set_defaults(func=_cmd_speed)
+
+    p = sub.add_parser("segment", help="segment a volume or a folder of volumes with prompts; writes NIfTI masks",
+                       description="Slice-wise prompted segmentation. Masks are written as OUT/<case>_seg.nii.gz "
+                                   "in the input's geometry. A bad case is reported and the others still run "
+                                   "(exit code 1 if any failed).")
+    p.add_argument("input", help="image file (.nii/.nii.gz/.nrrd/.mha), DICOM series folder, or a folder of them")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--label", help="label map (or folder of them): a box per slice and class, and Dice scores")
+    src.add_argument("--prompts", "--boxes3d", dest="prompts",
+                     help="prompt JSON (or folder of <case>.json): 3D boxes, key boxes, points; see "
+                          "monai_cbo.inferers.prompts")
+    src.add_argument("--key-slice", type=int, help="slice index of one box to propagate (with --box)")
+    p.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="i0,j0,i1,j1 voxel box on the key slice")
+    p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-slice")
+    p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
+    p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
+    p.add_argument("--adapter", help="adapter checkpoint written by training")
+    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri"])
+    p.add_argument("--window", type=lambda t: _floats(t, 2, "--window"), default=[-500.0, 1000.0],
+                   help="CT window lo,hi in HU (default -500,1000)")
+    p.add_argument("--channels", type=lambda t: [int(c) for c in t.split(",")], default=None,
+                   help="input channels to use, e.g. 0,1,3")
+    p.add_argument("--slice-axis", type=lambda t: t if t == "auto" else int(t), default="auto",
+                   help="stored voxel axis to slice along (default auto: axial)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default 1 on CPU, 8 on CUDA)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
+    p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("demo", help="generate a synthetic CT case and segment it zero-shot with LiteMedSAM",
+                       description="Runs on a fresh machine with no data and no internet.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--cases", type=int, default=1, help="number of synthetic cases (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .utils import keep_freed_memory
+
     args = _parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -1,0 +1,167 @@
+"""Prompt sources for slice-wise inference, all per class.
+
+Volumes here are ``[H, W, D]`` with the slicing axis last (see :mod:`monai_cbo.inferers.slicewise`).
+
+* :func:`prompts_from_label`: a box per slice from a label map (the benchmark protocol).
+* :func:`read_prompt_file` + :func:`prompts_from_spec`: a JSON file of per-class 3D boxes, key-slice boxes
+  and points, in voxel indices or world millimetres (RAS).
+
+Prompt file format (``coordinates`` is ``"voxel"`` (default) or ``"world"``; voxel triples index the
+image array's axes (i, j, k) as stored, world triples are RAS mm)::
+
+    {"coordinates": "voxel",
+     "prompts": [
+        {"label": 1, "box3d": [i0, j0, k0, i1, j1, k1]},          # a box on every slice it spans
+        {"label": 2, "key_box": [i0, j0, k0, i1, j1, k1]},        # a box on one slice, propagated outwards
+        {"label": 3, "points": [[i, j, k], ...], "point_labels": [1, 0, ...]}
+     ]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+
+from .slicewise import Prompt2D, mask_box
+
+__all__ = ["PromptSpec", "prompts_from_label", "prompts_from_spec", "read_prompt_file"]
+
+
+def prompts_from_label(
+    label: np.ndarray, classes: Sequence[int] | None = None, min_pixels: int = 1
+) -> dict[int, dict[int, Prompt2D]]:
+    """Tight box of each class on every slice where it has at least ``min_pixels`` pixels.
+
+    ``label`` is an integer map [H, W, D]; ``classes`` defaults to every non-zero value present.
+    """
+    label = np.asarray(label)
+    if label.ndim != 3:
+        raise ValueError(f"label must be a 3D map [H, W, D], got shape {label.shape}")
+    label = np.rint(label).astype(np.int64)
+    if classes is None:
+        classes = [int(c) for c in np.unique(label) if c != 0]
+    prompts: dict[int, dict[int, Prompt2D]] = {}
+    for cls in classes:
+        mask = label == cls
+        per_slice = {}
+        for z in np.flatnonzero(mask.sum(axis=(0, 1)) >= min_pixels):
+            per_slice[int(z)] = Prompt2D(box=mask_box(mask[..., z]))
+        prompts[int(cls)] = per_slice
+    return prompts
+
+
+@dataclass
+class PromptSpec:
+    """Prompts of a prompt file, in voxel indices of the volume as sliced (slicing axis last).
+
+    ``boxes3d``: class -> [6] (i0, j0, k0, i1, j1, k1), inclusive; ``key_boxes``: class -> (k, box XYXY);
+    ``points``: class -> {k: (points [N, 2] (x, y), labels [N])}.
+    """
+
+    boxes3d: dict[int, np.ndarray]
+    key_boxes: dict[int, tuple[int, np.ndarray]]
+    points: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]]
+
+
+def _to_voxels(coords: np.ndarray, coordinates: str, affine: np.ndarray) -> np.ndarray:
+    """[N, 3] coordinates -> voxel indices of the stored array (float)."""
+    if coordinates == "voxel":
+        return coords.astype(np.float64)
+    inv = np.linalg.inv(affine)
+    return coords @ inv[:3, :3].T + inv[:3, 3]
+
+
+def _box_voxels(box: Sequence[float], coordinates: str, affine: np.ndarray) -> np.ndarray:
+    lo, hi = np.asarray(box[:3], dtype=np.float64), np.asarray(box[3:], dtype=np.float64)
+    corners = np.array([np.where(np.array(p) == 1, hi, lo) for p in product((0, 1), repeat=3)])
+    vox = _to_voxels(corners, coordinates, affine)
+    return np.concatenate([vox.min(axis=0), vox.max(axis=0)])
+
+
+def read_prompt_file(path: str | Path, affine: np.ndarray, shape: Sequence[int], slice_axis: int) -> PromptSpec:
+    """Read a prompt JSON (see the module docstring) into voxel prompts of a volume sliced along ``slice_axis``.
+
+    Boxes are clipped to the volume; a box or point wholly outside it is a ValueError naming the file, the
+    entry and the volume's extent.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompt file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"prompt file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
+        raise ValueError(f"prompt file {path} needs a 'prompts' list; see monai_cbo.inferers.prompts for the format")
+    coordinates = data.get("coordinates", "voxel")
+    if coordinates not in ("voxel", "world"):
+        raise ValueError(f"prompt file {path}: coordinates must be 'voxel' or 'world', got {coordinates!r}")
+    shape = np.asarray([int(v) for v in shape[:3]])
+    extent = tuple(shape.tolist())
+    order = [a for a in range(3) if a != slice_axis] + [slice_axis]  # stored axes -> sliced (i, j, k)
+    spec = PromptSpec({}, {}, {})
+    for n, entry in enumerate(data["prompts"]):
+        where = f"prompt file {path}, entry {n}"
+        try:
+            cls = int(entry["label"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: needs an integer 'label'") from None
+        if cls < 1:
+            raise ValueError(f"{where}: label must be >= 1 (0 is background), got {cls}")
+        kinds = [k for k in ("box3d", "key_box", "points") if k in entry]
+        if len(kinds) != 1:
+            raise ValueError(f"{where}: give exactly one of 'box3d', 'key_box', 'points', got {kinds}")
+        kind = kinds[0]
+        if kind in ("box3d", "key_box"):
+            box = entry[kind]
+            if len(box) != 6:
+                raise ValueError(f"{where}: {kind} needs 6 numbers (i0, j0, k0, i1, j1, k1), got {box}")
+            vox = _box_voxels(box, coordinates, affine)
+            lo, hi = np.maximum(np.floor(vox[:3] + 0.5), 0), np.minimum(np.floor(vox[3:] + 0.5), shape - 1)
+            if np.any(lo > hi):
+                raise ValueError(
+                    f"{where}: {kind} {box} ({coordinates}) lies outside the volume of shape {extent}"
+                )
+            lo, hi = lo[order], hi[order]
+            if kind == "box3d":
+                spec.boxes3d[cls] = np.concatenate([lo, hi]).astype(int)
+            else:
+                k = int(round((lo[2] + hi[2]) / 2))  # a thick key box starts from its middle slice
+                # 2D box in SAM order on slice k: x = column (j), y = row (i)
+                spec.key_boxes[cls] = (k, np.array([lo[1], lo[0], hi[1], hi[0]], dtype=np.float32))
+        else:
+            pts = np.asarray(entry["points"], dtype=np.float64).reshape(-1, 3)
+            labels = np.asarray(entry.get("point_labels", [1] * len(pts)), dtype=np.int64)
+            if len(labels) != len(pts):
+                raise ValueError(f"{where}: {len(pts)} points but {len(labels)} point_labels")
+            vox = np.floor(_to_voxels(pts, coordinates, affine) + 0.5)
+            inside = np.all((vox >= 0) & (vox < shape), axis=1)
+            if not inside.all():
+                raise ValueError(f"{where}: points {pts[~inside].tolist()} lie outside the volume of shape {extent}")
+            vox = vox[:, order]
+            per_slice = spec.points.setdefault(cls, {})
+            for k in np.unique(vox[:, 2]).astype(int):
+                sel = vox[:, 2] == k
+                per_slice[int(k)] = (vox[sel][:, [1, 0]].astype(np.float32), labels[sel])
+    return spec
+
+
+def prompts_from_spec(spec: PromptSpec) -> dict[int, dict[int, Prompt2D]]:
+    """Per-slice prompts of a spec's 3D boxes and points (key boxes are propagated by the caller)."""
+    prompts: dict[int, dict[int, Prompt2D]] = {}
+    for cls, box in spec.boxes3d.items():
+        i0, j0, k0, i1, j1, k1 = box.tolist()
+        prompts.setdefault(cls, {}).update(
+            {k: Prompt2D(box=np.array([j0, i0, j1, i1], dtype=np.float32)) for k in range(k0, k1 + 1)}
+        )
+    for cls, per_slice in spec.points.items():
+        for k, (pts, labels) in per_slice.items():
+            old = prompts.setdefault(cls, {}).get(k)
+            prompts[cls][k] = Prompt2D(box=None if old is None else old.box, points=pts, point_labels=labels)
+    return prompts
+

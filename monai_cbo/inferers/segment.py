@@ -1,0 +1,151 @@
+"""Segment one case or a batch of cases: prompts from a label, a prompt file or a key slice; NIfTI out.
+
+A batch never stops at a bad case: each failure is recorded with its reason and the others still run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics import case_metrics
+from ..utils import check_overwrite
+from .prompts import prompts_from_label, prompts_from_spec, read_prompt_file
+from .slicewise import Prompt2D, SliceWiseInferer
+from .volume import (
+    Preprocess,
+    case_name,
+    load_volume,
+    prepare_volume,
+    save_label_map,
+    to_sliced,
+    to_stored_order,
+)
+
+__all__ = ["Case", "CaseResult", "KeyPrompt", "segment_case", "segment_cases"]
+
+
+@dataclass
+class KeyPrompt:
+    """One box on one slice, to propagate: ``box`` is (i0, j0, i1, j1) in the stored voxel axes other than
+    the slicing axis, in their stored order; ``label`` is the class written for it."""
+
+    slice_index: int
+    box: Sequence[float]
+    label: int = 1
+
+
+@dataclass
+class Case:
+    """One volume to segment and where its prompts come from (exactly one source)."""
+
+    image: str | Path | list[str | Path]
+    label: str | Path | None = None  # ground-truth boxes per slice (benchmark protocol); also scores Dice
+    prompt_file: str | Path | None = None
+    key: KeyPrompt | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [s for s in ("label", "prompt_file", "key") if getattr(self, s) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one prompt source (label, prompt file or key slice), got {given or 'none'}")
+        if self.name is None:
+            first = self.image[0] if isinstance(self.image, list) else self.image
+            self.name = case_name(first)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    output: Path | None = None
+    error: str | None = None
+    metrics: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    slices: int = 0
+
+
+def _check_label(label, image, case: Case) -> np.ndarray:
+    if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+        raise ValueError(
+            f"label {case.label} has shape {tuple(label.shape[1:])} but image {case.image} has "
+            f"{tuple(image.shape[1:])}; they must be on the same voxel grid"
+        )
+    if not np.allclose(label.affine.numpy(), image.affine.numpy(), atol=1e-3):
+        raise ValueError(
+            f"label {case.label} and image {case.image} have different affines (orientation / spacing / origin); "
+            "resample the label onto the image grid"
+        )
+    return np.rint(label[0].numpy()).astype(np.int64)
+
+
+def segment_case(
+    inferer: SliceWiseInferer,
+    case: Case,
+    output: str | Path,
+    pre: Preprocess | None = None,
+    overwrite: bool = False,
+    propagate_kwargs: dict | None = None,
+) -> CaseResult:
+    """Segment ``case`` and write its label map to ``output`` (NIfTI, input geometry). Raises on bad input."""
+    start = time.perf_counter()
+    output = check_overwrite(output, overwrite)  # fail before any work
+    image = load_volume(case.image)
+    volume, axis = prepare_volume(image, pre or Preprocess())
+    sliced_shape = tuple(volume.shape[1:])
+    gt = None
+    if case.label is not None:
+        gt = _check_label(load_volume(case.label), image, case)
+        prompts = prompts_from_label(to_sliced(gt, axis))
+        results = inferer.predict(volume, prompts)
+    elif case.prompt_file is not None:
+        spec = read_prompt_file(case.prompt_file, image.affine.numpy(), image.shape[1:], axis)
+        results = inferer.predict(volume, prompts_from_spec(spec))
+        for cls, (k, box) in spec.key_boxes.items():
+            results[cls] = inferer.propagate(volume, k, Prompt2D(box=box), **(propagate_kwargs or {}))
+    else:
+        key = case.key
+        i0, j0, i1, j1 = (float(v) for v in key.box)
+        if not 0 <= key.slice_index < sliced_shape[2]:
+            raise ValueError(f"key slice {key.slice_index} outside 0..{sliced_shape[2] - 1} of {case.image}")
+        box = np.array([j0, i0, j1, i1], dtype=np.float32)
+        results = {key.label: inferer.propagate(volume, key.slice_index, Prompt2D(box=box), **(propagate_kwargs or {}))}
+    labels = to_stored_order(inferer.label_map(results, sliced_shape), axis)
+    written = save_label_map(labels, image, output, overwrite)
+    metrics = []
+    if gt is not None:
+        spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
+        classes = {c: str(c) for c in sorted(int(v) for v in np.unique(gt) if v)}
+        metrics = case_metrics(labels, gt, classes, spacing) if classes else []
+    n_slices = len({z for per in results.values() for z in per})
+    return CaseResult(case.name, written, None, metrics, time.perf_counter() - start, n_slices)
+
+
+def segment_cases(
+    inferer: SliceWiseInferer,
+    cases: Sequence[Case],
+    out_dir: str | Path,
+    pre: Preprocess | None = None,
+    overwrite: bool = False,
+    suffix: str = "_seg.nii.gz",
+    propagate_kwargs: dict | None = None,
+    verbose: bool = False,
+) -> list[CaseResult]:
+    """Segment every case into ``out_dir/<name><suffix>``; a failing case is recorded and skipped."""
+    results = []
+    for case in cases:
+        try:
+            res = segment_case(inferer, case, Path(out_dir) / f"{case.name}{suffix}", pre, overwrite, propagate_kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
+            res = CaseResult(case.name, error=f"{type(err).__name__}: {err}")
+        except Exception as err:  # an unexpected failure in one case must not stop the others
+            res = CaseResult(case.name, error=f"unexpected {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        results.append(res)
+        if verbose:
+            status = f"failed: {res.error.splitlines()[0]}" if res.error else f"-> {res.output} ({res.seconds:.1f} s)"
+            print(f"[{len(results)}/{len(cases)}] {case.name}: {status}", flush=True)
+    return results
