@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+
+from monai_cbo.cli import main
+
+
+def _case(folder, name, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(24, 20, 6)).astype(np.float32)
+    label = np.zeros((24, 20, 6), dtype=np.uint8)
+    label[5:15, 4:12, 1:5] = 1
+    label[16:20, 14:18, 2:4] = 2
+    for sub, array in (("images", image), ("labels", label)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 3.0, 1.0])), folder / sub / f"{name}.nii.gz")
+
+
+def test_folder_run_continues_past_a_bad_case_and_fails_at_the_end(tmp_path, capsys):
+    _case(tmp_path, "case_a")
+    _case(tmp_path, "case_b", seed=1)
+    (tmp_path / "images" / "case_bad.nii.gz").write_bytes(b"\x1f\x8b broken")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "images"), "-o", str(out), "--label", str(tmp_path / "labels"), "--model", "tiny"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "2 of 3 case(s) segmented" in captured.out
+    assert "FAILED case_bad: ValueError: cannot read" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["case_a_seg.nii.gz", "case_b_seg.nii.gz", "metrics.csv"]
+    written = nib.load(out / "case_a_seg.nii.gz")
+    assert written.shape == (24, 20, 6) and np.allclose(written.affine, np.diag([1.5, 1.5, 3.0, 1.0]))
+    assert set(np.unique(written.get_fdata())) <= {0, 1, 2}
+    csv = (out / "metrics.csv").read_text().splitlines()
+    assert len(csv) == 1 + 4  # header + 2 cases x 2 classes
+
+
+def test_existing_outputs_are_kept_without_overwrite(tmp_path, capsys):
+    _case(tmp_path, "case_a")
+    image, out = tmp_path / "images" / "case_a.nii.gz", tmp_path / "out"
+    label = tmp_path / "labels" / "case_a.nii.gz"
+    base = ["segment", str(image), "-o", str(out), "--label", str(label), "--model", "tiny"]
+    assert main(base) == 0
+    before = (out / "case_a_seg.nii.gz").read_bytes()
+    assert main(base) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "case_a_seg.nii.gz").read_bytes() == before
+    assert main([*base, "--overwrite"]) == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_prompt_file_and_key_slice_sources(tmp_path):
+    _case(tmp_path, "case_a")
+    image = str(tmp_path / "images" / "case_a.nii.gz")
+    prompts = tmp_path / "case_a.json"
+    prompts.write_text(json.dumps({"prompts": [{"label": 3, "box3d": [5, 4, 1, 14, 11, 4]}]}))
+    assert main(["segment", image, "-o", str(tmp_path / "p"), "--prompts", str(prompts), "--model", "tiny"]) == 0
+    assert nib.load(tmp_path / "p" / "case_a_seg.nii.gz").shape == (24, 20, 6)
+    key = ["segment", image, "-o", str(tmp_path / "k"), "--key-slice", "2", "--model", "tiny"]
+    assert main([*key, "--box", "5,4,14,11", "--class", "4"]) == 0
+    assert main(key) == 2  # --key-slice without --box
+
+
+def test_missing_input_is_reported_with_the_path(tmp_path, capsys):
+    args = ["segment", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "o"), "--key-slice", "0", "--box", "0,0,1,1"]
+    assert main(args) == 2
+    assert "nope.nii.gz does not exist" in capsys.readouterr().err
