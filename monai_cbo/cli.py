@@ -28,7 +28,13 @@ def _cmd_params(args: argparse.Namespace) -> int:
 def _cmd_speed(args: argparse.Namespace) -> int:
     import torch
 
-    from .reports.speed import encoder_time_per_slice, machine_summary, peak_memory_mib, training_step_times
+    from .reports.speed import (
+        encoder_time_per_slice,
+        machine_summary,
+        peak_memory_mib,
+        training_step_times,
+        volume_time,
+    )
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
@@ -38,6 +44,11 @@ def _cmd_speed(args: argparse.Namespace) -> int:
                     "prompts_per_image": args.prompts, "steps": args.steps, "amp": args.amp}
     if not args.skip_encoder:
         result["encoder_per_slice"] = encoder_time_per_slice(args.model, args.steps, device, args.amp)
+    for image, label in args.volume or []:
+        result.setdefault("volumes", {})[image] = volume_time(image, label, args.classes, args.model, device)
+    if not presets:
+        print(json.dumps(result, indent=2))
+        return 0
     steps = training_step_times(args.model, presets, args.batch, args.prompts, args.steps,
                                 device=device, amp=args.amp)
     result["train_step"] = {p: {"median_s": round(v["median_s"], 4), "times_s": [round(t, 4) for t in v["times_s"]]}
@@ -73,67 +84,15 @@ def _load_model(args: argparse.Namespace):
     return build_model(args.model or "litemedsam", checkpoint=args.checkpoint)
 
 
-def _find_cases(args: argparse.Namespace) -> list:
-    from .data.readers import is_dicom_folder
-    from .inferers import Case, KeyPrompt, case_name
-    from .inferers.volume import IMAGE_SUFFIXES
-
-    source = Path(args.input)
-    if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist")
-    if source.is_dir() and not is_dicom_folder(source):
-        images = sorted(p for p in source.iterdir()
-                        if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
-                        or (p.is_dir() and is_dicom_folder(p)))
-        if not images:
-            raise ValueError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders)")
-    else:
-        images = [source]
-
-    def companion(option: str | None, image: Path, suffixes: tuple[str, ...]) -> Path | None:
-        if option is None:
-            return None
-        path = Path(option)
-        if len(images) == 1 and not path.is_dir():
-            return path
-        if not path.is_dir():
-            raise ValueError(f"{source} is a folder of cases, so {path} must be a folder with one file per case")
-        for suffix in suffixes:  # same name as the image, or the case name with another suffix
-            for candidate in (path / image.name, path / f"{case_name(image)}{suffix}"):
-                if candidate.exists():
-                    return candidate
-        return path / f"{case_name(image)}{suffixes[0]}"  # missing: reported for this case only
-
-    cases = []
-    for image in images:
-        key = None
-        if args.key_slice is not None:
-            key = KeyPrompt(args.key_slice, args.box, args.label_value)
-        cases.append(Case(image=image, label=companion(args.label, image, IMAGE_SUFFIXES),
-                          prompt_file=companion(args.prompts, image, (".json",)), key=key))
-    return cases
-
-
-def _print_summary(results: list, out_dir: Path) -> int:
-    failed = [r for r in results if r.error]
-    print(f"\n{len(results) - len(failed)} of {len(results)} case(s) segmented; masks in {out_dir}")
-    rows = [(r.name, m) for r in results for m in r.metrics]
-    if rows:
-        print("Dice per case and class (prompts from the label, the benchmark protocol):")
-        for name, m in rows:
-            print(f"  {name}  class {m['class']}: Dice {m['dice']:.3f}  HD95 {m['hd95']:.1f} mm  NSD {m['nsd']:.3f}")
-    for r in failed:
-        print(f"FAILED {r.name}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .inferers import Preprocess, SliceWiseInferer, segment_cases
+    from .inferers import KeyPrompt, Preprocess, SliceWiseInferer, find_cases, segment_cases
+    from .inferers.segment import report
     from .metrics import MetricsTable
 
     if args.key_slice is not None and args.box is None:
         raise ValueError("--key-slice needs --box i0,j0,i1,j1 (voxel indices on that slice)")
-    cases = _find_cases(args)
+    key = None if args.key_slice is None else KeyPrompt(args.key_slice, args.box, args.label_value)
+    cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes)
     pre = Preprocess(args.modality, tuple(args.window), args.channels, args.slice_axis)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
     out_dir = Path(args.output)
@@ -144,12 +103,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         for r in scored:
             table.add(r.name, r.metrics)
         table.write_csv(out_dir / "metrics.csv", overwrite=args.overwrite)
-    return _print_summary(results, out_dir)
+    return report(results, out_dir)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .data.demo import write_demo_dataset
     from .inferers import Case, SliceWiseInferer, segment_cases
+    from .inferers.segment import report
     from .networks import build_model
 
     out = Path(args.out)
@@ -159,7 +119,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     inferer = SliceWiseInferer(build_model("litemedsam"))
     print("zero-shot LiteMedSAM, a ground-truth box on every slice of the organ ...", flush=True)
     results = segment_cases(inferer, cases, out / "masks", overwrite=True, verbose=True)
-    return _print_summary(results, out / "masks")
+    return report(results, out / "masks")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -193,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="autocast (mixed precision)")
     p.add_argument("--skip-encoder", action="store_true", help="do not time the encoder alone")
+    p.add_argument("--volume", nargs=2, action="append", metavar=("IMAGE", "LABEL"),
+                   help="also time segmenting this volume end to end against its encoder-only time (repeatable)")
+    p.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None,
+                   help="with --volume: label values to prompt (default all present)")
     p.set_defaults(func=_cmd_speed)
 
     p = sub.add_parser("segment", help="segment a volume or a folder of volumes with prompts; writes NIfTI masks",
@@ -209,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--key-slice", type=int, help="slice index of one box to propagate (with --box)")
     p.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="i0,j0,i1,j1 voxel box on the key slice")
     p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-slice")
+    p.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None,
+                   help="with --label: label values to segment, e.g. 1 for the spleen (default all present)")
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
     p.add_argument("--adapter", help="adapter checkpoint written by training")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .prompts import PromptSpec, prompts_from_label, prompts_from_spec, read_prompt_file
-from .segment import Case, CaseResult, KeyPrompt, segment_case, segment_cases
+from .segment import Case, CaseResult, KeyPrompt, find_cases, segment_case, segment_cases
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 from .volume import Preprocess, axial_axis, case_name, load_volume, prepare_volume, save_label_map
 
@@ -18,6 +18,7 @@ __all__ = [
     "SliceWiseInferer",
     "axial_axis",
     "case_name",
+    "find_cases",
     "load_volume",
     "mask_box",
     "prepare_volume",

@@ -5,6 +5,7 @@ A batch never stops at a bad case: each failure is recorded with its reason and 
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.readers import is_dicom_folder
 from ..metrics import case_metrics
 from ..utils import check_overwrite
 from .prompts import prompts_from_label, prompts_from_spec, read_prompt_file
 from .slicewise import Prompt2D, SliceWiseInferer
 from .volume import (
+    IMAGE_SUFFIXES,
     Preprocess,
     case_name,
     load_volume,
@@ -27,7 +30,7 @@ from .volume import (
     to_stored_order,
 )
 
-__all__ = ["Case", "CaseResult", "KeyPrompt", "segment_case", "segment_cases"]
+__all__ = ["Case", "CaseResult", "KeyPrompt", "find_cases", "report", "segment_case", "segment_cases"]
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Case:
     prompt_file: str | Path | None = None
     key: KeyPrompt | None = None
     name: str | None = None
+    classes: Sequence[int] | None = None  # with ``label``: the label values to segment (default: all present)
 
     def __post_init__(self) -> None:
         given = [s for s in ("label", "prompt_file", "key") if getattr(self, s) is not None]
@@ -90,8 +94,11 @@ def segment_case(
     pre: Preprocess | None = None,
     overwrite: bool = False,
     propagate_kwargs: dict | None = None,
+    score: bool = True,
 ) -> CaseResult:
-    """Segment ``case`` and write its label map to ``output`` (NIfTI, input geometry). Raises on bad input."""
+    """Segment ``case`` and write its label map to ``output`` (NIfTI, input geometry). Raises on bad input.
+
+    With a label, ``score`` adds Dice / HD95 / NSD per class to the result."""
     start = time.perf_counter()
     output = check_overwrite(output, overwrite)  # fail before any work
     image = load_volume(case.image)
@@ -100,6 +107,8 @@ def segment_case(
     gt = None
     if case.label is not None:
         gt = _check_label(load_volume(case.label), image, case)
+        if case.classes is not None:
+            gt = np.where(np.isin(gt, list(case.classes)), gt, 0)
         prompts = prompts_from_label(to_sliced(gt, axis))
         results = inferer.predict(volume, prompts)
     elif case.prompt_file is not None:
@@ -117,7 +126,7 @@ def segment_case(
     labels = to_stored_order(inferer.label_map(results, sliced_shape), axis)
     written = save_label_map(labels, image, output, overwrite)
     metrics = []
-    if gt is not None:
+    if gt is not None and score:
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
         classes = {c: str(c) for c in sorted(int(v) for v in np.unique(gt) if v)}
         metrics = case_metrics(labels, gt, classes, spacing) if classes else []
@@ -149,3 +158,71 @@ def segment_cases(
             status = f"failed: {res.error.splitlines()[0]}" if res.error else f"-> {res.output} ({res.seconds:.1f} s)"
             print(f"[{len(results)}/{len(cases)}] {case.name}: {status}", flush=True)
     return results
+
+
+def find_cases(
+    source: str | Path,
+    label: str | Path | None = None,
+    prompts: str | Path | None = None,
+    key: KeyPrompt | None = None,
+    classes: Sequence[int] | None = None,
+) -> list[Case]:
+    """Cases of an image file, a DICOM series folder, or a folder of them, with their prompt source.
+
+    For a folder of cases, ``label`` / ``prompts`` are folders holding, per case, a file with the image's
+    name or ``<case>.nii.gz`` / ``<case>.json``; a case whose companion is missing fails on its own later.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist")
+    if source.is_dir() and not is_dicom_folder(source):
+        images = sorted(
+            p for p in source.iterdir()
+            if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+            or (p.is_dir() and is_dicom_folder(p))
+        )
+        if not images:
+            raise ValueError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders)")
+    else:
+        images = [source]
+
+    def companion(option: str | Path | None, image: Path, suffixes: tuple[str, ...]) -> Path | None:
+        if option is None:
+            return None
+        path = Path(option)
+        if len(images) == 1 and not path.is_dir():
+            return path
+        if not path.is_dir():
+            raise ValueError(f"{source} is a folder of cases, so {path} must be a folder with one file per case")
+        for suffix in suffixes:
+            for candidate in (path / image.name, path / f"{case_name(image)}{suffix}"):
+                if candidate.exists():
+                    return candidate
+        return path / f"{case_name(image)}{suffixes[0]}"
+
+    return [
+        Case(image=image, label=companion(label, image, IMAGE_SUFFIXES),
+             prompt_file=companion(prompts, image, (".json",)), key=key, classes=classes)
+        for image in images
+    ]
+
+
+def report(results: Sequence[CaseResult], out_dir: str | Path | None = None, raise_on_failure: bool = False) -> int:
+    """Print what was segmented, the scores where a label was given, and every failure with its reason.
+
+    Returns 1 if any case failed (0 otherwise); with ``raise_on_failure`` raises RuntimeError instead, so a
+    bundle run ends with a non-zero status.
+    """
+    failed = [r for r in results if r.error]
+    where = f"; masks in {out_dir}" if out_dir is not None else ""
+    print(f"\n{len(results) - len(failed)} of {len(results)} case(s) segmented{where}")
+    rows = [(r.name, m) for r in results for m in r.metrics]
+    if rows:
+        print("Dice per case and class (prompts from the label, the benchmark protocol):")
+        for name, m in rows:
+            print(f"  {name}  class {m['class']}: Dice {m['dice']:.3f}  HD95 {m['hd95']:.1f} mm  NSD {m['nsd']:.3f}")
+    for r in failed:
+        print(f"FAILED {r.name}: {r.error}", file=sys.stderr)
+    if failed and raise_on_failure:
+        raise RuntimeError(f"{len(failed)} of {len(results)} case(s) failed: {', '.join(r.name for r in failed)}")
+    return 1 if failed else 0

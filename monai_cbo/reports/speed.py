@@ -13,13 +13,20 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..networks import build_model
 from ..peft import PeftConfig, apply_peft, optimizer_param_groups
 
-__all__ = ["encoder_time_per_slice", "machine_summary", "peak_memory_mib", "training_step_times"]
+__all__ = [
+    "encoder_time_per_slice",
+    "machine_summary",
+    "peak_memory_mib",
+    "training_step_times",
+    "volume_time",
+]
 
 
 def _sync(device: torch.device) -> None:
@@ -109,6 +116,39 @@ def encoder_time_per_slice(
             if i:
                 times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def volume_time(
+    image: str, label: str, classes: list[int] | None = None, model_name: str = "litemedsam", device: str = "cpu",
+    repeats: int = 2,
+) -> dict:
+    """Seconds to segment one volume end to end (read, prompts from the ``classes`` of ``label``, infer, write
+    NIfTI) against the encoder alone over the same slices, in the same run; the best of ``repeats`` of each."""
+    import tempfile
+
+    from ..inferers import Case, Preprocess, SliceWiseInferer, load_volume, prepare_volume, prompts_from_label
+    from ..inferers.segment import segment_case
+    from ..inferers.volume import to_sliced
+
+    inferer = SliceWiseInferer(build_model(model_name), device=device)
+    volume, axis = prepare_volume(load_volume(image), Preprocess())
+    gt = to_sliced(load_volume(label)[0].numpy().round().astype(int), axis)
+    if classes is not None:
+        gt = np.where(np.isin(gt, classes), gt, 0)
+    slices = sorted({z for per in prompts_from_label(gt).values() for z in per})
+    whole, encoder = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            start = time.perf_counter()
+            segment_case(inferer, Case(image=image, label=label, classes=classes), f"{tmp}/{i}.nii.gz", score=False)
+            whole.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in inferer.encode(volume, slices):
+                pass
+            _sync(torch.device(device))
+            encoder.append(time.perf_counter() - start)
+    return {"slices": len(slices), "volume_s": round(min(whole), 3), "encoder_only_s": round(min(encoder), 3),
+            "overhead_outside_encoder": round(min(whole) / min(encoder) - 1, 4)}
 
 
 def peak_memory_mib(device: str | torch.device = "cpu") -> float:

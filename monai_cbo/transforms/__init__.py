@@ -59,8 +59,22 @@ from .slicing import (
     canonical_orientation_transforms,
     move_slice_axis,
 )
+from .training import (
+    IGNORE,
+    ChannelsToLabelMap,
+    ChannelsToLabelMapd,
+    ClassChannels,
+    ClassChannelsd,
+    SlicePromptsd,
+)
 
 __all__ = [
+    "IGNORE",
+    "ChannelsToLabelMap",
+    "ChannelsToLabelMapd",
+    "ClassChannels",
+    "ClassChannelsd",
+    "SlicePromptsd",
     "BRATS_CONVENTIONS",
     "BoxFromMask",
     "BoxFromMaskD",

@@ -1,0 +1,59 @@
+"""A MONAI ``Inferer`` for evaluators: whole volumes in, per-class binary channels out, prompts from a label."""
+
+from __future__ import annotations
+
+import torch
+from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
+
+from .slicewise import Prompt2D, SliceWiseInferer, mask_box
+
+__all__ = ["PromptedVolumeInferer"]
+
+
+class PromptedVolumeInferer(Inferer):
+    """Segment ``[B, 3, H, W, D]`` volumes (axial slices last, intensities in [0, 1]) slice by slice.
+
+    Called by MONAI's ``SupervisedEvaluator`` as ``inferer(inputs, network, prompt_label=...)`` (wire the label
+    with ``PrepareBatchExtraInput({"prompt_label": "label"})``): ``prompt_label`` ``[B, K, H, W, D]`` holds one
+    binary channel per class; each slice where channel k has foreground gets its tight box as prompt k (the
+    benchmark protocol). Returns ``[B, K, H, W, D]`` binary predictions. With ``exclusive`` (organ classes), a
+    voxel claimed by several classes goes to the most probable; without it (nested BraTS regions) channels are
+    independent.
+
+    Args:
+        exclusive: classes are mutually exclusive. Default True.
+        batch_size: slices per encoder pass (default: 1 on CPU, 8 on CUDA).
+        threshold: foreground probability. Default 0.5.
+    """
+
+    def __init__(self, exclusive: bool = True, batch_size: int | None = None, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.exclusive, self.batch_size, self.threshold = exclusive, batch_size, threshold
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, prompt_label: torch.Tensor | None = None):
+        if prompt_label is None:
+            raise ValueError("PromptedVolumeInferer needs prompt_label (wire the label with PrepareBatchExtraInput)")
+        model = getattr(network, "module", network)  # DistributedDataParallel
+        was_training = model.training
+        inferer = SliceWiseInferer(model, self.batch_size, device=inputs.device, threshold=self.threshold)
+        out = torch.zeros(prompt_label.shape, dtype=torch.float32, device=inputs.device)
+        try:
+            for b in range(inputs.shape[0]):
+                label = prompt_label[b] > 0.5
+                prompts = {
+                    k: {z: Prompt2D(box=mask_box(label[k, ..., z].cpu()))
+                        for z in torch.nonzero(label[k].flatten(0, 1).any(0)).flatten().tolist()}
+                    for k in range(label.shape[0])
+                }
+                results = inferer.predict(inputs[b], prompts)
+                if self.exclusive:
+                    labels = torch.as_tensor(inferer.label_map({k + 1: r for k, r in results.items()}, label.shape[1:]))
+                    out[b] = torch.stack([labels == k + 1 for k in range(label.shape[0])]).float().to(out.device)
+                else:
+                    for k, per_slice in results.items():
+                        for z, res in per_slice.items():
+                            out[b, k, ..., z] = (res.prob > self.threshold).float().to(out.device)
+        finally:
+            model.train(was_training)
+        return convert_to_dst_type(out, dst=inputs)[0]  # a MetaTensor keeps the input's geometry for Invertd

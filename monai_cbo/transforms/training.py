@@ -1,0 +1,172 @@
+"""Glue between label volumes and prompted training/evaluation: fixed class channels, per-slice prompts.
+
+Prompted training needs a fixed number of prompts per sample so batches collate: every configured class
+(or BraTS region) is one prompt slot. A slot whose class is absent from the slice is padded: a zero box and a
+target filled with :data:`IGNORE` that the loss skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Randomizable, Transform
+from monai.utils import TransformBackends, convert_to_tensor
+
+from .prompts import BoxFromMask
+from .resize import ResizeLongestSidePad
+
+__all__ = [
+    "IGNORE",
+    "ChannelsToLabelMap",
+    "ChannelsToLabelMapd",
+    "ClassChannels",
+    "ClassChannelsd",
+    "SlicePromptsd",
+]
+
+IGNORE = -1.0
+
+
+class ClassChannels(Transform):
+    """Label map ``[1, *spatial]`` -> one binary channel per configured class ``[K, *spatial]`` (float32).
+
+    Unlike :class:`~monai_cbo.transforms.LabelToBinaryTargets`, every class gets its channel whether present or
+    not, and label values that are not configured count as background (TotalSegmentator maps hold >100
+    classes; a bundle trains a few). Float labels are rounded.
+
+    Args:
+        classes: label values, one channel each, in channel order.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, classes: Sequence[int]) -> None:
+        if not classes:
+            raise ValueError("classes must name at least one label value")
+        self.classes = [int(c) for c in classes]
+
+    def __call__(self, label: NdarrayOrTensor) -> torch.Tensor:
+        if label.ndim < 2 or label.shape[0] != 1:
+            raise ValueError(f"ClassChannels expects a label map [1, *spatial], got shape {tuple(label.shape)}")
+        lab = torch.round(convert_to_tensor(label, track_meta=False))
+        out = torch.cat([(lab == c) for c in self.classes]).float()
+        return out if not hasattr(label, "meta") else type(label)(out, meta=label.meta)
+
+
+class ClassChannelsd(MapTransform):
+    """Dictionary version of :class:`ClassChannels`."""
+
+    backend = ClassChannels.backend
+
+    def __init__(self, keys: KeysCollection, classes: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ClassChannels(classes)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class ChannelsToLabelMap(Transform):
+    """Binary channels ``[K, *spatial]`` -> label map ``[1, *spatial]``: channel k writes ``values[k]``, later
+    channels over earlier ones. For nested BraTS regions ordered (WT, TC, ET) with values (2, 1, 4) this
+    rebuilds the 2021 label convention (edema 2, necrotic core 1, enhancing 4)."""
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, values: Sequence[int], threshold: float = 0.5) -> None:
+        self.values = [int(v) for v in values]
+        self.threshold = threshold
+
+    def __call__(self, channels: NdarrayOrTensor) -> torch.Tensor:
+        x = convert_to_tensor(channels, track_meta=False)
+        if x.shape[0] != len(self.values):
+            raise ValueError(f"{x.shape[0]} channels but {len(self.values)} label values {self.values}")
+        dtype = torch.uint8 if max(self.values) < 256 and min(self.values) >= 0 else torch.int16
+        out = torch.zeros((1, *x.shape[1:]), dtype=dtype, device=x.device)
+        for k, v in enumerate(self.values):
+            out[0][x[k] > self.threshold] = v
+        return out if not hasattr(channels, "meta") else type(channels)(out, meta=channels.meta)
+
+
+class ChannelsToLabelMapd(MapTransform):
+    """Dictionary version of :class:`ChannelsToLabelMap`."""
+
+    backend = ChannelsToLabelMap.backend
+
+    def __init__(self, keys: KeysCollection, values: Sequence[int], threshold: float = 0.5,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ChannelsToLabelMap(values, threshold)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class SlicePromptsd(Randomizable, MapTransform):
+    """A 2D training sample for the prompted segmenter, from an image slice and its class channels.
+
+    Input: ``image_key`` ``[3, H, W]`` and ``label_key`` ``[K, H, W]`` binary channels. Output:
+    ``image_key`` ``[3, S, S]`` (longest side resized to S, padded), ``label_key`` ``[K, S, S]`` targets
+    (:data:`IGNORE` for an absent class), ``boxes_key`` ``[K, 4]`` XYXY in input pixels, from each target's
+    tight box with symmetric random jitter of up to ``jitter`` input pixels (seeded via ``self.R``).
+
+    Args:
+        image_key, label_key: keys of the slice and its channels.
+        size: model input side S (256 for LiteMedSAM, 1024 for SAM ViT).
+        jitter: box jitter in model-input pixels. Default 0.
+        min_pixels: pixels a class needs on the slice to get a prompt. Default 1.
+        boxes_key: output key of the boxes. Default "boxes".
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str = "label",
+        size: int = 256,
+        jitter: int = 0,
+        min_pixels: int = 1,
+        boxes_key: str = "boxes",
+    ) -> None:
+        MapTransform.__init__(self, [image_key, label_key])
+        self.image_key, self.label_key, self.boxes_key = image_key, label_key, boxes_key
+        self.size, self.min_pixels = int(size), int(min_pixels)
+        self.resize_image = ResizeLongestSidePad(self.size, "bilinear")
+        self.resize_label = ResizeLongestSidePad(self.size, "nearest")
+        self.box = BoxFromMask(jitter)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> SlicePromptsd:
+        super().set_random_state(seed, state)
+        self.box.set_random_state(state=self.R)
+        return self
+
+    def randomize(self, data=None) -> None:  # draws happen inside BoxFromMask, from the shared self.R
+        pass
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        image, label = d[self.image_key], d[self.label_key]
+        if image.ndim != 3 or label.ndim != 3 or tuple(image.shape[1:]) != tuple(label.shape[1:]):
+            raise ValueError(
+                f"SlicePromptsd expects image [3, H, W] and label [K, H, W] on the same grid, got "
+                f"{tuple(image.shape)} and {tuple(label.shape)}"
+            )
+        lab = convert_to_tensor(label, track_meta=False) > 0.5
+        targets = torch.as_tensor(np.asarray(self.resize_label(lab))).float()  # nearest: stays binary
+        present = targets.flatten(1).sum(1) >= self.min_pixels
+        boxes = torch.zeros(label.shape[0], 4)
+        if present.any():  # boxes of the resized targets: jitter is in model-input pixels
+            boxes[present] = torch.as_tensor(self.box(targets[present].numpy().astype(np.uint8)))
+        targets[~present] = IGNORE
+        d[self.image_key] = torch.as_tensor(np.asarray(self.resize_image(convert_to_tensor(image, track_meta=False))))
+        d[self.label_key] = targets
+        d[self.boxes_key] = boxes
+        return d
