@@ -1,0 +1,65 @@
+"""The spleen bundle resumes an interrupted run, and trains with 2 processes (gloo on the CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "spleen_ct_cbo" / "configs"
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("demo") / "data"
+    # 2 training and 2 validation cases: each of 2 ranks gets one of each
+    subprocess.run([sys.executable, "data_prep/make_demo_data.py", str(data), "-o", str(data / "datalist.json"),
+                    "-n", "4", "--seed", "1", "--val-fraction", "0.5", "--test-fraction", "0"],
+                   cwd=REPO, check=True, capture_output=True)
+    return data
+
+
+def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None) -> str:
+    cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", *args, "--dataset_dir", str(data),
+           "--output_dir", str(out), "--model#name", "tiny", "--slices_per_volume", "2", "--val_interval", "1"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def _state(out: Path) -> dict:
+    return torch.load(out / "models" / "training_state.pt", weights_only=True)
+
+
+def test_both_run_ids_train(demo_data, tmp_path):
+    _bundle(["--config_file", str(CONFIGS / "train.json"), "--max_epochs", "1"], tmp_path / "run", demo_data)
+    assert _state(tmp_path / "run")["trainer"]["epoch"] == 1
+    assert (tmp_path / "run" / "models" / "best_adapter.pt").is_file()
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_a_stopped_run_resumes_where_it_stopped(demo_data, tmp_path):
+    train = ["training", "--config_file", str(CONFIGS / "train.json")]
+    _bundle([*train, "--max_epochs", "2"], tmp_path / "whole", demo_data)
+    _bundle([*train, "--max_epochs", "1"], tmp_path / "split", demo_data)  # stopped after its first epoch
+    first = _state(tmp_path / "split")
+    log = _bundle([*train, "--max_epochs", "2", "--resume", "true"], tmp_path / "split", demo_data)
+    assert "resumed from" in log and "at epoch 1" in log
+    whole, resumed = _state(tmp_path / "whole"), _state(tmp_path / "split")
+    assert resumed["trainer"]["epoch"] == whole["trainer"]["epoch"] == 2
+    assert resumed["trainer"]["iteration"] == whole["trainer"]["iteration"] == 2 * first["trainer"]["iteration"]
+    assert resumed["lr_scheduler"]["last_epoch"] == whole["lr_scheduler"]["last_epoch"] == 2
+    assert resumed["optimizer"]["state"]  # Adam moments carried on, not restarted
+
+
+def test_two_process_gloo_run_completes_and_only_rank_0_saves(demo_data, tmp_path):
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    log = _bundle(["training", "--config_file", configs, "--max_epochs", "1"], tmp_path / "ddp", demo_data, launcher)
+    assert log.count("saved best adapter") == 1  # both ranks validate; rank 0 alone writes
+    assert _state(tmp_path / "ddp")["trainer"]["epoch"] == 1
+    assert (tmp_path / "ddp" / "models" / "best_adapter.pt").is_file()

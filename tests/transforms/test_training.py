@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_cbo.transforms import IGNORE, ChannelsToLabelMap, ClassChannels, ClassChannelsd, SlicePromptsd
+
+
+def test_class_channels_keep_every_configured_class_and_ignore_others():
+    label = np.zeros((1, 4, 5), dtype=np.float32)
+    label[0, 1, 1] = 5.0
+    label[0, 2, 2] = 1.0000001  # float labels are rounded
+    label[0, 3, 3] = 77  # not configured: background
+    out = ClassChannels([1, 2, 5])(label)
+    assert out.shape == (3, 4, 5) and out.dtype == torch.float32
+    assert out[0, 2, 2] == 1 and out[1].sum() == 0 and out[2, 1, 1] == 1 and out.sum() == 2
+    meta = MetaTensor(torch.as_tensor(label), affine=torch.diag(torch.tensor([2.0, 2, 1, 1])))
+    d = ClassChannelsd("label", [1])({"label": meta})
+    assert isinstance(d["label"], MetaTensor) and torch.equal(d["label"].affine, meta.affine)
+    with pytest.raises(ValueError, match="at least one"):
+        ClassChannels([])
+
+
+def test_channels_to_label_map_rebuilds_the_brats_2021_convention():
+    wt, tc, et = (torch.zeros(3, 3) for _ in range(3))
+    wt[:, :] = 1
+    tc[1:, 1:] = 1
+    et[2, 2] = 1
+    labels = ChannelsToLabelMap([2, 1, 4])(torch.stack([wt, tc, et]))
+    np.testing.assert_array_equal(labels[0], [[2, 2, 2], [2, 1, 1], [2, 1, 4]])
+    with pytest.raises(ValueError, match="3 channels but 2 label values"):
+        ChannelsToLabelMap([1, 2])(torch.stack([wt, tc, et]))
+
+
+def test_slice_prompts_make_fixed_slots_with_ignored_absent_classes():
+    image = torch.rand(3, 40, 20)
+    label = torch.zeros(2, 40, 20)
+    label[0, 10:30, 5:15] = 1  # class 1 present, class 2 absent
+    out = SlicePromptsd(size=64)({"image": image, "label": label})
+    assert out["image"].shape == (3, 64, 64) and out["label"].shape == (2, 64, 64) and out["boxes"].shape == (2, 4)
+    assert torch.all(out["label"][1] == IGNORE) and torch.all(out["boxes"][1] == 0)
+    # longest side 40 -> 64: scale 1.6; rows 10..29 -> 16..47, cols 5..14 -> 8..23 (x, y order)
+    np.testing.assert_allclose(out["boxes"][0].numpy(), [8, 16, 23, 47], atol=1)
+    assert set(torch.unique(out["label"][0]).tolist()) == {0.0, 1.0}
+
+
+def test_slice_prompt_jitter_is_seeded_and_stays_inside():
+    data = {"image": torch.rand(3, 32, 32), "label": torch.zeros(1, 32, 32)}
+    data["label"][0, 8:20, 10:24] = 1
+    boxes = [SlicePromptsd(size=64, jitter=6).set_random_state(seed)(data)["boxes"][0] for seed in (0, 0, 1)]
+    assert torch.equal(boxes[0], boxes[1]) and not torch.equal(boxes[0], boxes[2])
+    assert boxes[2].min() >= 0 and boxes[2].max() <= 63 and boxes[2][2] > boxes[2][0] and boxes[2][3] > boxes[2][1]
+
+
+def test_slice_prompts_refuse_mismatched_grids():
+    with pytest.raises(ValueError, match="same grid"):
+        SlicePromptsd()({"image": torch.rand(3, 10, 10), "label": torch.zeros(1, 10, 12)})
