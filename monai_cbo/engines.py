@@ -23,26 +23,30 @@ def build_segmenter(
     **peft_overrides: Any,
 ) -> SamSegmenter:
     """Build model ``name`` (weights from ``checkpoint``, or LiteMedSAM's packaged ones), apply ``preset`` and
-    optionally load an ``adapter`` checkpoint. Returns it in train mode; PEFT init draws from ``seed``."""
+    optionally load an ``adapter`` checkpoint (``None`` or ``""``: none, e.g. to evaluate ``freeze``). Returns it in
+    train mode; PEFT init draws from ``seed``."""
     model = build_model(name, checkpoint=checkpoint, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         apply_peft(model, PeftConfig.from_preset(preset, rank=rank, **peft_overrides))
-    if adapter is not None:
+    if adapter:
         load_adapter(model, adapter)
     return model.train()
 
 
 def build_optimizer(
     network: torch.nn.Module, lr: float, weight_decay: float = 0.0, name: str = "adamw"
-) -> torch.optim.Optimizer | None:
+) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD over the trainable parameters, the CBO group at its LR multiplier.
 
-    Returns None for a model with nothing to train (the ``freeze`` preset): such a run only evaluates.
+    Raises:
+        ValueError: nothing trains (the ``freeze`` preset): evaluate it instead of training it.
     """
-    groups = optimizer_param_groups(getattr(network, "module", network), lr, weight_decay)
+    model = getattr(network, "module", network)
+    groups = optimizer_param_groups(model, lr, weight_decay)
     if not groups:
-        return None
+        preset = getattr(getattr(model, "peft_config", None), "preset", "?")
+        raise ValueError(f"preset {preset!r} trains no parameters; evaluate it with evaluate.json and --adapter ''")
     optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if name not in optimizers:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(optimizers)}")
