@@ -117,7 +117,7 @@ def build(dataset_dir: str | Path, args: argparse.Namespace) -> dict:
         if missing:
             skipped.append(f"{case} (no {', '.join(missing)})")
             continue
-        cases.append({"image": [f"{case}/{f}" for f in files[:-1]], "label": f"{case}/{files[-1]}"})
+        cases.append({"case": case, "image": [f"{case}/{f}" for f in files[:-1]], "label": f"{case}/{files[-1]}"})
     if skipped:
         warn(f"skipped {len(skipped)} incomplete case(s): {'; '.join(skipped)}")
     return make_datalist(

@@ -8,10 +8,11 @@ Every script writes one datalist, a JSON file that MONAI's ``load_decathlon_data
      "labels": {"0": "background", "1": "spleen", ...},   # ids to use; any other id counts as background
      "label_convention": "msd" | "2015" | "2021" | "2023" | "btcv" | "amos" | "totalsegmentator",
      "split": {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2},
-     "training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
+     "training": [{"case": "a", "image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
      "validation": [...], "test": [...]}
 
-Paths are relative to ``dataset_dir``; a multi-modal ``image`` is a list of files, one per channel.
+Paths are relative to ``dataset_dir``; a multi-modal ``image`` is a list of files, one per channel. ``case`` names
+the case in outputs (masks, metric tables), which matters where every case's files share names (BraTS 2015).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monai_cbo.inferers.volume import case_name
 from monai_cbo.utils import check_overwrite, write_atomic
 
 __all__ = [
@@ -134,7 +136,8 @@ def find_pairs(
         if not label.is_file():
             problem = f"image {images}/{image.name} has no label {labels}/{label.name}"
             raise LayoutError(problem, expected, [dataset_dir / labels])
-        pairs.append({"image": f"{images}/{image.name}", "label": f"{labels}/{label.name}"})
+        case = case_name(image)
+        pairs.append({"case": case, "image": f"{images}/{image.name}", "label": f"{labels}/{label.name}"})
     return pairs
 
 

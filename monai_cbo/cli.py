@@ -89,11 +89,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .inferers.segment import report
     from .metrics import MetricsTable
 
-    if args.key_slice is not None and args.box is None:
-        raise ValueError("--key-slice needs --box i0,j0,i1,j1 (voxel indices on that slice)")
-    key = None if args.key_slice is None else KeyPrompt(args.key_slice, args.box, args.label_value)
+    key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value)
     cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes)
-    pre = Preprocess(args.modality, tuple(args.window), args.channels, args.slice_axis)
+    pre = Preprocess(args.modality, tuple(args.window), args.channels, args.view)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
     out_dir = Path(args.output)
     results = segment_cases(inferer, cases, out_dir, pre, overwrite=args.overwrite, verbose=True)
@@ -194,9 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--prompts", "--boxes3d", dest="prompts",
                      help="prompt JSON (or folder of <case>.json): 3D boxes, key boxes, points; see "
                           "monai_cbo.inferers.prompts")
-    src.add_argument("--key-slice", type=int, help="slice index of one box to propagate (with --box)")
-    p.add_argument("--box", type=lambda t: _floats(t, 4, "--box"), help="i0,j0,i1,j1 voxel box on the key slice")
-    p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-slice")
+    src.add_argument("--key-box", type=lambda t: _floats(t, 6, "--key-box"), metavar="I0,J0,K0,I1,J1,K1",
+                     help="one box in stored voxel indices, flat on its key slice (k0 = k1), propagated slice by slice")
+    p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-box")
     p.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None,
                    help="with --label: label values to segment, e.g. 1 for the spleen (default all present)")
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
@@ -207,8 +205,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="CT window lo,hi in HU (default -500,1000)")
     p.add_argument("--channels", type=lambda t: [int(c) for c in t.split(",")], default=None,
                    help="input channels to use, e.g. 0,1,3")
-    p.add_argument("--slice-axis", type=lambda t: t if t == "auto" else int(t), default="auto",
-                   help="stored voxel axis to slice along (default auto: axial)")
+    p.add_argument("--view", default="axial", choices=["axial", "coronal", "sagittal"],
+                   help="slicing direction after reorienting to RAS (default axial, as the bundles train)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
     p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")

@@ -4,6 +4,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from monai_cbo.cli import main
 
@@ -58,12 +59,14 @@ def test_prompt_file_and_key_slice_sources(tmp_path):
     prompts.write_text(json.dumps({"prompts": [{"label": 3, "box3d": [5, 4, 1, 14, 11, 4]}]}))
     assert main(["segment", image, "-o", str(tmp_path / "p"), "--prompts", str(prompts), "--model", "tiny"]) == 0
     assert nib.load(tmp_path / "p" / "case_a_seg.nii.gz").shape == (24, 20, 6)
-    key = ["segment", image, "-o", str(tmp_path / "k"), "--key-slice", "2", "--model", "tiny"]
-    assert main([*key, "--box", "5,4,14,11", "--class", "4"]) == 0
-    assert main(key) == 2  # --key-slice without --box
+    key = ["segment", image, "-o", str(tmp_path / "k"), "--model", "tiny", "--class", "4"]
+    assert main([*key, "--key-box", "5,4,2,14,11,2"]) == 0
+    assert set(np.unique(nib.load(tmp_path / "k" / "case_a_seg.nii.gz").get_fdata())) <= {0, 4}
+    with pytest.raises(SystemExit, match="2"):  # five numbers: argparse's usage error
+        main([*key, "--key-box", "5,4,2,14,11", "--overwrite"])
 
 
 def test_missing_input_is_reported_with_the_path(tmp_path, capsys):
-    args = ["segment", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "o"), "--key-slice", "0", "--box", "0,0,1,1"]
+    args = ["segment", str(tmp_path / "nope.nii.gz"), "-o", str(tmp_path / "o"), "--key-box", "0,0,0,1,1,0"]
     assert main(args) == 2
     assert "nope.nii.gz does not exist" in capsys.readouterr().err

@@ -19,16 +19,25 @@ __all__ = ["CaseMetricsWriter", "LabelMapWriter"]
 logger = logging.getLogger(__name__)
 
 
-def _items(engine: Engine) -> list[dict]:
-    output = engine.state.output
-    return output if isinstance(output, list) else [output]
+def _named_items(engine: Engine, name_key: str) -> list[tuple[str, dict]]:
+    """``(case name, output item)`` pairs of the current iteration.
 
-
-def _name(item: dict, key: str) -> str:
-    source = item[key].meta.get("filename_or_obj", "case") if hasattr(item[key], "meta") else "case"
-    if isinstance(source, (list, tuple)):
-        source = source[0]
-    return case_name(str(source))
+    The name is the datalist's ``case`` field where present (``data_prep`` writes it; BraTS 2015 cases all
+    share file names), else the image's file name without its suffix. Only the last path component is kept:
+    MONAI's ``load_decathlon_datalist`` turns any value naming an existing folder into an absolute path, and
+    an output name must never lead outside the output folder.
+    """
+    output, batch = engine.state.output, engine.state.batch
+    outputs = output if isinstance(output, list) else [output]
+    batches = batch if isinstance(batch, list) else [batch] * len(outputs)
+    named = []
+    for item, source in zip(outputs, batches, strict=False):
+        case = source.get("case") if isinstance(source, dict) else None
+        if case is None:
+            path = item[name_key].meta.get("filename_or_obj", "case") if hasattr(item[name_key], "meta") else "case"
+            case = case_name(str(path[0] if isinstance(path, (list, tuple)) else path))
+        named.append((Path(str(case[0] if isinstance(case, (list, tuple)) else case)).name, item))
+    return named
 
 
 class CaseMetricsWriter:
@@ -53,7 +62,7 @@ class CaseMetricsWriter:
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def record(self, engine: Engine) -> None:
-        for item in _items(engine):
+        for case, item in _named_items(engine, self.name_key):
             pred, label = item[self.pred_key], item[self.label_key]
             spacing = np.linalg.norm(np.asarray(pred.affine)[:3, :3], axis=0) if hasattr(pred, "affine") else 1.0
             rows = []
@@ -61,7 +70,7 @@ class CaseMetricsWriter:
                 p = (torch.as_tensor(pred[k]) > 0.5).cpu().numpy().astype(np.int64)
                 g = (torch.as_tensor(label[k]) > 0.5).cpu().numpy().astype(np.int64)
                 rows += case_metrics(p, g, {1: name}, spacing, self.tolerance)
-            self.table.add(_name(item, self.name_key), rows)
+            self.table.add(case, rows)
 
     def write(self, engine: Engine) -> None:
         self.table.write_csv(self.output_dir / "metrics_per_case.csv", overwrite=self.overwrite)
@@ -87,9 +96,9 @@ class LabelMapWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        for item in _items(engine):
+        for name, item in _named_items(engine, self.name_key):
             pred = item[self.key]
             labels = self.to_labels(pred)[0].cpu().numpy()
-            path = self.output_dir / f"{_name(item, self.name_key)}{self.postfix}"
+            path = self.output_dir / f"{name}{self.postfix}"
             save_label_map(labels, pred, path, self.overwrite)
             logger.info(f"wrote {path}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .prompts import PromptSpec, prompts_from_label, prompts_from_spec, read_prompt_file
+from .prompts import PromptSpec, prompts_from_label, prompts_from_spec, read_prompt_file, spec_from_boxes
 from .segment import Case, CaseResult, KeyPrompt, find_cases, segment_case, segment_cases
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
-from .volume import Preprocess, axial_axis, case_name, load_volume, prepare_volume, save_label_map
+from .volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
 
 __all__ = [
     "Case",
@@ -14,9 +14,9 @@ __all__ = [
     "Preprocess",
     "Prompt2D",
     "PromptSpec",
+    "SliceGeometry",
     "SliceResult",
     "SliceWiseInferer",
-    "axial_axis",
     "case_name",
     "find_cases",
     "load_volume",
@@ -28,4 +28,5 @@ __all__ = [
     "save_label_map",
     "segment_case",
     "segment_cases",
+    "spec_from_boxes",
 ]

@@ -7,7 +7,7 @@ Volumes here are ``[H, W, D]`` with the slicing axis last (see :mod:`monai_cbo.i
   and points, in voxel indices or world millimetres (RAS).
 
 Prompt file format (``coordinates`` is ``"voxel"`` (default) or ``"world"``; voxel triples index the
-image array's axes (i, j, k) as stored, world triples are RAS mm)::
+image array's axes (i, j, k) as stored, i.e. as a viewer shows them; world triples are RAS mm)::
 
     {"coordinates": "voxel",
      "prompts": [
@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from .slicewise import Prompt2D, mask_box
+from .volume import SliceGeometry
 
-__all__ = ["PromptSpec", "prompts_from_label", "prompts_from_spec", "read_prompt_file"]
+__all__ = ["PromptSpec", "prompts_from_label", "prompts_from_spec", "read_prompt_file", "spec_from_boxes"]
 
 
 def prompts_from_label(
@@ -57,7 +58,7 @@ def prompts_from_label(
 
 @dataclass
 class PromptSpec:
-    """Prompts of a prompt file, in voxel indices of the volume as sliced (slicing axis last).
+    """Prompts of a prompt file, in voxel indices of the sliced view (RAS, slicing axis last).
 
     ``boxes3d``: class -> [6] (i0, j0, k0, i1, j1, k1), inclusive; ``key_boxes``: class -> (k, box XYXY);
     ``points``: class -> {k: (points [N, 2] (x, y), labels [N])}.
@@ -71,20 +72,44 @@ class PromptSpec:
 def _to_voxels(coords: np.ndarray, coordinates: str, affine: np.ndarray) -> np.ndarray:
     """[N, 3] coordinates -> voxel indices of the stored array (float)."""
     if coordinates == "voxel":
-        return coords.astype(np.float64)
+        return np.asarray(coords, dtype=np.float64)
     inv = np.linalg.inv(affine)
-    return coords @ inv[:3, :3].T + inv[:3, 3]
+    return np.asarray(coords, dtype=np.float64) @ inv[:3, :3].T + inv[:3, 3]
 
 
-def _box_voxels(box: Sequence[float], coordinates: str, affine: np.ndarray) -> np.ndarray:
+def _add_box(spec: PromptSpec, cls: int, box: Sequence[float], kind: str, coordinates: str, affine: np.ndarray,
+             geometry: SliceGeometry, where: str) -> None:
+    """Map a 3D box (6 numbers) into the sliced view, clip it, and add it to ``spec`` as ``box3d`` or key box."""
+    if len(box) != 6:
+        raise ValueError(f"{where}: {kind} needs 6 numbers (i0, j0, k0, i1, j1, k1), got {list(box)}")
     lo, hi = np.asarray(box[:3], dtype=np.float64), np.asarray(box[3:], dtype=np.float64)
     corners = np.array([np.where(np.array(p) == 1, hi, lo) for p in product((0, 1), repeat=3)])
-    vox = _to_voxels(corners, coordinates, affine)
-    return np.concatenate([vox.min(axis=0), vox.max(axis=0)])
+    sliced = geometry.voxels_to_sliced(_to_voxels(corners, coordinates, affine))
+    shape = np.asarray(geometry.sliced_shape)
+    first = np.maximum(np.floor(sliced.min(axis=0) + 0.5), 0)
+    last = np.minimum(np.floor(sliced.max(axis=0) + 0.5), shape - 1)
+    if np.any(first > last):
+        extent = tuple(int(v) for v in geometry.stored_shape)
+        raise ValueError(f"{where}: {kind} {list(box)} ({coordinates}) lies outside the volume of shape {extent}")
+    if kind == "box3d":
+        spec.boxes3d[cls] = np.concatenate([first, last]).astype(int)
+    else:
+        k = int(round((first[2] + last[2]) / 2))  # a thick key box starts from its middle slice
+        # 2D box in SAM order on slice k: x = column (sliced axis 1), y = row (sliced axis 0)
+        spec.key_boxes[cls] = (k, np.array([first[1], first[0], last[1], last[0]], dtype=np.float32))
 
 
-def read_prompt_file(path: str | Path, affine: np.ndarray, shape: Sequence[int], slice_axis: int) -> PromptSpec:
-    """Read a prompt JSON (see the module docstring) into voxel prompts of a volume sliced along ``slice_axis``.
+def spec_from_boxes(boxes: dict[int, Sequence[float]], geometry: SliceGeometry, key: bool = False,
+                    where: str = "box") -> PromptSpec:
+    """Prompts from per-class stored-voxel 3D boxes: on every slice they span, or (``key``) propagated."""
+    spec = PromptSpec({}, {}, {})
+    for cls, box in boxes.items():
+        _add_box(spec, int(cls), box, "key_box" if key else "box3d", "voxel", np.eye(4), geometry, where)
+    return spec
+
+
+def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeometry) -> PromptSpec:
+    """Read a prompt JSON (see the module docstring) into prompts in the sliced view of ``geometry``.
 
     Boxes are clipped to the volume; a box or point wholly outside it is a ValueError naming the file, the
     entry and the volume's extent.
@@ -101,9 +126,7 @@ def read_prompt_file(path: str | Path, affine: np.ndarray, shape: Sequence[int],
     coordinates = data.get("coordinates", "voxel")
     if coordinates not in ("voxel", "world"):
         raise ValueError(f"prompt file {path}: coordinates must be 'voxel' or 'world', got {coordinates!r}")
-    shape = np.asarray([int(v) for v in shape[:3]])
-    extent = tuple(shape.tolist())
-    order = [a for a in range(3) if a != slice_axis] + [slice_axis]  # stored axes -> sliced (i, j, k)
+    shape = np.asarray(geometry.sliced_shape)
     spec = PromptSpec({}, {}, {})
     for n, entry in enumerate(data["prompts"]):
         where = f"prompt file {path}, entry {n}"
@@ -118,36 +141,21 @@ def read_prompt_file(path: str | Path, affine: np.ndarray, shape: Sequence[int],
             raise ValueError(f"{where}: give exactly one of 'box3d', 'key_box', 'points', got {kinds}")
         kind = kinds[0]
         if kind in ("box3d", "key_box"):
-            box = entry[kind]
-            if len(box) != 6:
-                raise ValueError(f"{where}: {kind} needs 6 numbers (i0, j0, k0, i1, j1, k1), got {box}")
-            vox = _box_voxels(box, coordinates, affine)
-            lo, hi = np.maximum(np.floor(vox[:3] + 0.5), 0), np.minimum(np.floor(vox[3:] + 0.5), shape - 1)
-            if np.any(lo > hi):
-                raise ValueError(
-                    f"{where}: {kind} {box} ({coordinates}) lies outside the volume of shape {extent}"
-                )
-            lo, hi = lo[order], hi[order]
-            if kind == "box3d":
-                spec.boxes3d[cls] = np.concatenate([lo, hi]).astype(int)
-            else:
-                k = int(round((lo[2] + hi[2]) / 2))  # a thick key box starts from its middle slice
-                # 2D box in SAM order on slice k: x = column (j), y = row (i)
-                spec.key_boxes[cls] = (k, np.array([lo[1], lo[0], hi[1], hi[0]], dtype=np.float32))
-        else:
-            pts = np.asarray(entry["points"], dtype=np.float64).reshape(-1, 3)
-            labels = np.asarray(entry.get("point_labels", [1] * len(pts)), dtype=np.int64)
-            if len(labels) != len(pts):
-                raise ValueError(f"{where}: {len(pts)} points but {len(labels)} point_labels")
-            vox = np.floor(_to_voxels(pts, coordinates, affine) + 0.5)
-            inside = np.all((vox >= 0) & (vox < shape), axis=1)
-            if not inside.all():
-                raise ValueError(f"{where}: points {pts[~inside].tolist()} lie outside the volume of shape {extent}")
-            vox = vox[:, order]
-            per_slice = spec.points.setdefault(cls, {})
-            for k in np.unique(vox[:, 2]).astype(int):
-                sel = vox[:, 2] == k
-                per_slice[int(k)] = (vox[sel][:, [1, 0]].astype(np.float32), labels[sel])
+            _add_box(spec, cls, entry[kind], kind, coordinates, affine, geometry, where)
+            continue
+        pts = np.asarray(entry["points"], dtype=np.float64).reshape(-1, 3)
+        labels = np.asarray(entry.get("point_labels", [1] * len(pts)), dtype=np.int64)
+        if len(labels) != len(pts):
+            raise ValueError(f"{where}: {len(pts)} points but {len(labels)} point_labels")
+        vox = np.floor(geometry.voxels_to_sliced(_to_voxels(pts, coordinates, affine)) + 0.5)
+        inside = np.all((vox >= 0) & (vox < shape), axis=1)
+        if not inside.all():
+            extent = tuple(int(v) for v in geometry.stored_shape)
+            raise ValueError(f"{where}: points {pts[~inside].tolist()} lie outside the volume of shape {extent}")
+        per_slice = spec.points.setdefault(cls, {})
+        for k in np.unique(vox[:, 2]).astype(int):
+            sel = vox[:, 2] == k
+            per_slice[int(k)] = (vox[sel][:, [1, 0]].astype(np.float32), labels[sel])
     return spec
 
 

@@ -17,28 +17,19 @@ import numpy as np
 from ..data.readers import is_dicom_folder
 from ..metrics import case_metrics
 from ..utils import check_overwrite
-from .prompts import prompts_from_label, prompts_from_spec, read_prompt_file
+from .prompts import prompts_from_label, prompts_from_spec, read_prompt_file, spec_from_boxes
 from .slicewise import Prompt2D, SliceWiseInferer
-from .volume import (
-    IMAGE_SUFFIXES,
-    Preprocess,
-    case_name,
-    load_volume,
-    prepare_volume,
-    save_label_map,
-    to_sliced,
-    to_stored_order,
-)
+from .volume import IMAGE_SUFFIXES, Preprocess, case_name, load_volume, prepare_volume, save_label_map
 
 __all__ = ["Case", "CaseResult", "KeyPrompt", "find_cases", "report", "segment_case", "segment_cases"]
 
 
 @dataclass
 class KeyPrompt:
-    """One box on one slice, to propagate: ``box`` is (i0, j0, i1, j1) in the stored voxel axes other than
-    the slicing axis, in their stored order; ``label`` is the class written for it."""
+    """One box to propagate, in stored voxel indices (as a viewer shows them): ``box`` is (i0, j0, k0, i1, j1, k1)
+    and should be flat along the slicing direction (a thick box starts from its middle slice); ``label`` is the
+    class written for it."""
 
-    slice_index: int
     box: Sequence[float]
     label: int = 1
 
@@ -102,28 +93,23 @@ def segment_case(
     start = time.perf_counter()
     output = check_overwrite(output, overwrite)  # fail before any work
     image = load_volume(case.image)
-    volume, axis = prepare_volume(image, pre or Preprocess())
+    volume, geometry = prepare_volume(image, pre or Preprocess())
     sliced_shape = tuple(volume.shape[1:])
     gt = None
     if case.label is not None:
         gt = _check_label(load_volume(case.label), image, case)
         if case.classes is not None:
             gt = np.where(np.isin(gt, list(case.classes)), gt, 0)
-        prompts = prompts_from_label(to_sliced(gt, axis))
-        results = inferer.predict(volume, prompts)
-    elif case.prompt_file is not None:
-        spec = read_prompt_file(case.prompt_file, image.affine.numpy(), image.shape[1:], axis)
+        results = inferer.predict(volume, prompts_from_label(geometry.to_sliced(gt)))
+    else:
+        if case.prompt_file is not None:
+            spec = read_prompt_file(case.prompt_file, image.affine.numpy(), geometry)
+        else:
+            spec = spec_from_boxes({case.key.label: case.key.box}, geometry, key=True, where=f"key box of {case.image}")
         results = inferer.predict(volume, prompts_from_spec(spec))
         for cls, (k, box) in spec.key_boxes.items():
             results[cls] = inferer.propagate(volume, k, Prompt2D(box=box), **(propagate_kwargs or {}))
-    else:
-        key = case.key
-        i0, j0, i1, j1 = (float(v) for v in key.box)
-        if not 0 <= key.slice_index < sliced_shape[2]:
-            raise ValueError(f"key slice {key.slice_index} outside 0..{sliced_shape[2] - 1} of {case.image}")
-        box = np.array([j0, i0, j1, i1], dtype=np.float32)
-        results = {key.label: inferer.propagate(volume, key.slice_index, Prompt2D(box=box), **(propagate_kwargs or {}))}
-    labels = to_stored_order(inferer.label_map(results, sliced_shape), axis)
+    labels = geometry.to_stored(inferer.label_map(results, sliced_shape))
     written = save_label_map(labels, image, output, overwrite)
     metrics = []
     if gt is not None and score:

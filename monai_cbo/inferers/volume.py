@@ -1,9 +1,9 @@
 """Volumes in, masks out: read a volume, prepare it for a 2D model, segment it slice-wise, write NIfTI.
 
-Geometry: the volume is never resampled or reoriented. Slices are taken along one stored voxel axis
-(by default the one closest to the patient's superior axis, i.e. axial), each slice is resized to the model
-input and the prediction is resized back exactly, so the written mask has the input's shape and affine by
-construction, with nothing to invert.
+Geometry: the volume is never resampled. It is reoriented to RAS by axis permutations and flips only (the
+orientation the bundles train in) and sliced axially by default; each slice is resized to the model input
+and the prediction resized back exactly, then the permutation is undone, so the written mask has the
+input's shape and affine exactly.
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from ..utils import write_atomic
 __all__ = [
     "IMAGE_SUFFIXES",
     "Preprocess",
-    "axial_axis",
+    "SliceGeometry",
     "case_name",
     "load_volume",
     "prepare_volume",
     "save_label_map",
-    "to_sliced",
-    "to_stored_order",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -81,9 +79,55 @@ def load_volume(path: str | Path | Sequence[str | Path]) -> MetaTensor:
     return image
 
 
-def axial_axis(affine: np.ndarray) -> int:
-    """The stored voxel axis closest to the world superior-inferior axis."""
-    return int(np.argmax(np.abs(np.asarray(affine)[2, :3]) / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
+VIEWS = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """How a stored volume maps onto the sliced view the model sees, and back, exactly.
+
+    The sliced view is the volume reoriented to RAS (as the bundles' ``Orientationd`` does in training) with
+    the slicing axis moved last: ``[H, W, D]``. Only axis permutations and flips are involved, so
+    :meth:`to_stored` restores the stored array bit for bit.
+    """
+
+    stored_shape: tuple[int, int, int]
+    transform: np.ndarray  # nibabel orientation transform, stored axes -> sliced axes
+
+    @classmethod
+    def from_affine(cls, affine: np.ndarray, shape: Sequence[int], slice_axis: int = 2) -> SliceGeometry:
+        """``slice_axis`` is a RAS axis: 0 sagittal (R), 1 coronal (A), 2 axial (S)."""
+        ras = [a for a in range(3) if a != slice_axis] + [slice_axis]
+        end = nib.orientations.axcodes2ornt(tuple("RAS"[a] for a in ras))
+        start = nib.orientations.io_orientation(np.asarray(affine))
+        return cls(tuple(int(v) for v in shape[:3]), nib.orientations.ornt_transform(start, end))
+
+    @property
+    def sliced_shape(self) -> tuple[int, int, int]:
+        out = [0, 0, 0]
+        for axis, (target, _) in enumerate(self.transform):
+            out[int(target)] = self.stored_shape[axis]
+        return tuple(out)
+
+    def to_sliced(self, array: np.ndarray) -> np.ndarray:
+        """A stored ``[X, Y, Z, ...]`` array in the sliced view ``[H, W, D, ...]``."""
+        return nib.orientations.apply_orientation(np.asarray(array), self.transform)
+
+    def to_stored(self, array: np.ndarray) -> np.ndarray:
+        """Undo :meth:`to_sliced`."""
+        inverse = np.zeros_like(self.transform)
+        for axis, (target, flip) in enumerate(self.transform):
+            inverse[int(target)] = (axis, flip)
+        return np.ascontiguousarray(nib.orientations.apply_orientation(np.asarray(array), inverse))
+
+    def voxels_to_sliced(self, coords: np.ndarray) -> np.ndarray:
+        """Stored voxel coordinates ``[N, 3]`` (float) -> coordinates in the sliced view."""
+        coords = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+        out = np.empty_like(coords)
+        for axis, (target, flip) in enumerate(self.transform):
+            c = coords[:, axis]
+            out[:, int(target)] = self.stored_shape[axis] - 1 - c if flip < 0 else c
+        return out
 
 
 @dataclass
@@ -95,23 +139,28 @@ class Preprocess:
             (CT when the 0.5th percentile is below -200, i.e. air in HU; MRI otherwise).
         ct_window: HU window for CT. Default (-500, 1000).
         channels: input channels mapped to the model's 3 (see :class:`~monai_cbo.transforms.ToModelChannels`).
-        slice_axis: stored voxel axis to slice along (0, 1, 2) or ``"auto"`` (axial, from the affine).
+        view: slicing direction in RAS, ``"axial"`` (default, as the bundles train), ``"coronal"`` or
+            ``"sagittal"``; or 0 / 1 / 2 (the RAS axis).
     """
 
     modality: str = "auto"
     ct_window: tuple[float, float] = (-500.0, 1000.0)
     channels: Sequence[int] | None = None
-    slice_axis: int | str = "auto"
+    view: str | int = "axial"
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ValueError(f"unknown modality {self.modality!r}; choose one of {MODALITIES}")
-        if self.slice_axis != "auto" and self.slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1, 2 or 'auto', got {self.slice_axis!r}")
+        if self.view not in VIEWS and self.view not in (0, 1, 2):
+            raise ValueError(f"view must be one of {list(VIEWS)} or 0, 1, 2 (RAS axis), got {self.view!r}")
+
+    @property
+    def slice_axis(self) -> int:
+        return VIEWS.get(self.view, self.view)
 
 
-def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, int]:
-    """``[C, X, Y, Z]`` -> (``[3, H, W, D]`` float32 in [0, 1] with the slicing axis last, slicing axis)."""
+def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, SliceGeometry]:
+    """``[C, X, Y, Z]`` -> (``[3, H, W, D]`` float32 in [0, 1] in the sliced view, its :class:`SliceGeometry`)."""
     image = ToModelChannels(pre.channels)(image)
     data = torch.as_tensor(image.as_tensor() if isinstance(image, MetaTensor) else image, dtype=torch.float32)
     modality = pre.modality
@@ -120,22 +169,9 @@ def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, in
         low = float(torch.quantile(finite[:: max(1, finite.numel() // 1_000_000)], 0.005)) if finite.numel() else 0.0
         modality = "ct" if low < -200 else "mri"
     data = (CTWindow(*pre.ct_window) if modality == "ct" else MRIPercentileScale())(data)
-    axis = axial_axis(image.affine.numpy()) if pre.slice_axis == "auto" else int(pre.slice_axis)
-    return data.permute(0, *[a + 1 for a in _sliced_order(axis)]).contiguous(), axis
-
-
-def _sliced_order(slice_axis: int) -> list[int]:
-    return [a for a in range(3) if a != slice_axis] + [slice_axis]
-
-
-def to_sliced(labels: np.ndarray, slice_axis: int) -> np.ndarray:
-    """A stored-order map ``[X, Y, Z]`` with its slicing axis moved last, as :func:`prepare_volume` does."""
-    return np.transpose(labels, _sliced_order(slice_axis))
-
-
-def to_stored_order(labels: np.ndarray, slice_axis: int) -> np.ndarray:
-    """Undo :func:`to_sliced` for a map ``[H, W, D]`` (slicing axis last)."""
-    return np.transpose(labels, np.argsort(_sliced_order(slice_axis)))
+    geometry = SliceGeometry.from_affine(image.affine.numpy(), data.shape[1:], pre.slice_axis)
+    sliced = np.stack([geometry.to_sliced(c) for c in np.asarray(data)])
+    return torch.from_numpy(np.ascontiguousarray(sliced)), geometry
 
 
 def save_label_map(labels: np.ndarray, image: MetaTensor, path: str | Path, overwrite: bool = False) -> Path:

@@ -128,11 +128,10 @@ def volume_time(
 
     from ..inferers import Case, Preprocess, SliceWiseInferer, load_volume, prepare_volume, prompts_from_label
     from ..inferers.segment import segment_case
-    from ..inferers.volume import to_sliced
 
     inferer = SliceWiseInferer(build_model(model_name), device=device)
-    volume, axis = prepare_volume(load_volume(image), Preprocess())
-    gt = to_sliced(load_volume(label)[0].numpy().round().astype(int), axis)
+    volume, geometry = prepare_volume(load_volume(image), Preprocess())
+    gt = geometry.to_sliced(load_volume(label)[0].numpy().round().astype(int))
     if classes is not None:
         gt = np.where(np.isin(gt, classes), gt, 0)
     slices = sorted({z for per in prompts_from_label(gt).values() for z in per})

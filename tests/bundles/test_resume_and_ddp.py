@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def demo_data(tmp_path_factory) -> Path:
 def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None) -> str:
     cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", *args, "--dataset_dir", str(data),
            "--output_dir", str(out), "--model#name", "tiny", "--slices_per_volume", "2", "--val_interval", "1"]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes x 2 threads on 2 cores would spin against each other
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 

@@ -30,7 +30,9 @@ def test_amos_uses_dataset_json_labels_and_keeps_ct(tmp_path, write_nifti):
     assert datalist["labels"] == labels and datalist["channels"] == ["CT"] and datalist["label_convention"] == "amos"
     assert [c["image"] for c in datalist["training"]] == ["imagesTr/amos_0001.nii.gz", "imagesTr/amos_0004.nii.gz"]
     mri = _run(data, tmp_path / "m.json", "--modality", "MRI", "--classes", "organ 2")
-    assert mri["training"] == [{"image": "imagesTr/amos_0507.nii.gz", "label": "labelsTr/amos_0507.nii.gz"}]
+    assert mri["training"] == [
+        {"case": "amos_0507", "image": "imagesTr/amos_0507.nii.gz", "label": "labelsTr/amos_0507.nii.gz"}
+    ]
     assert mri["channels"] == ["MRI"] and mri["labels"] == {"0": "background", "2": "organ 2"}
 
 

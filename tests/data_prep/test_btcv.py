@@ -25,7 +25,7 @@ def test_btcv_pairs_images_with_labels_and_names_13_organs(tmp_path, write_nifti
     assert datalist["labels"]["13"] == "adrenal_gland_left" and datalist["channels"] == ["CT"]
     cases = [c for k in ("training", "validation", "test") for c in datalist[k]]
     assert [len(datalist[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
-    assert {"image": "imagesTr/img0003.nii.gz", "label": "labelsTr/label0003.nii.gz"} in cases
+    assert {"case": "img0003", "image": "imagesTr/img0003.nii.gz", "label": "labelsTr/label0003.nii.gz"} in cases
 
 
 def test_btcv_classes_keep_their_ids(tmp_path, write_nifti):

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from monai_cbo.inferers import prompts_from_label, prompts_from_spec, read_prompt_file
+from monai_cbo.inferers import SliceGeometry, prompts_from_label, prompts_from_spec, read_prompt_file
 
-AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])  # 2 x 2 x 3 mm voxels, origin 0
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])  # 2 x 2 x 3 mm voxels, origin 0, stored RAS
 SHAPE = (20, 30, 10)
+AXIAL = SliceGeometry.from_affine(AFFINE, SHAPE)
 
 
 def _write(tmp_path, payload) -> str:
@@ -30,7 +31,7 @@ def test_label_boxes_are_tight_and_in_sam_order():
 
 def test_voxel_box3d_gives_a_box_on_each_slice_it_spans(tmp_path):
     path = _write(tmp_path, {"prompts": [{"label": 1, "box3d": [2, 3, 4, 6, 9, 5]}]})
-    prompts = prompts_from_spec(read_prompt_file(path, AFFINE, SHAPE, slice_axis=2))
+    prompts = prompts_from_spec(read_prompt_file(path, AFFINE, AXIAL))
     assert sorted(prompts[1]) == [4, 5]
     np.testing.assert_array_equal(prompts[1][4].box, [3, 2, 9, 6])  # x = column (j), y = row (i)
 
@@ -38,16 +39,23 @@ def test_voxel_box3d_gives_a_box_on_each_slice_it_spans(tmp_path):
 def test_world_coordinates_and_another_slicing_axis(tmp_path):
     # world box (mm) -> voxels (1..3, 2..4, 2..3); sliced along axis 0, the 2D axes are (j, k)
     path = _write(tmp_path, {"coordinates": "world", "prompts": [{"label": 3, "box3d": [2, 4, 6, 6, 8, 9]}]})
-    spec = read_prompt_file(path, AFFINE, SHAPE, slice_axis=0)
+    spec = read_prompt_file(path, AFFINE, SliceGeometry.from_affine(AFFINE, SHAPE, 0))
     np.testing.assert_array_equal(spec.boxes3d[3], [2, 2, 1, 4, 3, 3])
+
+
+def test_voxel_prompts_follow_a_flipped_stored_orientation(tmp_path):
+    lps = np.diag([-2.0, -2.0, 3.0, 1.0])  # stored L->R and P->A reversed: the sliced view flips both
+    path = _write(tmp_path, {"prompts": [{"label": 1, "box3d": [2, 3, 4, 6, 9, 5]}]})
+    box = read_prompt_file(path, lps, SliceGeometry.from_affine(lps, SHAPE)).boxes3d[1]
+    np.testing.assert_array_equal(box, [19 - 6, 29 - 9, 4, 19 - 2, 29 - 3, 5])
 
 
 def test_boxes_are_clipped_and_a_box_outside_is_refused(tmp_path):
     clipped = _write(tmp_path, {"prompts": [{"label": 1, "box3d": [-5, -5, 8, 50, 50, 20]}]})
-    np.testing.assert_array_equal(read_prompt_file(clipped, AFFINE, SHAPE, 2).boxes3d[1], [0, 0, 8, 19, 29, 9])
+    np.testing.assert_array_equal(read_prompt_file(clipped, AFFINE, AXIAL).boxes3d[1], [0, 0, 8, 19, 29, 9])
     outside = _write(tmp_path, {"prompts": [{"label": 1, "box3d": [0, 0, 30, 5, 5, 40]}]})
     with pytest.raises(ValueError, match=r"prompts.json, entry 0: box3d .* outside the volume of shape \(20, 30, 10\)"):
-        read_prompt_file(outside, AFFINE, SHAPE, 2)
+        read_prompt_file(outside, AFFINE, AXIAL)
 
 
 def test_key_box_and_points(tmp_path):
@@ -55,7 +63,7 @@ def test_key_box_and_points(tmp_path):
         {"label": 1, "key_box": [2, 3, 5, 6, 9, 5]},
         {"label": 2, "points": [[4, 5, 7], [6, 6, 7], [1, 1, 2]], "point_labels": [1, 0, 1]},
     ]})
-    spec = read_prompt_file(path, AFFINE, SHAPE, 2)
+    spec = read_prompt_file(path, AFFINE, AXIAL)
     k, box = spec.key_boxes[1]
     assert k == 5 and box.tolist() == [3, 2, 9, 6]
     prompts = prompts_from_spec(spec)
@@ -78,13 +86,13 @@ def test_key_box_and_points(tmp_path):
 )
 def test_bad_prompt_files_name_the_file_and_the_problem(tmp_path, payload, message):
     with pytest.raises(ValueError, match=message):
-        read_prompt_file(_write(tmp_path, payload), AFFINE, SHAPE, 2)
+        read_prompt_file(_write(tmp_path, payload), AFFINE, AXIAL)
 
 
 def test_unreadable_prompt_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
-        read_prompt_file(bad, AFFINE, SHAPE, 2)
+        read_prompt_file(bad, AFFINE, AXIAL)
     with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
-        read_prompt_file(tmp_path / "missing.json", AFFINE, SHAPE, 2)
+        read_prompt_file(tmp_path / "missing.json", AFFINE, AXIAL)

@@ -6,7 +6,6 @@ import torch
 from realdata import shared_data
 
 from monai_cbo.inferers import Preprocess, Prompt2D, SliceWiseInferer, load_volume, prepare_volume, prompts_from_label
-from monai_cbo.inferers.volume import to_sliced
 from monai_cbo.metrics import dice_3d
 from monai_cbo.networks import build_model
 
@@ -80,8 +79,8 @@ def test_bad_prompts_are_refused(tiny):
 
 def _case(image_rel: str, label_rel: str, cls: int | None = None):
     image = load_volume(shared_data(image_rel))
-    volume, axis = prepare_volume(image, Preprocess())
-    label = to_sliced(np.rint(load_volume(shared_data(label_rel))[0].numpy()).astype(int), axis)
+    volume, geometry = prepare_volume(image, Preprocess())
+    label = geometry.to_sliced(np.rint(load_volume(shared_data(label_rel))[0].numpy()).astype(int))
     if cls is not None:
         label = (label == cls).astype(int)
     return volume, label

@@ -8,8 +8,15 @@ import pytest
 import SimpleITK as sitk
 from realdata import shared_data
 
-from monai_cbo.inferers import Case, Preprocess, SliceWiseInferer, load_volume, prepare_volume, segment_case
-from monai_cbo.inferers.volume import axial_axis, to_sliced, to_stored_order
+from monai_cbo.inferers import (
+    Case,
+    Preprocess,
+    SliceGeometry,
+    SliceWiseInferer,
+    load_volume,
+    prepare_volume,
+    segment_case,
+)
 from monai_cbo.networks import build_model
 
 GEOMETRY_CASES = {
@@ -45,18 +52,25 @@ def test_written_mask_has_the_input_geometry(tmp_path, tiny_inferer, name):
     assert result.slices > 0 and {m["class"] for m in result.metrics}
 
 
-def test_slicing_axis_defaults_to_axial_and_round_trips():
-    affine = np.array([[0, 0, 3.0, 0], [2.0, 0, 0, 0], [0, 1.5, 0, 0], [0, 0, 0, 1]])  # axis 1 is superior
-    assert axial_axis(affine) == 1
+def test_sliced_view_is_ras_with_the_slicing_axis_last_and_round_trips():
+    # stored axes: 0 runs anterior->posterior (flipped A), 1 runs inferior->superior, 2 runs left->right
+    affine = np.array([[0, 0, 3.0, 0], [-2.0, 0, 0, 0], [0, 1.5, 0, 0], [0, 0, 0, 1]])
     labels = np.arange(24).reshape(2, 3, 4)
-    for axis in range(3):
-        assert np.array_equal(to_stored_order(to_sliced(labels, axis), axis), labels)
+    geometry = SliceGeometry.from_affine(affine, labels.shape)  # axial: RAS order (R, A, S)
+    sliced = geometry.to_sliced(labels)
+    assert sliced.shape == geometry.sliced_shape == (4, 2, 3)
+    assert sliced[1, 0, 2] == labels[1, 2, 1]  # A flipped: sliced row 0 is stored row 1 (most anterior)
+    assert np.array_equal(geometry.to_stored(sliced), labels)
+    np.testing.assert_array_equal(geometry.voxels_to_sliced([[1, 2, 1]]), [[1, 0, 2]])
+    for view in range(3):
+        g = SliceGeometry.from_affine(affine, labels.shape, view)
+        assert np.array_equal(g.to_stored(g.to_sliced(labels)), labels)
 
 
 def test_prepare_volume_maps_ct_and_mri_to_unit_range():
     ct = load_volume(shared_data("TotalSegmentator_examples/example_ct_sm.nii.gz"))
-    volume, axis = prepare_volume(ct, Preprocess())
-    assert axis == 2 and volume.shape == (3, 122, 101, 30)
+    volume, geometry = prepare_volume(ct, Preprocess())
+    assert volume.shape == (3, 122, 101, 30) and geometry.sliced_shape == (122, 101, 30)  # stored RAS already
     assert float(volume.min()) == 0.0 and float(volume.max()) <= 1.0
     assert float((volume == 0).float().mean()) > 0.05  # air sits below the default -500 HU window
     mri = load_volume(shared_data("Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz"))

@@ -8,7 +8,6 @@ import torch
 from realdata import shared_data
 
 from monai_cbo.inferers import Preprocess, load_volume, prepare_volume
-from monai_cbo.inferers.volume import to_sliced
 from monai_cbo.metrics import dice_3d
 from monai_cbo.networks import build_model
 from monai_cbo.transforms import ResizeLongestSidePad, restore_slice, scale_coords
@@ -30,8 +29,8 @@ def litemedsam():
 def test_litemedsam_segments_a_real_slice_from_its_box(litemedsam, name):
     image_rel, label_rel, cls = CASES[name]
     image = load_volume(shared_data(image_rel))
-    volume, axis = prepare_volume(image, Preprocess())
-    label = to_sliced(np.rint(load_volume(shared_data(label_rel))[0].numpy()).astype(int), axis)
+    volume, geometry = prepare_volume(image, Preprocess())
+    label = geometry.to_sliced(np.rint(load_volume(shared_data(label_rel))[0].numpy()).astype(int))
     mask = label > 0 if cls is None else label == cls
     z = int(np.argmax(mask.sum(axis=(0, 1))))  # the slice where the structure is largest
     gt = mask[..., z]
