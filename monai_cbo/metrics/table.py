@@ -107,10 +107,12 @@ class MetricsTable:
         raise ValueError(f"summary path {path} must end in .csv or .json")
 
     def to_markdown(self, digits: int = 3) -> str:
-        """The summary as a Markdown table: class | n | Dice | HD95 (mm) | NSD, each mean ± std."""
+        """The summary as a Markdown table: class | n | Dice | HD95 (mm) | NSD, each mean ± std (the mean alone
+        where the std is undefined, i.e. a single case)."""
 
         def cell(row: Mapping, key: str) -> str:
-            return f"{row[f'{key}_mean']:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+            mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+            return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
         lines = ["| class | n | Dice | HD95 (mm) | NSD |", "|---|---:|---|---|---|"]
         for r in self.summary():

@@ -37,7 +37,7 @@ def _state(out: Path) -> dict:
     return torch.load(out / "models" / "training_state.pt", weights_only=True)
 
 
-def test_both_run_ids_train(demo_data, tmp_path):
+def test_the_default_run_id_trains_too(demo_data, tmp_path):  # the other tests use "training"
     _bundle(["--config_file", str(CONFIGS / "train.json"), "--max_epochs", "1"], tmp_path / "run", demo_data)
     assert _state(tmp_path / "run")["trainer"]["epoch"] == 1
     assert (tmp_path / "run" / "models" / "best_adapter.pt").is_file()

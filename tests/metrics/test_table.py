@@ -71,7 +71,7 @@ def test_to_markdown_shows_mean_plus_minus_std_per_class() -> None:
     lines = filled().to_markdown().splitlines()
     assert lines[0] == "| class | n | Dice | HD95 (mm) | NSD |"
     assert lines[2] == "| WT | 3 | 0.750 ± 0.250 | 3.000 ± 1.414 (1 undefined) | 0.600 ± 0.200 |"
-    assert lines[3] == "| ET | 1 | 0.900 ± nan | 1.000 ± nan | 1.000 ± nan |"
+    assert lines[3] == "| ET | 1 | 0.900 | 1.000 | 1.000 |"  # one case: no std to show
 
 
 def test_add_rejects_duplicate_cases_and_incomplete_rows() -> None:
