@@ -118,7 +118,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     def step(title: str, cmd: list[str]) -> None:
         print(f"\n== {title}\n$ {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, cwd=repo, check=True)
+        code = subprocess.run(cmd, cwd=repo).returncode
+        if code:
+            raise SystemExit(f"monai-cbo demo: step '{title}' failed (exit code {code}); see its output above")
 
     step("1/3 demo data: synthetic CT with a spleen-like organ (label 1)",
          [sys.executable, "data_prep/make_demo_data.py", str(data), "-o", str(data / "datalist.json"),
