@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output", "check_overwrite", "keep_freed_memory", "write_atomic"]
+__all__ = ["atomic_output", "check_overwrite", "keep_freed_memory", "load_weights_only", "write_atomic"]
 
 
 def check_overwrite(path: str | Path, overwrite: bool) -> Path:
@@ -48,6 +48,25 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], overwrite: boo
     with atomic_output(path, overwrite) as tmp:
         write(tmp)
     return Path(path)
+
+
+def load_weights_only(path: str | Path, what: str, fix: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain values only, so no code in the
+    file can run. Any failure (missing, truncated, corrupt, or holding other objects) is a FileNotFoundError
+    or ValueError that names ``what`` and ``path`` and ends with ``fix``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated zip, globals refused by weights_only
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"cannot read {what} {path}: {type(err).__name__}: {detail}. It is corrupt, truncated, or holds "
+            f"objects other than tensors and plain values (refused for safety); {fix}"
+        ) from err
 
 
 def keep_freed_memory() -> bool:

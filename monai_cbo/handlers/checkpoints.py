@@ -9,7 +9,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..peft import adapter_state_dict, save_adapter
-from ..utils import write_atomic
+from ..utils import load_weights_only, write_atomic
 
 __all__ = ["BestAdapterSaver", "TrainingStateCheckpoint"]
 
@@ -93,10 +93,7 @@ class TrainingStateCheckpoint:
         if not self.path.is_file():
             logger.warning(f"resume requested but {self.path} does not exist: starting from epoch 0")
             return
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"cannot read training state {self.path}: {err}; delete it to start over") from err
+        state = load_weights_only(self.path, "training state", "delete it to start the run over")
         network = _unwrap(self.network)
         params = dict(network.named_parameters())
         missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state["network"])

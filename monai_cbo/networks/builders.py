@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..peft.config import choose
+from ..utils import load_weights_only
 from .segmenter import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SamSegmenter
 
 __all__ = ["MODELS", "build_model", "load_checkpoint_file"]
@@ -61,17 +62,10 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts a bare state dict or one nested under ``"model"`` / ``"state_dict"``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a SAM .pth file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated zip, refused globals
-        raise ValueError(
-            f"cannot read checkpoint {path}: {err.__class__.__name__}: {str(err).splitlines()[0]}. "
-            "Only plain tensor state dicts load (weights_only=True); re-save the weights with "
-            "torch.save(model.state_dict(), path) from a trusted environment"
-        ) from err
+    state = load_weights_only(
+        path, "checkpoint", "pass a SAM .pth state dict, re-saved with torch.save(model.state_dict(), path) "
+        "from a trusted environment if needed"
+    )
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..utils import write_atomic
+from ..utils import load_weights_only, write_atomic
 from .config import PeftConfig
 from .inject import apply_peft
 
@@ -58,17 +58,7 @@ def save_adapter(
 
 def read_adapter(path: str | Path) -> dict[str, Any]:
     """Read and validate an adapter checkpoint (``weights_only=True``: no code in the file can run)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"adapter checkpoint {path} does not exist; pass the path written by training")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"cannot read adapter checkpoint {path}: {err.__class__.__name__}: {str(err).splitlines()[0]}. "
-            "It is corrupt, truncated, or holds objects other than tensors and plain values (refused for "
-            "safety); use a checkpoint written by monai_cbo.peft.save_adapter"
-        ) from err
+    payload = load_weights_only(path, "adapter checkpoint", "pass a checkpoint written by training (save_adapter)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a monai_cbo adapter checkpoint (no format={FORMAT!r} field)")
     if payload.get("format_version", 0) > FORMAT_VERSION:
