@@ -6,7 +6,8 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
-from .slicewise import Prompt2D, SliceWiseInferer, mask_box
+from .prompts import prompts_from_mask
+from .slicewise import SliceWiseInferer
 
 __all__ = ["PromptedVolumeInferer"]
 
@@ -40,12 +41,8 @@ class PromptedVolumeInferer(Inferer):
         out = torch.zeros(prompt_label.shape, dtype=torch.float32, device=inputs.device)
         try:
             for b in range(inputs.shape[0]):
-                label = prompt_label[b] > 0.5
-                prompts = {
-                    k: {z: Prompt2D(box=mask_box(label[k, ..., z].cpu()))
-                        for z in torch.nonzero(label[k].flatten(0, 1).any(0)).flatten().tolist()}
-                    for k in range(label.shape[0])
-                }
+                label = prompt_label[b].cpu() > 0.5
+                prompts = {k: prompts_from_mask(label[k]) for k in range(label.shape[0])}
                 results = inferer.predict(inputs[b], prompts)
                 if self.exclusive:
                     labels = torch.as_tensor(inferer.label_map({k + 1: r for k, r in results.items()}, label.shape[1:]))

@@ -26,11 +26,26 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .slicewise import Prompt2D, mask_box
 from .volume import SliceGeometry
 
-__all__ = ["PromptSpec", "prompts_from_label", "prompts_from_spec", "read_prompt_file", "spec_from_boxes"]
+__all__ = [
+    "PromptSpec",
+    "prompts_from_label",
+    "prompts_from_mask",
+    "prompts_from_spec",
+    "read_prompt_file",
+    "spec_from_boxes",
+]
+
+
+def prompts_from_mask(mask: np.ndarray | torch.Tensor, min_pixels: int = 1) -> dict[int, Prompt2D]:
+    """Tight box of a binary volume ``[H, W, D]`` on every slice with at least ``min_pixels`` pixels."""
+    mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).bool()
+    counts = mask.flatten(0, 1).sum(0)
+    return {int(z): Prompt2D(box=mask_box(mask[..., z])) for z in torch.nonzero(counts >= min_pixels).flatten()}
 
 
 def prompts_from_label(
@@ -46,14 +61,7 @@ def prompts_from_label(
     label = np.rint(label).astype(np.int64)
     if classes is None:
         classes = [int(c) for c in np.unique(label) if c != 0]
-    prompts: dict[int, dict[int, Prompt2D]] = {}
-    for cls in classes:
-        mask = label == cls
-        per_slice = {}
-        for z in np.flatnonzero(mask.sum(axis=(0, 1)) >= min_pixels):
-            per_slice[int(z)] = Prompt2D(box=mask_box(mask[..., z]))
-        prompts[int(cls)] = per_slice
-    return prompts
+    return {int(cls): prompts_from_mask(label == cls, min_pixels) for cls in classes}
 
 
 @dataclass

@@ -236,7 +236,8 @@ def _run(args: list[str], data: Data, out: Path) -> None:
            "--datalist", str(data.datalist), "--output_dir", str(out), "--model#name", "tiny"]
     # one thread: on 2 shared cores, 2 OpenMP threads can spin against each other and a run takes minutes
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

@@ -28,7 +28,8 @@ def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None =
     cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", *args, "--dataset_dir", str(data),
            "--output_dir", str(out), "--model#name", "tiny", "--slices_per_volume", "2", "--val_interval", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes x 2 threads on 2 cores would spin against each other
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 

@@ -70,13 +70,13 @@ def test_label_names_and_class_selection():
 @pytest.mark.parametrize("script", ["msd", "brats", "totalsegmentator", "btcv", "amos", "make_demo_data"])
 def test_scripts_run_directly_with_help(script, tmp_path):
     command = [sys.executable, REPO / "data_prep" / f"{script}.py", "--help"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", cwd=tmp_path)
     assert result.returncode == 0 and "--val-fraction" in result.stdout and "--overwrite" in result.stdout
 
 
 def test_script_reports_data_errors_in_one_message(tmp_path):
     command = [sys.executable, REPO / "data_prep" / "msd.py", tmp_path / "absent", "-o", tmp_path / "d.json"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", cwd=tmp_path)
     assert (
         result.returncode == 1
         and result.stderr.startswith("error: dataset folder")

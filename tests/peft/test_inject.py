@@ -60,7 +60,7 @@ def test_params_command_prints_the_same_counts(vit_b_counts, capsys, preset, ran
 def test_console_script_runs_as_a_module():
     out = subprocess.run(
         [sys.executable, "-m", "monai_cbo.cli", "params", "--model", "tiny", "--preset", "lora_cbo"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, encoding="utf-8", errors="replace", check=True,
     )
     counts = json.loads(out.stdout)
     # tiny: 4 blocks of width 64, r = 4 -> 4 x 2 x (64*4 + 4*64); CBO: C 4*8 + S 8*8 + 4 x (8 + 2*4)
