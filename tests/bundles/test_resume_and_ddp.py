@@ -1,4 +1,4 @@
-"""The spleen bundle resumes an interrupted run, and trains with 2 processes (gloo on the CPU)."""
+"""The spleen bundle resumes an interrupted run, trains with 2 processes (gloo on the CPU), and repeats exactly."""
 
 from __future__ import annotations
 
@@ -66,3 +66,12 @@ def test_two_process_gloo_run_completes_and_only_rank_0_saves(demo_data, tmp_pat
     assert log.count("saved best adapter") == 1  # both ranks validate; rank 0 alone writes
     assert _state(tmp_path / "ddp")["trainer"]["epoch"] == 1
     assert (tmp_path / "ddp" / "models" / "best_adapter.pt").is_file()
+
+
+def test_same_seed_gives_bitwise_identical_weights_on_the_cpu(demo_data, tmp_path):
+    train = ["training", "--config_file", str(CONFIGS / "train.json"), "--max_epochs", "1"]
+    for run, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        _bundle([*train, "--seed", seed], tmp_path / run, demo_data)
+    a, b, c = (_state(tmp_path / run)["network"] for run in "abc")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed does reach sampling and initialisation
