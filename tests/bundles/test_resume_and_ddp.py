@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,26 @@ def test_same_seed_gives_bitwise_identical_weights_on_the_cpu(demo_data, tmp_pat
     a, b, c = (_state(tmp_path / run)["network"] for run in "abc")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed does reach sampling and initialisation
+
+
+def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(demo_data, tmp_path):
+    out = tmp_path / "killed"
+    train = ["training", "--config_file", str(CONFIGS / "train.json"), "--max_epochs", "4"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *train, "--dataset_dir", str(demo_data), "--output_dir",
+           str(out), "--model#name", "tiny", "--slices_per_volume", "2", "--val_interval", "1"]
+    state = out / "models" / "training_state.pt"
+    process = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)  # no chance to clean up, possibly in the middle of a save
+    finally:
+        process.wait()
+    saved = _state(out)["trainer"]  # the file on disk is complete, whatever the kill interrupted
+    assert 1 <= saved["epoch"] <= 4
+    log = _bundle([*train, "--resume", "true"], out, demo_data)
+    assert f"resumed from {out / 'models' / 'training_state.pt'} at epoch {saved['epoch']}" in log
+    final = _state(out)["trainer"]
+    assert final["epoch"] == 4 and final["iteration"] == 4 * (saved["iteration"] // saved["epoch"])
