@@ -37,6 +37,7 @@ from data_prep.common import (
     select,
     warn,
 )
+from monai_cbo.transforms.labels import BRATS_CONVENTIONS
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,15 @@ class Layout:
     modalities: tuple[str, ...]
     default: tuple[str, ...]
     labels: dict[str, str]
-    regions: dict[str, list[int]]
 
     def expected(self, name: str) -> str:
         """The layout's file pattern, for error messages."""
         image = self.image.format(case="<case>", modality="{" + ",".join(self.modalities) + "}")
         return f"{name}: <case>/{image} + <case>/{self.seg.format(case='<case>')}"
 
+
+# the datalist spells out the regions the bundles evaluate (monai_cbo.transforms.BRATS_CONVENTIONS)
+REGION_NAMES = {"WT": "whole_tumour", "TC": "tumour_core", "ET": "enhancing"}
 
 LAYOUTS = {
     "2015": Layout(
@@ -63,7 +66,6 @@ LAYOUTS = {
         ("Flair", "T1c", "T1", "T2"),
         ("Flair", "T1c"),
         {"0": "background", "1": "necrosis", "2": "edema", "3": "non_enhancing", "4": "enhancing"},
-        {"whole_tumour": [1, 2, 3, 4], "tumour_core": [1, 3, 4], "enhancing": [4]},
     ),
     "2021": Layout(
         "{case}_{modality}.nii.gz",
@@ -71,7 +73,6 @@ LAYOUTS = {
         ("flair", "t1", "t1ce", "t2"),
         ("flair", "t1", "t1ce", "t2"),
         {"0": "background", "1": "necrotic_core", "2": "edema", "4": "enhancing"},
-        {"whole_tumour": [1, 2, 4], "tumour_core": [1, 4], "enhancing": [4]},
     ),
     "2023": Layout(
         "{case}-{modality}.nii.gz",
@@ -79,7 +80,6 @@ LAYOUTS = {
         ("t2f", "t1n", "t1c", "t2w"),
         ("t2f", "t1n", "t1c", "t2w"),
         {"0": "background", "1": "necrotic_core", "2": "edema", "3": "enhancing"},
-        {"whole_tumour": [1, 2, 3], "tumour_core": [1, 3], "enhancing": [3]},
     ),
 }
 
@@ -129,7 +129,7 @@ def build(dataset_dir: str | Path, args: argparse.Namespace) -> dict:
         channels=modalities,
         labels=layout.labels,
         label_convention=name,
-        regions=layout.regions,
+        regions={REGION_NAMES[r]: list(v) for r, v in BRATS_CONVENTIONS[name].items()},
     )
 
 
