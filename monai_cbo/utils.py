@@ -59,13 +59,15 @@ def load_weights_only(path: str | Path, what: str, fix: str) -> object:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist; {fix}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes); {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated zip, globals refused by weights_only
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(
-            f"cannot read {what} {path}: {type(err).__name__}: {detail}. It is corrupt, truncated, or holds "
-            f"objects other than tensors and plain values (refused for safety); {fix}"
+            f"cannot read {what} {path}: {type(err).__name__}{': ' + detail if detail else ''}. It is corrupt, "
+            f"truncated, or holds objects other than tensors and plain values (refused for safety); {fix}"
         ) from err
 
 

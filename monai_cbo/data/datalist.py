@@ -27,11 +27,15 @@ def load_datalist(path: str | Path, key: str = "training", base_dir: str | Path 
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
+        problem = "is empty (0 bytes)" if not path.stat().st_size else f"is not valid JSON: {err}"
+        raise ValueError(f"datalist {path} {problem}; fix it or write it again with a data_prep/ script") from err
     items = data.get(key) if isinstance(data, dict) else None
     if not isinstance(items, list):
         found = sorted(k for k, v in data.items() if isinstance(v, list)) if isinstance(data, dict) else []
-        raise ValueError(f"datalist {path} has no {key!r} list (its lists: {found})")
+        raise ValueError(
+            f"datalist {path} has no {key!r} list (its lists: {found}); choose one of them or re-run the data_prep "
+            "script"
+        )
     if not items:
         raise ValueError(
             f"datalist {path}: the {key!r} list is empty; add cases or re-run the data_prep script with other "

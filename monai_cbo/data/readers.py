@@ -66,7 +66,10 @@ class SimpleITKReader(ImageReader):
             try:
                 images.append(self._read_one(path))
             except RuntimeError as err:  # SimpleITK raises RuntimeError for unreadable files
-                raise ValueError(f"cannot read {path}: {str(err).strip().splitlines()[-1]}") from err
+                raise ValueError(
+                    f"cannot read {path}: {str(err).strip().splitlines()[-1]}; the file is corrupt or truncated: "
+                    "re-export or re-copy it"
+                ) from err
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:

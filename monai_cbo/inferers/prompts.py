@@ -77,6 +77,14 @@ class PromptSpec:
     points: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]]
 
 
+_VOXELS = "voxel indices (i, j, k) of this image as stored, 0 <= index < shape"
+_HOW = {  # what to do about a prompt outside the volume, per coordinate system of a prompt file
+    "voxel": f'{_VOXELS}, or set "coordinates": "world" for RAS millimetres',
+    "world": 'RAS millimetres inside this image (LPS coordinates need x and y negated), or set "coordinates": '
+    '"voxel" for voxel indices',
+}
+
+
 def _to_voxels(coords: np.ndarray, coordinates: str, affine: np.ndarray) -> np.ndarray:
     """[N, 3] coordinates -> voxel indices of the stored array (float)."""
     if coordinates == "voxel":
@@ -98,7 +106,10 @@ def _add_box(spec: PromptSpec, cls: int, box: Sequence[float], kind: str, coordi
     last = np.minimum(np.floor(sliced.max(axis=0) + 0.5), shape - 1)
     if np.any(first > last):
         extent = tuple(int(v) for v in geometry.stored_shape)
-        raise ValueError(f"{where}: {kind} {list(box)} ({coordinates}) lies outside the volume of shape {extent}")
+        raise ValueError(
+            f"{where}: {kind} {list(box)} ({coordinates}) lies outside the volume of shape {extent}; give "
+            f"{_HOW[coordinates] if where.startswith('prompt file') else _VOXELS}"
+        )
     if kind == "box3d":
         spec.boxes3d[cls] = np.concatenate([first, last]).astype(int)
     else:
@@ -119,18 +130,22 @@ def spec_from_boxes(boxes: dict[int, Sequence[float]], geometry: SliceGeometry, 
 def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeometry) -> PromptSpec:
     """Read a prompt JSON (see the module docstring) into prompts in the sliced view of ``geometry``.
 
-    Boxes are clipped to the volume; a box or point wholly outside it is a ValueError naming the file, the
-    entry and the volume's extent.
+    Boxes are clipped to the volume (a box partly outside it keeps its inside part); a box or point wholly
+    outside it is a ValueError naming the file, the entry and the volume's extent.
     """
     path = Path(path)
+    fmt = "see monai_cbo.inferers.prompts for the format"
+    if path.is_dir():
+        raise ValueError(f"prompt file {path} is a folder; give a JSON file ({fmt})")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"prompt file {path} does not exist") from None
+        raise FileNotFoundError(f"prompt file {path} does not exist; check the path or write one ({fmt})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"prompt file {path} is not valid JSON: {err}") from err
+        empty = "is empty (0 bytes)" if not path.stat().st_size else f"is not valid JSON: {err}"
+        raise ValueError(f"prompt file {path} {empty}; fix or rewrite it ({fmt})") from err
     if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
-        raise ValueError(f"prompt file {path} needs a 'prompts' list; see monai_cbo.inferers.prompts for the format")
+        raise ValueError(f"prompt file {path} needs a 'prompts' list; {fmt}")
     coordinates = data.get("coordinates", "voxel")
     if coordinates not in ("voxel", "world"):
         raise ValueError(f"prompt file {path}: coordinates must be 'voxel' or 'world', got {coordinates!r}")
@@ -159,7 +174,10 @@ def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeomet
         inside = np.all((vox >= 0) & (vox < shape), axis=1)
         if not inside.all():
             extent = tuple(int(v) for v in geometry.stored_shape)
-            raise ValueError(f"{where}: points {pts[~inside].tolist()} lie outside the volume of shape {extent}")
+            raise ValueError(
+                f"{where}: points {pts[~inside].tolist()} lie outside the volume of shape {extent}; give "
+                f"{_HOW[coordinates]}"
+            )
         per_slice = spec.points.setdefault(cls, {})
         for k in np.unique(vox[:, 2]).astype(int):
             sel = vox[:, 2] == k

@@ -33,10 +33,19 @@ class KeyPrompt:
     box: Sequence[float]
     label: int = 1
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, (int, np.integer)) or self.label < 1:
+            raise ValueError(f"the key box's class must be an integer >= 1 (0 is background), got {self.label!r}")
+
 
 @dataclass
 class Case:
-    """One volume to segment and where its prompts come from (exactly one source)."""
+    """One volume to segment and where its prompts come from (exactly one source).
+
+    With ``label`` and ``classes``, label values outside ``classes`` are ignored (not segmented, not scored),
+    and a class of ``classes`` absent from the label gets no prompt, so it is absent from the written mask
+    (an empty mask for it) and from the scores. Without ``classes`` every non-zero value present is segmented.
+    """
 
     image: str | Path | list[str | Path]
     label: str | Path | None = None  # ground-truth boxes per slice (benchmark protocol); also scores Dice
@@ -49,6 +58,8 @@ class Case:
         given = [s for s in ("label", "prompt_file", "key") if getattr(self, s) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one prompt source (label, prompt file or key slice), got {given or 'none'}")
+        if self.classes is not None and not all(int(c) >= 1 for c in self.classes):
+            raise ValueError(f"classes must be label values >= 1 (0 is background), got {list(self.classes)}")
         if self.name is None:
             first = self.image[0] if isinstance(self.image, list) else self.image
             self.name = case_name(first)
@@ -64,18 +75,48 @@ class CaseResult:
     slices: int = 0
 
 
-def _check_label(label, image, case: Case) -> np.ndarray:
+MAX_LABEL_CLASSES = 1000  # more distinct values than this in a label map: it is an image, not a label map
+
+
+def _check_label(label, image, case: Case) -> tuple[np.ndarray, list[int]]:
+    """The label map of ``case`` as int64 ``[X, Y, Z]`` (only ``case.classes`` kept, if given) and the classes in it,
+    after checking that it fits the image and holds class values."""
+    if label.shape[0] != 1:
+        raise ValueError(
+            f"label {case.label} has {label.shape[0]} channels (one-hot or several maps?); give one label map "
+            "with an integer class value per voxel"
+        )
     if tuple(label.shape[1:]) != tuple(image.shape[1:]):
         raise ValueError(
             f"label {case.label} has shape {tuple(label.shape[1:])} but image {case.image} has "
-            f"{tuple(image.shape[1:])}; they must be on the same voxel grid"
+            f"{tuple(image.shape[1:])}; they must be on the same voxel grid: resample the label onto the image "
+            "or pass the label made for this image"
         )
     if not np.allclose(label.affine.numpy(), image.affine.numpy(), atol=1e-3):
         raise ValueError(
             f"label {case.label} and image {case.image} have different affines (orientation / spacing / origin); "
             "resample the label onto the image grid"
         )
-    return np.rint(label[0].numpy()).astype(np.int64)
+    values = label[0].numpy()
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"label {case.label} holds NaN / Inf values; re-export it as a label map of integer class values"
+        )
+    gt = np.rint(values).astype(np.int64)
+    if case.classes is not None:  # other values, negative ones included, are ignored (see Case)
+        gt = np.where(np.isin(gt, list(case.classes)), gt, 0)
+    present = np.unique(gt)
+    if present[0] < 0:
+        raise ValueError(
+            f"label {case.label} holds negative values {present[present < 0][:5].tolist()}; is it an image? Give "
+            "a label map, or choose the classes to segment with --classes"
+        )
+    if len(present) > MAX_LABEL_CLASSES:
+        raise ValueError(
+            f"label {case.label} has {len(present)} distinct values; is it an image? Give a label map, or choose "
+            "the classes to segment with --classes"
+        )
+    return gt, [int(c) for c in present if c != 0]
 
 
 def segment_case(
@@ -87,7 +128,8 @@ def segment_case(
     propagate_kwargs: dict | None = None,
     score: bool = True,
 ) -> CaseResult:
-    """Segment ``case`` and write its label map to ``output`` (NIfTI, input geometry). Raises on bad input.
+    """Segment ``case`` and write its label map to ``output`` (NIfTI, input geometry). Raises on bad input
+    (ValueError / FileNotFoundError / FileExistsError naming the file and what to do), before writing anything.
 
     With a label, ``score`` adds Dice / HD95 / NSD per class to the result."""
     start = time.perf_counter()
@@ -97,10 +139,8 @@ def segment_case(
     sliced_shape = tuple(volume.shape[1:])
     gt = None
     if case.label is not None:
-        gt = _check_label(load_volume(case.label), image, case)
-        if case.classes is not None:
-            gt = np.where(np.isin(gt, list(case.classes)), gt, 0)
-        results = inferer.predict(volume, prompts_from_label(geometry.to_sliced(gt)))
+        gt, present = _check_label(load_volume(case.label), image, case)
+        results = inferer.predict(volume, prompts_from_label(geometry.to_sliced(gt), present))
     else:
         if case.prompt_file is not None:
             spec = read_prompt_file(case.prompt_file, image.affine.numpy(), geometry)
@@ -114,7 +154,7 @@ def segment_case(
     metrics = []
     if gt is not None and score:
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-        classes = {c: str(c) for c in sorted(int(v) for v in np.unique(gt) if v)}
+        classes = {c: str(c) for c in present}
         metrics = case_metrics(labels, gt, classes, spacing) if classes else []
     n_slices = len({z for per in results.values() for z in per})
     return CaseResult(case.name, written, None, metrics, time.perf_counter() - start, n_slices)
@@ -160,7 +200,9 @@ def find_cases(
     """
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist")
+        raise FileNotFoundError(
+            f"{source} does not exist; check the path (an image file, a DICOM series folder or a folder of them)"
+        )
     if source.is_dir() and not is_dicom_folder(source):
         images = sorted(
             p for p in source.iterdir()
@@ -168,7 +210,10 @@ def find_cases(
             or (p.is_dir() and is_dicom_folder(p))
         )
         if not images:
-            raise ValueError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders)")
+            raise ValueError(
+                f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders); point at "
+                "an image file or a folder holding them"
+            )
     else:
         images = [source]
 

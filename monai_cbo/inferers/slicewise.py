@@ -230,7 +230,8 @@ class SliceWiseInferer:
 
     def label_map(self, results: Mapping[int, Mapping[int, SliceResult]], shape: tuple[int, int, int]) -> np.ndarray:
         """Combine per-class results into one label map [H, W, D]; overlaps go to the most probable class."""
-        labels = np.zeros(shape, dtype=np.uint8 if max(results, default=0) < 256 else np.int16)
+        top = max(results, default=0)
+        labels = np.zeros(shape, dtype=np.uint8 if top < 2**8 else np.int16 if top < 2**15 else np.int32)
         best = np.zeros(shape, dtype=np.float32)
         for cls, per_slice in results.items():
             for z, res in per_slice.items():

@@ -8,6 +8,7 @@ input's shape and affine exactly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 
 from ..data.readers import SimpleITKReader, is_dicom_folder
@@ -48,10 +49,12 @@ def case_name(path: str | Path) -> str:
 def load_volume(path: str | Path | Sequence[str | Path]) -> MetaTensor:
     """Load a 3D image as a channel-first MetaTensor ``[C, X, Y, Z]`` (several files stack as channels).
 
-    NIfTI through nibabel; NRRD, MetaImage and DICOM series folders through SimpleITK.
+    NIfTI through nibabel; NRRD, MetaImage and DICOM series folders through SimpleITK. Several files (the
+    modalities of one case) must have one shape.
 
     Raises:
-        FileNotFoundError: a file is missing. ValueError: unreadable, or not a 3D image.
+        FileNotFoundError: a file is missing. ValueError: empty, unreadable (corrupt or truncated), files of
+            different shapes, or not a 3D image. Every message names the file and what to do.
     """
     paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
     for p in paths:
@@ -62,21 +65,40 @@ def load_volume(path: str | Path | Sequence[str | Path]) -> MetaTensor:
         if p.is_file() and p.stat().st_size == 0:
             raise ValueError(f"{p} is empty (0 bytes); re-export or re-copy the image")
     nifti = all(p.name.lower().endswith((".nii", ".nii.gz")) for p in paths)
-    reader = "NibabelReader" if nifti else SimpleITKReader()
+    reader = NibabelReader() if nifti else SimpleITKReader()
     try:
-        image = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)([str(p) for p in paths])
-    except (FileNotFoundError, ValueError):
-        raise
+        # the reader is given per call so that LoadImage does not fall back to its other readers, whose
+        # errors would hide the real one
+        image = LoadImage(image_only=True, ensure_channel_first=True)([str(p) for p in paths], reader=reader)
     except Exception as err:  # nibabel / zlib / SimpleITK errors for corrupt or truncated files
-        detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        if type(err) in (FileNotFoundError, ValueError) and any(str(p) in str(err) for p in paths):
+            raise  # our own reader's message, which names the file and what to do (SimpleITKReader)
+        if len(paths) > 1:
+            _check_same_shapes(paths)  # reads each file alone: names the one that is broken, or the mismatch
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
         names = ", ".join(map(str, paths))
-        raise ValueError(f"cannot read {names}: {detail}; the file is corrupt or truncated") from err
+        raise ValueError(
+            f"cannot read {names}: {detail}; the file is corrupt or truncated: re-export or re-copy it"
+        ) from err
     if image.ndim != 4:
         raise ValueError(
             f"{paths[0]} has {image.ndim - 1} spatial dimensions (shape {tuple(image.shape[1:])}); "
-            "a 3D volume is needed (a 4D file holds channels: choose them with --channels)"
+            "a 3D volume is needed: give a 3D image, or a 4D file whose last axis holds channels (choose them "
+            "with --channels)"
         )
     return image
+
+
+def _check_same_shapes(paths: Sequence[Path]) -> None:
+    """Load each file alone (re-raising its own error) and raise ValueError if their shapes differ."""
+    shapes = {p: tuple(load_volume(p).shape[1:]) for p in paths}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{p} {s}" for p, s in shapes.items())
+        raise ValueError(
+            f"the image files of one case have different shapes: {listed}; the modalities of a case must be on "
+            "one voxel grid: resample (register) them onto one image first"
+        )
 
 
 VIEWS = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -159,10 +181,36 @@ class Preprocess:
         return VIEWS.get(self.view, self.view)
 
 
+def _source(image) -> str:
+    """The file an image was read from, for messages."""
+    meta = getattr(image, "meta", None) or {}
+    return str(meta.get("filename_or_obj") or "(in memory)")
+
+
 def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, SliceGeometry]:
-    """``[C, X, Y, Z]`` -> (``[3, H, W, D]`` float32 in [0, 1] in the sliced view, its :class:`SliceGeometry`)."""
-    image = ToModelChannels(pre.channels)(image)
+    """``[C, X, Y, Z]`` -> (``[3, H, W, D]`` float32 in [0, 1] in the sliced view, its :class:`SliceGeometry`).
+
+    Never outputs NaN. Non-finite voxels (NaN, +-Inf) are kept out of the automatic CT / MRI decision and the
+    MRI percentiles; NaN and -Inf then map to 0 (the lowest intensity) and +Inf to 1, with a warning naming
+    the file. A constant image is a safe input: it becomes all zeros (MRI: an empty percentile window) or its
+    constant place in the CT window; no division by zero.
+
+    Raises:
+        ValueError: the image's channels do not fit ``pre.channels`` (the message names the file).
+    """
+    source = _source(image)
+    try:
+        image = ToModelChannels(pre.channels)(image)
+    except ValueError as err:
+        raise ValueError(f"image {source}: {err} (--channels on the command line)") from None
     data = torch.as_tensor(image.as_tensor() if isinstance(image, MetaTensor) else image, dtype=torch.float32)
+    bad = int((~torch.isfinite(data)).any(dim=0).sum())  # voxels with a non-finite value in a used channel
+    if bad:
+        warnings.warn(
+            f"image {source} has {bad} NaN / Inf voxel(s): NaN and -Inf are treated as the lowest intensity and "
+            "+Inf as the highest; replace them in the file (e.g. numpy.nan_to_num) if they mean something else",
+            stacklevel=2,
+        )
     modality = pre.modality
     if modality == "auto":
         finite = data[torch.isfinite(data)]

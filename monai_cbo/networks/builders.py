@@ -66,11 +66,18 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
         path, "checkpoint", "pass a SAM .pth state dict, re-saved with torch.save(model.state_dict(), path) "
         "from a trusted environment if needed"
     )
+    if isinstance(state, dict) and state.get("format") == "monai_cbo.adapter":
+        raise ValueError(
+            f"checkpoint {path} is a monai_cbo adapter, not base model weights; pass it as the adapter "
+            "(--adapter, monai_cbo.peft.load_segmenter) and the base weights, if any, as --checkpoint"
+        )
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path} is not a state dict of tensors")
+        raise ValueError(
+            f"checkpoint {path} is not a state dict of tensors; re-save it with torch.save(model.state_dict(), path)"
+        )
     return state
 
 

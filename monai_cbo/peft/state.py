@@ -60,7 +60,10 @@ def read_adapter(path: str | Path) -> dict[str, Any]:
     """Read and validate an adapter checkpoint (``weights_only=True``: no code in the file can run)."""
     payload = load_weights_only(path, "adapter checkpoint", "pass a checkpoint written by training (save_adapter)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a monai_cbo adapter checkpoint (no format={FORMAT!r} field)")
+        raise ValueError(
+            f"{path} is not a monai_cbo adapter checkpoint (no format={FORMAT!r} field); pass an adapter written by "
+            "training (save_adapter) as the adapter, and base model weights as --checkpoint"
+        )
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {payload['format_version']}; upgrade monai_cbo to read it")
     return payload
@@ -93,7 +96,11 @@ def _apply_payload(model: nn.Module, payload: dict[str, Any], path: str | Path) 
     saved = PeftConfig.from_dict(payload["peft_config"])
     diff = _config_mismatch(saved, current)
     if diff:
-        raise ValueError(f"adapter {path} does not match the model's PEFT config: " + "; ".join(diff))
+        raise ValueError(
+            f"adapter {path} does not match the model's PEFT config: {'; '.join(diff)}. Load it with "
+            "load_segmenter (or monai-cbo segment --adapter), which builds the model with the checkpoint's config, "
+            "or apply that config before load_adapter"
+        )
     state = payload["state_dict"]
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -102,7 +109,8 @@ def _apply_payload(model: nn.Module, payload: dict[str, Any], path: str | Path) 
     if missing or unexpected or wrong:
         raise ValueError(
             f"adapter {path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shape {wrong[:3]}"
+            f"wrong shape {wrong[:3]}; it was saved from a differently built model: load it with load_segmenter, or "
+            "build the model as in training"
         )
     with torch.no_grad():
         for name in expected:

@@ -44,7 +44,8 @@ class ToModelChannels(Transform):
         else:
             if max(self.channels) >= num:
                 raise ValueError(
-                    f"channels {self.channels} out of range: the image has {num} channel(s), indices 0..{num - 1}"
+                    f"channels {self.channels} out of range: the image has {num} channel(s), indices 0..{num - 1}; "
+                    "choose up to three of them"
                 )
             index = (self.channels + [self.channels[-1]] * 3)[:3]
         return img[index]

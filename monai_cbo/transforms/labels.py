@@ -43,9 +43,11 @@ def _integer_labels(label: NdarrayOrTensor, allowed: Sequence[int] | None, owner
     if allowed is not None:
         unknown = sorted(set(torch.unique(lab).tolist()) - {0, *allowed})
         if unknown:
+            source = (getattr(label, "meta", None) or {}).get("filename_or_obj")  # a MetaTensor knows its file
+            where = f" of {source}" if source else ""
             raise ValueError(
-                f"{owner}: label values {unknown} are outside the configured classes {sorted(allowed)}; fix the "
-                "classes / convention or map the extra labels to 0 first (e.g. monai.transforms.LabelFilter)"
+                f"{owner}: label values {unknown}{where} are outside the configured classes {sorted(allowed)}; fix "
+                "the classes / convention or map the extra labels to 0 first (e.g. monai.transforms.LabelFilter)"
             )
     return lab
 
