@@ -77,6 +77,22 @@ class SamSegmenter(nn.Module):
             self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1) / 255.0, False)
             self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1) / 255.0, False)
 
+    def train(self, mode: bool = True) -> SamSegmenter:
+        """Set training mode, except that frozen batch-norm layers (TinyViT's) stay in evaluation mode.
+
+        A PEFT preset freezes the pretrained encoder; letting its batch norms use batch statistics (and drift
+        their running statistics, which an adapter checkpoint does not save) would train the adapter on
+        features that evaluation never sees. Batch norms with trainable parameters (``full``) train normally.
+        """
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters(recurse=False)
+                ):
+                    module.eval()
+        return self
+
     @property
     def low_res_size(self) -> int:
         """Side of the decoder's low-resolution masks (and of mask prompts): 4 x the embedding grid."""
@@ -93,6 +109,19 @@ class SamSegmenter(nn.Module):
         if self.normalize:
             image = (image - self.pixel_mean) / self.pixel_std
         return self.image_encoder(image)
+
+    def encode_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run encoder stages ``start:stop`` (see :func:`~monai_cbo.networks.encoder_stages`): from images when
+        ``start`` is 0 (checked and normalised as in :meth:`encode`), else from the features stage ``start``
+        takes. ``encode_stages(encode_stages(x, 0, k), k)`` equals ``encode(x)``."""
+        from .stages import run_stages
+
+        if start == 0:
+            if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (self.img_size, self.img_size):
+                return self.encode(x)  # raises the shape error
+            if self.normalize:
+                x = (x - self.pixel_mean) / self.pixel_std
+        return run_stages(self.image_encoder, x, start, stop)
 
     def decode(
         self,
