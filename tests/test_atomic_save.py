@@ -185,3 +185,17 @@ def test_label_map_killed_mid_save_keeps_the_previous_mask(tmp_path):
 
     save_label_map(np.full((64, 64, 16), 3, np.uint8), mask, final, overwrite=True)
     assert set(np.unique(load_volume(final).numpy()).tolist()) == {3}
+
+
+def test_atomic_outputs_get_the_usual_permissions_not_owner_only(tmp_path):
+    """mkstemp creates 0600 files; a mask or report shared with colleagues must follow the umask instead."""
+    import os
+
+    from monai_cbo.utils import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "mask.nii.gz", lambda p: p.write_bytes(b"x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
