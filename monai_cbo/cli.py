@@ -104,6 +104,35 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return report(results, out_dir)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+    from .bench.runner import parse_ints
+
+    config = BenchConfig(
+        datalist=args.datalist, out=args.out, dataset_dir=args.dataset_dir, train_split=args.train_split,
+        eval_split=args.eval_split, max_train_cases=args.max_train_cases, max_eval_cases=args.max_eval_cases,
+        presets=[p.strip() for p in args.presets.split(",") if p.strip()], seeds=parse_ints(args.seeds),
+        model=args.model, checkpoint=args.checkpoint, rank=args.rank, steps=args.steps, batch=args.batch,
+        lr=args.lr, weight_decay=args.weight_decay, jitter=args.jitter, min_pixels=args.min_pixels,
+        classes=parse_ints(args.classes) if args.classes else None, modality=args.modality,
+        ct_window=list(args.window), channels=args.channels, view=args.view, device=args.device,
+        amp=not args.no_amp, cache_mib=args.cache_mib,
+    )
+    import shlex
+
+    run_bench(config, command=shlex.join(["monai-cbo", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None)
+    print(f"results in {args.out}; write the report with: monai-cbo report {args.out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import write_report
+
+    for path in write_report(args.run_dir, overlays=args.overlays, overwrite=args.overwrite):
+        print(path)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import subprocess
     import time
@@ -144,6 +173,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"  eval/metrics_per_case.csv  Dice / HD95 / NSD per case; eval/metrics_summary.md\n"
           f"  tensorboard/               training curves")
     return 0
+
+
+def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    """How volumes become model input (:class:`~monai_cbo.inferers.Preprocess`): shared by segment and bench."""
+    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri"],
+                   help="intensity scaling: CT window or MRI percentiles (default auto: CT if air in HU is found)")
+    p.add_argument("--window", type=lambda t: _floats(t, 2, "--window"), default=[-500.0, 1000.0],
+                   help="CT window lo,hi in HU (default -500,1000)")
+    p.add_argument("--channels", type=lambda t: [int(c) for c in t.split(",")], default=None,
+                   help="input channels to use, e.g. 0,1,3")
+    p.add_argument("--view", default="axial", choices=["axial", "coronal", "sagittal"],
+                   help="slicing direction after reorienting to RAS (default axial, as the bundles train)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -202,18 +243,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
     p.add_argument("--adapter", help="adapter checkpoint written by training")
-    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri"])
-    p.add_argument("--window", type=lambda t: _floats(t, 2, "--window"), default=[-500.0, 1000.0],
-                   help="CT window lo,hi in HU (default -500,1000)")
-    p.add_argument("--channels", type=lambda t: [int(c) for c in t.split(",")], default=None,
-                   help="input channels to use, e.g. 0,1,3")
-    p.add_argument("--view", default="axial", choices=["axial", "coronal", "sagittal"],
-                   help="slicing direction after reorienting to RAS (default axial, as the bundles train)")
+    _add_preprocess_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
     p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("bench", help="ablation: train and score PEFT presets x seeds on one dataset (resumable)",
+                       description="Trains every preset for the same budget (steps x slices, cosine LR) with each "
+                                   "seed, segments the evaluation split with box prompts from its labels and keeps "
+                                   "per run: adapter, per-case metrics, masks, result.json. Re-running the same "
+                                   "command resumes: finished (preset, seed) runs are not redone.")
+    p.add_argument("datalist", help="datalist JSON written by a data_prep/ script (fixed split)")
+    p.add_argument("-o", "--out", required=True, help="bench folder (created; resumed if it exists)")
+    p.add_argument("--dataset-dir", default=None, help="base folder of the datalist's paths (default: its own)")
+    p.add_argument("--presets", default="freeze,decoder_only,lora,lora_cbo,adapter,adapter_cbo",
+                   help="comma-separated presets (add 'full' for full fine-tuning)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--model", default="litemedsam", choices=list(MODELS))
+    p.add_argument("--checkpoint", default=None, help="base model weights (SAM ViT .pth)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank / adapter width (default 4 / 16)")
+    p.add_argument("--steps", type=int, default=60, help="optimiser steps per run (default 60)")
+    p.add_argument("--batch", type=int, default=2, help="2D slices per step (default 2)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate, cosine to 0 (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--jitter", type=int, default=5, help="training box jitter in model pixels (default 5)")
+    p.add_argument("--min-pixels", type=int, default=4, help="pixels a class needs on a slice to be prompted (4)")
+    p.add_argument("--classes", default=None, help="label values to prompt, e.g. 1,2 (default: all present)")
+    p.add_argument("--train-split", default="training", help="datalist list to train on (default training)")
+    p.add_argument("--eval-split", default="test", help="datalist list to score (default test)")
+    p.add_argument("--max-train-cases", type=int, default=None, help="use the first N training cases only")
+    p.add_argument("--max-eval-cases", type=int, default=None, help="score the first N evaluation cases only")
+    _add_preprocess_args(p)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
+    p.add_argument("--cache-mib", type=float, default=6144.0,
+                   help="memory for features of frozen encoder stages, reused across presets (0: off)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="write report.md and report.html from a bench folder",
+                       description="Paper-style table (trainable parameters PEFT / CBO / decoder; Dice, HD95, NSD "
+                                   "mean ± std over seeds and cases), per-case tables, box plots, overlays of the "
+                                   "best and worst cases, and the paper's pooled 2D Dice, labelled as such.")
+    p.add_argument("run_dir", help="folder written by monai-cbo bench")
+    p.add_argument("--overlays", type=int, default=2, help="best and worst cases to show per class (default 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the embedded demo: make synthetic CT data, train the spleen bundle, evaluate",
                        description="Generates a small synthetic CT data set, trains the spleen bundle (LiteMedSAM + "

@@ -1,0 +1,8 @@
+"""Method ablation benchmarks: ``monai-cbo bench`` trains and scores presets, ``monai-cbo report`` writes tables,
+plots and overlays from a bench folder."""
+
+from __future__ import annotations
+
+from .runner import DEFAULT_PRESETS, BenchConfig, BenchData, collect_results, run_bench, train_and_evaluate
+
+__all__ = ["DEFAULT_PRESETS", "BenchConfig", "BenchData", "collect_results", "run_bench", "train_and_evaluate"]

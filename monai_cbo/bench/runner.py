@@ -1,0 +1,442 @@
+"""``monai-cbo bench``: the ablation presets on one dataset, same budget, several seeds, resumable.
+
+One run is one (preset, seed): build the model, train the preset's parameters for ``steps`` optimiser steps
+of ``batch`` 2D slices (cosine LR from ``lr`` to 0), then segment every evaluation case with box prompts from
+its label (the benchmark protocol of ``monai-cbo segment --label``) and score it. Every preset sees the same
+slices in the same order with the same box jitter for a given seed, so presets differ only in what trains.
+
+Layout of ``OUT`` (everything a report needs; reports are rebuilt from it without retraining)::
+
+    bench.json                      the configuration (a resumed bench must match it)
+    runs/<preset>/seed<k>/
+        result.json                 written last: parameter counts, timings, loss curve, pooled 2D Dice
+        metrics.csv                 Dice / HD95 / NSD per evaluation case and class
+        adapter.pt                  the trained adapter (not for ``freeze``)
+        masks/<case>_seg.nii.gz     predicted label maps in the input geometry
+
+A run counts as done when its ``result.json`` exists; an interrupted bench resumes at the first run without
+one, and an interrupted run starts again from its first step (a run is minutes, a checkpoint per step is not
+worth its disk traffic).
+
+What the frozen model computes identically in every epoch is computed once and kept (see
+:class:`~monai_cbo.networks.FeatureCache`): the encoder stages before the first trainable one, per slice,
+shared by all presets and seeds; for ``freeze`` and ``decoder_only`` that is the whole image embedding. The
+results are the same as without the cache (tested); only the time changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import load_datalist
+from ..inferers.prompts import prompts_from_label
+from ..inferers.slicewise import SliceWiseInferer
+from ..inferers.volume import Preprocess, SliceGeometry, load_volume, prepare_volume, save_label_map
+from ..losses import PromptDiceBCELoss
+from ..metrics import MetricsTable, PooledDice, case_metrics
+from ..networks import FeatureCache, SamSegmenter, frozen_prefix
+from ..peft import count_parameters, save_adapter
+from ..peft.config import PRESETS, choose
+from ..transforms.training import SlicePromptsd
+from ..utils import write_atomic
+
+__all__ = ["BenchConfig", "BenchData", "run_bench", "train_and_evaluate"]
+
+DEFAULT_PRESETS = ("freeze", "decoder_only", "lora", "lora_cbo", "adapter", "adapter_cbo")
+#: config fields that may change between an interrupted bench and its resumption
+_RESUMABLE = {"presets", "seeds", "device", "cache_mib", "out"}
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines a bench; saved as ``bench.json``. See ``monai-cbo bench --help``."""
+
+    datalist: str
+    out: str
+    dataset_dir: str | None = None
+    train_split: str = "training"
+    eval_split: str = "test"
+    max_train_cases: int | None = None
+    max_eval_cases: int | None = None
+    presets: list[str] = field(default_factory=lambda: list(DEFAULT_PRESETS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    rank: int | None = None
+    steps: int = 60
+    batch: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    jitter: int = 5
+    min_pixels: int = 4
+    classes: list[int] | None = None
+    modality: str = "auto"
+    ct_window: list[float] = field(default_factory=lambda: [-500.0, 1000.0])
+    channels: list[int] | None = None
+    view: str = "axial"
+    device: str | None = None
+    amp: bool = True
+    cache_mib: float = 6144.0
+
+    def __post_init__(self) -> None:
+        for preset in self.presets:
+            choose("preset", preset, PRESETS)
+        if not self.presets or not self.seeds:
+            raise ValueError("give at least one preset and one seed")
+        if len(set(self.presets)) != len(self.presets) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"presets {self.presets} and seeds {self.seeds} must not repeat")
+        if self.steps < 1 or self.batch < 1:
+            raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be >= 1")
+        Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)  # validates
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)
+
+    def runs(self) -> list[tuple[str, int]]:
+        """(preset, seed) in execution order: seed-major, so a partial bench already compares every preset.
+        ``freeze`` trains nothing and draws nothing at random, so it runs once (seed of the first run)."""
+        order = []
+        for seed in self.seeds:
+            for preset in self.presets:
+                if preset == "freeze" and seed != self.seeds[0]:
+                    continue
+                order.append((preset, seed))
+        return order
+
+    def budget(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _RESUMABLE}
+
+
+@dataclass
+class _Case:
+    name: str
+    volume: torch.Tensor  # [3, H, W, D] in the sliced view, [0, 1]
+    gt: np.ndarray  # [H, W, D] sliced integer labels
+    geometry: SliceGeometry
+    image: object = None  # the loaded MetaTensor (evaluation cases: to write masks in the input geometry)
+    spacing: np.ndarray | None = None
+
+
+class BenchData:
+    """The bench's cases, loaded once: training slices with foreground, evaluation volumes with labels.
+
+    Args:
+        config: the bench configuration (datalist, splits, case limits, preprocessing, classes).
+        log: where progress lines go.
+    """
+
+    def __init__(self, config: BenchConfig, log: Callable[[str], None] = print) -> None:
+        self.config = config
+        meta = json.loads(Path(config.datalist).read_text())
+        names = {int(k): v for k, v in (meta.get("labels") or {}).items() if int(k) != 0}
+        train = load_datalist(config.datalist, config.train_split, config.dataset_dir)[: config.max_train_cases]
+        evals = load_datalist(config.datalist, config.eval_split, config.dataset_dir)[: config.max_eval_cases]
+        log(f"loading {len(train)} {config.train_split} and {len(evals)} {config.eval_split} cases ...")
+        self.train = [self._load(e, keep_image=False) for e in train]
+        self.eval = [self._load(e, keep_image=True) for e in evals]
+        present = sorted({int(v) for c in self.train + self.eval for v in np.unique(c.gt) if v})
+        self.classes = list(config.classes) if config.classes else present
+        if not self.classes:
+            raise ValueError(f"datalist {config.datalist}: no foreground label in any case; check the label files")
+        #: metric spec: per class, plus the dataset's evaluation regions (BraTS) where the datalist names them
+        self.class_names = {c: names.get(c, str(c)) for c in self.classes}
+        self.metric_classes: dict = dict(self.class_names)
+        for region, ids in (meta.get("regions") or {}).items():
+            self.metric_classes[region] = [int(i) for i in ids]
+        self.slices = [(i, z) for i, c in enumerate(self.train) for z in range(c.gt.shape[-1])
+                       if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_pixels]
+        if not self.slices:
+            raise ValueError(f"datalist {config.datalist}: no {config.train_split} slice holds >= {config.min_pixels} "
+                             f"pixels of classes {self.classes}")
+        log(f"{len(self.slices)} training slices with foreground; classes {self.class_names}")
+
+    def _load(self, entry: dict, keep_image: bool) -> _Case:
+        image = load_volume(entry["image"])
+        volume, geometry = prepare_volume(image, self.config.preprocess)
+        label = load_volume(entry["label"])
+        if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+            raise ValueError(f"label {entry['label']} has shape {tuple(label.shape[1:])} but its image has "
+                             f"{tuple(image.shape[1:])}; re-run the data_prep script or fix the case")
+        gt = geometry.to_sliced(np.rint(label[0].numpy()).astype(np.int64))
+        name = entry.get("case") or Path(entry["label"]).name.split(".")[0]
+        spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
+        return _Case(name, volume, np.ascontiguousarray(gt), geometry, image if keep_image else None, spacing)
+
+    def sample_order(self, seed: int, count: int) -> list[tuple[int, int]]:
+        """``count`` training slices for ``seed``: passes over a shuffled pool, identical for every preset."""
+        rng = np.random.default_rng(seed)
+        order: list[tuple[int, int]] = []
+        while len(order) < count:
+            order += [self.slices[i] for i in rng.permutation(len(self.slices))]
+        return order[:count]
+
+
+class _CachedInferer(SliceWiseInferer):
+    """Slice-wise inference whose frozen encoder stages come from a shared :class:`FeatureCache`."""
+
+    def __init__(self, model: SamSegmenter, features: FeatureCache | None, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.features, self.case = features, ""
+        self.prefix = frozen_prefix(model.image_encoder) if features is not None else 0
+
+    def encode(self, volume, slices, cache=None) -> Iterator[tuple[int, torch.Tensor]]:
+        if self.features is None or self.prefix == 0:
+            yield from super().encode(volume, slices, cache)
+            return
+        slices = list(slices)
+        for start in range(0, len(slices), self.batch_size):
+            chunk = slices[start : start + self.batch_size]
+            keys = [("eval", self.case, z, self.prefix) for z in chunk]
+
+            def compute(idx: list[int], chunk=chunk) -> torch.Tensor:
+                batch = torch.stack([self._model_input(volume, chunk[i]) for i in idx]).to(self.device)
+                return self.model.encode_stages(batch, 0, self.prefix)
+
+            with torch.inference_mode(), self._autocast():
+                emb = self.model.encode_stages(self.features.get_many(keys, compute, self.device), self.prefix)
+            yield from ((z, emb[i : i + 1]) for i, z in enumerate(chunk))
+
+
+def _eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _build(config: BenchConfig, preset: str, seed: int, device: torch.device) -> SamSegmenter:
+    from ..engines import build_segmenter
+
+    return build_segmenter(config.model, config.checkpoint, preset, config.rank, seed=seed).to(device)
+
+
+def train_and_evaluate(
+    config: BenchConfig,
+    data: BenchData,
+    preset: str,
+    seed: int,
+    run_dir: Path,
+    features: FeatureCache | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train one (preset, seed) run and evaluate it; write its files into ``run_dir``; return its result."""
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = config.amp and device.type == "cuda"
+    torch.manual_seed(seed)
+    model = _build(config, preset, seed, device)
+    counts = count_parameters(model)
+    start = time.perf_counter()
+    losses: list[float] = []
+    slices_seen = 0
+    if counts["total_trainable"]:
+        losses, slices_seen = _train(config, data, model, seed, device, amp, features, log, f"{preset} seed {seed}")
+        save_adapter(model, run_dir / "adapter.pt", overwrite=True,
+                     metadata={"bench": str(Path(config.out).name), "seed": seed, "steps": config.steps})
+    train_seconds = time.perf_counter() - start
+    eval_start = time.perf_counter()
+    table, pooled, pooled_gt, n_slices = _evaluate(config, data, model, device, amp, features, run_dir / "masks")
+    table.write_csv(run_dir / "metrics.csv", overwrite=True)
+    return {
+        "preset": preset,
+        "seed": seed,
+        "model": config.model,
+        "params": counts,
+        "train": {"steps": config.steps if slices_seen else 0, "slices": slices_seen, "seconds": train_seconds,
+                  "loss": losses},
+        "eval": {"cases": len(data.eval), "slices": n_slices, "seconds": time.perf_counter() - eval_start,
+                 "pooled_dice_2d": pooled, "pooled_dice_2d_gt_slices": pooled_gt},
+        "device": str(device),
+        "amp": amp,
+    }
+
+
+def _batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iterator[tuple[list, dict]]:
+    """The training batches of ``seed``: slice keys and stacked samples (image, targets, boxes)."""
+    prompts = SlicePromptsd(size=size, jitter=config.jitter, min_pixels=config.min_pixels)
+    prompts.set_random_state(seed)
+    order = data.sample_order(seed, config.steps * config.batch)
+    classes = torch.tensor(data.classes).view(-1, 1, 1)
+    for step in range(config.steps):
+        keys, samples = [], []
+        for case_idx, z in order[step * config.batch : (step + 1) * config.batch]:
+            case = data.train[case_idx]
+            label = (torch.from_numpy(case.gt[..., z]).unsqueeze(0) == classes).float()
+            samples.append(prompts({"image": case.volume[..., z], "label": label}))
+            keys.append(("train", case_idx, z))
+        yield keys, {k: torch.stack([s[k] for s in samples]) for k in ("image", "label", "boxes")}
+
+
+def _train(config, data, model, seed, device, amp, features, log, title) -> tuple[list[float], int]:
+    from ..engines import build_optimizer
+
+    model.train()
+    optimizer = build_optimizer(model, config.lr, config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    loss_fn = PromptDiceBCELoss()
+    prefix = frozen_prefix(model.image_encoder) if features is not None else 0
+    losses, seen, start = [], 0, time.perf_counter()
+    every = max(1, config.steps // 10)
+    for step, (keys, batch) in enumerate(_batches(config, data, seed, model.img_size), 1):
+        images = batch["image"].to(device)
+        with torch.autocast(device.type, enabled=amp):
+            if prefix:
+                with torch.no_grad():
+                    feats = features.get_many([(*k, prefix) for k in keys],
+                                              lambda idx, x=images: model.encode_stages(x[idx], 0, prefix), device)
+                emb = model.encode_stages(feats, prefix)
+            else:
+                emb = model.encode(images)
+            out = model.decode(emb, boxes=batch["boxes"].to(device))
+            loss = loss_fn(out, batch["label"].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        losses.append(round(loss.item(), 5))
+        seen += len(keys)
+        if step % every == 0 or step == config.steps:
+            rate = seen / (time.perf_counter() - start)
+            log(f"  {title}: step {step}/{config.steps}  loss {np.mean(losses[-every:]):.4f}  "
+                f"{rate:.2f} slices/s  run ETA {_eta((config.steps - step) * config.batch / rate)}")
+    return losses, seen
+
+
+def _evaluate(config, data, model, device, amp, features, mask_dir) -> tuple[MetricsTable, dict, dict, int]:
+    model.eval()
+    inferer = _CachedInferer(model, features, device=device, amp=amp)
+    table = MetricsTable()
+    pooled = PooledDice(data.metric_classes)
+    pooled_gt = PooledDice(data.metric_classes, axis=-1, gt_slices_only=True)
+    n_slices = 0
+    for case in data.eval:
+        inferer.case = case.name
+        prompts = prompts_from_label(case.gt, data.classes)
+        results = inferer.predict(case.volume, prompts)
+        sliced = inferer.label_map(results, tuple(case.volume.shape[1:]))
+        n_slices += len({z for per in results.values() for z in per})
+        labels = case.geometry.to_stored(sliced)
+        gt = case.geometry.to_stored(case.gt)
+        save_label_map(labels, case.image, mask_dir / f"{case.name}_seg.nii.gz", overwrite=True)
+        table.add(case.name, case_metrics(labels, gt, data.metric_classes, case.spacing))
+        pooled.update(sliced, case.gt)  # sliced view: the last axis is the slicing direction
+        pooled_gt.update(sliced, case.gt)
+    return table, pooled.compute(), pooled_gt.compute(), n_slices
+
+
+def _check_config(config: BenchConfig, path: Path) -> None:
+    saved = json.loads(path.read_text())
+    budget = config.budget()
+    diff = {k: (saved.get(k), v) for k, v in budget.items() if saved.get(k) != v}
+    if diff:
+        details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
+        raise ValueError(f"{path} was made with another budget or data ({details}); resume it with the same "
+                         "options, or give a new --out")
+
+
+def run_bench(
+    config: BenchConfig, log: Callable[[str], None] | None = None, command: str | None = None
+) -> list[dict]:
+    """Run every (preset, seed) of ``config`` not yet done in ``config.out``; return all results (done ones
+    read back). A failing run is reported and the others still run; raises at the end if any failed.
+    ``command`` (the command line) and the machine are recorded in ``bench.json`` for the report."""
+    log = log or (lambda line: print(line, flush=True))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "bench.json"
+    if config_path.exists():
+        _check_config(config, config_path)
+        saved = json.loads(config_path.read_text())
+        saved.update({k: getattr(config, k) for k in _RESUMABLE})
+        payload = saved
+    else:
+        payload = dataclasses.asdict(config)
+    from ..reports.speed import machine_summary
+
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    payload["command"] = command or payload.get("command")
+    payload["machine"] = {**machine_summary(device), "cpus": os.cpu_count()}
+    write_atomic(config_path, lambda p: p.write_text(json.dumps(payload, indent=2)), overwrite=True)
+
+    runs = config.runs()
+    todo = [(p, s) for p, s in runs if not (out / "runs" / p / f"seed{s}" / "result.json").exists()]
+    log(f"bench {out}: {len(runs)} runs ({len(runs) - len(todo)} done, {len(todo)} to do): "
+        f"{config.steps} steps x {config.batch} slices, lr {config.lr}, model {config.model}")
+    if not todo:
+        return collect_results(out)
+    data = BenchData(config, log)
+    features = FeatureCache(config.cache_mib) if config.cache_mib > 0 else None
+    durations: dict[str, list[float]] = {}  # seconds per run by preset, finished runs included, for the ETA
+    for done in collect_results(out):
+        durations.setdefault(done["preset"], []).append(done.get("seconds", math.nan))
+    failures = []
+    bench_start = time.perf_counter()
+    for n, (preset, seed) in enumerate(todo, 1):
+        run_dir = out / "runs" / preset / f"seed{seed}"
+        if run_dir.exists():  # an interrupted run: start it again from scratch
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        known = [t for ts in durations.values() for t in ts if math.isfinite(t)]
+        left = sum(np.mean(durations.get(p, known)) for p, _ in todo[n - 1 :]) if known else math.nan
+        eta = f", bench ETA {_eta(left)}" if known else ""
+        log(f"[{n}/{len(todo)}] {preset} seed {seed}{eta}")
+        start = time.perf_counter()
+        try:
+            result = train_and_evaluate(config, data, preset, seed, run_dir, features, log)
+        except Exception as err:  # one failing run must not lose the others
+            failures.append(f"{preset} seed {seed}: {type(err).__name__}: {err}")
+            log(f"  failed: {failures[-1]}")
+            continue
+        result["seconds"] = time.perf_counter() - start
+        write_atomic(run_dir / "result.json", lambda p, r=result: p.write_text(json.dumps(r, indent=1)), True)
+        durations.setdefault(preset, []).append(result["seconds"])
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in _mean_dice(run_dir / "metrics.csv").items())
+        log(f"  done in {_eta(result['seconds'])}: mean Dice {dice}")
+    if features is not None:
+        log(f"feature cache: {len(features)} entries, {features.bytes / 2**20:.0f} MiB, "
+            f"{features.hits} hits / {features.misses} misses")
+    log(f"bench finished in {_eta(time.perf_counter() - bench_start)}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed:\n  " + "\n  ".join(failures))
+    return collect_results(out)
+
+
+def _mean_dice(csv: Path) -> dict[str, float]:
+    return {row["class"]: row["dice_mean"] for row in MetricsTable.read_csv(csv).summary()}
+
+
+def collect_results(out: str | Path) -> list[dict]:
+    """The ``result.json`` of every finished run under ``out``, in preset then seed order."""
+    found = []
+    for path in sorted(Path(out).glob("runs/*/seed*/result.json")):
+        result = json.loads(path.read_text())
+        result["dir"] = str(path.parent)
+        found.append(result)
+    return found
+
+
+def parse_ints(text: str | Sequence[int]) -> list[int]:
+    if not isinstance(text, str):
+        return [int(v) for v in text]
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from err
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `monai-cbo bench`")

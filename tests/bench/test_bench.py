@@ -1,0 +1,155 @@
+"""monai-cbo bench / report: same results with and without the feature cache, resume, reports."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_cbo.bench import BenchConfig, BenchData, run_bench, train_and_evaluate
+from monai_cbo.bench.images import box_plot_svg, encode_png, overlay_panels
+from monai_cbo.bench.report import write_report
+from monai_cbo.cli import main
+from monai_cbo.data.demo import make_demo_case
+from monai_cbo.networks import FeatureCache
+from monai_cbo.peft import read_adapter
+
+
+@pytest.fixture(scope="module")
+def datalist(tmp_path_factory) -> Path:
+    """Five small synthetic CT cases with two classes (the organ split in halves): 3 train, 2 test."""
+    root = tmp_path_factory.mktemp("benchdata")
+    entries = []
+    for i in range(5):
+        image, label, affine = make_demo_case(100 + i, shape=(48, 48, 5))
+        label = label.astype(np.uint8)
+        half = np.arange(48)[:, None, None] < np.median(np.nonzero(label)[0]) if label.any() else 0
+        label = np.where((label == 1) & ~half, 2, label).astype(np.uint8)
+        for sub, array in (("images", image), ("labels", label)):
+            (root / sub).mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(array, affine), root / sub / f"case{i}.nii.gz")
+        entries.append({"case": f"case{i}", "image": f"images/case{i}.nii.gz", "label": f"labels/case{i}.nii.gz"})
+    path = root / "datalist.json"
+    path.write_text(json.dumps({"labels": {"0": "background", "1": "left", "2": "right"},
+                                "training": entries[:3], "test": entries[3:]}))
+    return path
+
+
+def _config(datalist: Path, out: Path, **kw) -> BenchConfig:
+    base = dict(datalist=str(datalist), out=str(out), model="tiny_tinyvit", presets=["freeze", "lora_cbo"],
+                seeds=[0], steps=2, batch=1, modality="ct", ct_window=[-160.0, 240.0], device="cpu")
+    return BenchConfig(**{**base, **kw})
+
+
+def test_feature_cache_changes_nothing_but_time(datalist, tmp_path):
+    config = _config(datalist, tmp_path)
+    data = BenchData(config, log=lambda _: None)
+    results = {}
+    for name, cache in (("plain", None), ("cached", FeatureCache())):
+        for preset in ("decoder_only", "lora_cbo", "lora"):  # whole encoder frozen / frozen front only
+            run_dir = tmp_path / name / preset
+            run_dir.mkdir(parents=True)
+            result = train_and_evaluate(config, data, preset, 0, run_dir, cache, log=lambda _: None)
+            results[name, preset] = (result, read_adapter(run_dir / "adapter.pt")["state_dict"],
+                                     (run_dir / "metrics.csv").read_text())
+        if cache is not None:  # lora reuses what lora_cbo computed for the same slices
+            assert cache.hits > 0 and len(cache) > 0
+    for preset in ("decoder_only", "lora_cbo", "lora"):
+        (a, wa, ma), (b, wb, mb) = results["plain", preset], results["cached", preset]
+        assert a["train"]["loss"] == b["train"]["loss"]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert ma == mb
+
+
+def test_same_slices_and_jitter_for_every_preset(datalist, tmp_path):
+    data = BenchData(_config(datalist, tmp_path), log=lambda _: None)
+    assert data.sample_order(3, 7) == data.sample_order(3, 7)
+    assert data.sample_order(3, 7) != data.sample_order(4, 7)
+    assert all(max(int((data.train[i].gt[..., z] == c).sum()) for c in data.classes) >= 4
+               for i, z in data.sample_order(0, 20))
+
+
+def test_bench_resumes_without_redoing_runs_and_refuses_another_budget(datalist, tmp_path):
+    out = tmp_path / "bench"
+    logs: list[str] = []
+    results = run_bench(_config(datalist, out), log=logs.append)
+    assert [(r["preset"], r["seed"]) for r in results] == [("freeze", 0), ("lora_cbo", 0)]
+    freeze = json.loads((out / "runs/freeze/seed0/result.json").read_text())
+    assert freeze["params"]["total_trainable"] == 0 and freeze["train"]["slices"] == 0
+    assert not (out / "runs/freeze/seed0/adapter.pt").exists()
+    assert (out / "runs/lora_cbo/seed0/adapter.pt").is_file()
+    assert sorted(p.name for p in (out / "runs/lora_cbo/seed0/masks").iterdir()) == [
+        "case3_seg.nii.gz", "case4_seg.nii.gz"]
+    stamp = (out / "runs/lora_cbo/seed0/result.json").stat().st_mtime_ns
+
+    # an interrupted run (folder without result.json) is redone; finished ones are not; freeze runs once
+    (out / "runs/lora_cbo/seed1").mkdir(parents=True)
+    (out / "runs/lora_cbo/seed1/partial").write_text("x")
+    logs.clear()
+    results = run_bench(_config(datalist, out, seeds=[0, 1]), log=logs.append)
+    assert any("3 runs (2 done, 1 to do)" in line for line in logs)
+    assert [(r["preset"], r["seed"]) for r in results] == [("freeze", 0), ("lora_cbo", 0), ("lora_cbo", 1)]
+    assert (out / "runs/lora_cbo/seed0/result.json").stat().st_mtime_ns == stamp
+    assert not (out / "runs/lora_cbo/seed1/partial").exists()
+    assert any("bench ETA" in line for line in logs)
+
+    with pytest.raises(ValueError, match=r"bench\.json was made with another budget.*steps: 2 there, 3 now"):
+        run_bench(_config(datalist, out, steps=3), log=logs.append)
+
+
+def test_report_tables_plots_and_overlays(datalist, tmp_path):
+    out = tmp_path / "bench"
+    run_bench(_config(datalist, out, presets=["freeze", "lora", "lora_cbo"], seeds=[0, 1]), log=lambda _: None)
+    paths = write_report(out, overlays=1)
+    md = paths[0].read_text()
+    for preset in ("freeze", "lora", "lora_cbo"):
+        assert re.search(rf"^\| {preset} \|", md, re.M), preset
+    assert "| lora_cbo − lora | left |" in md and "Pooled 2D Dice (the paper's metric)" in md
+    assert "Dice left" in md and "Dice right" in md
+    figures = sorted(p.name for p in (out / "report_files").iterdir())
+    assert "boxplot_left.svg" in figures and any(f.startswith("overlay_") for f in figures)
+    html = paths[1].read_text()
+    assert html.count("<svg") == 2 and "data:image/png;base64," in html
+    assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # self-contained
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_report(out)
+    assert main(["report", str(out), "--overwrite"]) == 0
+
+
+def test_report_of_a_folder_without_runs_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="monai-cbo bench"):
+        write_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+
+
+def test_cli_bench(datalist, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["bench", str(datalist), "-o", str(out), "--model", "tiny_tinyvit", "--presets", "freeze",
+                 "--seeds", "0", "--modality", "ct", "--device", "cpu"])
+    assert code == 0 and (out / "runs/freeze/seed0/metrics.csv").is_file()
+    assert "monai-cbo report" in capsys.readouterr().out
+    assert main(["bench", str(datalist), "-o", str(out), "--presets", "lora,bogus"]) == 2
+
+
+def test_png_and_svg():
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[1, 2] = (10, 20, 30)
+    png = encode_png(rgb)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (4, 3)
+    idat = png.index(b"IDAT")
+    length = struct.unpack(">I", png[idat - 4 : idat])[0]
+    raw = zlib.decompress(png[idat + 4 : idat + 4 + length])
+    assert raw[1 * 13 + 1 + 2 * 3 : 1 * 13 + 1 + 3 * 3] == bytes((10, 20, 30))
+    panel = overlay_panels(np.full((5, 6), 0.5), np.eye(5, 6, dtype=bool), np.zeros((5, 6), bool), scale=2)
+    assert panel.shape == (10, 2 * (3 * 6 + 4), 3)
+    svg = box_plot_svg({"a": [0.1, 0.5, 0.9, 0.95], "b": [float("nan")]}, "t")
+    assert svg.startswith("<svg") and svg.count("<rect") == 1 and "n=4" in svg
