@@ -37,6 +37,12 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     )
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.speedups:
+        from .reports.speedups import measure_speedups
+
+        figures = measure_speedups(args.model, args.steps, args.batch, compile_encoder=not args.no_compile)
+        print(json.dumps({"model": args.model, "machine": machine_summary("cpu"), "speedups": figures}, indent=2))
+        return 0
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     for preset in presets:
         choose("preset", preset, PRESETS)
@@ -222,6 +228,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also time segmenting this volume end to end against its encoder-only time (repeatable)")
     p.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None,
                    help="with --volume: label values to prompt (default all present)")
+    p.add_argument("--speedups", action="store_true",
+                   help="instead: before/after ratios of the CPU speed-ups (feature caches, inference_mode, "
+                        "channels-last, torch.compile), each with the largest output difference")
+    p.add_argument("--no-compile", action="store_true", help="with --speedups: skip torch.compile (slow to compile)")
     p.set_defaults(func=_cmd_speed)
 
     p = sub.add_parser("segment", help="segment a volume or a folder of volumes with prompts; writes NIfTI masks",

@@ -348,6 +348,8 @@ def write_report(run_dir: str | Path, overlays: int = 2, overwrite: bool = False
         check_overwrite(path, overwrite)
     report = build_report(run_dir, overlays)
     fig_dir.mkdir(exist_ok=True)
+    for old in [*fig_dir.glob("overlay_*.png"), *fig_dir.glob("boxplot_*.svg")]:  # figures of an earlier report
+        old.unlink()
     files: dict[str, str] = {}
     written = []
     for cls, svg in report["box_plots"].items():

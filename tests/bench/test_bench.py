@@ -120,7 +120,9 @@ def test_report_tables_plots_and_overlays(datalist, tmp_path):
     assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # self-contained
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_report(out)
+    (out / "report_files" / "overlay_99.png").write_bytes(b"stale")
     assert main(["report", str(out), "--overwrite"]) == 0
+    assert not (out / "report_files" / "overlay_99.png").exists()
 
 
 def test_report_of_a_folder_without_runs_says_what_to_do(tmp_path):
@@ -153,3 +155,13 @@ def test_png_and_svg():
     assert panel.shape == (10, 2 * (3 * 6 + 4), 3)
     svg = box_plot_svg({"a": [0.1, 0.5, 0.9, 0.95], "b": [float("nan")]}, "t")
     assert svg.startswith("<svg") and svg.count("<rect") == 1 and "n=4" in svg
+
+
+def test_speedups_keep_outputs_and_report_ratios(capsys):
+    """Each kept CPU speed-up must leave outputs unchanged: the caches and inference_mode bitwise."""
+    assert main(["speed", "--speedups", "--no-compile", "--model", "tiny_tinyvit", "--steps", "1"]) == 0
+    figures = json.loads(capsys.readouterr().out)["speedups"]
+    for name in ("frozen_front_cache", "embedding_cache", "inference_mode"):
+        assert figures[name]["max_abs_diff"] == 0.0, name
+        assert figures[name]["speedup"] > 0
+    assert figures["channels_last"]["max_abs_diff"] < 1e-3
