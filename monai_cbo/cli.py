@@ -115,7 +115,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.runner import parse_ints
 
     config = BenchConfig(
-        datalist=args.datalist, out=args.out, dataset_dir=args.dataset_dir, train_split=args.train_split,
+        datalist=str(Path(args.datalist).resolve()), out=args.out,
+        dataset_dir=str(Path(args.dataset_dir).resolve()) if args.dataset_dir else None, train_split=args.train_split,
         eval_split=args.eval_split, max_train_cases=args.max_train_cases, max_eval_cases=args.max_eval_cases,
         presets=[p.strip() for p in args.presets.split(",") if p.strip()], seeds=parse_ints(args.seeds),
         model=args.model, checkpoint=args.checkpoint, rank=args.rank, steps=args.steps, batch=args.batch,
@@ -126,7 +127,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     import shlex
 
-    run_bench(config, command=shlex.join(["monai-cbo", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None)
+    from .bench.runner import BenchFailed
+
+    try:
+        run_bench(config, command=shlex.join(["monai-cbo", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None)
+    except BenchFailed as err:
+        print(f"monai-cbo bench: {err}", file=sys.stderr)
+        return 1
     print(f"results in {args.out}; write the report with: monai-cbo report {args.out}")
     return 0
 

@@ -201,7 +201,7 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
                    for e in load_datalist(config.datalist, config.eval_split, config.dataset_dir)}
     except (OSError, ValueError) as err:
         return [], f"overlays left out: the evaluation images cannot be read ({err})"
-    class_ids = _class_ids(config, runs.classes)
+    class_ids = run["classes"]
     figures = []
     for cls in runs.classes:
         dice = {r["case"]: r["dice"] for r in runs.rows
@@ -229,16 +229,6 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
             figures.append((f"{kind}: {case}, {cls}, Dice {dice[case]:.3f} ({best_preset}, seed {run['seed']}, "
                             f"slice {z} of the {config.view} view; image | ground truth | prediction)", png))
     return figures, None
-
-
-def _class_ids(config: BenchConfig, classes: Sequence[str]) -> dict[str, list[int]]:
-    meta = json.loads(Path(config.datalist).read_text()) if Path(config.datalist).is_file() else {}
-    names = {v: [int(k)] for k, v in (meta.get("labels") or {}).items()}
-    regions = {k: [int(i) for i in v] for k, v in (meta.get("regions") or {}).items()}
-    out = {}
-    for cls in classes:
-        out[cls] = regions.get(cls) or names.get(cls) or ([int(cls)] if str(cls).isdigit() else [])
-    return out
 
 
 def build_report(run_dir: str | Path, overlays: int = 2) -> dict:

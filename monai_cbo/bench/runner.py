@@ -52,7 +52,11 @@ from ..peft.config import PRESETS, choose
 from ..transforms.training import SlicePromptsd
 from ..utils import write_atomic
 
-__all__ = ["BenchConfig", "BenchData", "run_bench", "train_and_evaluate"]
+__all__ = ["BenchConfig", "BenchData", "BenchFailed", "run_bench", "train_and_evaluate"]
+
+class BenchFailed(RuntimeError):
+    """Some runs of a bench failed; the message lists each with its reason."""
+
 
 DEFAULT_PRESETS = ("freeze", "decoder_only", "lora", "lora_cbo", "adapter", "adapter_cbo")
 #: config fields that may change between an interrupted bench and its resumption
@@ -153,9 +157,16 @@ class BenchData:
             raise ValueError(f"datalist {config.datalist}: no foreground label in any case; check the label files")
         #: metric spec: per class, plus the dataset's evaluation regions (BraTS) where the datalist names them
         self.class_names = {c: names.get(c, str(c)) for c in self.classes}
-        self.metric_classes: dict = dict(self.class_names)
+        self.metric_classes: dict[str, list[int]] = {name: [c] for c, name in self.class_names.items()}
         for region, ids in (meta.get("regions") or {}).items():
-            self.metric_classes[region] = [int(i) for i in ids]
+            ids = sorted(int(i) for i in ids)
+            if self.metric_classes.get(region) == ids:
+                continue  # e.g. BraTS 2015's "enhancing": a label and a region at once
+            self.metric_classes[region if region not in self.metric_classes else f"{region} (region)"] = ids
+        if len(self.metric_classes) != len(set(self.metric_classes)) or len(set(self.class_names.values())) != len(
+            self.class_names
+        ):
+            raise ValueError(f"datalist {config.datalist}: label names {self.class_names} must be distinct")
         self.slices = [(i, z) for i, c in enumerate(self.train) for z in range(c.gt.shape[-1])
                        if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_pixels]
         if not self.slices:
@@ -253,6 +264,7 @@ def train_and_evaluate(
         "preset": preset,
         "seed": seed,
         "model": config.model,
+        "classes": data.metric_classes,  # scored name -> label values (a region is several)
         "params": counts,
         "train": {"steps": config.steps if slices_seen else 0, "slices": slices_seen, "seconds": train_seconds,
                   "loss": losses},
@@ -341,7 +353,13 @@ def _evaluate(config, data, model, device, amp, features, mask_dir) -> tuple[Met
 def _check_config(config: BenchConfig, path: Path) -> None:
     saved = json.loads(path.read_text())
     budget = config.budget()
-    diff = {k: (saved.get(k), v) for k, v in budget.items() if saved.get(k) != v}
+
+    def same(key: str, old: object, new: object) -> bool:
+        if key in ("datalist", "dataset_dir") and old and new:  # relative or absolute, the same file
+            return Path(str(old)).resolve() == Path(str(new)).resolve()
+        return old == new
+
+    diff = {k: (saved.get(k), v) for k, v in budget.items() if not same(k, saved.get(k), v)}
     if diff:
         details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
         raise ValueError(f"{path} was made with another budget or data ({details}); resume it with the same "
@@ -411,7 +429,8 @@ def run_bench(
             f"{features.hits} hits / {features.misses} misses")
     log(f"bench finished in {_eta(time.perf_counter() - bench_start)}")
     if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed:\n  " + "\n  ".join(failures))
+        raise BenchFailed(f"{len(failures)} run(s) failed (the others are kept; fix the cause and run the same "
+                          "command again to redo only these):\n  " + "\n  ".join(failures))
     return collect_results(out)
 
 

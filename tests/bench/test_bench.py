@@ -38,6 +38,7 @@ def datalist(tmp_path_factory) -> Path:
         entries.append({"case": f"case{i}", "image": f"images/case{i}.nii.gz", "label": f"labels/case{i}.nii.gz"})
     path = root / "datalist.json"
     path.write_text(json.dumps({"labels": {"0": "background", "1": "left", "2": "right"},
+                                "regions": {"both": [1, 2], "right": [2]},  # "right" repeats a label: kept once
                                 "training": entries[:3], "test": entries[3:]}))
     return path
 
@@ -112,11 +113,11 @@ def test_report_tables_plots_and_overlays(datalist, tmp_path):
     for preset in ("freeze", "lora", "lora_cbo"):
         assert re.search(rf"^\| {preset} \|", md, re.M), preset
     assert "| lora_cbo − lora | left |" in md and "Pooled 2D Dice (the paper's metric)" in md
-    assert "Dice left" in md and "Dice right" in md
+    assert "Dice left" in md and "Dice right" in md and "Dice both" in md and "right (region)" not in md
     figures = sorted(p.name for p in (out / "report_files").iterdir())
     assert "boxplot_left.svg" in figures and any(f.startswith("overlay_") for f in figures)
     html = paths[1].read_text()
-    assert html.count("<svg") == 2 and "data:image/png;base64," in html
+    assert html.count("<svg") == 3 and "data:image/png;base64," in html  # box plots: left, right, both
     assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # self-contained
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_report(out)
