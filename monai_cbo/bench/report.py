@@ -120,7 +120,8 @@ def _main_table(runs: _Runs) -> _Table:
 
 
 def _cbo_table(runs: _Runs) -> tuple[_Table, list[str]]:
-    table = _Table(["comparison", "class", "pairs", "Δ Dice (mean)", "95 % interval of the mean", "CBO better"])
+    table = _Table(["comparison", "class", "pairs", "Δ Dice (mean)", "95 % interval of the mean", "CBO better"],
+                   "llrrrr")
     notes = []
     for cbo, base in _CBO_PAIRS:
         if cbo not in runs.presets or base not in runs.presets:
@@ -145,7 +146,7 @@ def _cbo_table(runs: _Runs) -> tuple[_Table, list[str]]:
 
 
 def _extra_tables(runs: _Runs) -> tuple[_Table, _Table, _Table]:
-    per_class = _Table(["preset", "class", "n", "Dice", "HD95 (mm)", "HD95 undefined", "NSD"])
+    per_class = _Table(["preset", "class", "n", "Dice", "HD95 (mm)", "HD95 undefined", "NSD"], "llrrrrr")
     for preset in runs.presets:
         for cls in runs.classes:
             hd = runs.values(preset, cls, "hd95")
@@ -175,7 +176,7 @@ def _extra_tables(runs: _Runs) -> tuple[_Table, _Table, _Table]:
 
 def _case_table(runs: _Runs) -> _Table:
     cases = list(dict.fromkeys(r["case"] for r in runs.rows))
-    table = _Table(["case", "class", *runs.presets])
+    table = _Table(["case", "class", *runs.presets], "ll" + "r" * len(runs.presets))
     for case in cases:
         for cls in runs.classes:
             cells = []
@@ -201,7 +202,7 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
                    for e in load_datalist(config.datalist, config.eval_split, config.dataset_dir)}
     except (OSError, ValueError) as err:
         return [], f"overlays left out: the evaluation images cannot be read ({err})"
-    class_ids = run["classes"]
+    class_ids = run.get("classes") or _classes_from_datalist(config, runs.classes)
     figures = []
     for cls in runs.classes:
         dice = {r["case"]: r["dice"] for r in runs.rows
@@ -229,6 +230,14 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
             figures.append((f"{kind}: {case}, {cls}, Dice {dice[case]:.3f} ({best_preset}, seed {run['seed']}, "
                             f"slice {z} of the {config.view} view; image | ground truth | prediction)", png))
     return figures, None
+
+
+def _classes_from_datalist(config: BenchConfig, names: Sequence[str]) -> dict[str, list[int]]:
+    """Label values of each scored class, for results written before ``result.json`` recorded them."""
+    meta = json.loads(Path(config.datalist).read_text())
+    known = {v: [int(k)] for k, v in (meta.get("labels") or {}).items()}
+    known.update({k: [int(i) for i in v] for k, v in (meta.get("regions") or {}).items() if k not in known})
+    return {n: known.get(n) or ([int(n)] if str(n).isdigit() else []) for n in names}
 
 
 def build_report(run_dir: str | Path, overlays: int = 2) -> dict:
