@@ -137,6 +137,10 @@ class _Case:
 class BenchData:
     """The bench's cases, loaded once: training slices with foreground, evaluation volumes with labels.
 
+    Everything stays in memory, preprocessed (float32, 3 channels, in the sliced view): about 0.1 GB per
+    BraTS-sized case (240 x 240 x 155), a few MB per hippocampus case. For a training set larger than memory,
+    bench a subset (``max_train_cases``) or train with the bundles, which stream from disk.
+
     Args:
         config: the bench configuration (datalist, splits, case limits, preprocessing, classes).
         log: where progress lines go.
