@@ -26,7 +26,7 @@ from ..metrics import MetricsTable
 from ..peft.config import PRESETS
 from ..utils import check_overwrite, write_atomic
 from .images import box_plot_svg, encode_png, overlay_panels
-from .runner import BenchConfig, collect_results
+from .runner import BenchConfig, collect_results, entry_name
 
 __all__ = ["build_report", "write_report"]
 
@@ -198,8 +198,7 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
     best_preset = max(means, key=lambda p: means[p])
     run = min(runs.of(best_preset), key=lambda r: r["seed"])
     try:
-        entries = {e.get("case") or Path(e["label"]).name.split(".")[0]: e
-                   for e in load_datalist(config.datalist, config.eval_split, config.dataset_dir)}
+        entries = {entry_name(e): e for e in load_datalist(config.datalist, config.eval_split, config.dataset_dir)}
     except (OSError, ValueError) as err:
         return [], f"overlays left out: the evaluation images cannot be read ({err})"
     class_ids = run.get("classes") or _classes_from_datalist(config, runs.classes)

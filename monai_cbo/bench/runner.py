@@ -42,8 +42,9 @@ import torch
 
 from ..data import load_datalist
 from ..inferers.prompts import prompts_from_label
+from ..inferers.segment import Case, _check_label
 from ..inferers.slicewise import SliceWiseInferer
-from ..inferers.volume import Preprocess, SliceGeometry, load_volume, prepare_volume, save_label_map
+from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
 from ..losses import PromptDiceBCELoss
 from ..metrics import MetricsTable, PooledDice, case_metrics
 from ..networks import FeatureCache, SamSegmenter, frozen_prefix
@@ -104,6 +105,10 @@ class BenchConfig:
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be >= 1")
         Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)  # validates
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     @property
     def preprocess(self) -> Preprocess:
@@ -167,9 +172,7 @@ class BenchData:
             if self.metric_classes.get(region) == ids:
                 continue  # e.g. BraTS 2015's "enhancing": a label and a region at once
             self.metric_classes[region if region not in self.metric_classes else f"{region} (region)"] = ids
-        if len(self.metric_classes) != len(set(self.metric_classes)) or len(set(self.class_names.values())) != len(
-            self.class_names
-        ):
+        if len(set(self.class_names.values())) != len(self.class_names):
             raise ValueError(f"datalist {config.datalist}: label names {self.class_names} must be distinct")
         self.slices = [(i, z) for i, c in enumerate(self.train) for z in range(c.gt.shape[-1])
                        if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_pixels]
@@ -179,16 +182,13 @@ class BenchData:
         log(f"{len(self.slices)} training slices with foreground; classes {self.class_names}")
 
     def _load(self, entry: dict, keep_image: bool) -> _Case:
-        image = load_volume(entry["image"])
+        case = Case(image=entry["image"], label=entry["label"], name=entry_name(entry))
+        image = load_volume(case.image)
         volume, geometry = prepare_volume(image, self.config.preprocess)
-        label = load_volume(entry["label"])
-        if tuple(label.shape[1:]) != tuple(image.shape[1:]):
-            raise ValueError(f"label {entry['label']} has shape {tuple(label.shape[1:])} but its image has "
-                             f"{tuple(image.shape[1:])}; re-run the data_prep script or fix the case")
-        gt = geometry.to_sliced(np.rint(label[0].numpy()).astype(np.int64))
-        name = entry.get("case") or Path(entry["label"]).name.split(".")[0]
+        gt, _ = _check_label(load_volume(case.label), image, case)  # the checks of monai-cbo segment --label
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-        return _Case(name, volume, np.ascontiguousarray(gt), geometry, image if keep_image else None, spacing)
+        return _Case(case.name, volume, np.ascontiguousarray(geometry.to_sliced(gt)), geometry,
+                     image if keep_image else None, spacing)
 
     def sample_order(self, seed: int, count: int) -> list[tuple[int, int]]:
         """``count`` training slices for ``seed``: passes over a shuffled pool, identical for every preset."""
@@ -197,6 +197,12 @@ class BenchData:
         while len(order) < count:
             order += [self.slices[i] for i in rng.permutation(len(self.slices))]
         return order[:count]
+
+
+def entry_name(entry: dict) -> str:
+    """A datalist entry's case name: its ``case`` field, else the name of its (first) image file."""
+    image = entry["image"]
+    return entry.get("case") or case_name(image[0] if isinstance(image, list) else image)
 
 
 class _CachedInferer(SliceWiseInferer):
@@ -248,7 +254,7 @@ def train_and_evaluate(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train one (preset, seed) run and evaluate it; write its files into ``run_dir``; return its result."""
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = config.torch_device
     amp = config.amp and device.type == "cuda"
     torch.manual_seed(seed)
     model = _build(config, preset, seed, device)
@@ -389,7 +395,7 @@ def run_bench(
         payload = dataclasses.asdict(config)
     from ..reports.speed import machine_summary
 
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = config.torch_device
     payload["command"] = command or payload.get("command")
     payload["machine"] = {**machine_summary(device), "cpus": os.cpu_count()}
     write_atomic(config_path, lambda p: p.write_text(json.dumps(payload, indent=2)), overwrite=True)
