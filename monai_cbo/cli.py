@@ -95,7 +95,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .inferers.segment import report
     from .metrics import MetricsTable
 
-    key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value)
+    if (args.key_slice is not None or args.point) and args.key_box is None:
+        raise ValueError("--key-slice and --point go with --key-box (points in a prompt file go with its key boxes)")
+    key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
     cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes)
     pre = Preprocess(args.modality, tuple(args.window), args.channels, args.view)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
@@ -136,6 +138,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 1
     print(f"results in {args.out}; write the report with: monai-cbo report {args.out}")
     return 0
+
+
+def _cmd_prompts_bench(args: argparse.Namespace) -> int:
+    from .bench.prompting import run_prompts_bench
+    from .inferers import PropagationConfig
+
+    config = PropagationConfig().replace(**dict(args.set_option or []))
+    model = _load_model(args)
+    tag = args.adapter and f"{model.model_name}+{Path(args.adapter).name}" or (args.model or "litemedsam")
+    result = run_prompts_bench(args.suite, args.data_root, args.out, model, tag, config, sweep=args.sweep,
+                               sets=args.sets, cache_dir=args.cache_dir,
+                               log=lambda line: print(line, flush=True))
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"settings used: {json.dumps(result['config'])}\nresults in {args.out} (rows.csv, summary.json, summary.md"
+          f"{', sweep.csv' if args.sweep else ''})")
+    return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set takes NAME=VALUE, e.g. min_overlap=0.5, got {text!r}")
+    parsed = {"true": True, "false": False}.get(value.lower())
+    if parsed is None:
+        try:
+            parsed = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--set {name}: {value!r} is not a number or true/false") from None
+    return name.strip(), parsed
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -253,7 +284,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="prompt JSON (or folder of <case>.json): 3D boxes, key boxes, points; see "
                           "monai_cbo.inferers.prompts")
     src.add_argument("--key-box", type=lambda t: _floats(t, 6, "--key-box"), metavar="I0,J0,K0,I1,J1,K1",
-                     help="one box in stored voxel indices, flat on its key slice (k0 = k1), propagated slice by slice")
+                     action="append",
+                     help="a box in stored voxel indices, propagated slice by slice. Flat (k0 = k1): drawn on "
+                          "slice k0; repeat it on other slices of the object (top, middle, bottom) and the slices "
+                          "between are prompted from both. Thick (k0 < k1): a 3D box; propagation starts on its "
+                          "middle slice (or --key-slice) and never leaves k0..k1")
+    p.add_argument("--key-slice", type=int, default=None, help="with a thick --key-box: the slice to start from")
+    p.add_argument("--point", type=lambda t: _floats(t, 4, "--point"), action="append", metavar="I,J,K,L",
+                   help="with --key-box: a correction point, L = 1 foreground / 0 background (e.g. where the mask "
+                        "leaks); it also prompts the slices near K (repeatable)")
     p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-box")
     p.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None,
                    help="with --label: label values to segment, e.g. 1 for the spleen (default all present)")
@@ -298,6 +337,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-mib", type=float, default=6144.0,
                    help="memory for features of frozen encoder stages, reused across presets (0: off)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("prompts-bench", help="score prompt protocols (per-slice boxes, one key box, 3D box, three "
+                       "key boxes) on a suite of labelled volumes; --sweep tunes the propagation settings",
+                       description="For every case and target of a suite (docs/benchmarks/propagation/suite.json), "
+                                   "prompts from its label with each protocol, propagates, and scores 3D Dice, its "
+                                   "ratio to per-slice boxes and the slices predicted outside the true extent. "
+                                   "--sweep first tunes the propagation settings on the suite's tune part (the "
+                                   "validation part never influences a choice).")
+    p.add_argument("suite", help="suite JSON: sets of cases with targets and a tune / validation part")
+    p.add_argument("-o", "--out", required=True, help="output folder (rows.csv, summary.json/.md, sweep.csv)")
+    p.add_argument("--data-root", default="../shared/data", help="folder the suite's paths are relative to")
+    p.add_argument("--sets", type=lambda t: [s.strip() for s in t.split(",")], default=None,
+                   help="comma-separated sets of the suite to run (default all)")
+    p.add_argument("--sweep", action="store_true", help="tune the propagation settings on the tune part first")
+    p.add_argument("--set", dest="set_option", type=_setting, action="append", metavar="NAME=VALUE",
+                   help="a propagation setting (monai_cbo.inferers.PropagationConfig), e.g. min_overlap=0.5; the "
+                        "start of a sweep (repeatable)")
+    p.add_argument("--cache-dir", default=None, help="keep slice embeddings here (4 MiB a slice) for later runs")
+    p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
+    p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
+    p.add_argument("--adapter", help="adapter checkpoint written by training")
+    p.set_defaults(func=_cmd_prompts_bench)
 
     p = sub.add_parser("report", help="write report.md and report.html from a bench folder",
                        description="Paper-style table (trainable parameters PEFT / CBO / decoder; Dice, HD95, NSD "

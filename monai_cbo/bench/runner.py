@@ -42,7 +42,7 @@ import torch
 
 from ..data import load_datalist
 from ..inferers.prompts import prompts_from_label
-from ..inferers.segment import Case, _check_label
+from ..inferers.segment import Case, check_label
 from ..inferers.slicewise import SliceWiseInferer
 from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
 from ..losses import PromptDiceBCELoss
@@ -185,7 +185,7 @@ class BenchData:
         case = Case(image=entry["image"], label=entry["label"], name=entry_name(entry))
         image = load_volume(case.image)
         volume, geometry = prepare_volume(image, self.config.preprocess)
-        gt, _ = _check_label(load_volume(case.label), image, case)  # the checks of monai-cbo segment --label
+        gt, _ = check_label(load_volume(case.label), image)  # the checks of monai-cbo segment --label
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
         return _Case(case.name, volume, np.ascontiguousarray(geometry.to_sliced(gt)), geometry,
                      image if keep_image else None, spacing)

@@ -12,27 +12,38 @@ image array's axes (i, j, k) as stored, i.e. as a viewer shows them; world tripl
     {"coordinates": "voxel",
      "prompts": [
         {"label": 1, "box3d": [i0, j0, k0, i1, j1, k1]},          # a box on every slice it spans
-        {"label": 2, "key_box": [i0, j0, k0, i1, j1, k1]},        # a box on one slice, propagated outwards
+        {"label": 2, "key_box": [i0, j0, k0, i1, j1, k1]},        # a box on one slice (k0 = k1), propagated
+        {"label": 2, "key_box": [[...], [...]]},                  # several key boxes of one class (top, bottom)
+        {"label": 4, "key_box": [i0, j0, k0, i1, j1, k1], "key_slice": k},  # k0 < k1: a 3D box; its slices bound
+                                                                  # the propagation, which starts on key_slice
+                                                                  # (default: the middle slice)
         {"label": 3, "points": [[i, j, k], ...], "point_labels": [1, 0, ...]}
      ]}
+
+Entries of one label add up: several ``key_box`` entries are several keys of one object (one per slice); the
+points of a label that has key boxes correct its propagation (a background point where it leaks) and prompt
+the slices near theirs (:class:`~monai_cbo.inferers.propagation.PropagationConfig`.point_reach); the points of
+a label without key boxes prompt their own slices. ``point_labels`` is required: 1 foreground, 0 background.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .propagation import KeyBox, ObjectPrompt
 from .slicewise import Prompt2D, mask_box
 from .volume import SliceGeometry
 
 __all__ = [
     "PromptSpec",
+    "VolumePrompts",
     "prompts_from_label",
     "prompts_from_mask",
     "prompts_from_spec",
@@ -65,16 +76,29 @@ def prompts_from_label(
 
 
 @dataclass
+class VolumePrompts:
+    """Every prompt of one volume in its sliced view: ``slices`` class -> slice -> :class:`Prompt2D` (segmented where
+    they are) and ``objects`` class -> :class:`ObjectPrompt` (grown in 3D from key boxes)."""
+
+    slices: dict[int, dict[int, Prompt2D]] = field(default_factory=dict)
+    objects: dict[int, ObjectPrompt] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(set(self.slices) | set(self.objects))
+
+
+@dataclass
 class PromptSpec:
     """Prompts of a prompt file, in voxel indices of the sliced view (RAS, slicing axis last).
 
-    ``boxes3d``: class -> [6] (i0, j0, k0, i1, j1, k1), inclusive; ``key_boxes``: class -> (k, box XYXY);
-    ``points``: class -> {k: (points [N, 2] (x, y), labels [N])}.
+    ``boxes3d``: class -> [6] (i0, j0, k0, i1, j1, k1), inclusive; ``key_boxes``: class -> list of
+    (k, box XYXY, z range (k0, k1) or None); ``points``: class -> {k: (points [N, 2] (x, y), labels [N])}.
     """
 
-    boxes3d: dict[int, np.ndarray]
-    key_boxes: dict[int, tuple[int, np.ndarray]]
-    points: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]]
+    boxes3d: dict[int, np.ndarray] = field(default_factory=dict)
+    key_boxes: dict[int, list[tuple[int, np.ndarray, tuple[int, int] | None]]] = field(default_factory=dict)
+    points: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 _VOXELS = "voxel indices (i, j, k) of this image as stored, 0 <= index < shape"
@@ -94,10 +118,13 @@ def _to_voxels(coords: np.ndarray, coordinates: str, affine: np.ndarray) -> np.n
 
 
 def _add_box(spec: PromptSpec, cls: int, box: Sequence[float], kind: str, coordinates: str, affine: np.ndarray,
-             geometry: SliceGeometry, where: str) -> None:
-    """Map a 3D box (6 numbers) into the sliced view, clip it, and add it to ``spec`` as ``box3d`` or key box."""
-    if len(box) != 6:
-        raise ValueError(f"{where}: {kind} needs 6 numbers (i0, j0, k0, i1, j1, k1), got {list(box)}")
+             geometry: SliceGeometry, where: str, key_slice: float | None = None) -> None:
+    """Map a 3D box (6 numbers) into the sliced view, clip it, and add it to ``spec`` as ``box3d`` or key box.
+
+    A key box thick along the slicing direction (k0 < k1) is a 3D box: its slices bound the propagation, which
+    starts on ``key_slice`` (in the box's own coordinates) or on its middle slice."""
+    if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 6:
+        raise ValueError(f"{where}: {kind} needs 6 numbers (i0, j0, k0, i1, j1, k1), got {box!r}")
     lo, hi = np.asarray(box[:3], dtype=np.float64), np.asarray(box[3:], dtype=np.float64)
     corners = np.array([np.where(np.array(p) == 1, hi, lo) for p in product((0, 1), repeat=3)])
     sliced = geometry.voxels_to_sliced(_to_voxels(corners, coordinates, affine))
@@ -112,19 +139,84 @@ def _add_box(spec: PromptSpec, cls: int, box: Sequence[float], kind: str, coordi
         )
     if kind == "box3d":
         spec.boxes3d[cls] = np.concatenate([first, last]).astype(int)
-    else:
-        k = int(round((first[2] + last[2]) / 2))  # a thick key box starts from its middle slice
-        # 2D box in SAM order on slice k: x = column (sliced axis 1), y = row (sliced axis 0)
-        spec.key_boxes[cls] = (k, np.array([first[1], first[0], last[1], last[0]], dtype=np.float32))
+        return
+    z_range = (int(first[2]), int(last[2])) if last[2] > first[2] else None
+    if key_slice is None:
+        k = int(round((first[2] + last[2]) / 2))
+    else:  # a voxel index along the stored axis that becomes the slicing direction
+        if coordinates != "voxel":
+            raise ValueError(f"{where}: key_slice is a voxel index; give the box in voxel coordinates to use it")
+        axis = next(a for a, (target, _) in enumerate(geometry.transform) if int(target) == 2)
+        centre = (lo + hi) / 2
+        centre[axis] = float(key_slice)
+        k = int(np.floor(geometry.voxels_to_sliced(centre[None])[0, 2] + 0.5))
+        if z_range is None or not z_range[0] <= k <= z_range[1]:
+            raise ValueError(
+                f"{where}: key slice {key_slice} is not inside the key box {list(box)}; a key slice chooses where a "
+                "3D box (k0 < k1) starts: give one between k0 and k1, or leave it out"
+            )
+    # 2D box in SAM order on slice k: x = column (sliced axis 1), y = row (sliced axis 0)
+    flat = np.array([first[1], first[0], last[1], last[0]], dtype=np.float32)
+    keys = spec.key_boxes.setdefault(cls, [])
+    if any(old_k == k for old_k, _, _ in keys):
+        raise ValueError(
+            f"{where}: class {cls} already has a key box on slice {k}; give one key box per slice and class (boxes "
+            "on different slices of one object are several keys)"
+        )
+    keys.append((k, flat, z_range))
 
 
-def spec_from_boxes(boxes: dict[int, Sequence[float]], geometry: SliceGeometry, key: bool = False,
-                    where: str = "box") -> PromptSpec:
-    """Prompts from per-class stored-voxel 3D boxes: on every slice they span, or (``key``) propagated."""
-    spec = PromptSpec({}, {}, {})
-    for cls, box in boxes.items():
-        _add_box(spec, int(cls), box, "key_box" if key else "box3d", "voxel", np.eye(4), geometry, where)
+def _key_boxes(value: object) -> list:
+    """A ``key_box`` value: one box (6 numbers) or a list of them."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+        return list(value)
+    return [value]
+
+
+def spec_from_boxes(boxes: dict[int, Sequence], geometry: SliceGeometry, key: bool = False, where: str = "box",
+                    key_slice: float | None = None) -> PromptSpec:
+    """Prompts from per-class stored-voxel 3D boxes: on every slice they span, or (``key``) propagated. With
+    ``key``, a class may have a list of boxes (several keys) and ``key_slice`` chooses where a thick one starts."""
+    spec = PromptSpec()
+    for cls, value in boxes.items():
+        for box in _key_boxes(value) if key else [value]:
+            _add_box(spec, int(cls), box, "key_box" if key else "box3d", "voxel", np.eye(4), geometry, where,
+                     key_slice)
     return spec
+
+
+def add_points(spec: PromptSpec, cls: int, points: Sequence, labels: Sequence | None, coordinates: str,
+               affine: np.ndarray, geometry: SliceGeometry, where: str) -> None:
+    """Add points ``[N, 3]`` with their ``labels`` (1 foreground, 0 background) of class ``cls`` to ``spec``."""
+    try:
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: points must be a list of [i, j, k] triples, got {points!r}") from None
+    if labels is None:
+        raise ValueError(
+            f"{where}: points need 'point_labels', one per point: 1 foreground (include), 0 background (exclude)"
+        )
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(pts):
+        raise ValueError(f"{where}: {len(pts)} points but {len(labels)} point_labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{where}: point_labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
+    shape = np.asarray(geometry.sliced_shape)
+    vox = np.floor(geometry.voxels_to_sliced(_to_voxels(pts, coordinates, affine)) + 0.5)
+    inside = np.all((vox >= 0) & (vox < shape), axis=1)
+    if not inside.all():
+        extent = tuple(int(v) for v in geometry.stored_shape)
+        raise ValueError(
+            f"{where}: points {pts[~inside].tolist()} lie outside the volume of shape {extent}; give "
+            f"{_HOW[coordinates]}"
+        )
+    per_slice = spec.points.setdefault(cls, {})
+    for k in np.unique(vox[:, 2]).astype(int):
+        sel = vox[:, 2] == k
+        xy, lab = vox[sel][:, [1, 0]].astype(np.float32), labels[sel].astype(np.int64)
+        if int(k) in per_slice:  # several entries of one class on one slice add up
+            xy, lab = np.concatenate([per_slice[int(k)][0], xy]), np.concatenate([per_slice[int(k)][1], lab])
+        per_slice[int(k)] = (xy, lab)
 
 
 def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeometry) -> PromptSpec:
@@ -149,10 +241,11 @@ def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeomet
     coordinates = data.get("coordinates", "voxel")
     if coordinates not in ("voxel", "world"):
         raise ValueError(f"prompt file {path}: coordinates must be 'voxel' or 'world', got {coordinates!r}")
-    shape = np.asarray(geometry.sliced_shape)
-    spec = PromptSpec({}, {}, {})
+    spec = PromptSpec()
     for n, entry in enumerate(data["prompts"]):
         where = f"prompt file {path}, entry {n}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: each prompt is an object with a 'label'; {fmt}")
         try:
             cls = int(entry["label"])
         except (KeyError, TypeError, ValueError):
@@ -163,39 +256,41 @@ def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeomet
         if len(kinds) != 1:
             raise ValueError(f"{where}: give exactly one of 'box3d', 'key_box', 'points', got {kinds}")
         kind = kinds[0]
-        if kind in ("box3d", "key_box"):
+        if "key_slice" in entry and kind != "key_box":
+            raise ValueError(f"{where}: key_slice goes with a key_box")
+        if kind == "box3d":
             _add_box(spec, cls, entry[kind], kind, coordinates, affine, geometry, where)
-            continue
-        pts = np.asarray(entry["points"], dtype=np.float64).reshape(-1, 3)
-        labels = np.asarray(entry.get("point_labels", [1] * len(pts)), dtype=np.int64)
-        if len(labels) != len(pts):
-            raise ValueError(f"{where}: {len(pts)} points but {len(labels)} point_labels")
-        vox = np.floor(geometry.voxels_to_sliced(_to_voxels(pts, coordinates, affine)) + 0.5)
-        inside = np.all((vox >= 0) & (vox < shape), axis=1)
-        if not inside.all():
-            extent = tuple(int(v) for v in geometry.stored_shape)
-            raise ValueError(
-                f"{where}: points {pts[~inside].tolist()} lie outside the volume of shape {extent}; give "
-                f"{_HOW[coordinates]}"
-            )
-        per_slice = spec.points.setdefault(cls, {})
-        for k in np.unique(vox[:, 2]).astype(int):
-            sel = vox[:, 2] == k
-            per_slice[int(k)] = (vox[sel][:, [1, 0]].astype(np.float32), labels[sel])
+        elif kind == "key_box":
+            boxes = _key_boxes(entry[kind])
+            if "key_slice" in entry and len(boxes) > 1:
+                raise ValueError(f"{where}: key_slice goes with one key box; give each thick box its own entry")
+            for box in boxes:
+                _add_box(spec, cls, box, kind, coordinates, affine, geometry, where, entry.get("key_slice"))
+        else:
+            add_points(spec, cls, entry["points"], entry.get("point_labels"), coordinates, affine, geometry, where)
     return spec
 
 
-def prompts_from_spec(spec: PromptSpec) -> dict[int, dict[int, Prompt2D]]:
-    """Per-slice prompts of a spec's 3D boxes and points (key boxes are propagated by the caller)."""
-    prompts: dict[int, dict[int, Prompt2D]] = {}
+def prompts_from_spec(spec: PromptSpec) -> VolumePrompts:
+    """The volume's prompts: 3D boxes on every slice they span; key boxes as objects to propagate (with their
+    class's points as corrections); the points of classes without key boxes on their own slices."""
+    prompts = VolumePrompts()
     for cls, box in spec.boxes3d.items():
         i0, j0, k0, i1, j1, k1 = box.tolist()
-        prompts.setdefault(cls, {}).update(
+        prompts.slices.setdefault(cls, {}).update(
             {k: Prompt2D(box=np.array([j0, i0, j1, i1], dtype=np.float32)) for k in range(k0, k1 + 1)}
         )
+    for cls, keys in spec.key_boxes.items():
+        ranges = [r for _, _, r in keys if r is not None]
+        z_range = None
+        if ranges:  # a 3D box bounds the object; flat keys beside it widen the bound to their own slices
+            z_range = (min([r[0] for r in ranges] + [k for k, _, _ in keys]),
+                       max([r[1] for r in ranges] + [k for k, _, _ in keys]))
+        prompts.objects[cls] = ObjectPrompt([KeyBox(k, box) for k, box, _ in keys], z_range, spec.points.get(cls, {}))
     for cls, per_slice in spec.points.items():
+        if cls in prompts.objects:
+            continue
         for k, (pts, labels) in per_slice.items():
-            old = prompts.setdefault(cls, {}).get(k)
-            prompts[cls][k] = Prompt2D(box=None if old is None else old.box, points=pts, point_labels=labels)
+            old = prompts.slices.setdefault(cls, {}).get(k)
+            prompts.slices[cls][k] = Prompt2D(box=None if old is None else old.box, points=pts, point_labels=labels)
     return prompts
-

@@ -12,30 +12,80 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import torch
 
 from ..data.readers import is_dicom_folder
 from ..metrics import case_metrics
 from ..utils import check_overwrite
-from .prompts import prompts_from_label, prompts_from_spec, read_prompt_file, spec_from_boxes
-from .slicewise import Prompt2D, SliceWiseInferer
-from .volume import IMAGE_SUFFIXES, Preprocess, case_name, load_volume, prepare_volume, save_label_map
+from .embeddings import EmbeddingCache
+from .prompts import (
+    PromptSpec,
+    VolumePrompts,
+    add_points,
+    prompts_from_label,
+    prompts_from_spec,
+    read_prompt_file,
+    spec_from_boxes,
+)
+from .propagation import PropagationConfig, propagate
+from .slicewise import SliceResult, SliceWiseInferer
+from .volume import (
+    IMAGE_SUFFIXES,
+    Preprocess,
+    SliceGeometry,
+    case_name,
+    load_volume,
+    prepare_volume,
+    save_label_map,
+    source_name,
+)
 
-__all__ = ["Case", "CaseResult", "KeyPrompt", "find_cases", "report", "segment_case", "segment_cases"]
+__all__ = [
+    "Case",
+    "CaseResult",
+    "KeyPrompt",
+    "VolumeSegmentation",
+    "check_label",
+    "find_cases",
+    "report",
+    "segment_case",
+    "segment_cases",
+    "segment_volume",
+]
 
 
 @dataclass
 class KeyPrompt:
-    """One box to propagate, in stored voxel indices (as a viewer shows them): ``box`` is (i0, j0, k0, i1, j1, k1)
-    and should be flat along the slicing direction (a thick box starts from its middle slice); ``label`` is the
-    class written for it."""
+    """Boxes to propagate for one class, in stored voxel indices (as a viewer shows them).
 
-    box: Sequence[float]
+    ``box``: one box (i0, j0, k0, i1, j1, k1) or a list of them, at most one per slice (several keys of one
+    object, e.g. its top, middle and bottom). A flat box (k0 = k1) is drawn on its slice; a thick one (k0 < k1)
+    is a 3D box whose slices bound the propagation, which starts on ``key_slice`` (default its middle slice).
+    ``points``: [[i, j, k, l], ...] correction points, ``l`` 1 foreground / 0 background (a background point where
+    the mask leaks). ``label`` is the class written.
+    """
+
+    box: Sequence[float] | Sequence[Sequence[float]]
     label: int = 1
+    key_slice: int | None = None
+    points: Sequence[Sequence[float]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, (int, np.integer)) or self.label < 1:
             raise ValueError(f"the key box's class must be an integer >= 1 (0 is background), got {self.label!r}")
+        for point in self.points or []:
+            if len(point) != 4 or point[3] not in (0, 1):
+                raise ValueError(f"a point is i, j, k, label with label 1 (foreground) or 0 (background), got {point}")
+
+    def spec(self, geometry: SliceGeometry, where: str) -> PromptSpec:
+        """This prompt in the sliced view of ``geometry``."""
+        spec = spec_from_boxes({self.label: self.box}, geometry, key=True, where=where, key_slice=self.key_slice)
+        if self.points:
+            pts = np.asarray(self.points, dtype=np.float64)
+            add_points(spec, self.label, pts[:, :3], pts[:, 3].astype(int), "voxel", np.eye(4), geometry, where)
+        return spec
 
 
 @dataclass
@@ -78,45 +128,103 @@ class CaseResult:
 MAX_LABEL_CLASSES = 1000  # more distinct values than this in a label map: it is an image, not a label map
 
 
-def _check_label(label, image, case: Case) -> tuple[np.ndarray, list[int]]:
-    """The label map of ``case`` as int64 ``[X, Y, Z]`` (only ``case.classes`` kept, if given) and the classes in it,
-    after checking that it fits the image and holds class values."""
+def _reoriented(label, image):
+    """``label`` [1, X, Y, Z] moved onto the image's axis order and directions (permutations and flips only) when
+    both lie on the same voxel grid stored in different orientations (a DICOM series and the NIfTI mask a tool
+    wrote for it); the label as it is otherwise."""
+    lab_affine, img_affine = label.affine.numpy(), image.affine.numpy()
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(lab_affine), nib.orientations.io_orientation(img_affine)
+    )
+    if (transform == [[0, 1], [1, 1], [2, 1]]).all():
+        return label.numpy()[0], lab_affine
+    array = nib.orientations.apply_orientation(label.numpy()[0], transform)
+    affine = lab_affine @ nib.orientations.inv_ornt_aff(transform, label.shape[1:])
+    return array, affine
+
+
+def check_label(label, image, classes: Sequence[int] | None = None) -> tuple[np.ndarray, list[int]]:
+    """The label map of ``image`` as int64 ``[X, Y, Z]`` in the image's stored orientation (only ``classes`` kept,
+    if given) and the classes present, after checking that it fits the image and holds class values.
+
+    ``label`` and ``image`` are loaded volumes (:func:`load_volume`). A label stored in another orientation of the
+    same voxel grid is reoriented onto the image; any other difference of grid is refused.
+
+    Raises:
+        ValueError: naming both files and the fix, for a label with several channels, another voxel grid,
+            NaN / Inf values, negative values or more distinct values than a label map has.
+    """
+    lab_name, img_name = source_name(label), source_name(image)
     if label.shape[0] != 1:
         raise ValueError(
-            f"label {case.label} has {label.shape[0]} channels (one-hot or several maps?); give one label map "
+            f"label {lab_name} has {label.shape[0]} channels (one-hot or several maps?); give one label map "
             "with an integer class value per voxel"
         )
-    if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+    values, affine = _reoriented(label, image)
+    if tuple(values.shape) != tuple(image.shape[1:]):
         raise ValueError(
-            f"label {case.label} has shape {tuple(label.shape[1:])} but image {case.image} has "
+            f"label {lab_name} has shape {tuple(label.shape[1:])} but image {img_name} has "
             f"{tuple(image.shape[1:])}; they must be on the same voxel grid: resample the label onto the image "
             "or pass the label made for this image"
         )
-    if not np.allclose(label.affine.numpy(), image.affine.numpy(), atol=1e-3):
+    if not np.allclose(affine, image.affine.numpy(), atol=1e-3):
         raise ValueError(
-            f"label {case.label} and image {case.image} have different affines (orientation / spacing / origin); "
+            f"label {lab_name} and image {img_name} have different affines (orientation / spacing / origin); "
             "resample the label onto the image grid"
         )
-    values = label[0].numpy()
     if not np.isfinite(values).all():
         raise ValueError(
-            f"label {case.label} holds NaN / Inf values; re-export it as a label map of integer class values"
+            f"label {lab_name} holds NaN / Inf values; re-export it as a label map of integer class values"
         )
     gt = np.rint(values).astype(np.int64)
-    if case.classes is not None:  # other values, negative ones included, are ignored (see Case)
-        gt = np.where(np.isin(gt, list(case.classes)), gt, 0)
+    if classes is not None:  # other values, negative ones included, are ignored (see Case)
+        gt = np.where(np.isin(gt, list(classes)), gt, 0)
     present = np.unique(gt)
     if present[0] < 0:
         raise ValueError(
-            f"label {case.label} holds negative values {present[present < 0][:5].tolist()}; is it an image? Give "
+            f"label {lab_name} holds negative values {present[present < 0][:5].tolist()}; is it an image? Give "
             "a label map, or choose the classes to segment with --classes"
         )
     if len(present) > MAX_LABEL_CLASSES:
         raise ValueError(
-            f"label {case.label} has {len(present)} distinct values; is it an image? Give a label map, or choose "
+            f"label {lab_name} has {len(present)} distinct values; is it an image? Give a label map, or choose "
             "the classes to segment with --classes"
         )
     return gt, [int(c) for c in present if c != 0]
+
+
+@dataclass
+class VolumeSegmentation:
+    """What :func:`segment_volume` returns: per-class slice ``results`` (sliced view), the label map ``labels``
+    ``[X, Y, Z]`` in the stored orientation, and the number of slices that were segmented."""
+
+    results: dict[int, dict[int, SliceResult]]
+    labels: np.ndarray
+    slices: int
+
+
+def segment_volume(
+    inferer: SliceWiseInferer,
+    volume: torch.Tensor,
+    geometry: SliceGeometry,
+    prompts: VolumePrompts | dict[int, dict],
+    propagation: PropagationConfig | None = None,
+    cache: EmbeddingCache | None = None,
+) -> VolumeSegmentation:
+    """Segment a prepared volume (:func:`prepare_volume`) from its prompts: the core every entry point shares.
+
+    Per-slice prompts and every class's propagation draw on one :class:`EmbeddingCache` (``cache``, or a new
+    one), so each slice is encoded once per volume however many classes and key boxes there are. Overlaps go
+    to the most probable class. ``prompts`` may be a plain ``{class: {slice: Prompt2D}}``.
+    """
+    if not isinstance(prompts, VolumePrompts):
+        prompts = VolumePrompts(slices=dict(prompts))
+    cache = EmbeddingCache() if cache is None else cache
+    results = inferer.predict(volume, prompts.slices, cache=cache)
+    for cls, obj in prompts.objects.items():
+        results[cls] = {**results.get(cls, {}), **propagate(inferer, volume, obj, propagation, cache)}
+    labels = geometry.to_stored(inferer.label_map(results, tuple(volume.shape[1:])))
+    return VolumeSegmentation(results, labels, len({z for per in results.values() for z in per}))
 
 
 def segment_case(
@@ -125,7 +233,7 @@ def segment_case(
     output: str | Path,
     pre: Preprocess | None = None,
     overwrite: bool = False,
-    propagate_kwargs: dict | None = None,
+    propagation: PropagationConfig | None = None,
     score: bool = True,
 ) -> CaseResult:
     """Segment ``case`` and write its label map to ``output`` (NIfTI, input geometry). Raises on bad input
@@ -136,28 +244,22 @@ def segment_case(
     output = check_overwrite(output, overwrite)  # fail before any work
     image = load_volume(case.image)
     volume, geometry = prepare_volume(image, pre or Preprocess())
-    sliced_shape = tuple(volume.shape[1:])
     gt = None
     if case.label is not None:
-        gt, present = _check_label(load_volume(case.label), image, case)
-        results = inferer.predict(volume, prompts_from_label(geometry.to_sliced(gt), present))
+        gt, present = check_label(load_volume(case.label), image, case.classes)
+        prompts = VolumePrompts(prompts_from_label(geometry.to_sliced(gt), present))
+    elif case.prompt_file is not None:
+        prompts = prompts_from_spec(read_prompt_file(case.prompt_file, image.affine.numpy(), geometry))
     else:
-        if case.prompt_file is not None:
-            spec = read_prompt_file(case.prompt_file, image.affine.numpy(), geometry)
-        else:
-            spec = spec_from_boxes({case.key.label: case.key.box}, geometry, key=True, where=f"key box of {case.image}")
-        results = inferer.predict(volume, prompts_from_spec(spec))
-        for cls, (k, box) in spec.key_boxes.items():
-            results[cls] = inferer.propagate(volume, k, Prompt2D(box=box), **(propagate_kwargs or {}))
-    labels = geometry.to_stored(inferer.label_map(results, sliced_shape))
-    written = save_label_map(labels, image, output, overwrite)
+        prompts = prompts_from_spec(case.key.spec(geometry, where=f"key box of {case.image}"))
+    seg = segment_volume(inferer, volume, geometry, prompts, propagation)
+    written = save_label_map(seg.labels, image, output, overwrite)
     metrics = []
     if gt is not None and score:
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
         classes = {c: str(c) for c in present}
-        metrics = case_metrics(labels, gt, classes, spacing) if classes else []
-    n_slices = len({z for per in results.values() for z in per})
-    return CaseResult(case.name, written, None, metrics, time.perf_counter() - start, n_slices)
+        metrics = case_metrics(seg.labels, gt, classes, spacing) if classes else []
+    return CaseResult(case.name, written, None, metrics, time.perf_counter() - start, seg.slices)
 
 
 def segment_cases(
@@ -167,14 +269,14 @@ def segment_cases(
     pre: Preprocess | None = None,
     overwrite: bool = False,
     suffix: str = "_seg.nii.gz",
-    propagate_kwargs: dict | None = None,
+    propagation: PropagationConfig | None = None,
     verbose: bool = False,
 ) -> list[CaseResult]:
     """Segment every case into ``out_dir/<name><suffix>``; a failing case is recorded and skipped."""
     results = []
     for case in cases:
         try:
-            res = segment_case(inferer, case, Path(out_dir) / f"{case.name}{suffix}", pre, overwrite, propagate_kwargs)
+            res = segment_case(inferer, case, Path(out_dir) / f"{case.name}{suffix}", pre, overwrite, propagation)
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
             res = CaseResult(case.name, error=f"{type(err).__name__}: {err}")
         except Exception as err:  # an unexpected failure in one case must not stop the others

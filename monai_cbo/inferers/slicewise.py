@@ -16,6 +16,7 @@ import torch
 
 from ..networks import SamSegmenter
 from ..transforms.resize import ResizeLongestSidePad, restore_slice, scale_coords
+from .embeddings import EmbeddingCache
 
 __all__ = ["Prompt2D", "SliceResult", "SliceWiseInferer", "mask_box"]
 
@@ -108,27 +109,37 @@ class SliceWiseInferer:
         return self.resize(volume[..., z].float())
 
     def encode(
-        self, volume: torch.Tensor, slices: Iterable[int], cache: dict[int, torch.Tensor] | None = None
+        self, volume: torch.Tensor, slices: Iterable[int], cache: EmbeddingCache | dict | None = None
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(z, embedding [1, C, h, w])`` for ``slices``, encoding ``batch_size`` at a time.
+        """Yield ``(z, embedding [1, C, h, w])`` for ``slices`` in the order given, encoding ``batch_size`` at a time.
 
-        ``cache`` (one dict per volume, owned by the caller) keeps embeddings so that several calls on the
-        same volume, e.g. re-prompting it, encode each slice once.
+        ``cache`` (an :class:`EmbeddingCache` or a dict, one per volume, owned by the caller) keeps embeddings so
+        that several calls on the same volume (every class, every prompt source) encode each slice once. Without
+        it each embedding is handed out once and forgotten.
         """
-        slices = list(slices)
-        store = {} if cache is None else cache
-        todo = [z for z in slices if z not in store]
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
-            batch = torch.stack([self._model_input(volume, z) for z in chunk]).to(self.device)
-            with torch.inference_mode(), self._autocast():
-                emb = self.model.encode(batch)
-            for i, z in enumerate(chunk):
-                store[z] = emb[i : i + 1]
-            if cache is None:  # stream: hand each embedding out once and forget it
-                yield from ((z, store.pop(z)) for z in chunk)
-        if cache is not None:
-            yield from ((z, cache[z]) for z in slices)
+        order = list(slices)
+        todo = [z for z in dict.fromkeys(order) if cache is None or z not in cache]
+        held: dict[int, torch.Tensor] = {}  # encoded in this call and not yet handed out
+        next_todo = 0
+        for z in order:
+            emb = held.pop(z, None)
+            if emb is None and cache is not None:
+                emb = cache.get(z)
+            if emb is None:
+                if next_todo < len(todo) and todo[next_todo] == z:
+                    chunk = todo[next_todo : next_todo + self.batch_size]
+                    next_todo += len(chunk)
+                else:  # asked for twice without a cache, or dropped from a bounded cache: encode it again
+                    chunk = [z]
+                batch = torch.stack([self._model_input(volume, t) for t in chunk]).to(self.device)
+                with torch.inference_mode(), self._autocast():
+                    out = self.model.encode(batch)
+                for i, t in enumerate(chunk):
+                    held[t] = out[i : i + 1]
+                    if cache is not None:
+                        cache[t] = held[t]
+                emb = held.pop(z)
+            yield z, emb
 
     def decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
         """Decode each prompt on one slice of ``size`` (H, W) from its embedding (one decoder call per kind)."""
@@ -179,54 +190,11 @@ class SliceWiseInferer:
                 results[cls][z] = res
         return results
 
-    def propagate(
-        self,
-        volume: torch.Tensor,
-        key_slice: int,
-        key_prompt: Prompt2D,
-        margin: float = 0.1,
-        min_margin: float = 2.0,
-        use_mask_prompt: bool = False,
-        min_iou: float = 0.5,
-        min_area_ratio: float = 0.1,
-        min_area: int = 4,
-        cache: dict[int, torch.Tensor] | None = None,
-    ) -> dict[int, SliceResult]:
-        """Segment one object from a prompt on ``key_slice``, then slice by slice outwards in both directions.
+    def propagate(self, volume: torch.Tensor, prompt, config=None, cache: EmbeddingCache | None = None) -> dict:
+        """Grow one object from its key boxes: see :func:`monai_cbo.inferers.propagation.propagate`."""
+        from .propagation import propagate
 
-        Each next slice is prompted with the previous prediction's box grown by ``margin`` of its size (at
-        least ``min_margin`` pixels) and, with ``use_mask_prompt``, the previous low-resolution logits. A
-        direction stops where the prediction vanishes (fewer than ``min_area`` pixels), collapses (area below
-        ``min_area_ratio`` of the previous slice's) or the model's IoU estimate falls below ``min_iou``.
-        """
-        depth = volume.shape[-1]
-        if not 0 <= key_slice < depth:
-            raise ValueError(f"key slice {key_slice} outside the volume's 0..{depth - 1}")
-        size = tuple(volume.shape[1:3])
-
-        def run(z: int, prompt: Prompt2D) -> SliceResult:
-            _, emb = next(self.encode(volume, [z], cache))
-            return self.decode(emb, [prompt], size)[0]
-
-        first = run(key_slice, key_prompt)
-        results = {key_slice: first}
-        if int((first.prob > self.threshold).sum()) < min_area:
-            return results
-        for step in (1, -1):
-            prev, z = first, key_slice + step
-            while 0 <= z < depth:
-                mask = prev.prob > self.threshold
-                box = mask_box(mask)
-                grow = np.maximum(min_margin, margin * (box[2:] - box[:2] + 1))
-                limit = np.array([size[1] - 1, size[0] - 1], dtype=np.float32)
-                box = np.concatenate([np.maximum(box[:2] - grow, 0), np.minimum(box[2:] + grow, limit)])
-                res = run(z, Prompt2D(box=box, mask_logits=prev.low_res if use_mask_prompt else None))
-                area = int((res.prob > self.threshold).sum())
-                if area < min_area or area < min_area_ratio * int(mask.sum()) or res.iou < min_iou:
-                    break
-                results[z] = res
-                prev, z = res, z + step
-        return results
+        return propagate(self, volume, prompt, config, cache)
 
     def label_map(self, results: Mapping[int, Mapping[int, SliceResult]], shape: tuple[int, int, int]) -> np.ndarray:
         """Combine per-class results into one label map [H, W, D]; overlaps go to the most probable class."""

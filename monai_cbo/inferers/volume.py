@@ -31,6 +31,7 @@ __all__ = [
     "load_volume",
     "prepare_volume",
     "save_label_map",
+    "source_name",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -181,7 +182,7 @@ class Preprocess:
         return VIEWS.get(self.view, self.view)
 
 
-def _source(image) -> str:
+def source_name(image) -> str:
     """The file an image was read from, for messages."""
     meta = getattr(image, "meta", None) or {}
     return str(meta.get("filename_or_obj") or "(in memory)")
@@ -198,7 +199,7 @@ def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, Sl
     Raises:
         ValueError: the image's channels do not fit ``pre.channels`` (the message names the file).
     """
-    source = _source(image)
+    source = source_name(image)
     try:
         image = ToModelChannels(pre.channels)(image)
     except ValueError as err:

@@ -31,7 +31,7 @@ def test_label_boxes_are_tight_and_in_sam_order():
 
 def test_voxel_box3d_gives_a_box_on_each_slice_it_spans(tmp_path):
     path = _write(tmp_path, {"prompts": [{"label": 1, "box3d": [2, 3, 4, 6, 9, 5]}]})
-    prompts = prompts_from_spec(read_prompt_file(path, AFFINE, AXIAL))
+    prompts = prompts_from_spec(read_prompt_file(path, AFFINE, AXIAL)).slices
     assert sorted(prompts[1]) == [4, 5]
     np.testing.assert_array_equal(prompts[1][4].box, [3, 2, 9, 6])  # x = column (j), y = row (i)
 
@@ -64,9 +64,11 @@ def test_key_box_and_points(tmp_path):
         {"label": 2, "points": [[4, 5, 7], [6, 6, 7], [1, 1, 2]], "point_labels": [1, 0, 1]},
     ]})
     spec = read_prompt_file(path, AFFINE, AXIAL)
-    k, box = spec.key_boxes[1]
-    assert k == 5 and box.tolist() == [3, 2, 9, 6]
-    prompts = prompts_from_spec(spec)
+    [(k, box, z_range)] = spec.key_boxes[1]
+    assert k == 5 and box.tolist() == [3, 2, 9, 6] and z_range is None
+    volume_prompts = prompts_from_spec(spec)
+    assert [(key.slice, key.box.tolist()) for key in volume_prompts.objects[1].keys] == [(5, [3, 2, 9, 6])]
+    prompts = volume_prompts.slices
     assert sorted(prompts[2]) == [2, 7] and 1 not in prompts
     np.testing.assert_array_equal(prompts[2][7].points, [[5, 4], [6, 6]])
     np.testing.assert_array_equal(prompts[2][7].point_labels, [1, 0])
@@ -81,7 +83,15 @@ def test_key_box_and_points(tmp_path):
         ({"prompts": [{"label": 1, "box3d": [0, 0, 0, 1, 1]}]}, "needs 6 numbers"),
         ({"prompts": [{"label": 1}]}, "exactly one of"),
         ({"coordinates": "mm", "prompts": []}, "coordinates must be 'voxel' or 'world'"),
-        ({"prompts": [{"label": 1, "points": [[99, 0, 0]]}]}, "lie outside the volume"),
+        ({"prompts": [{"label": 1, "points": [[99, 0, 0]], "point_labels": [1]}]}, "lie outside the volume"),
+        ({"prompts": [{"label": 1, "points": [[1, 1, 1]]}]}, "points need 'point_labels', one per point"),
+        ({"prompts": [{"label": 1, "points": [[1, 1, 1]], "point_labels": [2]}]}, "must be 1 .* or 0"),
+        ({"prompts": [{"label": 1, "key_box": [2, 2, 3, 5, 5, 3]}, {"label": 1, "key_box": [1, 1, 3, 6, 6, 3]}]},
+         "class 1 already has a key box on slice 3"),
+        ({"prompts": [{"label": 1, "key_box": [[2, 2, 3, 5, 5, 3], [2, 2, 3, 5, 5, 3]]}]}, "already has a key box"),
+        ({"prompts": [{"label": 1, "key_box": [2, 2, 30, 5, 5, 30]}]}, r"key_box .* lies outside the volume"),
+        ({"prompts": [{"label": 1, "key_box": [2, 2, 1, 5, 5, 4], "key_slice": 8}]}, "key slice 8 is not inside"),
+        ({"prompts": [{"label": 1, "box3d": [2, 2, 1, 5, 5, 4], "key_slice": 2}]}, "key_slice goes with a key_box"),
     ],
 )
 def test_bad_prompt_files_name_the_file_and_the_problem(tmp_path, payload, message):

@@ -5,7 +5,16 @@ import pytest
 import torch
 from realdata import shared_data
 
-from monai_cbo.inferers import Preprocess, Prompt2D, SliceWiseInferer, load_volume, prepare_volume, prompts_from_label
+from monai_cbo.inferers import (
+    KeyBox,
+    ObjectPrompt,
+    Preprocess,
+    Prompt2D,
+    SliceWiseInferer,
+    load_volume,
+    prepare_volume,
+    prompts_from_label,
+)
 from monai_cbo.metrics import dice_3d
 from monai_cbo.networks import build_model
 
@@ -109,7 +118,8 @@ def test_propagation_from_one_key_slice_nearly_matches_per_slice_boxes(litemedsa
     per_slice = litemedsam.label_map(litemedsam.predict(volume, prompts_from_label(label), cache=cache), label.shape)
     reference = dice_3d(per_slice == 1, label == 1)
     key = int(np.argmax(label.sum(axis=(0, 1))))
-    key_box = prompts_from_label(label)[1][key]
-    propagated = litemedsam.label_map({1: litemedsam.propagate(volume, key, key_box, cache=cache)}, label.shape)
+    key_box = KeyBox(key, prompts_from_label(label)[1][key].box)
+    propagated = litemedsam.label_map({1: litemedsam.propagate(volume, ObjectPrompt([key_box]), cache=cache)},
+                                      label.shape)
     dice = dice_3d(propagated == 1, label == 1)
     assert reference >= 0.8 and dice >= 0.8 * reference, (dice, reference)

@@ -1,0 +1,335 @@
+"""``monai-cbo prompts-bench``: how much of per-slice-box Dice a researcher keeps with a few boxes, and the sweep
+that chose the propagation defaults.
+
+A *suite* (JSON) names sets of labelled volumes; each set has a modality, named targets (label values, a region
+is several) and cases, each marked ``"part": "tune"`` or ``"validation"``. For every case and target the label
+gives the prompts of each protocol:
+
+* ``per_slice``: the tight box on every slice the target occupies (the reference, which needs the answer);
+* ``one_key``: one key box on the slice where the target is largest, propagated;
+* ``box3d``: the 3D box of the CVPR 2024 laptop challenge: the middle slice's box plus the target's z range;
+* ``three_keys``: key boxes on the first, middle and last slice of the target.
+
+Each is scored by 3D Dice of the target alone, and by how many slices it predicts outside the target's true
+extent (and how far). ``--sweep`` tunes :class:`~monai_cbo.inferers.PropagationConfig` on the tune part by
+coordinate descent over a grid, then scores every part with the chosen settings: validation cases never
+influence a choice.
+
+Embeddings of every slice are stored per case under ``--cache-dir`` (4 MiB a slice), so a sweep encodes each
+volume once; decoder calls repeated with the same prompt within one sweep step are answered from memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..inferers import (
+    EmbeddingCache,
+    KeyBox,
+    ObjectPrompt,
+    Preprocess,
+    Prompt2D,
+    PropagationConfig,
+    SliceResult,
+    SliceWiseInferer,
+    check_label,
+    load_volume,
+    mask_box,
+    prepare_volume,
+    propagate,
+)
+from ..inferers.prompts import prompts_from_mask
+from ..metrics import dice_3d
+from ..utils import write_atomic
+
+__all__ = ["PROTOCOLS", "SWEEP_GRID", "SuiteCase", "protocol_prompt", "read_suite", "run_prompts_bench"]
+
+PROTOCOLS = ("per_slice", "one_key", "box3d", "three_keys")
+
+#: the values the sweep tries for each setting (coordinate descent, in this order, twice)
+SWEEP_GRID: dict[str, list] = {
+    "margin": [0.0, 0.05, 0.1, 0.2],
+    "min_margin": [0.0, 1.0, 3.0],
+    "mask_prompt": [False, True],
+    "max_growth": [1.2, 1.5, 2.0, 1e9],
+    "min_shrink": [0.0, 0.1, 0.3],
+    "min_overlap": [0.0, 0.3, 0.5, 0.7],
+    "min_iou": [0.0, 0.5, 0.7, 0.8],
+    "min_confidence": [0.0, 0.7, 0.8, 0.9],
+    "max_key_area": [1.0, 1.5, 2.0, 1e9],
+    "neighbour_weight": [0.0, 0.5, 1.0],
+    "stop_in_range": [False, True],
+}
+
+
+@dataclass
+class SuiteCase:
+    set: str
+    name: str
+    image: str | list[str]
+    label: str
+    part: str
+    modality: str
+    targets: dict[str, list[int]]
+
+    @property
+    def key(self) -> str:
+        return f"{self.set}/{self.name}"
+
+
+def read_suite(path: str | Path, data_root: str | Path) -> list[SuiteCase]:
+    """The cases of a suite file, their paths resolved under ``data_root``."""
+    path, root = Path(path), Path(data_root)
+    suite = json.loads(path.read_text())
+    if not isinstance(suite.get("sets"), dict) or not suite["sets"]:
+        raise ValueError(f"suite {path} needs a non-empty 'sets' object (see monai_cbo.bench.prompting)")
+    cases = []
+    for set_name, spec in suite["sets"].items():
+        for entry in spec["cases"]:
+            if entry.get("part") not in ("tune", "validation"):
+                raise ValueError(f"suite {path}, set {set_name}: each case needs 'part': 'tune' or 'validation'")
+            image = entry["image"]
+            image = [str(root / p) for p in image] if isinstance(image, list) else str(root / image)
+            cases.append(SuiteCase(set_name, entry["case"], image, str(root / entry["label"]), entry["part"],
+                                   spec.get("modality", "auto"), {k: list(v) for k, v in spec["targets"].items()}))
+    missing = [c.label for c in cases if not Path(c.label).exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} suite file(s) not found under {root}, e.g. {missing[0]}; give "
+                                "--data-root the folder the suite's paths are relative to (e.g. ../shared/data)")
+    return cases
+
+
+def protocol_prompt(mask: np.ndarray, protocol: str) -> ObjectPrompt | dict[int, Prompt2D]:
+    """The prompt a protocol takes from a target's binary mask ``[H, W, D]`` (sliced view)."""
+    areas = mask.sum(axis=(0, 1))
+    present = np.nonzero(areas)[0]
+    if protocol == "per_slice":
+        return prompts_from_mask(mask)
+    first, last = int(present[0]), int(present[-1])
+
+    def key(z: int) -> KeyBox:
+        return KeyBox(z, mask_box(mask[..., z]))
+
+    middle = int(present[np.argmin(np.abs(present - (first + last) / 2))])  # the present slice nearest the middle
+    if protocol == "one_key":
+        return ObjectPrompt([key(int(np.argmax(areas)))])
+    if protocol == "box3d":
+        return ObjectPrompt([key(middle)], z_range=(first, last))
+    if protocol == "three_keys":
+        return ObjectPrompt([key(z) for z in sorted({first, middle, last})])
+    raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+class _StoredInferer(SliceWiseInferer):
+    """A slice-wise inferer whose decoder answers repeated prompts from memory (within one sweep step)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.memo: dict = {}
+
+    def decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
+        if len(prompts) != 1:
+            return super().decode(embedding, prompts, size)
+        p = prompts[0]
+        parts = [id(embedding)]
+        for value in (p.box, p.points, p.point_labels):
+            parts.append(None if value is None else np.asarray(value).tobytes())
+        parts.append(None if p.mask_logits is None else hashlib.sha1(p.mask_logits.numpy().tobytes()).hexdigest())
+        key = tuple(parts)
+        if key not in self.memo:
+            self.memo[key] = super().decode(embedding, prompts, size)[0]
+        return [self.memo[key]]
+
+
+@dataclass
+class _Loaded:
+    case: SuiteCase
+    volume: torch.Tensor
+    masks: dict[str, np.ndarray]  # target -> [H, W, D] bool, sliced view
+    cache: EmbeddingCache
+    file: Path | None = None
+
+    def save(self) -> None:
+        """Keep the embeddings encoded since loading for the next run."""
+        if self.file is not None and self.cache.encoded:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            stored = {z: self.cache[z] for z in range(self.volume.shape[-1]) if z in self.cache}
+            write_atomic(self.file, lambda p: torch.save(stored, p), overwrite=True)
+            self.cache.encoded.clear()
+
+
+def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
+    image = load_volume(case.image)
+    volume, geometry = prepare_volume(image, Preprocess(case.modality))
+    gt, _ = check_label(load_volume(case.label), image)
+    sliced = geometry.to_sliced(gt)
+    masks = {name: np.isin(sliced, values) for name, values in case.targets.items()}
+    masks = {name: m for name, m in masks.items() if m.any()}
+    cache = EmbeddingCache(None)
+    file = None
+    if cache_dir is not None:  # one file per image and model: slices encoded on demand, kept for the next run
+        images = case.image if isinstance(case.image, list) else [case.image]
+        digest = hashlib.sha1("|".join([tag, case.modality, *map(str, images)]).encode()).hexdigest()[:12]
+        file = cache_dir / f"{case.name}__{digest}.pt"
+        if file.exists():
+            for z, emb in torch.load(file, weights_only=True).items():
+                cache[int(z)] = emb
+    cache.encoded.clear()
+    return _Loaded(case, volume, masks, cache, file)
+
+
+def _score(inferer: SliceWiseInferer, loaded: _Loaded, protocols: Sequence[str],
+           config: PropagationConfig) -> list[dict]:
+    rows = []
+    for target, mask in loaded.masks.items():
+        present = np.nonzero(mask.any(axis=(0, 1)))[0]
+        first, last = int(present[0]), int(present[-1])
+        for protocol in protocols:
+            prompt = protocol_prompt(mask, protocol)
+            if isinstance(prompt, ObjectPrompt):
+                results = propagate(inferer, loaded.volume, prompt, config, loaded.cache)
+            else:
+                results = inferer.predict(loaded.volume, {1: prompt}, cache=loaded.cache)[1]
+            pred = np.zeros(mask.shape, dtype=bool)
+            for z, res in results.items():
+                pred[..., z] = res.prob.numpy() > inferer.threshold
+            predicted = np.nonzero(pred.any(axis=(0, 1)))[0]
+            outside = [z for z in predicted if z < first or z > last]
+            beyond = max([first - z if z < first else z - last for z in outside], default=0)
+            rows.append({"set": loaded.case.set, "case": loaded.case.name, "part": loaded.case.part,
+                         "target": target, "protocol": protocol, "dice": dice_3d(pred, mask),
+                         "true_slices": int(len(present)), "predicted_slices": int(len(predicted)),
+                         "slices_outside": len(outside), "max_beyond": int(beyond)})
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """Per set and protocol: mean Dice, its ratio to per-slice boxes, slices outside the extent."""
+    out: dict[str, dict[str, dict]] = {}
+    for set_name in dict.fromkeys(r["set"] for r in rows):
+        mine = [r for r in rows if r["set"] == set_name]
+        ref = np.mean([r["dice"] for r in mine if r["protocol"] == "per_slice"])
+        out[set_name] = {}
+        for protocol in dict.fromkeys(r["protocol"] for r in mine):
+            sel = [r for r in mine if r["protocol"] == protocol]
+            dice = float(np.mean([r["dice"] for r in sel]))
+            out[set_name][protocol] = {
+                "n": len(sel), "dice": dice, "ratio": dice / ref if ref > 0 else math.nan,
+                "slices_outside": int(sum(r["slices_outside"] for r in sel)),
+                "max_beyond": int(max(r["max_beyond"] for r in sel)),
+            }
+    return out
+
+
+def objective(rows: list[dict]) -> float:
+    """What the sweep maximises: the mean over sets of the mean over propagated protocols of the set's Dice ratio
+    to per-slice boxes (every set counts the same, however many cases it has)."""
+    summary = summarise(rows)
+    return float(np.mean([np.mean([v["ratio"] for p, v in s.items() if p != "per_slice"]) for s in summary.values()]))
+
+
+def run_prompts_bench(
+    suite: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    model: torch.nn.Module,
+    tag: str,
+    config: PropagationConfig | None = None,
+    sweep: bool = False,
+    sets: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Score the protocols on a suite (optionally sweeping the propagation settings first); write ``rows.csv``,
+    ``summary.json``, ``summary.md`` (and ``sweep.csv``) into ``out``; return the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [c for c in read_suite(suite, data_root) if sets is None or c.set in sets]
+    if not cases:
+        raise ValueError(f"no case of the suite {suite} is in the sets {list(sets or [])}")
+    inferer = _StoredInferer(model)
+    cache_path = Path(cache_dir) if cache_dir else None
+    config = config or PropagationConfig()
+    start = time.perf_counter()
+
+    def evaluate(configs: list[PropagationConfig], part_cases: list[SuiteCase], protocols) -> list[list[dict]]:
+        rows: list[list[dict]] = [[] for _ in configs]
+        for n, case in enumerate(part_cases, 1):
+            loaded = _load(case, cache_path, tag)
+            inferer.memo.clear()
+            for i, cfg in enumerate(configs):
+                rows[i] += _score(inferer, loaded, protocols, cfg)
+            loaded.save()
+            log(f"    {n}/{len(part_cases)} {case.key} ({time.perf_counter() - start:.0f} s)")
+        inferer.memo.clear()
+        return rows
+
+    sweep_rows = []
+    if sweep:
+        tune = [c for c in cases if c.part == "tune"]
+        reference = evaluate([config], tune, ["per_slice"])[0]
+        best, best_score = config, None
+        for round_ in (1, 2):
+            for name, values in SWEEP_GRID.items():
+                candidates = [best.replace(**{name: v}) for v in values]
+                log(f"sweep round {round_}: {name} in {values}")
+                results = evaluate(candidates, tune, PROTOCOLS[1:])
+                scores = [objective(reference + r) for r in results]
+                for cfg, score, r in zip(candidates, scores, results, strict=True):
+                    summary = summarise(reference + r)
+                    sweep_rows.append({"round": round_, "setting": name, "value": getattr(cfg, name),
+                                       "objective": round(score, 4),
+                                       **{f"{s}:{p}": round(v["ratio"], 3) for s, per in summary.items()
+                                          for p, v in per.items() if p != "per_slice"}})
+                i = int(np.argmax(scores))
+                if best_score is None or scores[i] > best_score + 1e-4:
+                    best, best_score = candidates[i], scores[i]
+                log(f"  -> {name} = {getattr(best, name)} (objective {best_score:.4f})")
+        config = best
+        keys = list(dict.fromkeys(k for r in sweep_rows for k in r))
+        with open(out / "sweep.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, keys)
+            writer.writeheader()
+            writer.writerows(sweep_rows)
+    rows = evaluate([config], cases, PROTOCOLS)[0]
+    with open(out / "rows.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = {"config": asdict(config), "tag": tag, "seconds": round(time.perf_counter() - start, 1),
+              "parts": {part: summarise([r for r in rows if r["part"] == part]) for part in ("tune", "validation")}}
+    (out / "summary.json").write_text(json.dumps(result, indent=1))
+    (out / "summary.md").write_text(summary_markdown(result))
+    return result
+
+
+def summary_markdown(result: dict) -> str:
+    lines = []
+    for part, per_set in result["parts"].items():
+        if not per_set:
+            continue
+        lines += [f"### {part} part", "",
+                  "| set | cases x targets | per-slice boxes Dice | one key box | 3D box | three key boxes |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for set_name, per in per_set.items():
+            cells = []
+            for protocol in PROTOCOLS[1:]:
+                v = per.get(protocol)
+                cells.append("–" if v is None else f"{v['dice']:.3f} ({v['ratio']:.2f}; {v['slices_outside']} out, "
+                             f"≤{v['max_beyond']})")
+            lines.append(f"| {set_name} | {per['per_slice']['n']} | {per['per_slice']['dice']:.3f} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Cells: mean 3D Dice (ratio to per-slice boxes; slices predicted outside the true extent, summed; the "
+                 "farthest one, in slices).")
+    return "\n".join(lines) + "\n"

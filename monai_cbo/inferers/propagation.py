@@ -1,0 +1,234 @@
+"""One object in 3D from a few 2D boxes: key-slice propagation with stop rules, z ranges, several keys, points.
+
+Axis convention as in :mod:`monai_cbo.inferers.slicewise`: the volume is ``[3, H, W, D]``, slice ``z`` is
+``volume[..., z]``, boxes are XYXY (x = column) and points (x, y) in slice pixels.
+
+How an object is grown from its key boxes (:func:`propagate`):
+
+1. Every key slice is segmented from its key box (and the correction points near it).
+2. Between two consecutive key slices, each slice is prompted with the box interpolated linearly between the
+   two keys, moved ``neighbour_weight`` of the way towards the box of the neighbouring prediction (the slice
+   one step nearer the key it is walked from); the walk goes from both keys to the middle. No stop rule
+   applies there: the user said the object is at both ends.
+3. Beyond the outermost keys (and never past the z range of a 3D box), each next slice is prompted with the
+   previous prediction's tight box grown by a margin, optionally with its low-resolution logits as a mask
+   prompt. A direction stops at the first slice whose mask vanishes, jumps in area against the previous
+   slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, or
+   outgrows a multiple of its key box's area (:class:`PropagationConfig` names each threshold). That slice is
+   not kept.
+
+The defaults were chosen by ``monai-cbo prompts-bench --sweep`` on shared volumes of several kinds with a
+validation part held back; see ``docs/benchmarks/propagation.md`` for the sweep and its table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+
+from .embeddings import EmbeddingCache
+from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
+
+__all__ = ["KeyBox", "ObjectPrompt", "PropagationConfig", "propagate"]
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """The rules of :func:`propagate`; every threshold is named here with its tuned default.
+
+    Args:
+        margin: a propagated box is the previous mask's tight box grown on each side by this fraction of its
+            width / height ...
+        min_margin: ... and by at least this many slice pixels.
+        mask_prompt: also prompt each slice with the previous slice's low-resolution logits.
+        max_growth: stop where the mask's area exceeds this multiple of the previous slice's (a leak).
+        min_shrink: stop where it falls below this fraction of the previous slice's (a sliver).
+        min_overlap: stop where less than this fraction of the mask lies on the previous slice's mask (the box
+            caught another structure).
+        min_iou: stop where SAM's own IoU estimate falls below this.
+        min_confidence: stop where the mean foreground probability inside the mask falls below this.
+        max_key_area: stop where the mask's area exceeds this multiple of its key box's area (w x h): a
+            propagated mask never grows beyond it.
+        neighbour_weight: between two keys, how far (0..1) the interpolated box moves towards the box of the
+            neighbouring prediction.
+        point_reach: correction points on slice k also prompt slices k - reach .. k + reach.
+        stop_in_range: apply the stop rules inside the z range of a 3D box too (without it, a z-ranged object
+            is followed to both ends of its range unless its mask vanishes or outgrows ``max_key_area``).
+        min_area: fewer foreground pixels than this is an empty mask.
+    """
+
+    margin: float = 0.0
+    min_margin: float = 1.0
+    mask_prompt: bool = False
+    max_growth: float = 1.5
+    min_shrink: float = 0.1
+    min_overlap: float = 0.5
+    min_iou: float = 0.5
+    min_confidence: float = 0.0
+    max_key_area: float = 1.5
+    neighbour_weight: float = 0.5
+    point_reach: int = 2
+    stop_in_range: bool = False
+    min_area: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("margin", "min_margin", "min_shrink", "min_overlap", "min_iou", "min_confidence"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"propagation {name} must be >= 0, got {getattr(self, name)}")
+        if self.max_growth <= 1 or self.max_key_area <= 0:
+            raise ValueError(
+                f"max_growth must be > 1 and max_key_area > 0, got {self.max_growth} and {self.max_key_area}"
+            )
+        if not 0 <= self.neighbour_weight <= 1:
+            raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
+        if self.point_reach < 0 or self.min_area < 1:
+            raise ValueError(f"point_reach must be >= 0 and min_area >= 1, got {self.point_reach}, {self.min_area}")
+
+    def replace(self, **changes) -> PropagationConfig:
+        """A copy with ``changes``; unknown names are a ValueError listing the known ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown propagation setting(s) {unknown}; known: {sorted(known)}")
+        return PropagationConfig(**{**asdict(self), **changes})
+
+
+@dataclass
+class KeyBox:
+    """A box the user drew on slice ``slice``: XYXY in that slice's pixels (x = column)."""
+
+    slice: int
+    box: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.slice = int(self.slice)
+        self.box = np.asarray(self.box, dtype=np.float32).reshape(4)
+        if self.box[2] < self.box[0] or self.box[3] < self.box[1]:
+            raise ValueError(f"key box {self.box.tolist()} on slice {self.slice} is inverted; give x0, y0, x1, y1")
+
+    @property
+    def area(self) -> float:
+        return float((self.box[2] - self.box[0] + 1) * (self.box[3] - self.box[1] + 1))
+
+
+@dataclass
+class ObjectPrompt:
+    """Everything the user said about one object (class) to be grown in 3D.
+
+    ``keys``: one or more :class:`KeyBox`, at most one per slice (their order does not matter); ``z_range``:
+    (first, last) slice the object may occupy (a 3D box's thickness), or None; ``points``: slice ->
+    (points [N, 2] (x, y), labels [N], 1 foreground / 0 background), corrections that also prompt nearby slices.
+    """
+
+    keys: list[KeyBox]
+    z_range: tuple[int, int] | None = None
+    points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("an object to propagate needs at least one key box")
+        self.keys = sorted(self.keys, key=lambda k: k.slice)
+        slices = [k.slice for k in self.keys]
+        twice = sorted({z for z in slices if slices.count(z) > 1})
+        if twice:
+            raise ValueError(f"two key boxes of one class on slice(s) {twice}; give one box per slice and class")
+        if self.z_range is not None:
+            lo, hi = (int(v) for v in self.z_range)
+            if lo > hi or not all(lo <= z <= hi for z in slices):
+                raise ValueError(f"key slice(s) {slices} outside the box's slice range {lo}..{hi}")
+            self.z_range = (lo, hi)
+
+
+def _grow(box: np.ndarray, config: PropagationConfig, size: tuple[int, int]) -> np.ndarray:
+    grow = np.maximum(config.min_margin, config.margin * (box[2:] - box[:2] + 1))
+    limit = np.array([size[1] - 1, size[0] - 1], dtype=np.float32)
+    return np.concatenate([np.maximum(box[:2] - grow, 0), np.minimum(box[2:] + grow, limit)]).astype(np.float32)
+
+
+def propagate(
+    inferer: SliceWiseInferer,
+    volume: torch.Tensor,
+    prompt: ObjectPrompt,
+    config: PropagationConfig | None = None,
+    cache: EmbeddingCache | Mapping | None = None,
+) -> dict[int, SliceResult]:
+    """Segment one object slice by slice from its key boxes (see the module docstring); ``{z: result}``.
+
+    ``cache``: the volume's :class:`EmbeddingCache`, shared with every other class and prompt source of the
+    volume so that each slice is encoded once.
+    """
+    config = config or PropagationConfig()
+    depth, size = volume.shape[-1], tuple(volume.shape[1:3])
+    for key in prompt.keys:
+        if not 0 <= key.slice < depth:
+            raise ValueError(f"key slice {key.slice} outside the volume's 0..{depth - 1}")
+    lo, hi = prompt.z_range if prompt.z_range is not None else (0, depth - 1)
+    lo, hi = max(lo, 0), min(hi, depth - 1)
+    thr = inferer.threshold
+    point_slices = sorted(prompt.points)
+
+    def run(z: int, box: np.ndarray, previous: SliceResult | None = None) -> SliceResult:
+        near = [k for k in point_slices if abs(k - z) <= config.point_reach]
+        pts = np.concatenate([prompt.points[k][0] for k in near]) if near else None
+        labels = np.concatenate([prompt.points[k][1] for k in near]) if near else None
+        logits = previous.low_res if (config.mask_prompt and previous is not None) else None
+        _, emb = next(inferer.encode(volume, [z], cache))
+        return inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
+
+    def area(res: SliceResult) -> int:
+        return int((res.prob > thr).sum())
+
+    results = {key.slice: run(key.slice, key.box) for key in prompt.keys}
+
+    for a, b in zip(prompt.keys, prompt.keys[1:], strict=False):  # between keys: from both ends to the middle
+        middle = (a.slice + b.slice) / 2
+        for start, step in ((a, 1), (b, -1)):
+            previous = results[start.slice]
+            z = start.slice + step
+            while (z <= middle) if step > 0 else (z > middle):
+                t = (z - a.slice) / (b.slice - a.slice)
+                box = (1 - t) * a.box + t * b.box
+                near = None
+                if previous is not None and area(previous) >= config.min_area:
+                    near = mask_box(previous.prob > thr)
+                if near is not None:
+                    box = (1 - config.neighbour_weight) * box + config.neighbour_weight * _grow(near, config, size)
+                results[z] = run(z, box.astype(np.float32), previous)
+                previous = results[z]
+                z += step
+
+    ranged = prompt.z_range is not None
+    for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):  # beyond the outermost keys, with stop rules
+        previous = results[key.slice]
+        cap = config.max_key_area * key.area
+        z = key.slice + step
+        while lo <= z <= hi:
+            before = previous.prob > thr
+            before_area = int(before.sum())
+            if before_area < config.min_area:
+                break
+            res = run(z, _grow(mask_box(before), config, size), previous)
+            mask = res.prob > thr
+            now = int(mask.sum())
+            if now < config.min_area or now > cap:
+                break
+            if not ranged or config.stop_in_range:
+                overlap = float((mask & before).sum()) / now
+                confidence = float(res.prob[mask].mean())
+                if (
+                    now > config.max_growth * before_area
+                    or now < config.min_shrink * before_area
+                    or overlap < config.min_overlap
+                    or res.iou < config.min_iou
+                    or confidence < config.min_confidence
+                    or math.isnan(confidence)
+                ):
+                    break
+            results[z] = res
+            previous = res
+            z += step
+    return results

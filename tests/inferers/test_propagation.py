@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from monai_cbo.inferers import (
+    EmbeddingCache,
+    KeyBox,
+    ObjectPrompt,
+    PropagationConfig,
+    SliceResult,
+    SliceWiseInferer,
+    propagate,
+)
+from monai_cbo.networks import build_model
+
+
+class SceneInferer(SliceWiseInferer):
+    """An inferer whose 'model' segments the foreground of a known scene inside the box it is given (as SAM does
+    with a tight box), minus a disc around each background point: the propagation logic alone, without a network.
+    Records the prompt every slice received."""
+
+    def __init__(self, scene: np.ndarray) -> None:
+        self.scene = torch.as_tensor(scene).bool()  # [H, W, D]
+        self.threshold = 0.5
+        self.prompts: dict[int, list] = {}
+        self.encoded: list[int] = []
+
+    def encode(self, volume, slices, cache=None):
+        for z in slices:
+            if cache is not None and z in cache:
+                yield z, cache[z]
+                continue
+            self.encoded.append(z)
+            emb = torch.tensor([z])
+            if cache is not None:
+                cache[z] = emb
+            yield z, emb
+
+    def decode(self, embedding, prompts, size):
+        z = int(embedding[0])
+        out = []
+        for p in prompts:
+            self.prompts.setdefault(z, []).append(p)
+            x0, y0, x1, y1 = (int(round(v)) for v in p.box)
+            prob = torch.zeros(size)
+            prob[y0 : y1 + 1, x0 : x1 + 1] = self.scene[y0 : y1 + 1, x0 : x1 + 1, z].float()
+            rows, cols = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
+            for (x, y), label in zip(p.points if p.points is not None else [], p.point_labels if p.points is not None
+                                     else [], strict=True):
+                if label == 0:
+                    prob[(rows - y) ** 2 + (cols - x) ** 2 <= 36] = 0
+            out.append(SliceResult(prob, 0.9, torch.zeros(8, 8)))
+        return out
+
+
+def _disc(shape, centre, radius) -> np.ndarray:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def _blob_scene(depth: int = 30, first: int = 5, last: int = 20) -> np.ndarray:
+    """A sphere-like object on slices first..last, radius largest in the middle."""
+    scene = np.zeros((64, 64, depth), dtype=bool)
+    mid, half = (first + last) / 2, (last - first) / 2 + 0.5
+    for z in range(first, last + 1):
+        scene[..., z] = _disc((64, 64), (32, 32), max(2, 14 * np.sqrt(max(0.0, 1 - ((z - mid) / half) ** 2))))
+    return scene
+
+
+def _box(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float32)
+
+
+VOLUME = torch.zeros(3, 64, 64, 30)
+
+
+def test_one_key_box_follows_the_object_to_both_ends_and_stops_there():
+    scene = _blob_scene()
+    inferer = SceneInferer(scene)
+    results = propagate(inferer, VOLUME, ObjectPrompt([KeyBox(12, _box(scene[..., 12]))]))
+    assert sorted(results) == list(range(5, 21))
+
+
+def test_a_leak_past_the_end_stops_the_direction():
+    scene = _blob_scene()
+    scene[..., 21:] = _disc((64, 64), (32, 32), 30)[..., None]  # a large structure right after the object ends
+    inferer = SceneInferer(scene)
+    config = PropagationConfig(margin=0.1, min_margin=3, max_key_area=1e9)  # only the area-jump rule can stop it
+    results = propagate(inferer, VOLUME, ObjectPrompt([KeyBox(12, _box(scene[..., 12]))]), config)
+    assert max(results) == 20
+
+
+def test_a_propagated_mask_never_outgrows_its_key_box_by_more_than_max_key_area():
+    scene = np.zeros((64, 64, 30), dtype=bool)
+    for z in range(30):  # a cone widening slowly (each step under the area-jump rule) from slice 10 upwards
+        scene[..., z] = _disc((64, 64), (32, 32), 4 + max(0, z - 10) * 0.9)
+    inferer = SceneInferer(scene)
+    key = KeyBox(10, _box(scene[..., 10]))
+    config = PropagationConfig(margin=0.2, min_margin=2, max_growth=2.0, max_key_area=1.5)
+    results = propagate(inferer, VOLUME, ObjectPrompt([key]), config)
+    areas = {z: int((r.prob > 0.5).sum()) for z, r in results.items()}
+    assert max(areas.values()) <= 1.5 * key.area
+    assert max(results) < 29  # the growth was cut before the end of the volume
+
+
+def test_a_3d_box_never_leaves_its_z_range_and_starts_on_the_key_slice():
+    scene = _blob_scene(first=2, last=27)
+    inferer = SceneInferer(scene)
+    prompt = ObjectPrompt([KeyBox(14, _box(scene[..., 14]))], z_range=(9, 18))
+    results = propagate(inferer, VOLUME, prompt)
+    assert sorted(results) == list(range(9, 19))
+
+
+def test_slices_between_keys_are_prompted_from_both_keys_and_key_order_changes_nothing():
+    scene = _blob_scene(first=2, last=27)
+    keys = [KeyBox(z, _box(scene[..., z])) for z in (4, 14, 24)]
+    config = PropagationConfig(neighbour_weight=0.0)  # the interpolated box alone, to see both keys in it
+
+    inferer = SceneInferer(scene)
+    forward = propagate(inferer, VOLUME, ObjectPrompt(list(keys)), config)
+    box_at_9 = inferer.prompts[9][0].box
+    np.testing.assert_allclose(box_at_9, 0.5 * keys[0].box + 0.5 * keys[1].box, atol=1e-4)
+
+    moved = [KeyBox(4, keys[0].box + np.array([-2, -2, 2, 2])), keys[1], keys[2]]
+    other = SceneInferer(scene)
+    propagate(other, VOLUME, ObjectPrompt(moved), config)
+    assert not np.allclose(other.prompts[9][0].box, box_at_9)  # a change of either key reaches the slice between
+
+    shuffled = SceneInferer(scene)
+    backward = propagate(shuffled, VOLUME, ObjectPrompt([keys[2], keys[0], keys[1]]), config)
+    assert sorted(forward) == sorted(backward)
+    for z in forward:
+        torch.testing.assert_close(forward[z].prob, backward[z].prob)
+
+
+def test_every_slice_is_encoded_once_for_several_objects_sharing_a_cache():
+    scene = _blob_scene()
+    inferer = SceneInferer(scene)
+    cache = EmbeddingCache()
+    for keys in ([KeyBox(12, _box(scene[..., 12]))], [KeyBox(8, _box(scene[..., 8])), KeyBox(16, _box(scene[..., 16]))]):
+        propagate(inferer, VOLUME, ObjectPrompt(keys), cache=cache)
+    assert sorted(inferer.encoded) == sorted(set(inferer.encoded))
+    assert set(cache.encoded.values()) == {1}
+
+
+def test_a_background_point_removes_a_leak_on_its_slice_and_nearby_ones():
+    scene = _blob_scene()
+    scene[40:50, 40:50, :] = True  # another structure inside the box's reach on every slice
+    inferer = SceneInferer(scene)
+    key = KeyBox(12, np.array([16, 16, 50, 50], dtype=np.float32))  # the user's box also covers the other structure
+    leaking = propagate(inferer, VOLUME, ObjectPrompt([key]), PropagationConfig(min_overlap=0.0))
+    assert leaking[12].prob[45, 45] > 0.5
+    fixed = propagate(inferer, VOLUME, ObjectPrompt([key], points={12: (np.array([[45.0, 45.0]]), np.array([0]))}),
+                      PropagationConfig(min_overlap=0.0, point_reach=2))
+    for z in (10, 11, 12, 13, 14):
+        assert fixed[z].prob[45, 45] < 0.5
+    assert fixed[12].prob[32, 32] > 0.5  # the object itself is kept
+
+
+def test_bad_object_prompts_are_refused():
+    box = np.array([1, 1, 5, 5])
+    with pytest.raises(ValueError, match="two key boxes of one class on slice"):
+        ObjectPrompt([KeyBox(3, box), KeyBox(3, box)])
+    with pytest.raises(ValueError, match="outside the box's slice range 5..9"):
+        ObjectPrompt([KeyBox(3, box)], z_range=(5, 9))
+    with pytest.raises(ValueError, match="at least one key box"):
+        ObjectPrompt([])
+    with pytest.raises(ValueError, match="inverted"):
+        KeyBox(1, [5, 5, 1, 1])
+    with pytest.raises(ValueError, match="unknown propagation setting"):
+        PropagationConfig().replace(min_overlapp=0.5)
+    with pytest.raises(ValueError, match="key slice 40 outside the volume"):
+        propagate(SceneInferer(np.zeros((64, 64, 30), bool)), VOLUME, ObjectPrompt([KeyBox(40, box)]))
+
+
+def test_a_bounded_embedding_cache_drops_the_least_recently_used():
+    cache = EmbeddingCache(max_mib=3 * 4 / 2**20)  # room for three 1-float32 embeddings
+    for z in range(4):
+        cache[z] = torch.zeros(1)
+    assert 0 not in cache and len(cache) == 3
+    cache.get(1)
+    cache[4] = torch.zeros(1)
+    assert 1 in cache and 2 not in cache
+
+
+def test_the_real_inferer_propagates_with_a_tiny_model():
+    inferer = SliceWiseInferer(build_model("tiny"), batch_size=2)
+    volume = torch.rand(3, 32, 32, 6)
+    cache = EmbeddingCache()
+    results = propagate(inferer, volume, ObjectPrompt([KeyBox(2, [4, 4, 20, 20])]), PropagationConfig(
+        min_iou=0.0, min_overlap=0.0, min_shrink=0.0, max_growth=1e9, max_key_area=1e9), cache)
+    assert 2 in results and all(r.prob.shape == (32, 32) for r in results.values())
+    assert set(cache.encoded.values()) <= {1}

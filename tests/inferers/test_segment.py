@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from realdata import shared_data
+
+from monai_cbo.inferers import Case, KeyPrompt, SliceWiseInferer, check_label, load_volume, segment_case
+from monai_cbo.networks import build_model
+
+HIPPO = "Task04_Hippocampus/{}/hippocampus_001.nii.gz"
+
+
+def _reoriented_copy(src, dst, transform):
+    """``src`` stored in another orientation of the same voxel grid: axes permuted / flipped, affine adjusted."""
+    img = nib.load(src)
+    ornt = np.array(transform, dtype=float)
+    data = nib.orientations.apply_orientation(np.asanyarray(img.dataobj), ornt)
+    affine = img.affine @ nib.orientations.inv_ornt_aff(ornt, img.shape)
+    nib.save(nib.Nifti1Image(data, affine), dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SliceWiseInferer:
+    return SliceWiseInferer(build_model("tiny"))
+
+
+def test_a_label_stored_in_another_orientation_is_reoriented_onto_the_image(tmp_path):
+    image = shared_data(HIPPO.format("imagesTr"))
+    label = shared_data(HIPPO.format("labelsTr"))
+    moved = _reoriented_copy(label, tmp_path / "lab_pir.nii.gz", [[1, -1], [2, 1], [0, -1]])  # permuted + flipped
+    assert nib.load(moved).shape != nib.load(label).shape
+    reference, classes = check_label(load_volume(label), load_volume(image))
+    gt, moved_classes = check_label(load_volume(moved), load_volume(image))
+    np.testing.assert_array_equal(gt, reference)
+    assert moved_classes == classes == [1, 2]
+
+
+def test_the_reoriented_pair_is_scored_like_the_original(tmp_path, tiny):
+    image = shared_data(HIPPO.format("imagesTr"))
+    label = shared_data(HIPPO.format("labelsTr"))
+    moved = _reoriented_copy(label, tmp_path / "lab_flip.nii.gz", [[0, -1], [1, 1], [2, -1]])
+    a = segment_case(tiny, Case(image, label=label), tmp_path / "a.nii.gz")
+    b = segment_case(tiny, Case(image, label=moved), tmp_path / "b.nii.gz")
+    assert [m["dice"] for m in a.metrics] == [m["dice"] for m in b.metrics]
+    np.testing.assert_array_equal(nib.load(a.output).get_fdata(), nib.load(b.output).get_fdata())
+
+
+def test_a_real_grid_mismatch_is_still_refused(tmp_path):
+    image = shared_data(HIPPO.format("imagesTr"))
+    label = nib.load(shared_data(HIPPO.format("labelsTr")))
+    shifted = label.affine.copy()
+    shifted[:3, 3] += 5.0  # the same orientation, moved by 5 mm
+    nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), shifted), tmp_path / "shifted.nii.gz")
+    with pytest.raises(ValueError, match=r"shifted.nii.gz and image .* have different affines"):
+        check_label(load_volume(tmp_path / "shifted.nii.gz"), load_volume(image))
+    flipped_only = label.affine @ np.diag([-1.0, 1, 1, 1])  # flipped axis without moving the data: not the same grid
+    nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), flipped_only), tmp_path / "mirrored.nii.gz")
+    with pytest.raises(ValueError, match="different affines"):
+        check_label(load_volume(tmp_path / "mirrored.nii.gz"), load_volume(image))
+
+
+def test_several_key_boxes_and_points_through_segment_case(tmp_path, tiny):
+    image = shared_data(HIPPO.format("imagesTr"))
+    key = KeyPrompt([[10, 15, 12, 20, 30, 12], [10, 15, 20, 20, 30, 20]], label=2, points=[[15, 20, 16, 0]])
+    result = segment_case(tiny, Case(image, key=key), tmp_path / "k.nii.gz")
+    assert result.error is None and result.output.exists()
+    assert nib.load(result.output).shape == nib.load(image).shape
+    with pytest.raises(ValueError, match="point is i, j, k, label"):
+        KeyPrompt([10, 15, 12, 20, 30, 12], points=[[1, 2, 3]])
