@@ -140,7 +140,8 @@ def test_every_slice_is_encoded_once_for_several_objects_sharing_a_cache():
     scene = _blob_scene()
     inferer = SceneInferer(scene)
     cache = EmbeddingCache()
-    for keys in ([KeyBox(12, _box(scene[..., 12]))], [KeyBox(8, _box(scene[..., 8])), KeyBox(16, _box(scene[..., 16]))]):
+    key = {z: KeyBox(z, _box(scene[..., z])) for z in (8, 12, 16)}
+    for keys in ([key[12]], [key[8], key[16]]):
         propagate(inferer, VOLUME, ObjectPrompt(keys), cache=cache)
     assert sorted(inferer.encoded) == sorted(set(inferer.encoded))
     assert set(cache.encoded.values()) == {1}
