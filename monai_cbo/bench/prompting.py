@@ -28,7 +28,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import product
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -49,28 +51,44 @@ from ..inferers import (
     propagate,
 )
 from ..inferers.prompts import prompts_from_mask
+from ..inferers.propagation import stops
 from ..metrics import dice_3d
 from ..utils import write_atomic
 
-__all__ = ["PROTOCOLS", "SWEEP_GRID", "SuiteCase", "protocol_prompt", "read_suite", "run_prompts_bench"]
+__all__ = [
+    "PROTOCOLS",
+    "STOP_GRID",
+    "TRAJECTORY_GRID",
+    "SuiteCase",
+    "protocol_prompt",
+    "read_suite",
+    "run_prompts_bench",
+]
 
 PROTOCOLS = ("per_slice", "one_key", "box3d", "three_keys")
 
-#: the values the sweep tries for each setting (coordinate descent, in this order, twice)
-SWEEP_GRID: dict[str, list] = {
-    "margin": [0.0, 0.05, 0.1, 0.2],
-    "min_margin": [0.0, 1.0, 3.0],
-    "mask_prompt": [False, True],
+#: settings that change which prompt each slice gets: one recorded propagation per combination
+TRAJECTORY_GRID: dict[str, list] = {
+    "margin": [0.0, 0.05, 0.1],
+    "min_margin": [0.0, 2.0],
+}
+#: then also recorded with the previous slice's logits as a mask prompt, for the best trajectory setting
+MASK_PROMPT = True
+#: stop rules: evaluated for every combination at once by truncating the recorded propagations
+STOP_GRID: dict[str, list] = {
     "max_growth": [1.2, 1.5, 2.0, 1e9],
     "min_shrink": [0.0, 0.1, 0.3],
     "min_overlap": [0.0, 0.3, 0.5, 0.7],
     "min_iou": [0.0, 0.5, 0.7, 0.8],
     "min_confidence": [0.0, 0.7, 0.8, 0.9],
     "max_key_area": [1.0, 1.5, 2.0, 1e9],
-    "neighbour_weight": [0.0, 0.5, 1.0],
     "stop_in_range": [False, True],
 }
-
+#: between keys only (three_keys), tried last with the chosen settings
+NEIGHBOUR_WEIGHTS = [0.0, 0.5, 1.0]
+#: how far past a target's true extent a recorded propagation may run (any stop rule that lets it run further
+#: scores worse anyway)
+RECORD_BEYOND = 8
 
 @dataclass
 class SuiteCase:
@@ -81,6 +99,7 @@ class SuiteCase:
     part: str
     modality: str
     targets: dict[str, list[int]]
+    channels: list[int] | None = None
 
     @property
     def key(self) -> str:
@@ -101,7 +120,8 @@ def read_suite(path: str | Path, data_root: str | Path) -> list[SuiteCase]:
             image = entry["image"]
             image = [str(root / p) for p in image] if isinstance(image, list) else str(root / image)
             cases.append(SuiteCase(set_name, entry["case"], image, str(root / entry["label"]), entry["part"],
-                                   spec.get("modality", "auto"), {k: list(v) for k, v in spec["targets"].items()}))
+                                   spec.get("modality", "auto"), {k: list(v) for k, v in spec["targets"].items()},
+                                   spec.get("channels")))
     missing = [c.label for c in cases if not Path(c.label).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} suite file(s) not found under {root}, e.g. {missing[0]}; give "
@@ -170,7 +190,7 @@ class _Loaded:
 
 def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
     image = load_volume(case.image)
-    volume, geometry = prepare_volume(image, Preprocess(case.modality))
+    volume, geometry = prepare_volume(image, Preprocess(case.modality, channels=case.channels))
     gt, _ = check_label(load_volume(case.label), image)
     sliced = geometry.to_sliced(gt)
     masks = {name: np.isin(sliced, values) for name, values in case.targets.items()}
@@ -179,7 +199,9 @@ def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
     file = None
     if cache_dir is not None:  # one file per image and model: slices encoded on demand, kept for the next run
         images = case.image if isinstance(case.image, list) else [case.image]
-        digest = hashlib.sha1("|".join([tag, case.modality, *map(str, images)]).encode()).hexdigest()[:12]
+        channels = [] if case.channels is None else [str(case.channels)]
+        digest = hashlib.sha1("|".join([tag, case.modality, *channels, *map(str, images)]).encode())
+        digest = digest.hexdigest()[:12]
         file = cache_dir / f"{case.name}__{digest}.pt"
         if file.exists():
             for z, emb in torch.load(file, weights_only=True).items():
@@ -213,6 +235,88 @@ def _score(inferer: SliceWiseInferer, loaded: _Loaded, protocols: Sequence[str],
     return rows
 
 
+@dataclass
+class _Track:
+    """One target's propagation with one protocol, recorded with every stop rule off: what each slice past the
+    outermost keys would add, so that any stop rule can be scored by truncation."""
+
+    set: str
+    protocol: str
+    ranged: bool
+    fixed_inter: float  # overlap with the target over the slices always kept (keys and between keys)
+    fixed_area: float
+    target_area: float
+    directions: list[dict[str, np.ndarray | float]]
+
+
+def _record(inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protocol: str,
+            config: PropagationConfig) -> _Track:
+    prompt = protocol_prompt(mask, protocol)
+    present = np.nonzero(mask.any(axis=(0, 1)))[0]
+    depth = mask.shape[-1]
+    ranged = prompt.z_range is not None
+    span = prompt.z_range or (max(0, int(present[0]) - RECORD_BEYOND), min(depth - 1, int(present[-1]) + RECORD_BEYOND))
+    open_rules = config.replace(max_growth=1e9, min_shrink=0.0, min_overlap=0.0, min_iou=0.0, min_confidence=0.0,
+                                max_key_area=1e9, stop_in_range=False)
+    results = propagate(inferer, loaded.volume, ObjectPrompt(prompt.keys, span, prompt.points), open_rules,
+                        loaded.cache)
+    thr = inferer.threshold
+    masks = {z: r.prob.numpy() > thr for z, r in results.items()}
+    lo, hi = prompt.keys[0].slice, prompt.keys[-1].slice
+    fixed = [z for z in masks if lo <= z <= hi]
+    directions = []
+    for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):
+        zs = []
+        z = key.slice + step
+        while z in masks:
+            zs.append(z)
+            z += step
+        before = ([masks[key.slice]] + [masks[z] for z in zs])[: len(zs)]
+        area = np.array([masks[z].sum() for z in zs], dtype=np.float64)
+        directions.append({
+            "key_area": key.area,
+            "area": area,
+            "before_area": np.array([b.sum() for b in before], dtype=np.float64),
+            "overlap": np.array([(masks[z] & b).sum() for z, b in zip(zs, before, strict=True)]) / np.maximum(area, 1),
+            "iou": np.array([results[z].iou for z in zs]),
+            "confidence": np.array([results[z].prob.numpy()[masks[z]].mean() if masks[z].any() else 0.0 for z in zs]),
+            "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
+        })
+    return _Track(loaded.case.set, protocol, ranged, float(sum((masks[z] & mask[..., z]).sum() for z in fixed)),
+                  float(sum(masks[z].sum() for z in fixed)), float(mask.sum()), directions)
+
+
+def _stop_grid() -> tuple[list[dict], SimpleNamespace]:
+    combos = [dict(zip(STOP_GRID, values, strict=True)) for values in product(*STOP_GRID.values())]
+    arrays = SimpleNamespace(**{k: np.array([c[k] for c in combos])[None] for k in STOP_GRID})
+    return combos, arrays
+
+
+def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarray:
+    """3D Dice of ``track`` under every stop-rule combination of ``grid`` ([combinations])."""
+    grid.min_area = min_area
+    inter = np.full(grid.max_growth.shape[1], track.fixed_inter)
+    area = np.full(grid.max_growth.shape[1], track.fixed_area)
+    for d in track.directions:
+        n = len(d["area"])
+        if n == 0:
+            continue
+        stop = stops(grid, d["area"][:, None], d["before_area"][:, None], d["key_area"], d["overlap"][:, None],
+                     d["iou"][:, None], d["confidence"][:, None], track.ranged)
+        kept = np.where(stop.any(axis=0), stop.argmax(axis=0), n)
+        inter += np.concatenate([[0.0], np.cumsum(d["inter"])])[kept]
+        area += np.concatenate([[0.0], np.cumsum(d["area"])])[kept]
+    return 2 * inter / np.maximum(area + track.target_area, 1e-9)
+
+
+def _objective(dice: dict[tuple[str, str], np.ndarray], reference: dict[str, float]) -> np.ndarray:
+    """Mean over sets of the mean over protocols of the set's mean Dice over per-slice boxes' (see objective)."""
+    per_set: dict[str, list[np.ndarray]] = {}
+    for (set_name, _), values in dice.items():
+        per_set.setdefault(set_name, []).append(values / reference[set_name])
+    return np.mean([np.mean(v, axis=0) for v in per_set.values()], axis=0)
+
+
 def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
     """Per set and protocol: mean Dice, its ratio to per-slice boxes, slices outside the extent."""
     out: dict[str, dict[str, dict]] = {}
@@ -236,6 +340,83 @@ def objective(rows: list[dict]) -> float:
     to per-slice boxes (every set counts the same, however many cases it has)."""
     summary = summarise(rows)
     return float(np.mean([np.mean([v["ratio"] for p, v in s.items() if p != "per_slice"]) for s in summary.values()]))
+
+
+def _sweep(inferer, tune: list[SuiteCase], start: PropagationConfig, cache_path, tag: str, out: Path, log,
+           evaluate) -> PropagationConfig:
+    """Choose the propagation settings on the tune cases: every trajectory setting recorded once, every stop-rule
+    combination scored by truncation, the neighbour weight last; ``sweep.csv`` and ``sweep.md`` record it."""
+    reference_rows = evaluate([start], tune, ["per_slice"])[0]
+    reference = {k: v["per_slice"]["dice"] for k, v in summarise(reference_rows).items()}
+    combos, grid = _stop_grid()
+    trajectories = [{**dict(zip(TRAJECTORY_GRID, v, strict=True)), "mask_prompt": False}
+                    for v in product(*TRAJECTORY_GRID.values())]
+    scores = np.zeros((0, len(combos)))
+
+    def record(setting: dict) -> np.ndarray:
+        log(f"sweep: recording {setting} ({len(scores) + 1}/{len(trajectories) + int(MASK_PROMPT)})")
+        dice: dict[tuple[str, str], list[np.ndarray]] = {}
+        for case in tune:
+            loaded = _load(case, cache_path, tag)
+            inferer.memo.clear()
+            for target_mask in loaded.masks.values():
+                for protocol in PROTOCOLS[1:]:
+                    track = _record(inferer, loaded, target_mask, protocol, start.replace(**setting))
+                    dice.setdefault((case.set, protocol), []).append(_track_dice(track, grid, start.min_area))
+            loaded.save()
+        return _objective({k: np.mean(v, axis=0) for k, v in dice.items()}, reference)[None]
+
+    for setting in trajectories:
+        scores = np.concatenate([scores, record(setting)])
+    if MASK_PROMPT:
+        best = trajectories[int(np.argmax(scores.max(axis=1)))]
+        trajectories.append({**best, "mask_prompt": True})
+        scores = np.concatenate([scores, record(trajectories[-1])])
+    t, c = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    chosen = start.replace(**trajectories[t], **combos[c])
+    log(f"sweep: best objective {scores[t, c]:.4f} with {trajectories[t]} {combos[c]}")
+    def matching(options: list[dict], chosen: dict, name: str, value, alone: bool) -> list[int]:
+        """Indices of ``options`` where ``name`` is ``value`` (a setting they lack matches any); with ``alone``,
+        only those equal to ``chosen`` in every other setting."""
+        return [i for i, o in enumerate(options) if o.get(name, value) == value
+                and (not alone or all(o[k] == chosen[k] for k in o if k != name))]
+
+    rows = []
+    for name, values in {**TRAJECTORY_GRID, "mask_prompt": [False, True], **STOP_GRID}.items():  # one at a time
+        for value in values:
+            alone = scores[np.ix_(matching(trajectories, trajectories[t], name, value, True),
+                                  matching(combos, combos[c], name, value, True))]
+            best = scores[np.ix_(matching(trajectories, trajectories[t], name, value, False),
+                                 matching(combos, combos[c], name, value, False))]
+            rows.append({"setting": name, "value": _fmt(value),  # "": that combination was not recorded
+                         "objective": round(float(alone.max()), 4) if alone.size else "",
+                         "best_with_this_value": round(float(best.max()), 4) if best.size else ""})
+    neighbour = []
+    for weight in NEIGHBOUR_WEIGHTS:
+        trial = chosen.replace(neighbour_weight=weight)
+        result = summarise(reference_rows + evaluate([trial], tune, ["three_keys"])[0])
+        neighbour.append(float(np.mean([v["three_keys"]["ratio"] for v in result.values()])))
+        rows.append({"setting": "neighbour_weight (three_keys ratio only)", "value": weight,
+                     "objective": round(neighbour[-1], 4), "best_with_this_value": ""})
+    chosen = chosen.replace(neighbour_weight=NEIGHBOUR_WEIGHTS[int(np.argmax(neighbour))])
+    with open(out / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    top = np.argsort(scores, axis=None)[::-1][:15]
+    lines = ["| rank | objective | " + " | ".join([*trajectories[0], *STOP_GRID]) + " |",
+             "|---:|---:|" + "---:|" * (len(trajectories[0]) + len(STOP_GRID))]
+    for rank, flat in enumerate(top, 1):
+        ti, ci = np.unravel_index(int(flat), scores.shape)
+        values = [*trajectories[ti].values(), *combos[ci].values()]
+        lines.append(f"| {rank} | {scores[ti, ci]:.4f} | " + " | ".join(_fmt(v) for v in values) + " |")
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    (out / "sweep_predicted.json").write_text(json.dumps({"objective": float(scores[t, c])}))
+    return chosen
+
+
+def _fmt(value) -> str:
+    return "off" if isinstance(value, float) and value >= 1e9 else str(value)
 
 
 def run_prompts_bench(
@@ -274,34 +455,15 @@ def run_prompts_bench(
         inferer.memo.clear()
         return rows
 
-    sweep_rows = []
     if sweep:
-        tune = [c for c in cases if c.part == "tune"]
-        reference = evaluate([config], tune, ["per_slice"])[0]
-        best, best_score = config, None
-        for round_ in (1, 2):
-            for name, values in SWEEP_GRID.items():
-                candidates = [best.replace(**{name: v}) for v in values]
-                log(f"sweep round {round_}: {name} in {values}")
-                results = evaluate(candidates, tune, PROTOCOLS[1:])
-                scores = [objective(reference + r) for r in results]
-                for cfg, score, r in zip(candidates, scores, results, strict=True):
-                    summary = summarise(reference + r)
-                    sweep_rows.append({"round": round_, "setting": name, "value": getattr(cfg, name),
-                                       "objective": round(score, 4),
-                                       **{f"{s}:{p}": round(v["ratio"], 3) for s, per in summary.items()
-                                          for p, v in per.items() if p != "per_slice"}})
-                i = int(np.argmax(scores))
-                if best_score is None or scores[i] > best_score + 1e-4:
-                    best, best_score = candidates[i], scores[i]
-                log(f"  -> {name} = {getattr(best, name)} (objective {best_score:.4f})")
-        config = best
-        keys = list(dict.fromkeys(k for r in sweep_rows for k in r))
-        with open(out / "sweep.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, keys)
-            writer.writeheader()
-            writer.writerows(sweep_rows)
+        config = _sweep(inferer, [c for c in cases if c.part == "tune"], config, cache_path, tag, out, log,
+                        evaluate)
     rows = evaluate([config], cases, PROTOCOLS)[0]
+    if sweep:  # the truncated recordings must predict what the real propagation does
+        measured = objective([r for r in rows if r["part"] == "tune"])
+        predicted = json.loads((out / "sweep_predicted.json").read_text())["objective"]
+        log(f"sweep check: objective predicted from the recordings {predicted:.4f} (before the neighbour weight), "
+            f"measured with the chosen settings {measured:.4f}")
     with open(out / "rows.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()

@@ -23,7 +23,6 @@ validation part held back; see ``docs/benchmarks/propagation.md`` for the sweep 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
@@ -33,7 +32,7 @@ import torch
 from .embeddings import EmbeddingCache
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
-__all__ = ["KeyBox", "ObjectPrompt", "PropagationConfig", "propagate"]
+__all__ = ["KeyBox", "ObjectPrompt", "PropagationConfig", "propagate", "stops"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +142,25 @@ class ObjectPrompt:
             self.z_range = (lo, hi)
 
 
+def stops(config, area, before_area, key_area, overlap, iou, confidence, ranged: bool):
+    """Whether propagation stops at a slice whose mask has ``area`` pixels, after a slice of ``before_area``:
+    the one statement of the stop rules (see :class:`PropagationConfig`). The thresholds of ``config`` and the
+    measures may be NumPy arrays (the sweep evaluates many settings at once); the result then is one too.
+
+    ``overlap``: the fraction of the mask on the previous slice's mask; ``iou``: SAM's estimate; ``confidence``:
+    the mean probability inside the mask; ``ranged``: the object has a z range (a 3D box)."""
+    rules = (
+        (area > config.max_growth * before_area)
+        | (area < config.min_shrink * before_area)
+        | (overlap < config.min_overlap)
+        | (iou < config.min_iou)
+        | (confidence < config.min_confidence)
+    )
+    if ranged:
+        rules = rules & config.stop_in_range
+    return (area < config.min_area) | (area > config.max_key_area * key_area) | rules
+
+
 def _grow(box: np.ndarray, config: PropagationConfig, size: tuple[int, int]) -> np.ndarray:
     grow = np.maximum(config.min_margin, config.margin * (box[2:] - box[:2] + 1))
     limit = np.array([size[1] - 1, size[0] - 1], dtype=np.float32)
@@ -204,7 +222,6 @@ def propagate(
     ranged = prompt.z_range is not None
     for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):  # beyond the outermost keys, with stop rules
         previous = results[key.slice]
-        cap = config.max_key_area * key.area
         z = key.slice + step
         while lo <= z <= hi:
             before = previous.prob > thr
@@ -214,20 +231,10 @@ def propagate(
             res = run(z, _grow(mask_box(before), config, size), previous)
             mask = res.prob > thr
             now = int(mask.sum())
-            if now < config.min_area or now > cap:
+            overlap = float((mask & before).sum()) / max(now, 1)
+            confidence = float(res.prob[mask].mean()) if now else 0.0
+            if stops(config, now, before_area, key.area, overlap, res.iou, confidence, ranged):
                 break
-            if not ranged or config.stop_in_range:
-                overlap = float((mask & before).sum()) / now
-                confidence = float(res.prob[mask].mean())
-                if (
-                    now > config.max_growth * before_area
-                    or now < config.min_shrink * before_area
-                    or overlap < config.min_overlap
-                    or res.iou < config.min_iou
-                    or confidence < config.min_confidence
-                    or math.isnan(confidence)
-                ):
-                    break
             results[z] = res
             previous = res
             z += step

@@ -1,0 +1,107 @@
+"""monai-cbo prompts-bench: protocols from a label, the sweep's truncated recordings against real propagation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import monai_cbo.bench.prompting as prompting
+from monai_cbo.bench.prompting import (
+    _load,
+    _record,
+    _score,
+    _stop_grid,
+    _StoredInferer,
+    _track_dice,
+    protocol_prompt,
+    read_suite,
+    run_prompts_bench,
+)
+from monai_cbo.cli import main
+from monai_cbo.data.demo import make_demo_case
+from monai_cbo.inferers import ObjectPrompt, PropagationConfig
+from monai_cbo.networks import build_model
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Path:
+    """Two small synthetic CT cases, one to tune on, one held back."""
+    root = tmp_path_factory.mktemp("suite")
+    cases = []
+    for i, part in enumerate(("tune", "validation")):
+        image, label, affine = make_demo_case(200 + i, shape=(40, 40, 9))
+        nib.save(nib.Nifti1Image(image, affine), root / f"img{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), root / f"lab{i}.nii.gz")
+        cases.append({"case": f"c{i}", "image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz", "part": part})
+    path = root / "suite.json"
+    path.write_text(json.dumps({"sets": {"demo": {"modality": "ct", "targets": {"organ": [1]}, "cases": cases}}}))
+    return path
+
+
+def test_protocols_take_their_prompts_from_the_label():
+    mask = np.zeros((20, 20, 12), dtype=bool)
+    for z, r in zip(range(3, 10), (1, 2, 3, 4, 3, 2, 1), strict=True):
+        mask[10 - r : 10 + r, 10 - r : 10 + r, z] = True
+    assert sorted(protocol_prompt(mask, "per_slice")) == list(range(3, 10))
+    one = protocol_prompt(mask, "one_key")
+    assert [k.slice for k in one.keys] == [6] and one.z_range is None
+    box = protocol_prompt(mask, "box3d")
+    assert [k.slice for k in box.keys] == [6] and box.z_range == (3, 9)
+    assert [k.slice for k in protocol_prompt(mask, "three_keys").keys] == [3, 6, 9]
+    with pytest.raises(ValueError, match="unknown protocol"):
+        protocol_prompt(mask, "two_keys")
+
+
+def test_truncated_recordings_score_every_stop_rule_as_the_real_propagation_does(suite):
+    """The sweep's shortcut: one propagation recorded with the stop rules off, then truncated, gives the same Dice
+    as running the propagation with each rule set (checked on a few combinations, every protocol)."""
+    inferer = _StoredInferer(build_model("tiny"))
+    [case, _] = read_suite(suite, suite.parent)
+    loaded = _load(case, None, "tiny")
+    mask = loaded.masks["organ"]
+    combos, grid = _stop_grid()
+    start = PropagationConfig(margin=0.1, min_margin=1.0)
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(combos), 6, replace=False)
+    for protocol in ("one_key", "box3d", "three_keys"):
+        predicted = _track_dice(_record(inferer, loaded, mask, protocol, start), grid, start.min_area)
+        for i in picks:
+            config = start.replace(**combos[i])
+            [row] = [r for r in _score(inferer, loaded, [protocol], config) if r["target"] == "organ"]
+            assert predicted[i] == pytest.approx(row["dice"], abs=1e-9), (protocol, combos[i])
+
+
+def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_path, monkeypatch):
+    monkeypatch.setattr(prompting, "TRAJECTORY_GRID", {"margin": [0.0, 0.1], "min_margin": [1.0]})
+    monkeypatch.setattr(prompting, "STOP_GRID", {**prompting.STOP_GRID, "min_iou": [0.0, 0.5]})
+    result = run_prompts_bench(suite, suite.parent, tmp_path / "out", build_model("tiny"), "tiny", sweep=True,
+                               cache_dir=tmp_path / "emb", log=lambda _: None)
+    assert set(result["parts"]) == {"tune", "validation"}
+    assert {"one_key", "box3d", "three_keys", "per_slice"} <= set(result["parts"]["validation"]["demo"])
+    for name in ("rows.csv", "summary.json", "summary.md", "sweep.csv", "sweep.md"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    sweep = (tmp_path / "out" / "sweep.csv").read_text()
+    assert "min_overlap" in sweep and "neighbour_weight" in sweep
+    assert list((tmp_path / "emb").glob("c0__*.pt")) and list((tmp_path / "emb").glob("c1__*.pt"))
+
+
+def test_the_command_scores_a_suite_with_given_settings(suite, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny",
+                 "--set", "min_overlap=0.3", "--set", "mask_prompt=true"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["min_overlap"] == 0.3 and summary["config"]["mask_prompt"] is True
+    assert "one key box" in capsys.readouterr().out
+    assert main(["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny",
+                 "--set", "min_overlapp=0.3"]) == 2
+    assert "unknown propagation setting" in capsys.readouterr().err
+
+
+def test_a_suite_whose_files_are_missing_names_the_data_root(suite, tmp_path):
+    with pytest.raises(FileNotFoundError, match="give --data-root"):
+        read_suite(suite, tmp_path)
+    assert isinstance(protocol_prompt(np.ones((4, 4, 3), bool), "box3d"), ObjectPrompt)
