@@ -214,12 +214,14 @@ def segment_volume(
     """Segment a prepared volume (:func:`prepare_volume`) from its prompts: the core every entry point shares.
 
     Per-slice prompts and every class's propagation draw on one :class:`EmbeddingCache` (``cache``, or a new
-    one), so each slice is encoded once per volume however many classes and key boxes there are. Overlaps go
+    one when there is something to propagate), so each slice is encoded once per volume however many classes
+    and key boxes there are. Overlaps go
     to the most probable class. ``prompts`` may be a plain ``{class: {slice: Prompt2D}}``.
     """
     if not isinstance(prompts, VolumePrompts):
         prompts = VolumePrompts(slices=dict(prompts))
-    cache = EmbeddingCache() if cache is None else cache
+    if cache is None and prompts.objects:  # per-slice prompts alone stream: nothing to share, nothing kept
+        cache = EmbeddingCache()
     results = inferer.predict(volume, prompts.slices, cache=cache)
     for cls, obj in prompts.objects.items():
         results[cls] = {**results.get(cls, {}), **propagate(inferer, volume, obj, propagation, cache)}
