@@ -69,3 +69,28 @@ def test_several_key_boxes_and_points_through_segment_case(tmp_path, tiny):
     assert nib.load(result.output).shape == nib.load(image).shape
     with pytest.raises(ValueError, match="point is i, j, k, label"):
         KeyPrompt([10, 15, 12, 20, 30, 12], points=[[1, 2, 3]])
+
+
+def test_each_slice_is_encoded_once_per_volume_for_every_class_and_key(tiny):
+    import torch
+
+    from monai_cbo.inferers import KeyBox, ObjectPrompt, Prompt2D, PropagationConfig, SliceGeometry, segment_volume
+    from monai_cbo.inferers.prompts import VolumePrompts
+
+    encoded = []
+    hook = tiny.model.image_encoder.register_forward_hook(lambda _m, inp, _o: encoded.append(inp[0].shape[0]))
+    try:
+        volume = torch.rand(3, 32, 32, 8)
+        keep_going = PropagationConfig(min_iou=0.0, min_overlap=0.0, min_shrink=0.0, max_growth=1e9, max_key_area=1e9)
+        prompts = VolumePrompts(
+            slices={3: {z: Prompt2D(box=[2, 2, 20, 20]) for z in (1, 2)}},
+            objects={1: ObjectPrompt([KeyBox(4, [4, 4, 24, 24])]),
+                     2: ObjectPrompt([KeyBox(1, [2, 2, 12, 12]), KeyBox(6, [3, 3, 14, 14])])},
+        )
+        geometry = SliceGeometry((32, 32, 8), np.array([[0, 1], [1, 1], [2, 1]]))
+        seg = segment_volume(tiny, volume, geometry, prompts, keep_going)
+    finally:
+        hook.remove()
+    slices = {z for per in seg.results.values() for z in per}
+    assert sum(encoded) == len(slices) == 8  # every slice visited, by three classes and four directions, once
+    assert seg.labels.shape == (32, 32, 8)
