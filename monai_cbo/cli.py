@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .peft.config import PRESETS, choose
+from .peft.config import PRESETS
+from .utils import check_option
 
 __all__ = ["main"]
 
@@ -45,7 +46,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         return 0
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     for preset in presets:
-        choose("preset", preset, PRESETS)
+        check_option("preset", preset, PRESETS)
     result: dict = {"model": args.model, "machine": machine_summary(device), "batch": args.batch,
                     "prompts_per_image": args.prompts, "steps": args.steps, "amp": args.amp}
     if not args.skip_encoder:

@@ -9,6 +9,7 @@ import torch
 
 from .networks import SamSegmenter, build_model
 from .peft import PeftConfig, apply_peft, load_adapter, optimizer_param_groups
+from .utils import check_option
 
 __all__ = ["build_optimizer", "build_segmenter"]
 
@@ -48,6 +49,5 @@ def build_optimizer(
         preset = getattr(getattr(model, "peft_config", None), "preset", "?")
         raise ValueError(f"preset {preset!r} trains no parameters; evaluate it with evaluate.json and --adapter ''")
     optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if name not in optimizers:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(optimizers)}")
+    check_option("optimizer", name, optimizers)
     return optimizers[name](groups, lr=lr)

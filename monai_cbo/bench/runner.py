@@ -49,9 +49,9 @@ from ..losses import PromptDiceBCELoss
 from ..metrics import MetricsTable, PooledDice, case_metrics
 from ..networks import FeatureCache, SamSegmenter, frozen_prefix
 from ..peft import count_parameters, save_adapter
-from ..peft.config import PRESETS, choose
+from ..peft.config import PRESETS
 from ..transforms.training import SlicePromptsd
-from ..utils import write_atomic
+from ..utils import check_option, write_atomic
 
 __all__ = ["BenchConfig", "BenchData", "BenchFailed", "run_bench", "train_and_evaluate"]
 
@@ -97,7 +97,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         for preset in self.presets:
-            choose("preset", preset, PRESETS)
+            check_option("preset", preset, PRESETS)
         if not self.presets or not self.seeds:
             raise ValueError("give at least one preset and one seed")
         if len(set(self.presets)) != len(self.presets) or len(set(self.seeds)) != len(self.seeds):
