@@ -80,8 +80,8 @@ def _floats(text: str, n: int, what: str) -> list[float]:
 
 
 def _load_model(args: argparse.Namespace):
+    from .models import load_segmenter
     from .networks import build_model
-    from .peft import load_segmenter
 
     if args.adapter:
         model = load_segmenter(args.adapter, checkpoint=args.checkpoint)

@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
-from .networks import SamSegmenter, build_model
-from .peft import PeftConfig, apply_peft, load_adapter, optimizer_param_groups
+from .peft import optimizer_param_groups
 from .utils import check_option
 
-__all__ = ["build_optimizer", "build_segmenter"]
-
-
-def build_segmenter(
-    name: str = "litemedsam",
-    checkpoint: str | Path | None = None,
-    preset: str = "lora_cbo",
-    rank: int | None = None,
-    adapter: str | Path | None = None,
-    seed: int = 0,
-    **peft_overrides: Any,
-) -> SamSegmenter:
-    """Build model ``name`` (weights from ``checkpoint``, or LiteMedSAM's packaged ones), apply ``preset`` and
-    optionally load an ``adapter`` checkpoint (``None`` or ``""``: none, e.g. to evaluate ``freeze``). Returns it in
-    train mode; PEFT init draws from ``seed``."""
-    model = build_model(name, checkpoint=checkpoint, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        apply_peft(model, PeftConfig.from_preset(preset, rank=rank, **peft_overrides))
-    if adapter:
-        load_adapter(model, adapter)
-    return model.train()
+__all__ = ["build_optimizer"]
 
 
 def build_optimizer(

@@ -13,8 +13,6 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from monai.utils import look_up_option
-
 __all__ = ["atomic_output", "check_option", "check_overwrite", "keep_freed_memory", "load_weights_only", "write_atomic"]
 
 
@@ -24,6 +22,8 @@ def check_option(kind: str, value: Any, allowed: Collection) -> Any:
     strings, where callers here need the key itself checked exactly)."""
     if value in allowed:
         return value
+    from monai.utils import look_up_option  # imported here: importing monai takes seconds
+
     options = ", ".join(repr(a) for a in allowed)
     try:
         look_up_option(value, allowed, print_all_options=False)

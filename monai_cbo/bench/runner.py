@@ -239,7 +239,7 @@ def _eta(seconds: float) -> str:
 
 
 def _build(config: BenchConfig, preset: str, seed: int, device: torch.device) -> SamSegmenter:
-    from ..engines import build_segmenter
+    from ..models import build_segmenter
 
     return build_segmenter(config.model, config.checkpoint, preset, config.rank, seed=seed).to(device)
 

@@ -68,7 +68,7 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and state.get("format") == "monai_cbo.adapter":
         raise ValueError(
             f"checkpoint {path} is a monai_cbo adapter, not base model weights; pass it as the adapter "
-            "(--adapter, monai_cbo.peft.load_segmenter) and the base weights, if any, as --checkpoint"
+            "(--adapter, monai_cbo.models.load_segmenter) and the base weights, if any, as --checkpoint"
         )
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..engines import build_optimizer, build_segmenter
+from ..engines import build_optimizer
 from ..losses import PromptDiceBCELoss
+from ..models import build_segmenter
 from ..networks import frozen_prefix
 
 __all__ = ["measure_speedups"]
