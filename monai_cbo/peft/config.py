@@ -7,7 +7,7 @@ from typing import Any
 
 from ..utils import check_option
 
-__all__ = ["PRESETS", "PeftConfig"]
+__all__ = ["ABLATION_PRESETS", "PRESETS", "PeftConfig"]
 
 METHODS = ("lora", "adapter")
 LORA_B_INITS = ("zeros", "xavier")
@@ -24,6 +24,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "adapter_cbo": {"method": "adapter", "cbo": True, "train_decoder": True},
     "full": {"method": None, "cbo": False, "train_decoder": True, "train_encoder": True, "train_prompt_encoder": True},
 }
+
+#: The presets a benchmark compares by default (``monai-cbo bench``): every row of the table but ``full``.
+ABLATION_PRESETS = ("freeze", "decoder_only", "lora", "lora_cbo", "adapter", "adapter_cbo")
 
 
 @dataclass
