@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from .peft.config import PRESETS, choose
+from .peft.config import ABLATION_PRESETS, PRESETS
+from .utils import check_option
 
 __all__ = ["main"]
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from .networks import build_model
-    from .peft import PeftConfig, apply_peft, count_parameters
+    from .models import build_segmenter
+    from .peft import count_parameters
 
-    config = PeftConfig.from_preset(args.preset, rank=args.rank)
-    model = build_model(args.model, checkpoint=args.checkpoint)
-    apply_peft(model, config)
+    model = build_segmenter(args.model, args.checkpoint, args.preset, args.rank)
     counts = count_parameters(model)
-    print(json.dumps({"model": args.model, "preset": args.preset, "rank": config.rank, **counts}, indent=2))
+    print(json.dumps({"model": args.model, "preset": args.preset, "rank": model.peft_config.rank, **counts}, indent=2))
     return 0
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
     import torch
 
-    from .reports.speed import (
+    from .timing.speed import (
         encoder_time_per_slice,
         machine_summary,
         peak_memory_mib,
@@ -38,14 +39,12 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.speedups:
-        from .reports.speedups import measure_speedups
+        from .timing.speedups import measure_speedups
 
         figures = measure_speedups(args.model, args.steps, args.batch, compile_encoder=not args.no_compile)
         print(json.dumps({"model": args.model, "machine": machine_summary("cpu"), "speedups": figures}, indent=2))
         return 0
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    for preset in presets:
-        choose("preset", preset, PRESETS)
+    presets = [check_option("preset", p, PRESETS) for p in args.presets]
     result: dict = {"model": args.model, "machine": machine_summary(device), "batch": args.batch,
                     "prompts_per_image": args.prompts, "steps": args.steps, "amp": args.amp}
     if not args.skip_encoder:
@@ -68,19 +67,29 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str, n: int, what: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != n:
-        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {text!r}")
-    return values
+def _list_of(kind: Callable[[str], Any], n: int | None = None, what: str = "values") -> Callable[[str], list]:
+    """The one parser of comma-separated option values: ``kind`` per item (blanks and empty items dropped);
+    exactly ``n`` items when given. Errors become argparse errors that show the message."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{what}: {err}") from None
+        if n is not None and len(values) != n:
+            raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated values, got {text!r}")
+        return values
+
+    return parse
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve())
 
 
 def _load_model(args: argparse.Namespace):
+    from .models import load_segmenter
     from .networks import build_model
-    from .peft import load_segmenter
 
     if args.adapter:
         model = load_segmenter(args.adapter, checkpoint=args.checkpoint)
@@ -99,7 +108,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         raise ValueError("--key-slice and --point go with --key-box (points in a prompt file go with its key boxes)")
     key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
     cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes)
-    pre = Preprocess(args.modality, tuple(args.window), args.channels, args.view)
+    pre = Preprocess(args.modality, tuple(args.ct_window), args.channels, args.view)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
     out_dir = Path(args.output)
     results = segment_cases(inferer, cases, out_dir, pre, overwrite=args.overwrite, verbose=True)
@@ -114,19 +123,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_bench
-    from .bench.runner import parse_ints
 
-    config = BenchConfig(
-        datalist=str(Path(args.datalist).resolve()), out=args.out,
-        dataset_dir=str(Path(args.dataset_dir).resolve()) if args.dataset_dir else None, train_split=args.train_split,
-        eval_split=args.eval_split, max_train_cases=args.max_train_cases, max_eval_cases=args.max_eval_cases,
-        presets=[p.strip() for p in args.presets.split(",") if p.strip()], seeds=parse_ints(args.seeds),
-        model=args.model, checkpoint=args.checkpoint, rank=args.rank, steps=args.steps, batch=args.batch,
-        lr=args.lr, weight_decay=args.weight_decay, jitter=args.jitter, min_pixels=args.min_pixels,
-        classes=parse_ints(args.classes) if args.classes else None, modality=args.modality,
-        ct_window=list(args.window), channels=args.channels, view=args.view, device=args.device,
-        amp=not args.no_amp, cache_mib=args.cache_mib,
-    )
+    # every BenchConfig field is an option whose dest is the field's name (the parser below)
+    config = BenchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)})
     import shlex
 
     from .bench.runner import BenchFailed
@@ -223,9 +222,9 @@ def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
     """How volumes become model input (:class:`~monai_cbo.inferers.Preprocess`): shared by segment and bench."""
     p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri"],
                    help="intensity scaling: CT window or MRI percentiles (default auto: CT if air in HU is found)")
-    p.add_argument("--window", type=lambda t: _floats(t, 2, "--window"), default=[-500.0, 1000.0],
+    p.add_argument("--window", dest="ct_window", type=_list_of(float, 2, "--window"), default=[-500.0, 1000.0],
                    help="CT window lo,hi in HU (default -500,1000)")
-    p.add_argument("--channels", type=lambda t: [int(c) for c in t.split(",")], default=None,
+    p.add_argument("--channels", type=_list_of(int, what="--channels"), default=None,
                    help="input channels to use, e.g. 0,1,3")
     p.add_argument("--view", default="axial", choices=["axial", "coronal", "sagittal"],
                    help="slicing direction after reorienting to RAS (default axial, as the bundles train)")
@@ -233,6 +232,7 @@ def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from .networks.builders import MODELS
+    from .timing.speed import DEFAULT_SPEED_PRESETS
 
     parser = argparse.ArgumentParser(
         prog="monai-cbo",
@@ -255,7 +255,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "CBO overhead ratios; encoder seconds per slice; peak memory (CUDA "
                                    "allocator peak, or the process's peak resident set on the CPU).")
     p.add_argument("--model", default="litemedsam", choices=list(MODELS))
-    p.add_argument("--presets", default="lora,lora_cbo,adapter,adapter_cbo", help="comma-separated presets")
+    p.add_argument("--presets", type=_list_of(str, what="--presets"), default=list(DEFAULT_SPEED_PRESETS),
+                   help=f"comma-separated presets (default {','.join(DEFAULT_SPEED_PRESETS)})")
     p.add_argument("--batch", type=int, default=1, help="images per step (default 1)")
     p.add_argument("--prompts", type=int, default=2, help="box prompts per image (default 2)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per preset after one warm-up (default 5)")
@@ -264,7 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-encoder", action="store_true", help="do not time the encoder alone")
     p.add_argument("--volume", nargs=2, action="append", metavar=("IMAGE", "LABEL"),
                    help="also time segmenting this volume end to end against its encoder-only time (repeatable)")
-    p.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None,
+    p.add_argument("--classes", type=_list_of(int, what="--classes"), default=None,
                    help="with --volume: label values to prompt (default all present)")
     p.add_argument("--speedups", action="store_true",
                    help="instead: before/after ratios of the CPU speed-ups (feature caches, inference_mode, "
@@ -283,18 +284,18 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--prompts", "--boxes3d", dest="prompts",
                      help="prompt JSON (or folder of <case>.json): 3D boxes, key boxes, points; see "
                           "monai_cbo.inferers.prompts")
-    src.add_argument("--key-box", type=lambda t: _floats(t, 6, "--key-box"), metavar="I0,J0,K0,I1,J1,K1",
+    src.add_argument("--key-box", type=_list_of(float, 6, "--key-box"), metavar="I0,J0,K0,I1,J1,K1",
                      action="append",
                      help="a box in stored voxel indices, propagated slice by slice. Flat (k0 = k1): drawn on "
                           "slice k0; repeat it on other slices of the object (top, middle, bottom) and the slices "
                           "between are prompted from both. Thick (k0 < k1): a 3D box; propagation starts on its "
                           "middle slice (or --key-slice) and never leaves k0..k1")
     p.add_argument("--key-slice", type=int, default=None, help="with a thick --key-box: the slice to start from")
-    p.add_argument("--point", type=lambda t: _floats(t, 4, "--point"), action="append", metavar="I,J,K,L",
+    p.add_argument("--point", type=_list_of(float, 4, "--point"), action="append", metavar="I,J,K,L",
                    help="with --key-box: a correction point, L = 1 foreground / 0 background (e.g. where the mask "
                         "leaks); it also prompts the slices near K (repeatable)")
     p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-box")
-    p.add_argument("--classes", type=lambda t: [int(c) for c in t.split(",")], default=None,
+    p.add_argument("--classes", type=_list_of(int, what="--classes"), default=None,
                    help="with --label: label values to segment, e.g. 1 for the spleen (default all present)")
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
@@ -311,12 +312,15 @@ def _parser() -> argparse.ArgumentParser:
                                    "seed, segments the evaluation split with box prompts from its labels and keeps "
                                    "per run: adapter, per-case metrics, masks, result.json. Re-running the same "
                                    "command resumes: finished (preset, seed) runs are not redone.")
-    p.add_argument("datalist", help="datalist JSON written by a data_prep/ script (fixed split)")
+    p.add_argument("datalist", type=_absolute, help="datalist JSON written by a data_prep/ script (fixed split)")
     p.add_argument("-o", "--out", required=True, help="bench folder (created; resumed if it exists)")
-    p.add_argument("--dataset-dir", default=None, help="base folder of the datalist's paths (default: its own)")
-    p.add_argument("--presets", default="freeze,decoder_only,lora,lora_cbo,adapter,adapter_cbo",
-                   help="comma-separated presets (add 'full' for full fine-tuning)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--dataset-dir", type=_absolute, default=None,
+                   help="base folder of the datalist's paths (default: its own)")
+    p.add_argument("--presets", type=_list_of(str, what="--presets"), default=list(ABLATION_PRESETS),
+                   help=f"comma-separated presets (default {','.join(ABLATION_PRESETS)}; add 'full' for full "
+                        "fine-tuning)")
+    p.add_argument("--seeds", type=_list_of(int, what="--seeds"), default=[0, 1, 2],
+                   help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--model", default="litemedsam", choices=list(MODELS))
     p.add_argument("--checkpoint", default=None, help="base model weights (SAM ViT .pth)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank / adapter width (default 4 / 16)")
@@ -326,14 +330,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--jitter", type=int, default=5, help="training box jitter in model pixels (default 5)")
     p.add_argument("--min-pixels", type=int, default=4, help="pixels a class needs on a slice to be prompted (4)")
-    p.add_argument("--classes", default=None, help="label values to prompt, e.g. 1,2 (default: all present)")
+    p.add_argument("--classes", type=_list_of(int, what="--classes"), default=None,
+                   help="label values to prompt, e.g. 1,2 (default: all present)")
     p.add_argument("--train-split", default="training", help="datalist list to train on (default training)")
     p.add_argument("--eval-split", default="test", help="datalist list to score (default test)")
     p.add_argument("--max-train-cases", type=int, default=None, help="use the first N training cases only")
     p.add_argument("--max-eval-cases", type=int, default=None, help="score the first N evaluation cases only")
     _add_preprocess_args(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no autocast on CUDA")
     p.add_argument("--cache-mib", type=float, default=6144.0,
                    help="memory for features of frozen encoder stages, reused across presets (0: off)")
     p.set_defaults(func=_cmd_bench)
@@ -348,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite JSON: sets of cases with targets and a tune / validation part")
     p.add_argument("-o", "--out", required=True, help="output folder (rows.csv, summary.json/.md, sweep.csv)")
     p.add_argument("--data-root", default="../shared/data", help="folder the suite's paths are relative to")
-    p.add_argument("--sets", type=lambda t: [s.strip() for s in t.split(",")], default=None,
+    p.add_argument("--sets", type=_list_of(str, what="--sets"), default=None,
                    help="comma-separated sets of the suite to run (default all)")
     p.add_argument("--sweep", action="store_true", help="tune the propagation settings on the tune part first")
     p.add_argument("--set", dest="set_option", type=_setting, action="append", metavar="NAME=VALUE",

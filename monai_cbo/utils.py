@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file output, CPU allocator tuning."""
+"""Small shared helpers: option checks, atomic file output, CPU allocator tuning."""
 
 from __future__ import annotations
 
@@ -6,12 +6,32 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_output", "check_overwrite", "keep_freed_memory", "load_weights_only", "write_atomic"]
+__all__ = ["atomic_output", "check_option", "check_overwrite", "keep_freed_memory", "load_weights_only", "write_atomic"]
+
+
+def check_option(kind: str, value: Any, allowed: Collection) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise ValueError naming the options, with the "did you
+    mean" guess of :func:`monai.utils.look_up_option` (which this wraps: it returns a mapping's *value* and strips
+    strings, where callers here need the key itself checked exactly)."""
+    if value in allowed:
+        return value
+    from monai.utils import look_up_option  # imported here: importing monai takes seconds
+
+    options = ", ".join(repr(a) for a in allowed)
+    try:
+        look_up_option(value, allowed, print_all_options=False)
+        guess = f" (did you mean {str(value).strip()!r}?)"  # MONAI accepts it once stripped of blanks
+    except ValueError as err:
+        found = re.search(r"did you mean '([^']*)'", str(err))
+        guess = f" (did you mean {found.group(1)!r}?)" if found else ""
+    raise ValueError(f"unknown {kind} {value!r}; choose one of {options}{guess}")
 
 
 def check_overwrite(path: str | Path, overwrite: bool) -> Path:

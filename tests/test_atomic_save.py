@@ -25,8 +25,9 @@ from ignite.engine import Engine
 
 from monai_cbo.handlers import TrainingStateCheckpoint
 from monai_cbo.inferers import KeyPrompt, find_cases, load_volume, save_label_map
+from monai_cbo.models import load_segmenter
 from monai_cbo.networks import build_model
-from monai_cbo.peft import PeftConfig, apply_peft, load_segmenter, read_adapter
+from monai_cbo.peft import PeftConfig, apply_peft, read_adapter
 from monai_cbo.utils import load_weights_only
 
 REPO = Path(__file__).resolve().parents[1]

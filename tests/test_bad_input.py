@@ -35,9 +35,10 @@ from monai_cbo.data import load_datalist
 from monai_cbo.inferers import Case, KeyPrompt, Preprocess, SliceWiseInferer, load_volume, prepare_volume, segment_case
 from monai_cbo.inferers.prompts import read_prompt_file
 from monai_cbo.inferers.volume import SliceGeometry
+from monai_cbo.models import load_segmenter
 from monai_cbo.networks import build_model
 from monai_cbo.networks.builders import load_checkpoint_file
-from monai_cbo.peft import PeftConfig, apply_peft, load_adapter, load_segmenter, read_adapter, save_adapter
+from monai_cbo.peft import PeftConfig, apply_peft, load_adapter, read_adapter, save_adapter
 from monai_cbo.transforms import LabelToBinaryTargets
 
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])

@@ -1,9 +1,11 @@
 """``monai-cbo bench``: the ablation presets on one dataset, same budget, several seeds, resumable.
 
-One run is one (preset, seed): build the model, train the preset's parameters for ``steps`` optimiser steps
-of ``batch`` 2D slices (cosine LR from ``lr`` to 0), then segment every evaluation case with box prompts from
-its label (the benchmark protocol of ``monai-cbo segment --label``) and score it. Every preset sees the same
-slices in the same order with the same box jitter for a given seed, so presets differ only in what trains.
+One run is one (preset, seed): build the model (:func:`~monai_cbo.models.build_segmenter`, as the bundles do),
+train the preset's parameters for ``steps`` optimiser steps of ``batch`` 2D slices (cosine LR from ``lr`` to 0)
+with the bundles' trainer and step (:func:`~monai_cbo.training.build_trainer`), then segment every evaluation
+case with box prompts from its label (the benchmark protocol of ``monai-cbo segment --label``) and score it.
+Every preset sees the same slices in the same order with the same box jitter for a given seed, so presets
+differ only in what trains.
 
 Layout of ``OUT`` (everything a report needs; reports are rebuilt from it without retraining)::
 
@@ -19,7 +21,8 @@ one, and an interrupted run starts again from its first step (a run is minutes, 
 worth its disk traffic).
 
 What the frozen model computes identically in every epoch is computed once and kept (see
-:class:`~monai_cbo.networks.FeatureCache`): the encoder stages before the first trainable one, per slice,
+:class:`~monai_cbo.networks.FeatureCache`; in training it is the trainer's network wrapper
+:class:`~monai_cbo.training.CachedFrontSegmenter`): the encoder stages before the first trainable one, per slice,
 shared by all presets and seeds; for ``freeze`` and ``decoder_only`` that is the whole image embedding. The
 results are the same as without the cache (tested); only the time changes.
 """
@@ -33,25 +36,29 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
+from monai.handlers import LrScheduleHandler
 
 from ..data import load_datalist
 from ..inferers.prompts import prompts_from_label
 from ..inferers.segment import Case, check_label
 from ..inferers.slicewise import SliceWiseInferer
 from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
-from ..losses import PromptDiceBCELoss
 from ..metrics import MetricsTable, PooledDice, case_metrics
+from ..models import build_segmenter
 from ..networks import FeatureCache, SamSegmenter, frozen_prefix
 from ..peft import count_parameters, save_adapter
-from ..peft.config import PRESETS, choose
+from ..peft.config import ABLATION_PRESETS, PRESETS
+from ..training import build_optimizer, build_trainer
 from ..transforms.training import SlicePromptsd
-from ..utils import write_atomic
+from ..utils import check_option, write_atomic
 
 __all__ = ["BenchConfig", "BenchData", "BenchFailed", "run_bench", "train_and_evaluate"]
 
@@ -59,7 +66,7 @@ class BenchFailed(RuntimeError):
     """Some runs of a bench failed; the message lists each with its reason."""
 
 
-DEFAULT_PRESETS = ("freeze", "decoder_only", "lora", "lora_cbo", "adapter", "adapter_cbo")
+DEFAULT_PRESETS = ABLATION_PRESETS
 #: config fields that may change between an interrupted bench and its resumption
 _RESUMABLE = {"presets", "seeds", "device", "cache_mib", "out"}
 
@@ -97,7 +104,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         for preset in self.presets:
-            choose("preset", preset, PRESETS)
+            check_option("preset", preset, PRESETS)
         if not self.presets or not self.seeds:
             raise ValueError("give at least one preset and one seed")
         if len(set(self.presets)) != len(self.presets) or len(set(self.seeds)) != len(self.seeds):
@@ -135,7 +142,7 @@ class _Case:
     volume: torch.Tensor  # [3, H, W, D] in the sliced view, [0, 1]
     gt: np.ndarray  # [H, W, D] sliced integer labels
     geometry: SliceGeometry
-    image: object = None  # the loaded MetaTensor (evaluation cases: to write masks in the input geometry)
+    image: Any = None  # the loaded MetaTensor (evaluation cases: to write masks in the input geometry)
     spacing: np.ndarray | None = None
 
 
@@ -208,12 +215,14 @@ def entry_name(entry: dict) -> str:
 class _CachedInferer(SliceWiseInferer):
     """Slice-wise inference whose frozen encoder stages come from a shared :class:`FeatureCache`."""
 
-    def __init__(self, model: SamSegmenter, features: FeatureCache | None, **kwargs) -> None:
+    def __init__(self, model: SamSegmenter, features: FeatureCache | None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.features, self.case = features, ""
         self.prefix = frozen_prefix(model.image_encoder) if features is not None else 0
 
-    def encode(self, volume, slices, cache=None) -> Iterator[tuple[int, torch.Tensor]]:
+    def encode(
+        self, volume: torch.Tensor, slices: Iterable[int], cache: dict | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         if self.features is None or self.prefix == 0:
             yield from super().encode(volume, slices, cache)
             return
@@ -238,12 +247,6 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _build(config: BenchConfig, preset: str, seed: int, device: torch.device) -> SamSegmenter:
-    from ..engines import build_segmenter
-
-    return build_segmenter(config.model, config.checkpoint, preset, config.rank, seed=seed).to(device)
-
-
 def train_and_evaluate(
     config: BenchConfig,
     data: BenchData,
@@ -257,7 +260,7 @@ def train_and_evaluate(
     device = config.torch_device
     amp = config.amp and device.type == "cuda"
     torch.manual_seed(seed)
-    model = _build(config, preset, seed, device)
+    model = build_segmenter(config.model, config.checkpoint, preset, config.rank, seed=seed).to(device)
     counts = count_parameters(model)
     start = time.perf_counter()
     losses: list[float] = []
@@ -285,8 +288,9 @@ def train_and_evaluate(
     }
 
 
-def _batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iterator[tuple[list, dict]]:
-    """The training batches of ``seed``: slice keys and stacked samples (image, targets, boxes)."""
+def _batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iterator[dict]:
+    """The training batches of ``seed``, one per step: stacked ``image``, ``label``, ``boxes`` and the
+    ``slice_keys`` that name each slice for the feature cache."""
     prompts = SlicePromptsd(size=size, jitter=config.jitter, min_pixels=config.min_pixels)
     prompts.set_random_state(seed)
     order = data.sample_order(seed, config.steps * config.batch)
@@ -298,47 +302,59 @@ def _batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iter
             label = (torch.from_numpy(case.gt[..., z]).unsqueeze(0) == classes).float()
             samples.append(prompts({"image": case.volume[..., z], "label": label}))
             keys.append(("train", case_idx, z))
-        yield keys, {k: torch.stack([s[k] for s in samples]) for k in ("image", "label", "boxes")}
+        yield {**{k: torch.stack([s[k] for s in samples]) for k in ("image", "label", "boxes")}, "slice_keys": keys}
 
 
-def _train(config, data, model, seed, device, amp, features, log, title) -> tuple[list[float], int]:
-    from ..engines import build_optimizer
-
+def _train(
+    config: BenchConfig,
+    data: BenchData,
+    model: SamSegmenter,
+    seed: int,
+    device: torch.device,
+    amp: bool,
+    features: FeatureCache | None,
+    log: Callable[[str], None],
+    title: str,
+) -> tuple[list[float], int]:
+    """Train ``model`` for ``config.steps`` steps with the bundles' trainer (:func:`~monai_cbo.training.build_trainer`),
+    the LR on a cosine from ``config.lr`` to 0 over the steps; log every tenth step. Returns the loss per step
+    and the number of slices seen."""
     model.train()
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    loss_fn = PromptDiceBCELoss()
-    prefix = frozen_prefix(model.image_encoder) if features is not None else 0
-    losses, seen, start = [], 0, time.perf_counter()
+    trainer = build_trainer(
+        model, optimizer, _batches(config, data, seed, model.img_size), device=device, amp=amp,
+        epoch_length=config.steps, feature_cache=features,
+        handlers=[LrScheduleHandler(schedule, print_lr=False, epoch_level=False)],
+    )
+    losses: list[float] = []
     every = max(1, config.steps // 10)
-    for step, (keys, batch) in enumerate(_batches(config, data, seed, model.img_size), 1):
-        images = batch["image"].to(device)
-        with torch.autocast(device.type, enabled=amp):
-            if prefix:
-                with torch.no_grad():
-                    feats = features.get_many([(*k, prefix) for k in keys],
-                                              lambda idx, x=images: model.encode_stages(x[idx], 0, prefix), device)
-                emb = model.encode_stages(feats, prefix)
-            else:
-                emb = model.encode(images)
-            out = model.decode(emb, boxes=batch["boxes"].to(device))
-            loss = loss_fn(out, batch["label"].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.step()
-        losses.append(round(loss.item(), 5))
-        seen += len(keys)
+    start = time.perf_counter()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _log_step(engine: Engine) -> None:
+        step = engine.state.iteration
+        losses.append(round(engine.state.output["loss"].item(), 5))
         if step % every == 0 or step == config.steps:
-            rate = seen / (time.perf_counter() - start)
+            rate = step * config.batch / (time.perf_counter() - start)
             log(f"  {title}: step {step}/{config.steps}  loss {np.mean(losses[-every:]):.4f}  "
                 f"{rate:.2f} slices/s  run ETA {_eta((config.steps - step) * config.batch / rate)}")
-    return losses, seen
+
+    trainer.run()
+    return losses, len(losses) * config.batch
 
 
-def _evaluate(config, data, model, device, amp, features, mask_dir) -> tuple[MetricsTable, dict, dict, int]:
+def _evaluate(
+    config: BenchConfig,
+    data: BenchData,
+    model: SamSegmenter,
+    device: torch.device,
+    amp: bool,
+    features: FeatureCache | None,
+    mask_dir: Path,
+) -> tuple[MetricsTable, dict, dict, int]:
+    """Segment and score every evaluation case; write its mask. Returns the per-case table, the pooled 2D Dice
+    (all slices, and slices showing the class) and the number of slices segmented."""
     model.eval()
     inferer = _CachedInferer(model, features, device=device, amp=amp)
     table = MetricsTable()
@@ -393,7 +409,7 @@ def run_bench(
         payload = saved
     else:
         payload = dataclasses.asdict(config)
-    from ..reports.speed import machine_summary
+    from ..timing.speed import machine_summary
 
     device = config.torch_device
     payload["command"] = command or payload.get("command")
@@ -456,15 +472,6 @@ def collect_results(out: str | Path) -> list[dict]:
         result["dir"] = str(path.parent)
         found.append(result)
     return found
-
-
-def parse_ints(text: str | Sequence[int]) -> list[int]:
-    if not isinstance(text, str):
-        return [int(v) for v in text]
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from err
 
 
 if __name__ == "__main__":  # pragma: no cover

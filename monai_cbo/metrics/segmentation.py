@@ -6,34 +6,33 @@ Conventions (the same in every function and table of this package):
 - exactly one empty: Dice 0.0, NSD 0.0, HD95 NaN (undefined: never a made-up number such as the image
   diagonal; :class:`~monai_cbo.metrics.MetricsTable` averages HD95 over the defined cases and counts the rest).
 
-Surfaces are the mask voxels with a face neighbour outside the mask (the mask XOR its erosion by the
-cross-shaped structuring element; voxels beyond the array count as background), the boundary that
-``monai.metrics.compute_hausdorff_distance`` and ``compute_surface_dice`` use by default. Distances between
-voxel centres are exact Euclidean distances in mm, from a separable distance transform in torch over the
-bounding box of both masks: MONAI's own versions need scipy, which this project does not depend on, and
-``tests/metrics`` checks these against MONAI wherever scipy is installed.
+HD95 and NSD are MONAI's (``monai.metrics.compute_hausdorff_distance`` and ``compute_surface_dice``, the same
+functions the bundles' ``HausdorffDistance`` handler uses), called on one-hot masks with the voxel spacing, so a
+bench table and a bundle evaluation measure surfaces the same way; this module adds the empty-mask conventions
+above, label maps and regions, and input checks. Their distance transforms come from scipy (a dependency).
 
-- HD95: the larger of the two directed 95th percentiles (linear interpolation) of surface distances, as MONAI.
+- Surfaces: the mask voxels with a face neighbour outside the mask (voxels beyond the array count as
+  background); distances between voxel centres are exact Euclidean distances in mm, returned in float32
+  (a few 1e-6 relative).
+- HD95: the larger of the two directed 95th percentiles (linear interpolation) of surface distances.
 - NSD: (pred-surface voxels within ``tolerance_mm`` of the gt surface + gt-surface voxels within it of the
-  pred surface) / (surface voxels of both), as MONAI's ``compute_surface_dice(use_subvoxels=False)``.
+  pred surface) / (surface voxels of both), ``compute_surface_dice(use_subvoxels=False)``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = ["case_metrics", "dice_3d", "hd95", "nsd"]
 
 Array = np.ndarray | torch.Tensor
 ClassSpec = Mapping[int, str] | Mapping[str, Iterable[int]]
-
-_CHUNK = 1 << 23  # elements per broadcast block of the distance transform (64 MiB of float64)
 
 
 def _tensor(x: Array, name: str) -> torch.Tensor:
@@ -91,73 +90,20 @@ def _dice(p: torch.Tensor, g: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * int((p & g).sum()) / total
 
 
-def _surface(mask: torch.Tensor) -> torch.Tensor:
-    """Voxels of ``mask`` with at least one face neighbour outside it (outside the array = background)."""
-    padded = F.pad(mask.to(torch.uint8), (1, 1) * mask.ndim).bool()
-    interior = mask.clone()
-    for axis in range(mask.ndim):
-        for shifted in (slice(None, -2), slice(2, None)):
-            index = [slice(1, -1)] * mask.ndim
-            index[axis] = shifted
-            interior &= padded[tuple(index)]
-    return mask & ~interior
-
-
-def _distances(seeds: torch.Tensor, queries: torch.Tensor, spacing: tuple[float, ...]) -> torch.Tensor:
-    """Exact Euclidean distance (mm) from each ``True`` voxel of ``queries`` to the nearest one of ``seeds``.
-
-    A separable transform of squared distances in float64: the longest axis in ``O(numel)`` from the nearest
-    seed on each line, the shortest axes by brute-force min-plus along each line (``O(numel · n)``), and the
-    remaining axis only at the query voxels (``O(n_queries · n)``). ``seeds`` must hold a ``True`` voxel.
-    """
-    *middle, last, first = sorted(range(seeds.ndim), key=lambda a: seeds.shape[a])
-
-    def positions(axis: int) -> torch.Tensor:
-        return torch.arange(seeds.shape[axis], device=seeds.device, dtype=torch.float64) * spacing[axis]
-
-    pos = positions(first).view([-1 if a == first else 1 for a in range(seeds.ndim)])
-    before = torch.where(seeds, pos, -torch.inf).cummax(first).values
-    after = -torch.where(seeds, -pos, -torch.inf).flip(first).cummax(first).values.flip(first)
-    d2 = torch.minimum(pos - before, after - pos) ** 2
-    for axis in middle:
-        pos, n = positions(axis), seeds.shape[axis]
-        cost = (pos[:, None] - pos) ** 2  # (to, from)
-        moved = d2.movedim(axis, -1)
-        lines, rows = moved.reshape(-1, n), max(1, _CHUNK // (n * n))
-        out = torch.cat([(lines[i : i + rows, None, :] + cost).amin(-1) for i in range(0, len(lines), rows)])
-        d2 = out.reshape(moved.shape).movedim(-1, axis)
-    pos, q = positions(last), torch.nonzero(queries)
-    moved, rows = d2.movedim(last, -1), max(1, _CHUNK // len(pos))
-    out = []
-    for i in range(0, len(q), rows):
-        chunk = q[i : i + rows]
-        lines = moved[tuple(chunk[:, a] for a in range(seeds.ndim) if a != last)]  # (queries, n)
-        out.append((lines + (pos[chunk[:, last], None] - pos) ** 2).amin(-1))
-    return torch.cat(out).sqrt()
-
-
-def _surface_distances(
-    p: torch.Tensor, g: torch.Tensor, spacing: tuple[float, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances (mm) pred surface -> gt surface and gt surface -> pred surface; both masks non-empty."""
-    union = p | g
-    box = []
-    for axis in range(union.ndim):
-        hit = torch.nonzero(union.any(dim=tuple(d for d in range(union.ndim) if d != axis))).flatten()
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    sp, sg = _surface(p[tuple(box)]), _surface(g[tuple(box)])
-    return _distances(sg, sp, spacing), _distances(sp, sg, spacing)
-
-
 def _surface_metrics(p: torch.Tensor, g: torch.Tensor, spacing: tuple[float, ...], tol: float) -> tuple[float, float]:
-    """(HD95 in mm, NSD at ``tol`` mm) with the module's empty-mask conventions."""
+    """(HD95 in mm, NSD at ``tol`` mm) with the module's empty-mask conventions; MONAI computes both."""
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
     has_p, has_g = bool(p.any()), bool(g.any())
     if not (has_p and has_g):
         return (0.0, 1.0) if has_p == has_g else (math.nan, 0.0)
-    d_pg, d_gp = _surface_distances(p, g, spacing)
-    hd = max(float(np.percentile(d.cpu().numpy(), 95)) for d in (d_pg, d_gp))
-    within = int((d_pg <= tol).sum()) + int((d_gp <= tol).sum())
-    return hd, within / (len(d_pg) + len(d_gp))
+    one_hot = {"y_pred": p[None, None].float(), "y": g[None, None].float(), "include_background": True,
+               "spacing": list(spacing)}
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own helpers still pass
+        warnings.simplefilter("ignore", FutureWarning)
+        hd = compute_hausdorff_distance(**one_hot, percentile=95).item()
+        surface_dice = compute_surface_dice(**one_hot, class_thresholds=[tol], use_subvoxels=False).item()
+    return hd, surface_dice
 
 
 def _check_tolerance(tolerance_mm: float) -> float:

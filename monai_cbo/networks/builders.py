@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..peft.config import choose
-from ..utils import load_weights_only
+from ..utils import check_option, load_weights_only
 from .segmenter import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SamSegmenter
 
 __all__ = ["MODELS", "build_model", "load_checkpoint_file"]
@@ -69,7 +68,7 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and state.get("format") == "monai_cbo.adapter":
         raise ValueError(
             f"checkpoint {path} is a monai_cbo adapter, not base model weights; pass it as the adapter "
-            "(--adapter, monai_cbo.peft.load_segmenter) and the base weights, if any, as --checkpoint"
+            "(--adapter, monai_cbo.models.load_segmenter) and the base weights, if any, as --checkpoint"
         )
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -125,7 +124,7 @@ def _build_vit(name: str, checkpoint: str | Path | None = None, normalize: str =
                                       mlp_dim=s.decoder_mlp, num_heads=s.decoder_heads),
         transformer_dim=s.prompt_dim, iou_head_depth=3, iou_head_hidden_dim=min(256, s.prompt_dim * 4),
     )
-    choose("normalize", normalize, ("sam", "none"))
+    check_option("normalize", normalize, ("sam", "none"))
     stats = (SAM_PIXEL_MEAN, SAM_PIXEL_STD) if normalize == "sam" else (None, None)
     model = SamSegmenter(encoder, prompt_encoder, decoder, s.img_size, name, *stats)
     if checkpoint is not None:
@@ -212,7 +211,7 @@ def build_model(
         ValueError: unknown name ("unknown model 'vit_x'; choose one of ..."), or a checkpoint that does
             not fit the architecture.
     """
-    choose("model", name, MODELS)
+    check_option("model", name, MODELS)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng:
         if seed is not None:

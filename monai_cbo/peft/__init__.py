@@ -11,7 +11,7 @@ from .config import PRESETS, PeftConfig
 from .inject import apply_peft, count_parameters, find_attention_blocks, optimizer_param_groups
 from .layers import AdapterMLP, LoraQKV, PeftLayer
 from .orchestration import CBOSlot, CrossBlockOrchestrator, QuaternionLinear, hamilton_weight
-from .state import adapter_state_dict, load_adapter, load_segmenter, read_adapter, save_adapter
+from .state import adapter_state_dict, load_adapter, read_adapter, save_adapter
 
 __all__ = [
     "PRESETS",
@@ -28,7 +28,6 @@ __all__ = [
     "find_attention_blocks",
     "hamilton_weight",
     "load_adapter",
-    "load_segmenter",
     "optimizer_param_groups",
     "read_adapter",
     "save_adapter",

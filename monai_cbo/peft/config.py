@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["PRESETS", "PeftConfig", "choose"]
+from ..utils import check_option
+
+__all__ = ["ABLATION_PRESETS", "PRESETS", "PeftConfig"]
 
 METHODS = ("lora", "adapter")
 LORA_B_INITS = ("zeros", "xavier")
@@ -24,15 +25,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {"method": None, "cbo": False, "train_decoder": True, "train_encoder": True, "train_prompt_encoder": True},
 }
 
-
-def choose(kind: str, value: Any, allowed: tuple | list | dict) -> Any:
-    """Return ``value`` if it is one of ``allowed``, else raise ValueError with a "did you mean" hint."""
-    if value in allowed:
-        return value
-    options = ", ".join(repr(a) for a in allowed)
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"unknown {kind} {value!r}; choose one of {options}{hint}")
+#: The presets a benchmark compares by default (``monai-cbo bench``): every row of the table but ``full``.
+ABLATION_PRESETS = ("freeze", "decoder_only", "lora", "lora_cbo", "adapter", "adapter_cbo")
 
 
 @dataclass
@@ -76,9 +70,9 @@ class PeftConfig:
 
     def __post_init__(self) -> None:
         if self.method is not None:
-            choose("PEFT method", self.method, METHODS)
-        choose("lora_b_init", self.lora_b_init, LORA_B_INITS)
-        choose("head_init", self.head_init, HEAD_INITS)
+            check_option("PEFT method", self.method, METHODS)
+        check_option("lora_b_init", self.lora_b_init, LORA_B_INITS)
+        check_option("head_init", self.head_init, HEAD_INITS)
         if self.method is None:
             if self.cbo:
                 raise ValueError("cbo=True needs a PEFT method ('lora' or 'adapter'); set method or cbo=False")
@@ -106,7 +100,7 @@ class PeftConfig:
 
         ``rank=None`` in overrides is ignored, so callers can pass an optional command-line value through.
         """
-        choose("preset", name, PRESETS)
+        check_option("preset", name, PRESETS)
         overrides = {k: v for k, v in overrides.items() if not (k == "rank" and v is None)}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)

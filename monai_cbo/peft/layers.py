@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LORA_B_INITS, choose
+from ..utils import check_option
+from .config import LORA_B_INITS
 from .orchestration import CBOSlot
 
 __all__ = ["AdapterMLP", "LoraQKV", "PeftLayer"]
@@ -21,7 +22,7 @@ __all__ = ["AdapterMLP", "LoraQKV", "PeftLayer"]
 
 def _init_up(layer: nn.Linear, init: str) -> None:
     """Initialise an up projection: zeros (the wrapped model equals the pretrained one) or xavier."""
-    choose("lora_b_init", init, LORA_B_INITS)
+    check_option("lora_b_init", init, LORA_B_INITS)
     if init == "zeros":
         nn.init.zeros_(layer.weight)
     else:

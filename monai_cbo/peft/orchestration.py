@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import choose
+from ..utils import check_option
 
 __all__ = ["CBOSlot", "CrossBlockOrchestrator", "QuaternionLinear", "hamilton_weight"]
 
@@ -54,7 +54,7 @@ class QuaternionLinear(nn.Module):
                 f"quaternion head width must be a positive multiple of 4, got {features}; "
                 "choose a rank / adapter width divisible by 4"
             )
-        choose("head_init", init, ("uniform", "orthogonal"))
+        check_option("head_init", init, ("uniform", "orthogonal"))
         n = features // 4
         self.features = features
         self.r = nn.Parameter(torch.zeros(n, n))

@@ -5,7 +5,8 @@ A checkpoint is a ``torch.save`` dict that loads with ``weights_only=True``::
     {"format": "monai_cbo.adapter", "format_version": 1, "model_name": "litemedsam",
      "peft_config": {...PeftConfig fields...}, "state_dict": {name: tensor}, "metadata": {...}}
 
-It goes onto a freshly built pretrained model of the same name with the same config.
+It goes onto a freshly built pretrained model of the same name with the same config
+(:func:`monai_cbo.models.load_segmenter` builds that model from the checkpoint alone).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from torch import nn
 from .. import __version__
 from ..utils import load_weights_only, write_atomic
 from .config import PeftConfig
-from .inject import apply_peft
 
-__all__ = ["adapter_state_dict", "load_adapter", "load_segmenter", "read_adapter", "save_adapter"]
+__all__ = ["adapter_state_dict", "load_adapter", "read_adapter", "save_adapter"]
 
 FORMAT = "monai_cbo.adapter"
 FORMAT_VERSION = 1
@@ -74,17 +74,17 @@ def _config_mismatch(saved: PeftConfig, current: PeftConfig) -> list[str]:
     return [f"{k}: checkpoint has {a[k]!r}, model has {b[k]!r}" for k in a if a[k] != b[k]]
 
 
-def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | None = None) -> nn.Module:
     """Load an adapter checkpoint into ``model`` (already built and PEFT-wrapped with the same config).
+
+    ``payload``: the checkpoint as :func:`read_adapter` returned it, to read ``path`` only once.
 
     Raises:
         ValueError: the checkpoint was made for another model or config (the message names each field
             that differs), or its tensors do not match the model's trained parameters.
     """
-    return _apply_payload(model, read_adapter(path), path)
-
-
-def _apply_payload(model: nn.Module, payload: dict[str, Any], path: str | Path) -> nn.Module:
+    if payload is None:
+        payload = read_adapter(path)
     if payload["model_name"] != model.model_name:
         raise ValueError(
             f"adapter {path} was trained on model {payload['model_name']!r}, not {model.model_name!r}; "
@@ -117,15 +117,3 @@ def _apply_payload(model: nn.Module, payload: dict[str, Any], path: str | Path) 
             params[name].copy_(state[name])
     return model
 
-
-def load_segmenter(path: str | Path, checkpoint: str | Path | None = None) -> nn.Module:
-    """Build the pretrained model named in an adapter checkpoint, apply its config and load it.
-
-    ``checkpoint`` is the base model's weights file (needed for SAM ViT models; LiteMedSAM's are packaged).
-    """
-    from ..networks import build_model
-
-    payload = read_adapter(path)
-    model = build_model(payload["model_name"], checkpoint=checkpoint)
-    apply_peft(model, PeftConfig.from_dict(payload["peft_config"]))
-    return _apply_payload(model, payload, path)

@@ -63,8 +63,8 @@ def test_hd95_and_nsd_match_brute_force_on_random_masks(spacing) -> None:
     pred, gt = (torch.rand((17, 23, 11), generator=gen) > t for t in (0.6, 0.7))
     pred[:5] = False  # an offset so the two surfaces differ in extent
     expected = brute_force(pred.numpy(), gt.numpy(), spacing, 2.0)
-    assert hd95(pred, gt, spacing) == pytest.approx(expected[0], abs=1e-9)
-    assert nsd(pred, gt, spacing, 2.0) == pytest.approx(expected[1], abs=1e-12)
+    assert hd95(pred, gt, spacing) == pytest.approx(expected[0], rel=1e-5)  # MONAI's distances are float32
+    assert nsd(pred, gt, spacing, 2.0) == pytest.approx(expected[1], rel=1e-6)
 
 
 def test_nsd_is_one_for_identical_masks_and_drops_beyond_tolerance() -> None:
@@ -142,8 +142,7 @@ def test_case_metrics_on_a_real_hippocampus_label() -> None:
         assert 0.0 < row["dice"] < 1.0 and row["hd95"] >= min(spacing) and row["pred_voxels"] < row["gt_voxels"]
 
 
-def test_matches_monai_where_scipy_is_installed() -> None:
-    pytest.importorskip("scipy", reason="MONAI's surface metrics need scipy, which this project does not install")
+def test_matches_monai() -> None:
     from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
     gen = torch.Generator().manual_seed(2)

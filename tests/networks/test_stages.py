@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_cbo.engines import build_segmenter
+from monai_cbo.models import build_segmenter
 from monai_cbo.networks import FeatureCache, encoder_stages, frozen_prefix, run_stages
 
 

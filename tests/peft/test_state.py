@@ -5,13 +5,13 @@ import pickle
 import pytest
 import torch
 
+from monai_cbo.models import load_segmenter
 from monai_cbo.networks import build_model
 from monai_cbo.peft import (
     PeftConfig,
     adapter_state_dict,
     apply_peft,
     load_adapter,
-    load_segmenter,
     optimizer_param_groups,
     read_adapter,
     save_adapter,

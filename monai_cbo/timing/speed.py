@@ -15,18 +15,24 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..losses import PromptDiceBCELoss
+from ..models import build_segmenter
 from ..networks import build_model
-from ..peft import PeftConfig, apply_peft, optimizer_param_groups
+from ..peft import count_parameters
+from ..training import build_optimizer, build_trainer, train_step
 
 __all__ = [
+    "DEFAULT_SPEED_PRESETS",
     "encoder_time_per_slice",
     "machine_summary",
     "peak_memory_mib",
     "training_step_times",
     "volume_time",
 ]
+
+#: presets ``monai-cbo speed`` times by default: the four whose cost differs inside the encoder
+DEFAULT_SPEED_PRESETS = ("lora", "lora_cbo", "adapter", "adapter_cbo")
 
 
 def _sync(device: torch.device) -> None:
@@ -41,23 +47,25 @@ def _peak_memory_mib(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _batch(size: int, batch: int, prompts: int, device: torch.device, seed: int) -> tuple:
+def _batch(size: int, batch: int, prompts: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """A random training batch as the trainer takes it: ``image`` [B, 3, S, S], ``boxes`` [B, P, 4] and
+    ``label`` [B, P, S, S] (each box filled)."""
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 3, size, size, generator=g)
     lo = torch.randint(0, size // 2, (batch, prompts, 2), generator=g).float()
     hi = lo + torch.randint(size // 8, size // 2, (batch, prompts, 2), generator=g).float()
     boxes = torch.cat([lo, hi.clamp(max=size - 1)], dim=-1)
-    target = torch.zeros(batch, prompts, 1, size, size)
+    label = torch.zeros(batch, prompts, size, size)
     for b in range(batch):
         for p in range(prompts):
             x0, y0, x1, y1 = boxes[b, p].long().tolist()
-            target[b, p, 0, y0 : y1 + 1, x0 : x1 + 1] = 1.0
-    return image.to(device), boxes.to(device), target.to(device)
+            label[b, p, y0 : y1 + 1, x0 : x1 + 1] = 1.0
+    return {"image": image.to(device), "boxes": boxes.to(device), "label": label.to(device)}
 
 
 def training_step_times(
     model_name: str = "litemedsam",
-    presets: Sequence[str] = ("lora", "lora_cbo", "adapter", "adapter_cbo"),
+    presets: Sequence[str] = DEFAULT_SPEED_PRESETS,
     batch: int = 1,
     prompts: int = 2,
     steps: int = 5,
@@ -65,38 +73,45 @@ def training_step_times(
     device: str | torch.device = "cpu",
     amp: bool = False,
     seed: int = 0,
+    lr: float = 1e-4,
 ) -> dict[str, dict]:
-    """Median wall time of one optimizer step (forward, Dice-free BCE loss, backward, Adam) per preset.
+    """Median wall time of one training step per preset: the step the bundles and ``monai-cbo bench`` train
+    with (:func:`~monai_cbo.training.train_step` of :func:`~monai_cbo.training.build_trainer`: Dice + BCE loss,
+    backward, the optimizer of :func:`~monai_cbo.training.build_optimizer`). A preset that trains nothing
+    (``freeze``) has no step: its forward pass and loss are timed instead.
 
-    All presets are built first, then stepped in turn ``steps`` times after ``warmup`` rounds, so slow
-    phases of the machine hit every preset alike. Returns ``{preset: {"median_s", "times_s"}}``.
+    All presets are built first (:func:`~monai_cbo.models.build_segmenter`, seeded), then stepped in turn
+    ``steps`` times after ``warmup`` rounds, so slow phases of the machine hit every preset alike. ``amp``
+    applies on CUDA only, as in training. Returns ``{preset: {"median_s", "times_s"}}``.
     """
     device = torch.device(device)
-    models, opts = {}, {}
+    models, steppers = {}, {}
     for preset in presets:
-        torch.manual_seed(seed)
-        model = apply_peft(build_model(model_name, seed=seed), PeftConfig.from_preset(preset)).to(device).train()
+        model = build_segmenter(model_name, preset=preset, seed=seed).to(device)
         models[preset] = model
-        groups = optimizer_param_groups(model, lr=1e-5)
-        opts[preset] = torch.optim.Adam(groups) if groups else None
-    image, boxes, target = _batch(next(iter(models.values())).img_size, batch, prompts, device, seed)
+        if count_parameters(model)["total_trainable"]:
+            trainer = build_trainer(model, build_optimizer(model, lr), [], device=device, amp=amp)
+            steppers[preset] = lambda b, t=trainer: train_step(t, b)
+        else:
+            loss_fn = PromptDiceBCELoss()
+            steppers[preset] = lambda b, m=model, f=loss_fn: _forward_and_loss(m, f, b, amp)
+    data = _batch(next(iter(models.values())).img_size, batch, prompts, device, seed)
     times: dict[str, list[float]] = {p: [] for p in presets}
     for round_ in range(warmup + steps):
         for preset in presets:
-            model, opt = models[preset], opts[preset]
             _sync(device)
             start = time.perf_counter()
-            with torch.autocast(device.type, enabled=amp):
-                logits = model(image, boxes=boxes).masks
-                loss = F.binary_cross_entropy_with_logits(logits.float(), target)
-            if opt is not None:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            steppers[preset](data)
             _sync(device)
             if round_ >= warmup:
                 times[preset].append(time.perf_counter() - start)
     return {p: {"median_s": statistics.median(t), "times_s": t} for p, t in times.items()}
+
+
+def _forward_and_loss(model: torch.nn.Module, loss_fn: PromptDiceBCELoss, data: dict, amp: bool) -> torch.Tensor:
+    image = data["image"]
+    with torch.autocast(image.device.type, enabled=amp and image.device.type == "cuda"):
+        return loss_fn(model(image, boxes=data["boxes"]), data["label"])
 
 
 def encoder_time_per_slice(

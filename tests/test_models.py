@@ -1,9 +1,10 @@
+"""Tests for monai_cbo/models.py: model + preset + seed, and adapters loaded back onto it."""
+
 from __future__ import annotations
 
-import pytest
 import torch
 
-from monai_cbo.engines import build_optimizer, build_segmenter
+from monai_cbo.models import build_segmenter
 from monai_cbo.peft import save_adapter
 
 
@@ -20,12 +21,3 @@ def test_build_segmenter_applies_the_preset_and_loads_an_adapter(tmp_path):
     fresh = build_segmenter("tiny", preset="adapter_cbo")
     assert not all(torch.equal(p, q) for p, q in zip(trained.parameters(), fresh.parameters(), strict=True))
     assert build_segmenter("tiny", preset="freeze", adapter="").peft_config.preset == "freeze"
-
-
-def test_optimizer_groups_and_a_preset_with_nothing_to_train():
-    opt = build_optimizer(build_segmenter("tiny", preset="lora_cbo"), lr=1e-3, name="adam")
-    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(1e-3), pytest.approx(1e-1)]
-    with pytest.raises(ValueError, match="preset 'freeze' trains no parameters"):
-        build_optimizer(build_segmenter("tiny", preset="freeze"), lr=1e-3)
-    with pytest.raises(ValueError, match="unknown optimizer"):
-        build_optimizer(build_segmenter("tiny", preset="lora"), lr=1e-3, name="lion")

@@ -4,8 +4,8 @@ Every comparison runs its two variants interleaved in one process (before, after
 reports the ratio of the medians, so a busy machine shifts both sides alike. ``max_abs_diff`` compares the
 outputs (loss, embeddings) of the two variants: 0.0 means bitwise identical.
 
-* ``frozen_front_cache``: a ``lora_cbo`` training step from cached TinyViT patch-embedding + conv-stage
-  features (the bench's :class:`~monai_cbo.networks.FeatureCache`) against encoding from the image.
+* ``frozen_front_cache``: a ``lora_cbo`` training step (the trainer's) from cached TinyViT patch-embedding +
+  conv-stage features (the bench's :class:`~monai_cbo.networks.FeatureCache`) against encoding from the image.
 * ``embedding_cache``: a ``decoder_only`` step from a cached image embedding against encoding the image.
 * ``inference_mode``: encoding one slice under ``torch.inference_mode`` against ``torch.no_grad``.
 * ``channels_last``: the encoder in channels-last memory format against the default, inference.
@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from monai.engines import SupervisedTrainer
 
-from ..engines import build_optimizer, build_segmenter
-from ..losses import PromptDiceBCELoss
-from ..networks import frozen_prefix
+from ..models import build_segmenter
+from ..networks import FeatureCache
+from ..training import build_optimizer, build_trainer, train_step
 
 __all__ = ["measure_speedups"]
 
@@ -43,7 +44,8 @@ def _interleaved(before: Callable[[], object], after: Callable[[], object], repe
 
 
 def _train_step_pair(model_name: str, preset: str, batch: int, seed: int) -> tuple[Callable, Callable]:
-    """A training step from the image and one from cached frozen-front features; same weights, same data."""
+    """The training step (:func:`~monai_cbo.training.train_step`) from the image, and the same step with the frozen
+    front from a :class:`~monai_cbo.networks.FeatureCache`; same weights, same data, a fresh optimizer each time."""
     g = torch.Generator().manual_seed(seed)
     model = build_segmenter(model_name, preset=preset, seed=seed)
     s = model.img_size
@@ -51,26 +53,21 @@ def _train_step_pair(model_name: str, preset: str, batch: int, seed: int) -> tup
     boxes = torch.tensor([[s * 0.25, s * 0.25, s * 0.6, s * 0.7]]).repeat(batch, 1, 1)
     target = torch.zeros(batch, 1, s, s)
     target[:, :, s // 4 : int(s * 0.7), s // 4 : int(s * 0.6)] = 1
-    k = frozen_prefix(model.image_encoder)
-    with torch.no_grad():
-        cached = model.encode_stages(images, 0, k)
-    loss_fn = PromptDiceBCELoss()
+    data = {"image": images, "label": target, "boxes": boxes}
+    keyed = {**data, "slice_keys": [("speedups", i) for i in range(batch)]}
+    plain = build_trainer(model, build_optimizer(model, 1e-4), [])
+    cached = build_trainer(model, build_optimizer(model, 1e-4), [], feature_cache=FeatureCache())
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    def step(from_cache: bool) -> torch.Tensor:
+    def step(trainer: SupervisedTrainer, batch_data: dict) -> torch.Tensor:
         with torch.no_grad():  # every step starts from the same weights, so both variants do the same work
             for n, p in model.named_parameters():
                 if n in state:
                     p.copy_(state[n])
-        optimizer = build_optimizer(model, 1e-4)
-        emb = model.encode_stages(cached, k) if from_cache else model.encode(images)
-        loss = loss_fn(model.decode(emb, boxes=boxes), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        trainer.optimizer = build_optimizer(model, 1e-4)
+        return train_step(trainer, batch_data)["loss"].detach()
 
-    return (lambda: step(False)), (lambda: step(True))
+    return (lambda: step(plain, data)), (lambda: step(cached, keyed))  # the first "after" call fills the cache
 
 
 def measure_speedups(

@@ -1,0 +1,55 @@
+"""Model + preset + seed: the one place that builds a trainable segmenter, and loads a trained one back.
+
+Above both :mod:`monai_cbo.networks` (the SAM-family models) and :mod:`monai_cbo.peft` (the method), which
+do not import each other. Every caller goes through here: the bundles (``network_def``), ``monai-cbo bench``,
+``monai-cbo speed`` and ``params``, and whatever loads an adapter for inference (``monai-cbo segment
+--adapter``, ``inference.json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .networks import SamSegmenter, build_model
+from .peft import PeftConfig, apply_peft, load_adapter, read_adapter
+
+__all__ = ["build_segmenter", "load_segmenter"]
+
+
+def build_segmenter(
+    name: str = "litemedsam",
+    checkpoint: str | Path | None = None,
+    preset: str = "lora_cbo",
+    rank: int | None = None,
+    adapter: str | Path | None = None,
+    seed: int = 0,
+    **peft_overrides: Any,
+) -> SamSegmenter:
+    """Build model ``name`` (weights from ``checkpoint``, or LiteMedSAM's packaged ones), apply ``preset`` and
+    optionally load an ``adapter`` checkpoint (``None`` or ``""``: none, e.g. to evaluate ``freeze``).
+
+    Returns it in train mode. Model and PEFT initialisation draw from ``seed`` only (the global torch RNG is
+    left as it was), so the same arguments give the same weights in every caller.
+    """
+    model = build_model(name, checkpoint=checkpoint, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        apply_peft(model, PeftConfig.from_preset(preset, rank=rank, **peft_overrides))
+    if adapter:
+        load_adapter(model, adapter)
+    return model.train()
+
+
+def load_segmenter(path: str | Path, checkpoint: str | Path | None = None) -> SamSegmenter:
+    """Build the pretrained model named in adapter checkpoint ``path``, apply its saved PEFT config, load it.
+
+    ``checkpoint`` is the base model's weights file (needed for SAM ViT models; LiteMedSAM's are packaged).
+    Unlike :func:`build_segmenter` it needs no preset or rank: the checkpoint says how it was built.
+    """
+    payload = read_adapter(path)
+    model = build_model(payload["model_name"], checkpoint=checkpoint)
+    apply_peft(model, PeftConfig.from_dict(payload["peft_config"]))
+    return load_adapter(model, path, payload=payload)

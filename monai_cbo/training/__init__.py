@@ -1,0 +1,8 @@
+"""Training: the one trainer factory and training step that the bundles, ``monai-cbo bench`` and
+``monai-cbo speed`` share (see :mod:`monai_cbo.training.trainer`)."""
+
+from __future__ import annotations
+
+from .trainer import CachedFrontSegmenter, PreparePromptBatch, build_optimizer, build_trainer, train_step
+
+__all__ = ["CachedFrontSegmenter", "PreparePromptBatch", "build_optimizer", "build_trainer", "train_step"]

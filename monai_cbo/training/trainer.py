@@ -1,0 +1,154 @@
+"""The one training step: a MONAI ``SupervisedTrainer`` over prompted 2D slices, built by :func:`build_trainer`.
+
+Every caller trains through it, so a preset is trained the same way wherever it is trained:
+
+- the bundles (``train.json``: ``train#trainer``),
+- ``monai-cbo bench`` (:mod:`monai_cbo.bench.runner`: steps x slices with a per-step cosine schedule),
+- ``monai-cbo speed`` (:mod:`monai_cbo.timing.speed`: times :func:`train_step`).
+
+One step: the batch's image and label go to ``device``, its ``boxes`` become the network's ``boxes``
+keyword (:class:`PreparePromptBatch`); the network predicts mask logits per prompt; the loss is
+:class:`~monai_cbo.losses.PromptDiceBCELoss`; the gradients are zeroed (to ``None``), back-propagated and
+stepped by the optimizer of :func:`build_optimizer` (through a gradient scaler under CUDA mixed precision).
+
+The frozen front of the encoder (:func:`~monai_cbo.networks.frozen_prefix`) computes the same features for the
+same slice in every step; given a :class:`~monai_cbo.networks.FeatureCache` and batches that name their
+slices (``slice_keys``), :class:`CachedFrontSegmenter` takes those features from the cache. That changes the
+time of a step, not its result (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
+from torch import nn
+
+from ..losses import PromptDiceBCELoss
+from ..networks import FeatureCache, SamSegmenter, SegmenterOutput, frozen_prefix
+from ..peft import optimizer_param_groups
+from ..utils import check_option
+
+__all__ = ["CachedFrontSegmenter", "PreparePromptBatch", "build_optimizer", "build_trainer", "train_step"]
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+def build_optimizer(
+    network: nn.Module, lr: float, weight_decay: float = 0.0, name: str = "adamw"
+) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD over the trainable parameters, the CBO group at its LR multiplier.
+
+    ``network`` may be wrapped (``DistributedDataParallel``, :class:`CachedFrontSegmenter`): its ``module`` /
+    ``model`` is used.
+
+    Raises:
+        ValueError: nothing trains (the ``freeze`` preset): evaluate it instead of training it.
+    """
+    model = _unwrap(network)
+    groups = optimizer_param_groups(model, lr, weight_decay)
+    if not groups:
+        preset = getattr(getattr(model, "peft_config", None), "preset", "?")
+        raise ValueError(f"preset {preset!r} trains no parameters; evaluate it with evaluate.json and --adapter ''")
+    check_option("optimizer", name, OPTIMIZERS)
+    return OPTIMIZERS[name](groups, lr=lr)
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    for attr in ("module", "model"):
+        network = getattr(network, attr, network)
+    return network
+
+
+class PreparePromptBatch(PrepareBatchExtraInput):
+    """``prepare_batch`` of the trainer: ``image`` and ``label`` to the device, ``boxes`` [B, P, 4] (XYXY, model
+    pixels) as the network's ``boxes`` keyword and, with ``slice_keys=True``, the batch's ``slice_keys`` (one
+    hashable name per image, for :class:`CachedFrontSegmenter`) as its ``slice_keys`` keyword, unchanged; without,
+    they are dropped."""
+
+    def __init__(self, slice_keys: bool = False) -> None:
+        super().__init__(extra_keys={"boxes": "boxes", **({"slice_keys": "slice_keys"} if slice_keys else {})})
+
+class CachedFrontSegmenter(nn.Module):
+    """``model`` whose frozen encoder front is read from ``cache`` for slices it has seen before.
+
+    ``forward(image, boxes, slice_keys=None)``: as ``model(image, boxes=boxes)``; with ``slice_keys`` (one
+    hashable name per image, the same name for the same pixels) the first :func:`frozen_prefix` stages are
+    looked up under ``(*key, depth)`` (``key`` a tuple) and computed, without gradients, only for misses.
+
+    Args:
+        model: the segmenter being trained (its trainable parameters decide the frozen depth, once, here).
+        cache: where the features are kept; may be shared by several models of the same base weights.
+    """
+
+    def __init__(self, model: SamSegmenter, cache: FeatureCache) -> None:
+        super().__init__()
+        self.model, self.cache = model, cache
+        self.depth = frozen_prefix(model.image_encoder)
+
+    def forward(
+        self, image: torch.Tensor, boxes: torch.Tensor | None = None, slice_keys: Sequence[Hashable] | None = None
+    ) -> SegmenterOutput:
+        if not self.depth or slice_keys is None:
+            return self.model(image, boxes=boxes)
+        keys = [(*key, self.depth) if isinstance(key, tuple) else (key, self.depth) for key in slice_keys]
+        with torch.no_grad():
+            front = self.cache.get_many(keys, lambda idx: self.model.encode_stages(image[idx], 0, self.depth),
+                                        image.device)
+        return self.model.decode(self.model.encode_stages(front, self.depth), boxes=boxes)
+
+
+def build_trainer(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_data_loader: Iterable,
+    max_epochs: int = 1,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    loss_function: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    epoch_length: int | None = None,
+    handlers: Sequence[Any] = (),
+    feature_cache: FeatureCache | None = None,
+) -> SupervisedTrainer:
+    """A ``SupervisedTrainer`` that runs the one training step (module docstring) over ``train_data_loader``.
+
+    Args:
+        network: the segmenter (or its ``DistributedDataParallel`` wrapper), already on ``device``.
+        optimizer: from :func:`build_optimizer`.
+        train_data_loader: batches ``{"image": [B, 3, S, S], "label": [B, P, S, S], "boxes": [B, P, 4]}``
+            (padded prompt slots: label ``IGNORE``), optionally ``"slice_keys"``; a ``DataLoader`` or any
+            iterable (then give ``epoch_length``).
+        max_epochs: passes over ``train_data_loader``. Default 1.
+        device: where batches go.
+        amp: CUDA mixed precision (autocast + gradient scaler); ignored on other devices. Default False.
+        loss_function: default :class:`~monai_cbo.losses.PromptDiceBCELoss` with its default weights.
+        epoch_length: steps per epoch. Default ``len(train_data_loader)``.
+        handlers: Ignite / MONAI handlers to attach (schedulers, validation, checkpoints, logs).
+        feature_cache: reuse frozen encoder features of slices named in the batches' ``slice_keys``
+            (:class:`CachedFrontSegmenter`). Default None: no cache.
+    """
+    device = torch.device(device)
+    if feature_cache is not None:
+        network = CachedFrontSegmenter(network, feature_cache)
+    return SupervisedTrainer(
+        device=device,
+        max_epochs=max_epochs,
+        train_data_loader=train_data_loader,
+        epoch_length=epoch_length,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function if loss_function is not None else PromptDiceBCELoss(),
+        prepare_batch=PreparePromptBatch(slice_keys=feature_cache is not None),
+        amp=bool(amp) and device.type == "cuda",
+        decollate=False,
+        optim_set_to_none=True,
+        train_handlers=list(handlers) or None,
+    )
+
+
+def train_step(trainer: SupervisedTrainer, batch: dict[str, Any]) -> dict[str, Any]:
+    """Run one iteration of ``trainer`` on ``batch`` outside ``trainer.run()`` (no events of the run loop fire):
+    what ``monai-cbo speed`` times. Returns the iteration's output (``image``, ``label``, ``pred``, ``loss``)."""
+    return trainer._process_function(trainer, batch)
