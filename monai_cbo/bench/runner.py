@@ -48,7 +48,7 @@ from monai.handlers import LrScheduleHandler
 
 from ..data import load_datalist
 from ..inferers.prompts import prompts_from_label
-from ..inferers.segment import Case, check_label
+from ..inferers.segment import Case, check_label, segment_volume
 from ..inferers.slicewise import SliceWiseInferer
 from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
 from ..metrics import MetricsTable, PooledDice, case_metrics
@@ -363,16 +363,13 @@ def _evaluate(
     n_slices = 0
     for case in data.eval:
         inferer.case = case.name
-        prompts = prompts_from_label(case.gt, data.classes)
-        results = inferer.predict(case.volume, prompts)
-        sliced = inferer.label_map(results, tuple(case.volume.shape[1:]))
-        n_slices += len({z for per in results.values() for z in per})
-        labels = case.geometry.to_stored(sliced)
+        seg = segment_volume(inferer, case.volume, case.geometry, prompts_from_label(case.gt, data.classes))
+        n_slices += seg.slices
         gt = case.geometry.to_stored(case.gt)
-        save_label_map(labels, case.image, mask_dir / f"{case.name}_seg.nii.gz", overwrite=True)
-        table.add(case.name, case_metrics(labels, gt, data.metric_classes, case.spacing))
-        pooled.update(sliced, case.gt)  # sliced view: the last axis is the slicing direction
-        pooled_gt.update(sliced, case.gt)
+        save_label_map(seg.labels, case.image, mask_dir / f"{case.name}_seg.nii.gz", overwrite=True)
+        table.add(case.name, case_metrics(seg.labels, gt, data.metric_classes, case.spacing))
+        pooled.update(seg.sliced_labels, case.gt)  # sliced view: the last axis is the slicing direction
+        pooled_gt.update(seg.sliced_labels, case.gt)
     return table, pooled.compute(), pooled_gt.compute(), n_slices
 
 

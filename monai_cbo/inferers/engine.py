@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
 from .prompts import prompts_from_mask
+from .segment import segment_volume
 from .slicewise import SliceWiseInferer
+from .volume import SliceGeometry
 
 __all__ = ["PromptedVolumeInferer"]
 
@@ -40,17 +43,18 @@ class PromptedVolumeInferer(Inferer):
         inferer = SliceWiseInferer(model, self.batch_size, device=inputs.device, threshold=self.threshold)
         out = torch.zeros(prompt_label.shape, dtype=torch.float32, device=inputs.device)
         try:
+            identity = SliceGeometry(tuple(prompt_label.shape[2:]), np.array([[0, 1], [1, 1], [2, 1]]))
             for b in range(inputs.shape[0]):
                 label = prompt_label[b].cpu() > 0.5
-                prompts = {k: prompts_from_mask(label[k]) for k in range(label.shape[0])}
-                results = inferer.predict(inputs[b], prompts)
+                prompts = {k + 1: prompts_from_mask(label[k]) for k in range(label.shape[0])}
+                seg = segment_volume(inferer, inputs[b], identity, prompts)
                 if self.exclusive:
-                    labels = torch.as_tensor(inferer.label_map({k + 1: r for k, r in results.items()}, label.shape[1:]))
+                    labels = torch.as_tensor(seg.sliced_labels)
                     out[b] = torch.stack([labels == k + 1 for k in range(label.shape[0])]).float().to(out.device)
                 else:
-                    for k, per_slice in results.items():
+                    for k, per_slice in seg.results.items():
                         for z, res in per_slice.items():
-                            out[b, k, ..., z] = (res.prob > self.threshold).float().to(out.device)
+                            out[b, k - 1, ..., z] = (res.prob > self.threshold).float().to(out.device)
         finally:
             model.train(was_training)
         return convert_to_dst_type(out, dst=inputs)[0]  # a MetaTensor keeps the input's geometry for Invertd

@@ -195,10 +195,12 @@ def check_label(label, image, classes: Sequence[int] | None = None) -> tuple[np.
 
 @dataclass
 class VolumeSegmentation:
-    """What :func:`segment_volume` returns: per-class slice ``results`` (sliced view), the label map ``labels``
-    ``[X, Y, Z]`` in the stored orientation, and the number of slices that were segmented."""
+    """What :func:`segment_volume` returns: per-class slice ``results`` and the label map ``sliced_labels``
+    ``[H, W, D]`` in the sliced view, the label map ``labels`` ``[X, Y, Z]`` in the stored orientation, and the
+    number of slices that were segmented."""
 
     results: dict[int, dict[int, SliceResult]]
+    sliced_labels: np.ndarray
     labels: np.ndarray
     slices: int
 
@@ -225,8 +227,9 @@ def segment_volume(
     results = inferer.predict(volume, prompts.slices, cache=cache)
     for cls, obj in prompts.objects.items():
         results[cls] = {**results.get(cls, {}), **propagate(inferer, volume, obj, propagation, cache)}
-    labels = geometry.to_stored(inferer.label_map(results, tuple(volume.shape[1:])))
-    return VolumeSegmentation(results, labels, len({z for per in results.values() for z in per}))
+    sliced = inferer.label_map(results, tuple(volume.shape[1:]))
+    return VolumeSegmentation(results, sliced, geometry.to_stored(sliced),
+                              len({z for per in results.values() for z in per}))
 
 
 def segment_case(

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from ..losses import PromptDiceBCELoss
@@ -141,15 +140,22 @@ def volume_time(
     NIfTI) against the encoder alone over the same slices, in the same run; the best of ``repeats`` of each."""
     import tempfile
 
-    from ..inferers import Case, Preprocess, SliceWiseInferer, load_volume, prepare_volume, prompts_from_label
-    from ..inferers.segment import segment_case
+    from ..inferers import (
+        Case,
+        Preprocess,
+        SliceWiseInferer,
+        check_label,
+        load_volume,
+        prepare_volume,
+        prompts_from_label,
+        segment_case,
+    )
 
     inferer = SliceWiseInferer(build_model(model_name), device=device)
-    volume, geometry = prepare_volume(load_volume(image), Preprocess())
-    gt = geometry.to_sliced(load_volume(label)[0].numpy().round().astype(int))
-    if classes is not None:
-        gt = np.where(np.isin(gt, classes), gt, 0)
-    slices = sorted({z for per in prompts_from_label(gt).values() for z in per})
+    loaded = load_volume(image)
+    volume, geometry = prepare_volume(loaded, Preprocess())
+    gt, _ = check_label(load_volume(label), loaded, classes)  # the checks of monai-cbo segment --label
+    slices = sorted({z for per in prompts_from_label(geometry.to_sliced(gt)).values() for z in per})
     whole, encoder = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
