@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from monai_cbo.cli import main
-from monai_cbo.reports.gpu_check import GpuCheck
+from monai_cbo.reports.gpu_check import GpuCheck, _run_capped
 
 RETURNED = {"gpu_check.json", "gpu_check.md", "gpu_check.log", "cuda_tests.log", "cuda_tests.xml", "bench.log",
             "bench.tar.gz"}
@@ -53,3 +56,24 @@ def test_dry_run_without_cuda_runs_every_step_and_writes_the_returned_files(tmp_
 def test_unknown_step_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown step\(s\) \['benchmark'\]; choose from tests, throughput, bench"):
         GpuCheck(tmp_path, steps=("benchmark",))
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\tZ" not in next(x for x in status.read_text().splitlines() if x.startswith("State"))
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see whether the child process is gone")
+def test_a_step_past_its_cap_is_stopped_with_its_children(tmp_path):
+    # the bench is stopped this way when the call's time runs out; its child processes must not outlive it
+    program = ("import subprocess, sys, time; "
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+               "print('child', child.pid, flush=True); time.sleep(60)")
+    start = time.monotonic()
+    code, seconds = _run_capped([sys.executable, "-c", program], tmp_path / "log", timeout=3)
+    assert code is None and seconds < 20 and time.monotonic() - start < 20
+    log = (tmp_path / "log").read_text()
+    assert "stopped at its time cap of 3 s" in log
+    child = int(next(line for line in log.splitlines() if line.startswith("child ")).split()[1])
+    time.sleep(0.5)
+    assert not _alive(child)
