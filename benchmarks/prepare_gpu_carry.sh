@@ -74,7 +74,7 @@ print(f"  {len(datalist['training'])} training + {len(datalist['test'])} test ca
 PYTHON
 
 echo "== 3/3 what travels: the working tree (tracked + untracked-not-ignored) + .whl + .gpudata"
-tree=$(git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null | awk '{s+=$1} END {print s+0}')
+tree=$(git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null | awk '{s+=$1} END {print s+0}' || true)
 whl=$(du -sb .whl | cut -f1)
 data=$(du -sb .gpudata | cut -f1)
 total=$((tree + whl + data))
