@@ -384,6 +384,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="lora_cbo", choices=list(PRESETS), help="PEFT preset (default lora_cbo)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    from .timing.gpu_check import add_gpu_check_parser
+
+    add_gpu_check_parser(sub)
     return parser
 
 

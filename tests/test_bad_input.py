@@ -16,14 +16,17 @@ NIfTI files; the models are the random ``tiny`` (128 px SAM ViT) and ``tiny_tiny
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import re
 import signal
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
@@ -108,6 +111,12 @@ class Row:
 def _truncated(f: Files) -> object:
     good = f.image("good.nii.gz").read_bytes()
     return load_volume(f.write("cut.nii.gz", good[: len(good) // 2]))  # cut inside the compressed voxel data
+
+
+def _nrrd_without_simpleitk(f: Files) -> object:
+    path = f.write("brain.nrrd", b"NRRD0004\ntype: float\n\n")
+    with mock.patch.dict(sys.modules, {"SimpleITK": None}):  # `import SimpleITK` raises ImportError
+        return load_volume(path)
 
 
 def _folder_run(f: Files) -> int:
@@ -229,6 +238,9 @@ ROWS = [
         ValueError, "bad.nii.gz", r"cannot read .*; the file is corrupt or truncated: re-export or re-copy it"),
     Row("corrupt .nrrd", "load_volume", lambda f: load_volume(f.write("bad.nrrd", b"NRRD0004\ntype: float\n\n")),
         ValueError, "bad.nrrd", r"cannot read .*; the file is corrupt or truncated: re-export or re-copy it"),
+    Row(".nrrd without SimpleITK installed", "load_volume", _nrrd_without_simpleitk,
+        ValueError, "brain.nrrd", r"needs SimpleITK, which is not installed; install it \(pip install SimpleITK\) or "
+        r"convert the image to NIfTI"),
     Row("corrupt .nii.gz and a 2D image in a folder", "cli segment (folder run)", _folder_run,
         1, "corrupt.nii.gz", r"(?s)1 of 3 case\(s\) segmented.*FAILED corrupt: ValueError: cannot read .*re-copy it"
         r".*FAILED flat: ValueError: .*flat\.nii\.gz has 2 spatial dimensions", _folder_continued),
@@ -364,6 +376,8 @@ def _no_hang():
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"{r.case} | {r.entry}" for r in ROWS])
 def test_bad_input(row: Row, tmp_path, capsys, inferer, trained):
+    if row.case == "corrupt .nrrd" and importlib.util.find_spec("SimpleITK") is None:
+        pytest.skip("SimpleITK is not installed (it reads NRRD; NIfTI needs no SimpleITK)")
     f = Files(tmp_path, inferer, trained)
     result = None
     with warnings.catch_warnings(record=True) as caught:

@@ -3,6 +3,9 @@
 MONAI's own readers for these formats need ITK or pydicom; SimpleITK is already a dependency. Arrays come
 out in (x, y, z) voxel order like MONAI's NibabelReader, with a RAS affine (ITK's LPS flipped), so the
 rest of the pipeline treats every format alike.
+
+SimpleITK (about 50 MB) is imported only when such a file or folder is read: NIfTI-only work (training,
+benchmarks, the GPU check) runs without it installed, and a NRRD / DICOM read then says how to get it.
 """
 
 from __future__ import annotations
@@ -19,12 +22,22 @@ __all__ = ["SimpleITKReader", "is_dicom_folder"]
 SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 
+def _simpleitk(path: str | Path):
+    """The SimpleITK module, imported on first use; ValueError naming ``path`` and the fix if it is missing."""
+    try:
+        import SimpleITK as sitk
+    except ImportError as err:
+        raise ValueError(
+            f"{path}: reading NRRD, MetaImage or DICOM needs SimpleITK, which is not installed; install it "
+            "(pip install SimpleITK) or convert the image to NIfTI"
+        ) from err
+    return sitk
+
+
 def is_dicom_folder(path: str | Path) -> bool:
     """True for a directory holding a DICOM series (files SimpleITK's GDCM reader recognises)."""
-    import SimpleITK as sitk
-
     path = Path(path)
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    return path.is_dir() and bool(_simpleitk(path).ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
 class SimpleITKReader(ImageReader):
@@ -43,7 +56,7 @@ class SimpleITKReader(ImageReader):
         return all(str(f).lower().endswith(SUFFIXES) or is_dicom_folder(f) for f in ensure_tuple(filename))
 
     def _read_one(self, path: Path):
-        import SimpleITK as sitk
+        sitk = _simpleitk(path)
 
         if path.is_dir():
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
@@ -73,7 +86,7 @@ class SimpleITKReader(ImageReader):
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
-        import SimpleITK as sitk
+        import SimpleITK as sitk  # read() has imported it already
 
         arrays, meta = [], {}
         for image in img if isinstance(img, list) else [img]:

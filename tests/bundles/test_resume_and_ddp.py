@@ -70,6 +70,16 @@ def test_two_process_gloo_run_completes_and_only_rank_0_saves(demo_data, tmp_pat
     assert (tmp_path / "ddp" / "models" / "best_adapter.pt").is_file()
 
 
+def test_ddp_trains_past_its_first_iteration(demo_data, tmp_path):
+    # the mask decoder's IoU head is trainable but not in the loss: DDP must not wait for its gradients
+    # (it did, and failed at the second iteration, before find_unused_parameters)
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29534"]
+    _bundle(["training", "--config_file", configs, "--max_epochs", "1", "--batch_size", "1"], tmp_path / "ddp",
+            demo_data, launcher)
+    assert _state(tmp_path / "ddp")["trainer"]["iteration"] == 2  # 2 training volumes, one per iteration
+
+
 def test_same_seed_gives_bitwise_identical_weights_on_the_cpu(demo_data, tmp_path):
     train = ["training", "--config_file", str(CONFIGS / "train.json"), "--max_epochs", "1"]
     for run, seed in (("a", "0"), ("b", "0"), ("c", "1")):
