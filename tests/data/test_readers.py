@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 _PROGRAM = """
 import json, sys
 import monai_cbo, monai_cbo.bench, monai_cbo.cli, monai_cbo.data, monai_cbo.models, monai_cbo.training
-import monai_cbo.handlers, monai_cbo.inferers.engine, monai_cbo.losses, monai_cbo.timing.gpu_check, monai_cbo.transforms, monai_cbo.utils
+import monai_cbo.handlers, monai_cbo.inferers.engine, monai_cbo.losses, monai_cbo.timing.gpu_check
+import monai_cbo.transforms, monai_cbo.utils
 after_import = "SimpleITK" in sys.modules
 code = monai_cbo.cli.main(["segment", sys.argv[1], "-o", sys.argv[2], "--label", sys.argv[3], "--model", "tiny"])
 print(json.dumps({"code": code, "after_import": after_import, "after_segment": "SimpleITK" in sys.modules}))
