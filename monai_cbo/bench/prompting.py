@@ -51,7 +51,7 @@ from ..inferers import (
     propagate,
 )
 from ..inferers.prompts import prompts_from_mask
-from ..inferers.propagation import stops
+from ..inferers.propagation import _similarity, mask_feature, stops
 from ..metrics import dice_3d
 from ..utils import write_atomic
 
@@ -81,6 +81,7 @@ STOP_GRID: dict[str, list] = {
     "min_overlap": [0.0, 0.3, 0.5, 0.7],
     "min_iou": [0.0, 0.5, 0.7, 0.8],
     "min_confidence": [0.0, 0.7, 0.8, 0.9],
+    "min_similarity": [-1.0, 0.5, 0.7, 0.8, 0.9],
     "max_key_area": [1.0, 1.5, 2.0, 1e9],
     "stop_in_range": [False, True],
 }
@@ -259,13 +260,17 @@ def _record(inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protoc
     ranged = prompt.z_range is not None
     span = prompt.z_range or (max(0, int(present[0]) - RECORD_BEYOND), min(depth - 1, int(present[-1]) + RECORD_BEYOND))
     open_rules = config.replace(max_growth=1e9, min_shrink=0.0, min_overlap=0.0, min_iou=0.0, min_confidence=0.0,
-                                max_key_area=1e9, stop_in_range=False)
+                                min_similarity=-1.0, max_key_area=1e9, stop_in_range=False)
     results = propagate(inferer, loaded.volume, ObjectPrompt(prompt.keys, span, prompt.points), open_rules,
                         loaded.cache)
     thr = inferer.threshold
     masks = {z: r.prob.numpy() > thr for z, r in results.items()}
     lo, hi = prompt.keys[0].slice, prompt.keys[-1].slice
     fixed = [z for z in masks if lo <= z <= hi]
+
+    def feature(z: int) -> torch.Tensor | None:
+        return mask_feature(loaded.cache[z], results[z].low_res)
+
     directions = []
     for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):
         zs = []
@@ -283,6 +288,7 @@ def _record(inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protoc
             "iou": np.array([results[z].iou for z in zs]),
             "confidence": np.array([results[z].prob.numpy()[masks[z]].mean() if masks[z].any() else 0.0 for z in zs]),
             "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
+            "similarity": np.array([_similarity(feature(z), feature(key.slice)) for z in zs]),
         })
     return _Track(loaded.case.set, protocol, ranged, float(sum((masks[z] & mask[..., z]).sum() for z in fixed)),
                   float(sum(masks[z].sum() for z in fixed)), float(mask.sum()), directions)
@@ -304,7 +310,7 @@ def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarr
         if n == 0:
             continue
         stop = stops(grid, d["area"][:, None], d["before_area"][:, None], d["key_area"], d["overlap"][:, None],
-                     d["iou"][:, None], d["confidence"][:, None], track.ranged)
+                     d["iou"][:, None], d["confidence"][:, None], d["similarity"][:, None], track.ranged)
         kept = np.where(stop.any(axis=0), stop.argmax(axis=0), n)
         inter += np.concatenate([[0.0], np.cumsum(d["inter"])])[kept]
         area += np.concatenate([[0.0], np.cumsum(d["area"])])[kept]

@@ -13,9 +13,9 @@ How an object is grown from its key boxes (:func:`propagate`):
 3. Beyond the outermost keys (and never past the z range of a 3D box), each next slice is prompted with the
    previous prediction's tight box grown by a margin, optionally with its low-resolution logits as a mask
    prompt. A direction stops at the first slice whose mask vanishes, jumps in area against the previous
-   slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, or
-   outgrows a multiple of its key box's area (:class:`PropagationConfig` names each threshold). That slice is
-   not kept.
+   slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, does
+   not look like the key slice's object in the image embedding, or outgrows a multiple of its key box's
+   area (:class:`PropagationConfig` names each threshold). That slice is not kept.
 
 The defaults were chosen by ``monai-cbo prompts-bench --sweep`` on shared volumes of several kinds with a
 validation part held back; see ``docs/benchmarks/propagation.md`` for the sweep and its table.
@@ -32,7 +32,7 @@ import torch
 from .embeddings import EmbeddingCache
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
-__all__ = ["KeyBox", "ObjectPrompt", "PropagationConfig", "propagate", "stops"]
+__all__ = ["KeyBox", "ObjectPrompt", "PropagationConfig", "mask_feature", "propagate", "stops"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class PropagationConfig:
             caught another structure).
         min_iou: stop where SAM's own IoU estimate falls below this.
         min_confidence: stop where the mean foreground probability inside the mask falls below this.
+        min_similarity: stop where the image embedding averaged inside the mask is less similar (cosine) to the
+            key slice's than this: the box caught tissue that does not look like the object (-1: off).
         max_key_area: stop where the mask's area exceeds this multiple of its key box's area (w x h): a
             propagated mask never grows beyond it.
         neighbour_weight: between two keys, how far (0..1) the interpolated box moves towards the box of the
@@ -68,6 +70,7 @@ class PropagationConfig:
     min_overlap: float = 0.5
     min_iou: float = 0.5
     min_confidence: float = 0.0
+    min_similarity: float = -1.0
     max_key_area: float = 1.5
     neighbour_weight: float = 0.5
     point_reach: int = 2
@@ -82,6 +85,8 @@ class PropagationConfig:
             raise ValueError(
                 f"max_growth must be > 1 and max_key_area > 0, got {self.max_growth} and {self.max_key_area}"
             )
+        if not -1 <= self.min_similarity <= 1:
+            raise ValueError(f"min_similarity is a cosine similarity in [-1, 1], got {self.min_similarity}")
         if not 0 <= self.neighbour_weight <= 1:
             raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
         if self.point_reach < 0 or self.min_area < 1:
@@ -142,23 +147,40 @@ class ObjectPrompt:
             self.z_range = (lo, hi)
 
 
-def stops(config, area, before_area, key_area, overlap, iou, confidence, ranged: bool):
+def stops(config, area, before_area, key_area, overlap, iou, confidence, similarity, ranged: bool):
     """Whether propagation stops at a slice whose mask has ``area`` pixels, after a slice of ``before_area``:
     the one statement of the stop rules (see :class:`PropagationConfig`). The thresholds of ``config`` and the
     measures may be NumPy arrays (the sweep evaluates many settings at once); the result then is one too.
 
     ``overlap``: the fraction of the mask on the previous slice's mask; ``iou``: SAM's estimate; ``confidence``:
-    the mean probability inside the mask; ``ranged``: the object has a z range (a 3D box)."""
+    the mean probability inside the mask; ``similarity``: the cosine similarity of the mask's mean embedding to
+    the key slice's (see :func:`mask_feature`); ``ranged``: the object has a z range (a 3D box)."""
     rules = (
         (area > config.max_growth * before_area)
         | (area < config.min_shrink * before_area)
         | (overlap < config.min_overlap)
         | (iou < config.min_iou)
         | (confidence < config.min_confidence)
+        | (similarity < config.min_similarity)
     )
     if ranged:
         rules = rules & config.stop_in_range
     return (area < config.min_area) | (area > config.max_key_area * key_area) | rules
+
+
+def mask_feature(embedding: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor | None:
+    """The image embedding ``[1, C, h, w]`` averaged over a mask given by its low-resolution logits ``[L, L]``
+    (model-input space, L a multiple of h), unit length; None for an empty mask."""
+    h = embedding.shape[-1]
+    inside = torch.nn.functional.avg_pool2d((low_res > 0).float()[None, None], low_res.shape[-1] // h)[0, 0] > 0.5
+    if not inside.any():
+        return None
+    feature = embedding[0].float().to(inside.device)[:, inside].mean(dim=1)
+    return feature / feature.norm().clamp_min(1e-12)
+
+
+def _similarity(feature: torch.Tensor | None, key: torch.Tensor | None) -> float:
+    return -1.0 if feature is None or key is None else float(feature @ key)
 
 
 def _grow(box: np.ndarray, config: PropagationConfig, size: tuple[int, int]) -> np.ndarray:
@@ -188,6 +210,7 @@ def propagate(
     lo, hi = max(lo, 0), min(hi, depth - 1)
     thr = inferer.threshold
     point_slices = sorted(prompt.points)
+    features: dict[int, torch.Tensor | None] = {}  # per slice, for the similarity rule
 
     def run(z: int, box: np.ndarray, previous: SliceResult | None = None) -> SliceResult:
         near = [k for k in point_slices if abs(k - z) <= config.point_reach]
@@ -195,7 +218,10 @@ def propagate(
         labels = np.concatenate([prompt.points[k][1] for k in near]) if near else None
         logits = previous.low_res if (config.mask_prompt and previous is not None) else None
         _, emb = next(inferer.encode(volume, [z], cache))
-        return inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
+        res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
+        if config.min_similarity > -1:
+            features[z] = mask_feature(emb, res.low_res)
+        return res
 
     def area(res: SliceResult) -> int:
         return int((res.prob > thr).sum())
@@ -233,7 +259,8 @@ def propagate(
             now = int(mask.sum())
             overlap = float((mask & before).sum()) / max(now, 1)
             confidence = float(res.prob[mask].mean()) if now else 0.0
-            if stops(config, now, before_area, key.area, overlap, res.iou, confidence, ranged):
+            similarity = _similarity(features.get(z), features.get(key.slice))
+            if stops(config, now, before_area, key.area, overlap, res.iou, confidence, similarity, ranged):
                 break
             results[z] = res
             previous = res
