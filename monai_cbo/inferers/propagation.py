@@ -23,6 +23,7 @@ validation part held back; see ``docs/benchmarks/propagation.md`` for the sweep 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
@@ -37,7 +38,9 @@ __all__ = ["KeyBox", "ObjectPrompt", "PropagationConfig", "mask_feature", "propa
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    """The rules of :func:`propagate`; every threshold is named here with its tuned default.
+    """The rules of :func:`propagate`; every threshold is named here with its default, chosen by the sweep in
+    ``docs/benchmarks/propagation.md`` (``point_reach`` and ``min_area`` were not swept). A rule at its most
+    lenient value (0, -1 or infinity) is off: the sweep switched on only those that helped on its tune part.
 
     Args:
         margin: a propagated box is the previous mask's tight box grown on each side by this fraction of its
@@ -62,19 +65,19 @@ class PropagationConfig:
         min_area: fewer foreground pixels than this is an empty mask.
     """
 
-    margin: float = 0.0
-    min_margin: float = 1.0
+    margin: float = 0.1
+    min_margin: float = 2.0
     mask_prompt: bool = False
-    max_growth: float = 1.5
-    min_shrink: float = 0.1
-    min_overlap: float = 0.5
-    min_iou: float = 0.5
+    max_growth: float = math.inf
+    min_shrink: float = 0.0
+    min_overlap: float = 0.0
+    min_iou: float = 0.7
     min_confidence: float = 0.0
-    min_similarity: float = -1.0
-    max_key_area: float = 1.5
-    neighbour_weight: float = 0.5
+    min_similarity: float = 0.5
+    max_key_area: float = 1.0
+    neighbour_weight: float = 1.0
     point_reach: int = 2
-    stop_in_range: bool = False
+    stop_in_range: bool = True
     min_area: int = 4
 
     def __post_init__(self) -> None:

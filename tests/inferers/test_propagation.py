@@ -33,13 +33,13 @@ class SceneInferer(SliceWiseInferer):
                 yield z, cache[z]
                 continue
             self.encoded.append(z)
-            emb = torch.tensor([z])
+            emb = torch.full((1, 4, 16, 16), float(z))  # every slice 'looks' the same to the similarity rule
             if cache is not None:
                 cache[z] = emb
             yield z, emb
 
     def decode(self, embedding, prompts, size):
-        z = int(embedding[0])
+        z = int(embedding[0, 0, 0, 0])
         out = []
         for p in prompts:
             self.prompts.setdefault(z, []).append(p)
@@ -51,7 +51,8 @@ class SceneInferer(SliceWiseInferer):
                                      else [], strict=True):
                 if label == 0:
                     prob[(rows - y) ** 2 + (cols - x) ** 2 <= 36] = 0
-            out.append(SliceResult(prob, 0.9, torch.zeros(8, 8)))
+            low_res = torch.nn.functional.avg_pool2d(prob[None, None], 4)[0, 0] - 0.25  # > 0: a quarter covered
+            out.append(SliceResult(prob, 0.9, low_res))
         return out
 
 
@@ -88,7 +89,7 @@ def test_a_leak_past_the_end_stops_the_direction():
     scene = _blob_scene()
     scene[..., 21:] = _disc((64, 64), (32, 32), 30)[..., None]  # a large structure right after the object ends
     inferer = SceneInferer(scene)
-    config = PropagationConfig(margin=0.1, min_margin=3, max_key_area=1e9)  # only the area-jump rule can stop it
+    config = PropagationConfig(margin=0.1, min_margin=3, max_key_area=1e9, max_growth=1.5)  # the area-jump rule
     results = propagate(inferer, VOLUME, ObjectPrompt([KeyBox(12, _box(scene[..., 12]))]), config)
     assert max(results) == 20
 
@@ -218,3 +219,50 @@ def test_background_points_cut_a_leak_with_litemedsam():
     mask = fixed[1].prob.numpy() > 0.5
     assert leaking[b].mean() > 0.5 and mask[b].mean() < 0.5 * leaking[b].mean()
     assert mask[a].mean() > 0.8
+
+
+# real volumes of three kinds from the validation part of docs/benchmarks/propagation/suite.json where the
+# published table shows one key box at >= 0.85 of per-slice boxes (it does not hold on every set: see the docs):
+# (image, label, label values of the target, modality, channels)
+BRATS = "BraTS2015_deepmedic/brats_2013_pat0005_1/"
+REAL_VOLUMES = {
+    "CT right kidney": ("TotalSegmentator_examples/example_ct.nii.gz",
+                        "TotalSegmentator_examples/example_seg_fast_force_split.nii.gz", [2], "ct", None),
+    "breast MRI lesion (NRRD)": ("pyradiomics_nrrd/breast1_image.nrrd", "pyradiomics_nrrd/breast1_label.nrrd", [1],
+                                 "mri", None),
+    "brain tumour core (FLAIR + T1c)": (
+        [BRATS + "Flair_subtrMeanDivStd.nii.gz", BRATS + "T1c_subtrMeanDivStd.nii.gz"],
+        BRATS + "OTMultiClass.nii.gz", [1, 3, 4], "mri", [0, 1],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def litemedsam_inferer() -> SliceWiseInferer:
+    return SliceWiseInferer(build_model("litemedsam"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REAL_VOLUMES))
+def test_one_key_box_on_real_volumes_keeps_most_of_the_per_slice_box_dice(name, litemedsam_inferer):
+    """With the default settings (chosen by the sweep on other volumes): one key box on the largest slice keeps
+    >= 0.85 of the Dice of a box on every slice; a 3D box predicts nothing outside its slices; no propagated
+    mask outgrows max_key_area x its key box."""
+    from realdata import shared_data
+
+    from monai_cbo.bench.prompting import SuiteCase, _load, _score, protocol_prompt
+
+    image, label, values, modality, channels = REAL_VOLUMES[name]
+    image = [str(shared_data(p)) for p in image] if isinstance(image, list) else str(shared_data(image))
+    case = SuiteCase("test", name, image, str(shared_data(label)), "validation", modality, {"target": values},
+                     channels)
+    loaded = _load(case, None, "litemedsam")
+    config = PropagationConfig()
+    rows = {r["protocol"]: r for r in _score(litemedsam_inferer, loaded, ["per_slice", "one_key", "box3d"], config)}
+    assert rows["one_key"]["dice"] >= 0.85 * rows["per_slice"]["dice"], rows
+    assert rows["box3d"]["slices_outside"] == 0
+    prompt = protocol_prompt(loaded.masks["target"], "one_key")
+    results = propagate(litemedsam_inferer, loaded.volume, prompt, config, loaded.cache)
+    key = prompt.keys[0]
+    areas = [int((r.prob > 0.5).sum()) for z, r in results.items() if z != key.slice]
+    assert max(areas, default=0) <= config.max_key_area * key.area
