@@ -45,8 +45,14 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.model, "machine": machine_summary("cpu"), "speedups": figures}, indent=2))
         return 0
     presets = [check_option("preset", p, PRESETS) for p in args.presets]
-    result: dict = {"model": args.model, "machine": machine_summary(device), "batch": args.batch,
-                    "prompts_per_image": args.prompts, "steps": args.steps, "amp": args.amp}
+    result: dict = {
+        "model": args.model,
+        "machine": machine_summary(device),
+        "batch": args.batch,
+        "prompts_per_image": args.prompts,
+        "steps": args.steps,
+        "amp": args.amp,
+    }
     if not args.skip_encoder:
         result["encoder_per_slice"] = encoder_time_per_slice(args.model, args.steps, device, args.amp)
     for image, label in args.volume or []:
@@ -54,13 +60,15 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     if not presets:
         print(json.dumps(result, indent=2))
         return 0
-    steps = training_step_times(args.model, presets, args.batch, args.prompts, args.steps,
-                                device=device, amp=args.amp)
-    result["train_step"] = {p: {"median_s": round(v["median_s"], 4), "times_s": [round(t, 4) for t in v["times_s"]]}
-                            for p, v in steps.items()}
+    steps = training_step_times(args.model, presets, args.batch, args.prompts, args.steps, device=device, amp=args.amp)
+    result["train_step"] = {
+        p: {"median_s": round(v["median_s"], 4), "times_s": [round(t, 4) for t in v["times_s"]]}
+        for p, v in steps.items()
+    }
     result["cbo_overhead"] = {
         f"{base}_cbo/{base}": round(steps[f"{base}_cbo"]["median_s"] / steps[base]["median_s"], 4)
-        for base in ("lora", "adapter") if base in steps and f"{base}_cbo" in steps
+        for base in ("lora", "adapter")
+        if base in steps and f"{base}_cbo" in steps
     }
     result["peak_memory_mib"] = round(peak_memory_mib(device), 1)
     print(json.dumps(result, indent=2))
@@ -146,12 +154,23 @@ def _cmd_prompts_bench(args: argparse.Namespace) -> int:
     config = PropagationConfig().replace(**dict(args.set_option or []))
     model = _load_model(args)
     tag = args.adapter and f"{model.model_name}+{Path(args.adapter).name}" or (args.model or "litemedsam")
-    result = run_prompts_bench(args.suite, args.data_root, args.out, model, tag, config, sweep=args.sweep,
-                               sets=args.sets, cache_dir=args.cache_dir,
-                               log=lambda line: print(line, flush=True))
+    result = run_prompts_bench(
+        args.suite,
+        args.data_root,
+        args.out,
+        model,
+        tag,
+        config,
+        sweep=args.sweep,
+        sets=args.sets,
+        cache_dir=args.cache_dir,
+        log=lambda line: print(line, flush=True),
+    )
     print((Path(args.out) / "summary.md").read_text())
-    print(f"settings used: {json.dumps(result['config'])}\nresults in {args.out} (rows.csv, summary.json, summary.md"
-          f"{', sweep.csv' if args.sweep else ''})")
+    print(
+        f"settings used: {json.dumps(result['config'])}\nresults in {args.out} (rows.csv, summary.json, summary.md"
+        f"{', sweep.csv' if args.sweep else ''})"
+    )
     return 0
 
 
@@ -194,40 +213,107 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if code:
             raise SystemExit(f"monai-cbo demo: step '{title}' failed (exit code {code}); see its output above")
 
-    step("1/3 demo data: synthetic CT with a spleen-like organ (label 1)",
-         [sys.executable, "data_prep/make_demo_data.py", str(data), "-o", str(data / "datalist.json"),
-          "-n", str(args.cases), "--seed", str(args.seed), "--val-fraction", "0.17", "--test-fraction", "0.17",
-          "--overwrite"])
+    step(
+        "1/3 demo data: synthetic CT with a spleen-like organ (label 1)",
+        [
+            sys.executable,
+            "data_prep/make_demo_data.py",
+            str(data),
+            "-o",
+            str(data / "datalist.json"),
+            "-n",
+            str(args.cases),
+            "--seed",
+            str(args.seed),
+            "--val-fraction",
+            "0.17",
+            "--test-fraction",
+            "0.17",
+            "--overwrite",
+        ],
+    )
     # a short CPU schedule: one volume per step, 2 slices each (batches of 2D slices are not faster per slice
     # on a CPU, and a smaller step shows progress sooner)
-    common = ["--dataset_dir", str(data), "--output_dir", str(out), "--peft#preset", args.preset, "--seed",
-              str(args.seed), "--max_epochs", str(args.epochs), "--val_interval", str(max(1, args.epochs // 2)),
-              "--batch_size", "1", "--slices_per_volume", "2"]
-    step(f"2/3 train the spleen bundle: LiteMedSAM + {args.preset}, {args.epochs} epochs",
-         [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(configs / "train.json"),
-          *common])
-    step("3/3 evaluate the best adapter on the held-out case: NIfTI masks + Dice table",
-         [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-          f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']", *common, "--overwrite", "true"])
-    print(f"\ndone in {time.perf_counter() - start:.0f} s. Outputs in {out}:\n"
-          f"  data/                      synthetic cases + datalist.json\n"
-          f"  models/best_adapter.pt     adapter-only checkpoint (best validation Dice)\n"
-          f"  eval/*_seg.nii.gz          masks in the input geometry\n"
-          f"  eval/metrics_per_case.csv  Dice / HD95 / NSD per case; eval/metrics_summary.md\n"
-          f"  tensorboard/               training curves")
+    common = [
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--peft#preset",
+        args.preset,
+        "--seed",
+        str(args.seed),
+        "--max_epochs",
+        str(args.epochs),
+        "--val_interval",
+        str(max(1, args.epochs // 2)),
+        "--batch_size",
+        "1",
+        "--slices_per_volume",
+        "2",
+    ]
+    step(
+        f"2/3 train the spleen bundle: LiteMedSAM + {args.preset}, {args.epochs} epochs",
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            str(configs / "train.json"),
+            *common,
+        ],
+    )
+    step(
+        "3/3 evaluate the best adapter on the held-out case: NIfTI masks + Dice table",
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
+            *common,
+            "--overwrite",
+            "true",
+        ],
+    )
+    print(
+        f"\ndone in {time.perf_counter() - start:.0f} s. Outputs in {out}:\n"
+        f"  data/                      synthetic cases + datalist.json\n"
+        f"  models/best_adapter.pt     adapter-only checkpoint (best validation Dice)\n"
+        f"  eval/*_seg.nii.gz          masks in the input geometry\n"
+        f"  eval/metrics_per_case.csv  Dice / HD95 / NSD per case; eval/metrics_summary.md\n"
+        f"  tensorboard/               training curves"
+    )
     return 0
 
 
 def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
     """How volumes become model input (:class:`~monai_cbo.inferers.Preprocess`): shared by segment and bench."""
-    p.add_argument("--modality", default="auto", choices=["auto", "ct", "mri"],
-                   help="intensity scaling: CT window or MRI percentiles (default auto: CT if air in HU is found)")
-    p.add_argument("--window", dest="ct_window", type=_list_of(float, 2, "--window"), default=[-500.0, 1000.0],
-                   help="CT window lo,hi in HU (default -500,1000)")
-    p.add_argument("--channels", type=_list_of(int, what="--channels"), default=None,
-                   help="input channels to use, e.g. 0,1,3")
-    p.add_argument("--view", default="axial", choices=["axial", "coronal", "sagittal"],
-                   help="slicing direction after reorienting to RAS (default axial, as the bundles train)")
+    p.add_argument(
+        "--modality",
+        default="auto",
+        choices=["auto", "ct", "mri"],
+        help="intensity scaling: CT window or MRI percentiles (default auto: CT if air in HU is found)",
+    )
+    p.add_argument(
+        "--window",
+        dest="ct_window",
+        type=_list_of(float, 2, "--window"),
+        default=[-500.0, 1000.0],
+        help="CT window lo,hi in HU (default -500,1000)",
+    )
+    p.add_argument(
+        "--channels", type=_list_of(int, what="--channels"), default=None, help="input channels to use, e.g. 0,1,3"
+    )
+    p.add_argument(
+        "--view",
+        default="axial",
+        choices=["axial", "coronal", "sagittal"],
+        help="slicing direction after reorienting to RAS (default axial, as the bundles train)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -240,63 +326,105 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("params", help="print trainable parameter counts of a model + preset as JSON",
-                       description="Trainable parameter counts (peft, cbo, decoder, total_trainable, total). "
-                                   "SAM ViT shapes need no weights for this.")
+    p = sub.add_parser(
+        "params",
+        help="print trainable parameter counts of a model + preset as JSON",
+        description="Trainable parameter counts (peft, cbo, decoder, total_trainable, total). "
+        "SAM ViT shapes need no weights for this.",
+    )
     p.add_argument("--model", default="litemedsam", choices=list(MODELS), help="model name (default litemedsam)")
     p.add_argument("--preset", default="lora_cbo", choices=list(PRESETS), help="PEFT preset (default lora_cbo)")
-    p.add_argument("--rank", type=int, default=None,
-                   help="LoRA rank / adapter width (default 4 for LoRA, 16 for the adapter)")
+    p.add_argument(
+        "--rank", type=int, default=None, help="LoRA rank / adapter width (default 4 for LoRA, 16 for the adapter)"
+    )
     p.add_argument("--checkpoint", default=None, help="base model weights (not needed for counting)")
     p.set_defaults(func=_cmd_params)
 
-    p = sub.add_parser("speed", help="time training steps per preset (interleaved) and the encoder per slice",
-                       description="Training step time per preset, timed interleaved so ratios are fair; "
-                                   "CBO overhead ratios; encoder seconds per slice; peak memory (CUDA "
-                                   "allocator peak, or the process's peak resident set on the CPU).")
+    p = sub.add_parser(
+        "speed",
+        help="time training steps per preset (interleaved) and the encoder per slice",
+        description="Training step time per preset, timed interleaved so ratios are fair; "
+        "CBO overhead ratios; encoder seconds per slice; peak memory (CUDA "
+        "allocator peak, or the process's peak resident set on the CPU).",
+    )
     p.add_argument("--model", default="litemedsam", choices=list(MODELS))
-    p.add_argument("--presets", type=_list_of(str, what="--presets"), default=list(DEFAULT_SPEED_PRESETS),
-                   help=f"comma-separated presets (default {','.join(DEFAULT_SPEED_PRESETS)})")
+    p.add_argument(
+        "--presets",
+        type=_list_of(str, what="--presets"),
+        default=list(DEFAULT_SPEED_PRESETS),
+        help=f"comma-separated presets (default {','.join(DEFAULT_SPEED_PRESETS)})",
+    )
     p.add_argument("--batch", type=int, default=1, help="images per step (default 1)")
     p.add_argument("--prompts", type=int, default=2, help="box prompts per image (default 2)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per preset after one warm-up (default 5)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="autocast (mixed precision)")
     p.add_argument("--skip-encoder", action="store_true", help="do not time the encoder alone")
-    p.add_argument("--volume", nargs=2, action="append", metavar=("IMAGE", "LABEL"),
-                   help="also time segmenting this volume end to end against its encoder-only time (repeatable)")
-    p.add_argument("--classes", type=_list_of(int, what="--classes"), default=None,
-                   help="with --volume: label values to prompt (default all present)")
-    p.add_argument("--speedups", action="store_true",
-                   help="instead: before/after ratios of the CPU speed-ups (feature caches, inference_mode, "
-                        "channels-last, torch.compile), each with the largest output difference")
+    p.add_argument(
+        "--volume",
+        nargs=2,
+        action="append",
+        metavar=("IMAGE", "LABEL"),
+        help="also time segmenting this volume end to end against its encoder-only time (repeatable)",
+    )
+    p.add_argument(
+        "--classes",
+        type=_list_of(int, what="--classes"),
+        default=None,
+        help="with --volume: label values to prompt (default all present)",
+    )
+    p.add_argument(
+        "--speedups",
+        action="store_true",
+        help="instead: before/after ratios of the CPU speed-ups (feature caches, inference_mode, "
+        "channels-last, torch.compile), each with the largest output difference",
+    )
     p.add_argument("--no-compile", action="store_true", help="with --speedups: skip torch.compile (slow to compile)")
     p.set_defaults(func=_cmd_speed)
 
-    p = sub.add_parser("segment", help="segment a volume or a folder of volumes with prompts; writes NIfTI masks",
-                       description="Slice-wise prompted segmentation. Masks are written as OUT/<case>_seg.nii.gz "
-                                   "in the input's geometry. A bad case is reported and the others still run "
-                                   "(exit code 1 if any failed).")
+    p = sub.add_parser(
+        "segment",
+        help="segment a volume or a folder of volumes with prompts; writes NIfTI masks",
+        description="Slice-wise prompted segmentation. Masks are written as OUT/<case>_seg.nii.gz "
+        "in the input's geometry. A bad case is reported and the others still run "
+        "(exit code 1 if any failed).",
+    )
     p.add_argument("input", help="image file (.nii/.nii.gz/.nrrd/.mha), DICOM series folder, or a folder of them")
     p.add_argument("-o", "--output", required=True, help="output folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--label", help="label map (or folder of them): a box per slice and class, and Dice scores")
-    src.add_argument("--prompts", "--boxes3d", dest="prompts",
-                     help="prompt JSON (or folder of <case>.json): 3D boxes, key boxes, points; see "
-                          "monai_cbo.inferers.prompts")
-    src.add_argument("--key-box", type=_list_of(float, 6, "--key-box"), metavar="I0,J0,K0,I1,J1,K1",
-                     action="append",
-                     help="a box in stored voxel indices, propagated slice by slice. Flat (k0 = k1): drawn on "
-                          "slice k0; repeat it on other slices of the object (top, middle, bottom) and the slices "
-                          "between are prompted from both. Thick (k0 < k1): a 3D box; propagation starts on its "
-                          "middle slice (or --key-slice) and never leaves k0..k1")
+    src.add_argument(
+        "--prompts",
+        "--boxes3d",
+        dest="prompts",
+        help="prompt JSON (or folder of <case>.json): 3D boxes, key boxes, points; see monai_cbo.inferers.prompts",
+    )
+    src.add_argument(
+        "--key-box",
+        type=_list_of(float, 6, "--key-box"),
+        metavar="I0,J0,K0,I1,J1,K1",
+        action="append",
+        help="a box in stored voxel indices, propagated slice by slice. Flat (k0 = k1): drawn on "
+        "slice k0; repeat it on other slices of the object (top, middle, bottom) and the slices "
+        "between are prompted from both. Thick (k0 < k1): a 3D box; propagation starts on its "
+        "middle slice (or --key-slice) and never leaves k0..k1",
+    )
     p.add_argument("--key-slice", type=int, default=None, help="with a thick --key-box: the slice to start from")
-    p.add_argument("--point", type=_list_of(float, 4, "--point"), action="append", metavar="I,J,K,L",
-                   help="with --key-box: a correction point, L = 1 foreground / 0 background (e.g. where the mask "
-                        "leaks); it also prompts the slices near K (repeatable)")
+    p.add_argument(
+        "--point",
+        type=_list_of(float, 4, "--point"),
+        action="append",
+        metavar="I,J,K,L",
+        help="with --key-box: a correction point, L = 1 foreground / 0 background (e.g. where the mask "
+        "leaks); it also prompts the slices near K (repeatable)",
+    )
     p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-box")
-    p.add_argument("--classes", type=_list_of(int, what="--classes"), default=None,
-                   help="with --label: label values to segment, e.g. 1 for the spleen (default all present)")
+    p.add_argument(
+        "--classes",
+        type=_list_of(int, what="--classes"),
+        default=None,
+        help="with --label: label values to segment, e.g. 1 for the spleen (default all present)",
+    )
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
     p.add_argument("--adapter", help="adapter checkpoint written by training")
@@ -307,20 +435,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_segment)
 
-    p = sub.add_parser("bench", help="ablation: train and score PEFT presets x seeds on one dataset (resumable)",
-                       description="Trains every preset for the same budget (steps x slices, cosine LR) with each "
-                                   "seed, segments the evaluation split with box prompts from its labels and keeps "
-                                   "per run: adapter, per-case metrics, masks, result.json. Re-running the same "
-                                   "command resumes: finished (preset, seed) runs are not redone.")
+    p = sub.add_parser(
+        "bench",
+        help="ablation: train and score PEFT presets x seeds on one dataset (resumable)",
+        description="Trains every preset for the same budget (steps x slices, cosine LR) with each "
+        "seed, segments the evaluation split with box prompts from its labels and keeps "
+        "per run: adapter, per-case metrics, masks, result.json. Re-running the same "
+        "command resumes: finished (preset, seed) runs are not redone.",
+    )
     p.add_argument("datalist", type=_absolute, help="datalist JSON written by a data_prep/ script (fixed split)")
     p.add_argument("-o", "--out", required=True, help="bench folder (created; resumed if it exists)")
-    p.add_argument("--dataset-dir", type=_absolute, default=None,
-                   help="base folder of the datalist's paths (default: its own)")
-    p.add_argument("--presets", type=_list_of(str, what="--presets"), default=list(ABLATION_PRESETS),
-                   help=f"comma-separated presets (default {','.join(ABLATION_PRESETS)}; add 'full' for full "
-                        "fine-tuning)")
-    p.add_argument("--seeds", type=_list_of(int, what="--seeds"), default=[0, 1, 2],
-                   help="comma-separated seeds (default 0,1,2)")
+    p.add_argument(
+        "--dataset-dir", type=_absolute, default=None, help="base folder of the datalist's paths (default: its own)"
+    )
+    p.add_argument(
+        "--presets",
+        type=_list_of(str, what="--presets"),
+        default=list(ABLATION_PRESETS),
+        help=f"comma-separated presets (default {','.join(ABLATION_PRESETS)}; add 'full' for full fine-tuning)",
+    )
+    p.add_argument(
+        "--seeds", type=_list_of(int, what="--seeds"), default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)"
+    )
     p.add_argument("--model", default="litemedsam", choices=list(MODELS))
     p.add_argument("--checkpoint", default=None, help="base model weights (SAM ViT .pth)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank / adapter width (default 4 / 16)")
@@ -330,8 +466,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--jitter", type=int, default=5, help="training box jitter in model pixels (default 5)")
     p.add_argument("--min-pixels", type=int, default=4, help="pixels a class needs on a slice to be prompted (4)")
-    p.add_argument("--classes", type=_list_of(int, what="--classes"), default=None,
-                   help="label values to prompt, e.g. 1,2 (default: all present)")
+    p.add_argument(
+        "--classes",
+        type=_list_of(int, what="--classes"),
+        default=None,
+        help="label values to prompt, e.g. 1,2 (default: all present)",
+    )
     p.add_argument("--train-split", default="training", help="datalist list to train on (default training)")
     p.add_argument("--eval-split", default="test", help="datalist list to score (default test)")
     p.add_argument("--max-train-cases", type=int, default=None, help="use the first N training cases only")
@@ -339,45 +479,68 @@ def _parser() -> argparse.ArgumentParser:
     _add_preprocess_args(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no autocast on CUDA")
-    p.add_argument("--cache-mib", type=float, default=6144.0,
-                   help="memory for features of frozen encoder stages, reused across presets (0: off)")
+    p.add_argument(
+        "--cache-mib",
+        type=float,
+        default=6144.0,
+        help="memory for features of frozen encoder stages, reused across presets (0: off)",
+    )
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("prompts-bench", help="score prompt protocols (per-slice boxes, one key box, 3D box, three "
-                       "key boxes) on a suite of labelled volumes; --sweep tunes the propagation settings",
-                       description="For every case and target of a suite (docs/benchmarks/propagation/suite.json), "
-                                   "prompts from its label with each protocol, propagates, and scores 3D Dice, its "
-                                   "ratio to per-slice boxes and the slices predicted outside the true extent. "
-                                   "--sweep first tunes the propagation settings on the suite's tune part (the "
-                                   "validation part never influences a choice).")
+    p = sub.add_parser(
+        "prompts-bench",
+        help="score prompt protocols (per-slice boxes, one key box, 3D box, three "
+        "key boxes) on a suite of labelled volumes; --sweep tunes the propagation settings",
+        description="For every case and target of a suite (docs/benchmarks/propagation/suite.json), "
+        "prompts from its label with each protocol, propagates, and scores 3D Dice, its "
+        "ratio to per-slice boxes and the slices predicted outside the true extent. "
+        "--sweep first tunes the propagation settings on the suite's tune part (the "
+        "validation part never influences a choice).",
+    )
     p.add_argument("suite", help="suite JSON: sets of cases with targets and a tune / validation part")
     p.add_argument("-o", "--out", required=True, help="output folder (rows.csv, summary.json/.md, sweep.csv)")
     p.add_argument("--data-root", default="../shared/data", help="folder the suite's paths are relative to")
-    p.add_argument("--sets", type=_list_of(str, what="--sets"), default=None,
-                   help="comma-separated sets of the suite to run (default all)")
+    p.add_argument(
+        "--sets",
+        type=_list_of(str, what="--sets"),
+        default=None,
+        help="comma-separated sets of the suite to run (default all)",
+    )
     p.add_argument("--sweep", action="store_true", help="tune the propagation settings on the tune part first")
-    p.add_argument("--set", dest="set_option", type=_setting, action="append", metavar="NAME=VALUE",
-                   help="a propagation setting (monai_cbo.inferers.PropagationConfig), e.g. min_overlap=0.5; the "
-                        "start of a sweep (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="set_option",
+        type=_setting,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a propagation setting (monai_cbo.inferers.PropagationConfig), e.g. min_overlap=0.5; the "
+        "start of a sweep (repeatable)",
+    )
     p.add_argument("--cache-dir", default=None, help="keep slice embeddings here (4 MiB a slice) for later runs")
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
     p.add_argument("--adapter", help="adapter checkpoint written by training")
     p.set_defaults(func=_cmd_prompts_bench)
 
-    p = sub.add_parser("report", help="write report.md and report.html from a bench folder",
-                       description="Paper-style table (trainable parameters PEFT / CBO / decoder; Dice, HD95, NSD "
-                                   "mean ± std over seeds and cases), per-case tables, box plots, overlays of the "
-                                   "best and worst cases, and the paper's pooled 2D Dice, labelled as such.")
+    p = sub.add_parser(
+        "report",
+        help="write report.md and report.html from a bench folder",
+        description="Paper-style table (trainable parameters PEFT / CBO / decoder; Dice, HD95, NSD "
+        "mean ± std over seeds and cases), per-case tables, box plots, overlays of the "
+        "best and worst cases, and the paper's pooled 2D Dice, labelled as such.",
+    )
     p.add_argument("run_dir", help="folder written by monai-cbo bench")
     p.add_argument("--overlays", type=int, default=2, help="best and worst cases to show per class (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("demo", help="the embedded demo: make synthetic CT data, train the spleen bundle, evaluate",
-                       description="Generates a small synthetic CT data set, trains the spleen bundle (LiteMedSAM + "
-                                   "lora_cbo) for a short schedule, evaluates it and writes NIfTI masks and a Dice "
-                                   "table. Needs no data and no internet; about 5 minutes on 2 CPU cores.")
+    p = sub.add_parser(
+        "demo",
+        help="the embedded demo: make synthetic CT data, train the spleen bundle, evaluate",
+        description="Generates a small synthetic CT data set, trains the spleen bundle (LiteMedSAM + "
+        "lora_cbo) for a short schedule, evaluates it and writes NIfTI masks and a Dice "
+        "table. Needs no data and no internet; about 5 minutes on 2 CPU cores.",
+    )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--cases", type=int, default=6, help="synthetic cases: 1 validation, 1 test, the rest train (6)")
     p.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")

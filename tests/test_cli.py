@@ -76,14 +76,42 @@ def test_several_key_boxes_a_3d_box_and_points_on_the_command_line(tmp_path, cap
     _case(tmp_path, "case_a")
     image = str(tmp_path / "images" / "case_a.nii.gz")
     base = ["segment", image, "--model", "tiny"]
-    assert main([*base, "-o", str(tmp_path / "keys"), "--key-box", "5,4,1,14,11,1", "--key-box", "5,4,4,14,11,4",
-                 "--point", "8,8,2,0", "--point", "10,8,3,1"]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "-o",
+                str(tmp_path / "keys"),
+                "--key-box",
+                "5,4,1,14,11,1",
+                "--key-box",
+                "5,4,4,14,11,4",
+                "--point",
+                "8,8,2,0",
+                "--point",
+                "10,8,3,1",
+            ]
+        )
+        == 0
+    )
     # a 3D box never leaves its slices 2..3, whatever the model does
     assert main([*base, "-o", str(tmp_path / "box"), "--key-box", "5,4,2,14,11,3", "--key-slice", "3"]) == 0
     mask = nib.load(tmp_path / "box" / "case_a_seg.nii.gz").get_fdata()
     assert not mask[..., [0, 1, 4, 5]].any()
     assert main([*base, "-o", str(tmp_path / "bad"), "--key-box", "5,4,1,14,11,1", "--key-box", "6,4,1,14,11,1"]) == 1
     assert "already has a key box on slice 1" in capsys.readouterr().err
-    assert main([*base, "-o", str(tmp_path / "bad2"), "--label", str(tmp_path / "labels" / "case_a.nii.gz"),
-                 "--point", "1,1,1,0"]) == 2
+    assert (
+        main(
+            [
+                *base,
+                "-o",
+                str(tmp_path / "bad2"),
+                "--label",
+                str(tmp_path / "labels" / "case_a.nii.gz"),
+                "--point",
+                "1,1,1,0",
+            ]
+        )
+        == 2
+    )
     assert "--point go with --key-box" in capsys.readouterr().err

@@ -133,11 +133,15 @@ def test_cuda_inference_matches_cpu_on_a_hippocampus_volume(record_property):
             results = inferer.predict(volume, prompts)
         diffs = torch.cat([(results[c][z].prob - cpu[c][z].prob).abs().flatten() for c in cpu for z in cpu[c]])
         cuda_map = inferer.label_map(results, shape)
-        figures[name] = {"max": float(diffs.max()), "mean": float(diffs.mean()),
-                         "agreement": min(_agreement(cuda_map, cpu_map, c) for c in cpu)}
+        figures[name] = {
+            "max": float(diffs.max()),
+            "mean": float(diffs.mean()),
+            "agreement": min(_agreement(cuda_map, cpu_map, c) for c in cpu),
+        }
         for key, value in figures[name].items():
-            record_property(f"{name}_{'mask_dice_vs_cpu' if key == 'agreement' else key + '_abs_prob_diff'}",
-                            round(value, 6))
+            record_property(
+                f"{name}_{'mask_dice_vs_cpu' if key == 'agreement' else key + '_abs_prob_diff'}", round(value, 6)
+            )
     record_property("case", image.name)
     assert figures["fp32"]["max"] <= 1e-3 and figures["fp32"]["agreement"] >= 0.995, figures
     assert figures["amp"]["mean"] <= 5e-3 and figures["amp"]["agreement"] >= 0.97, figures
@@ -149,17 +153,48 @@ def test_cuda_inference_matches_cpu_on_a_hippocampus_volume(record_property):
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("demo") / "data"
-    subprocess.run([sys.executable, "data_prep/make_demo_data.py", str(data), "-o", str(data / "datalist.json"),
-                    "-n", "4", "--seed", "1", "--val-fraction", "0.5", "--test-fraction", "0"],
-                   cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "data_prep/make_demo_data.py",
+            str(data),
+            "-o",
+            str(data / "datalist.json"),
+            "-n",
+            "4",
+            "--seed",
+            "1",
+            "--val-fraction",
+            "0.5",
+            "--test-fraction",
+            "0",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return data
 
 
 def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None, **env: str) -> str:
-    cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", *args, "--dataset_dir", str(data),
-           "--output_dir", str(out), "--slices_per_volume", "2", "--val_interval", "1"]
-    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, encoding="utf-8",
-                            errors="replace", timeout=300)
+    cmd = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "monai.bundle",
+        "run",
+        *args,
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--slices_per_volume",
+        "2",
+        "--val_interval",
+        "1",
+    ]
+    result = subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, encoding="utf-8", errors="replace", timeout=300
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -170,8 +205,15 @@ def _state(out: Path) -> dict:
 
 def test_bundle_epoch_with_amp_on_cuda_and_its_resume(demo_data, tmp_path):
     out = tmp_path / "run"
-    train = ["training", "--config_file", str(CONFIGS / "train.json"), "--device", "$torch.device('cuda')",
-             "--amp", "true"]
+    train = [
+        "training",
+        "--config_file",
+        str(CONFIGS / "train.json"),
+        "--device",
+        "$torch.device('cuda')",
+        "--amp",
+        "true",
+    ]
     _bundle([*train, "--max_epochs", "1"], out, demo_data)
     first = _state(out)["trainer"]
     log = _bundle([*train, "--max_epochs", "2", "--resume", "true"], out, demo_data)
@@ -187,8 +229,13 @@ def test_one_gpu_torchrun_with_nccl(demo_data, tmp_path):
     out = tmp_path / "ddp"
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29547"]
-    log = _bundle(["training", "--config_file", configs, "--max_epochs", "1", "--batch_size", "1"], out, demo_data,
-                  launcher, NCCL_DEBUG="INFO")
+    log = _bundle(
+        ["training", "--config_file", configs, "--max_epochs", "1", "--batch_size", "1"],
+        out,
+        demo_data,
+        launcher,
+        NCCL_DEBUG="INFO",
+    )
     assert "NCCL INFO" in log  # the process group is NCCL's, not gloo's
     assert _state(out)["trainer"]["iteration"] == 2  # past the first iteration (DDP's unused-parameter check)
     assert (out / "models" / "best_adapter.pt").is_file()

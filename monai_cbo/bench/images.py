@@ -63,15 +63,20 @@ def box_plot_svg(
     def y(v: float) -> float:
         return top + plot_h * (1 - (min(max(v, lo), hi) - lo) / (hi - lo))
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="11"><title>{escape(title)}</title>',
-             f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{escape(title)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        f'font-size="11"><title>{escape(title)}</title>',
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{escape(title)}</text>',
+    ]
     for k in range(6):
         v = lo + (hi - lo) * k / 5
-        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
-                     f'<text x="{left - 5}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
-    parts.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
-                 f'{escape(ylabel)}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - 10}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 5}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>'
+        )
+    parts.append(
+        f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>'
+    )
     for i, (name, values) in enumerate(groups.items()):
         cx = left + 40 + 80 * i
         colour = _COLOURS[i % len(_COLOURS)]
@@ -84,13 +89,15 @@ def box_plot_svg(
         inside = vals[(vals >= q1 - 1.5 * iqr) & (vals <= q3 + 1.5 * iqr)]
         w_lo, w_hi = inside.min(), inside.max()
         parts.append(f'<line x1="{cx}" x2="{cx}" y1="{y(w_lo):.1f}" y2="{y(w_hi):.1f}" stroke="#333"/>')
-        parts.append(f'<rect x="{cx - 20}" y="{y(q3):.1f}" width="40" height="{max(1.0, y(q1) - y(q3)):.1f}" '
-                     f'fill="{colour}" fill-opacity="0.6" stroke="#333"/>')
-        parts.append(f'<line x1="{cx - 20}" x2="{cx + 20}" y1="{y(med):.1f}" y2="{y(med):.1f}" stroke="#000" '
-                     'stroke-width="2"/>')
+        parts.append(
+            f'<rect x="{cx - 20}" y="{y(q3):.1f}" width="40" height="{max(1.0, y(q1) - y(q3)):.1f}" '
+            f'fill="{colour}" fill-opacity="0.6" stroke="#333"/>'
+        )
+        parts.append(
+            f'<line x1="{cx - 20}" x2="{cx + 20}" y1="{y(med):.1f}" y2="{y(med):.1f}" stroke="#000" stroke-width="2"/>'
+        )
         for v in vals[(vals < w_lo) | (vals > w_hi)]:
             parts.append(f'<circle cx="{cx}" cy="{y(v):.1f}" r="2.5" fill="none" stroke="#333"/>')
-        parts.append(f'<text x="{cx}" y="{height - bottom + 30}" text-anchor="middle" fill="#555">'
-                     f'n={vals.size}</text>')
+        parts.append(f'<text x="{cx}" y="{height - bottom + 30}" text-anchor="middle" fill="#555">n={vals.size}</text>')
     parts.append("</svg>")
     return "\n".join(parts)

@@ -93,6 +93,7 @@ NEIGHBOUR_WEIGHTS = [0.0, 0.5, 1.0]
 #: scores worse anyway)
 RECORD_BEYOND = 8
 
+
 @dataclass
 class SuiteCase:
     set: str
@@ -122,13 +123,24 @@ def read_suite(path: str | Path, data_root: str | Path) -> list[SuiteCase]:
                 raise ValueError(f"suite {path}, set {set_name}: each case needs 'part': 'tune' or 'validation'")
             image = entry["image"]
             image = [str(root / p) for p in image] if isinstance(image, list) else str(root / image)
-            cases.append(SuiteCase(set_name, entry["case"], image, str(root / entry["label"]), entry["part"],
-                                   spec.get("modality", "auto"), {k: list(v) for k, v in spec["targets"].items()},
-                                   spec.get("channels")))
+            cases.append(
+                SuiteCase(
+                    set_name,
+                    entry["case"],
+                    image,
+                    str(root / entry["label"]),
+                    entry["part"],
+                    spec.get("modality", "auto"),
+                    {k: list(v) for k, v in spec["targets"].items()},
+                    spec.get("channels"),
+                )
+            )
     missing = [c.label for c in cases if not Path(c.label).exists()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} suite file(s) not found under {root}, e.g. {missing[0]}; give "
-                                "--data-root the folder the suite's paths are relative to (e.g. ../shared/data)")
+        raise FileNotFoundError(
+            f"{len(missing)} suite file(s) not found under {root}, e.g. {missing[0]}; give "
+            "--data-root the folder the suite's paths are relative to (e.g. ../shared/data)"
+        )
     return cases
 
 
@@ -213,8 +225,9 @@ def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
     return _Loaded(case, volume, masks, cache, file)
 
 
-def _score(inferer: SliceWiseInferer, loaded: _Loaded, protocols: Sequence[str],
-           config: PropagationConfig) -> list[dict]:
+def _score(
+    inferer: SliceWiseInferer, loaded: _Loaded, protocols: Sequence[str], config: PropagationConfig
+) -> list[dict]:
     rows = []
     for target, mask in loaded.masks.items():
         present = np.nonzero(mask.any(axis=(0, 1)))[0]
@@ -231,10 +244,20 @@ def _score(inferer: SliceWiseInferer, loaded: _Loaded, protocols: Sequence[str],
             predicted = np.nonzero(pred.any(axis=(0, 1)))[0]
             outside = [z for z in predicted if z < first or z > last]
             beyond = max([first - z if z < first else z - last for z in outside], default=0)
-            rows.append({"set": loaded.case.set, "case": loaded.case.name, "part": loaded.case.part,
-                         "target": target, "protocol": protocol, "dice": dice_3d(pred, mask),
-                         "true_slices": int(len(present)), "predicted_slices": int(len(predicted)),
-                         "slices_outside": len(outside), "max_beyond": int(beyond)})
+            rows.append(
+                {
+                    "set": loaded.case.set,
+                    "case": loaded.case.name,
+                    "part": loaded.case.part,
+                    "target": target,
+                    "protocol": protocol,
+                    "dice": dice_3d(pred, mask),
+                    "true_slices": int(len(present)),
+                    "predicted_slices": int(len(predicted)),
+                    "slices_outside": len(outside),
+                    "max_beyond": int(beyond),
+                }
+            )
     return rows
 
 
@@ -252,17 +275,27 @@ class _Track:
     directions: list[dict[str, np.ndarray | float]]
 
 
-def _record(inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protocol: str,
-            config: PropagationConfig) -> _Track:
+def _record(
+    inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protocol: str, config: PropagationConfig
+) -> _Track:
     prompt = protocol_prompt(mask, protocol)
     present = np.nonzero(mask.any(axis=(0, 1)))[0]
     depth = mask.shape[-1]
     ranged = prompt.z_range is not None
     span = prompt.z_range or (max(0, int(present[0]) - RECORD_BEYOND), min(depth - 1, int(present[-1]) + RECORD_BEYOND))
-    open_rules = config.replace(max_growth=1e9, min_shrink=0.0, min_overlap=0.0, min_iou=0.0, min_confidence=0.0,
-                                min_similarity=-1.0, max_key_area=1e9, stop_in_range=False)
-    results = propagate(inferer, loaded.volume, ObjectPrompt(prompt.keys, span, prompt.points), open_rules,
-                        loaded.cache)
+    open_rules = config.replace(
+        max_growth=1e9,
+        min_shrink=0.0,
+        min_overlap=0.0,
+        min_iou=0.0,
+        min_confidence=0.0,
+        min_similarity=-1.0,
+        max_key_area=1e9,
+        stop_in_range=False,
+    )
+    results = propagate(
+        inferer, loaded.volume, ObjectPrompt(prompt.keys, span, prompt.points), open_rules, loaded.cache
+    )
     thr = inferer.threshold
     masks = {z: r.prob.numpy() > thr for z, r in results.items()}
     lo, hi = prompt.keys[0].slice, prompt.keys[-1].slice
@@ -280,18 +313,30 @@ def _record(inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protoc
             z += step
         before = ([masks[key.slice]] + [masks[z] for z in zs])[: len(zs)]
         area = np.array([masks[z].sum() for z in zs], dtype=np.float64)
-        directions.append({
-            "key_area": key.area,
-            "area": area,
-            "before_area": np.array([b.sum() for b in before], dtype=np.float64),
-            "overlap": np.array([(masks[z] & b).sum() for z, b in zip(zs, before, strict=True)]) / np.maximum(area, 1),
-            "iou": np.array([results[z].iou for z in zs]),
-            "confidence": np.array([results[z].prob.numpy()[masks[z]].mean() if masks[z].any() else 0.0 for z in zs]),
-            "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
-            "similarity": np.array([_similarity(feature(z), feature(key.slice)) for z in zs]),
-        })
-    return _Track(loaded.case.set, protocol, ranged, float(sum((masks[z] & mask[..., z]).sum() for z in fixed)),
-                  float(sum(masks[z].sum() for z in fixed)), float(mask.sum()), directions)
+        directions.append(
+            {
+                "key_area": key.area,
+                "area": area,
+                "before_area": np.array([b.sum() for b in before], dtype=np.float64),
+                "overlap": np.array([(masks[z] & b).sum() for z, b in zip(zs, before, strict=True)])
+                / np.maximum(area, 1),
+                "iou": np.array([results[z].iou for z in zs]),
+                "confidence": np.array(
+                    [results[z].prob.numpy()[masks[z]].mean() if masks[z].any() else 0.0 for z in zs]
+                ),
+                "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
+                "similarity": np.array([_similarity(feature(z), feature(key.slice)) for z in zs]),
+            }
+        )
+    return _Track(
+        loaded.case.set,
+        protocol,
+        ranged,
+        float(sum((masks[z] & mask[..., z]).sum() for z in fixed)),
+        float(sum(masks[z].sum() for z in fixed)),
+        float(mask.sum()),
+        directions,
+    )
 
 
 def _stop_grid() -> tuple[list[dict], SimpleNamespace]:
@@ -309,8 +354,17 @@ def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarr
         n = len(d["area"])
         if n == 0:
             continue
-        stop = stops(grid, d["area"][:, None], d["before_area"][:, None], d["key_area"], d["overlap"][:, None],
-                     d["iou"][:, None], d["confidence"][:, None], d["similarity"][:, None], track.ranged)
+        stop = stops(
+            grid,
+            d["area"][:, None],
+            d["before_area"][:, None],
+            d["key_area"],
+            d["overlap"][:, None],
+            d["iou"][:, None],
+            d["confidence"][:, None],
+            d["similarity"][:, None],
+            track.ranged,
+        )
         kept = np.where(stop.any(axis=0), stop.argmax(axis=0), n)
         inter += np.concatenate([[0.0], np.cumsum(d["inter"])])[kept]
         area += np.concatenate([[0.0], np.cumsum(d["area"])])[kept]
@@ -336,7 +390,9 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
             sel = [r for r in mine if r["protocol"] == protocol]
             dice = float(np.mean([r["dice"] for r in sel]))
             out[set_name][protocol] = {
-                "n": len(sel), "dice": dice, "ratio": dice / ref if ref > 0 else math.nan,
+                "n": len(sel),
+                "dice": dice,
+                "ratio": dice / ref if ref > 0 else math.nan,
                 "slices_outside": int(sum(r["slices_outside"] for r in sel)),
                 "max_beyond": int(max(r["max_beyond"] for r in sel)),
             }
@@ -350,15 +406,17 @@ def objective(rows: list[dict]) -> float:
     return float(np.mean([np.mean([v["ratio"] for p, v in s.items() if p != "per_slice"]) for s in summary.values()]))
 
 
-def _sweep(inferer, tune: list[SuiteCase], start: PropagationConfig, cache_path, tag: str, out: Path, log,
-           evaluate) -> PropagationConfig:
+def _sweep(
+    inferer, tune: list[SuiteCase], start: PropagationConfig, cache_path, tag: str, out: Path, log, evaluate
+) -> PropagationConfig:
     """Choose the propagation settings on the tune cases: every trajectory setting recorded once, every stop-rule
     combination scored by truncation, the neighbour weight last; ``sweep.csv`` and ``sweep.md`` record it."""
     reference_rows = evaluate([start], tune, ["per_slice"])[0]
     reference = {k: v["per_slice"]["dice"] for k, v in summarise(reference_rows).items()}
     combos, grid = _stop_grid()
-    trajectories = [{**dict(zip(TRAJECTORY_GRID, v, strict=True)), "mask_prompt": False}
-                    for v in product(*TRAJECTORY_GRID.values())]
+    trajectories = [
+        {**dict(zip(TRAJECTORY_GRID, v, strict=True)), "mask_prompt": False} for v in product(*TRAJECTORY_GRID.values())
+    ]
     scores = np.zeros((0, len(combos)))
     per_protocol: list[dict[tuple[str, str], np.ndarray]] = []  # per trajectory: (set, protocol) -> mean Dice
 
@@ -390,45 +448,71 @@ def _sweep(inferer, tune: list[SuiteCase], start: PropagationConfig, cache_path,
     t, c = np.unravel_index(int(np.argmax(rank)), scores.shape)
     chosen = start.replace(**trajectories[t], **combos[c])
     log(f"sweep: chose objective {scores[t, c]:.4f} (best {scores.max():.4f}) with {trajectories[t]} {combos[c]}")
+
     def matching(options: list[dict], chosen: dict, name: str, value, alone: bool) -> list[int]:
         """Indices of ``options`` where ``name`` is ``value`` (a setting they lack matches any); with ``alone``,
         only those equal to ``chosen`` in every other setting."""
-        return [i for i, o in enumerate(options) if o.get(name, value) == value
-                and (not alone or all(o[k] == chosen[k] for k in o if k != name))]
+        return [
+            i
+            for i, o in enumerate(options)
+            if o.get(name, value) == value and (not alone or all(o[k] == chosen[k] for k in o if k != name))
+        ]
 
     rows = []
     for name, values in {**TRAJECTORY_GRID, "mask_prompt": [False, True], **STOP_GRID}.items():  # one at a time
         for value in values:
-            alone = scores[np.ix_(matching(trajectories, trajectories[t], name, value, True),
-                                  matching(combos, combos[c], name, value, True))]
-            best = scores[np.ix_(matching(trajectories, trajectories[t], name, value, False),
-                                 matching(combos, combos[c], name, value, False))]
-            rows.append({"setting": name, "value": _fmt(value),  # "": that combination was not recorded
-                         "objective": round(float(alone.max()), 4) if alone.size else "",
-                         "best_with_this_value": round(float(best.max()), 4) if best.size else ""})
+            alone = scores[
+                np.ix_(
+                    matching(trajectories, trajectories[t], name, value, True),
+                    matching(combos, combos[c], name, value, True),
+                )
+            ]
+            best = scores[
+                np.ix_(
+                    matching(trajectories, trajectories[t], name, value, False),
+                    matching(combos, combos[c], name, value, False),
+                )
+            ]
+            rows.append(
+                {
+                    "setting": name,
+                    "value": _fmt(value),  # "": that combination was not recorded
+                    "objective": round(float(alone.max()), 4) if alone.size else "",
+                    "best_with_this_value": round(float(best.max()), 4) if best.size else "",
+                }
+            )
     neighbour = []
     for weight in NEIGHBOUR_WEIGHTS:
         trial = chosen.replace(neighbour_weight=weight)
         result = summarise(reference_rows + evaluate([trial], tune, ["three_keys"])[0])
         neighbour.append(float(np.mean([v["three_keys"]["ratio"] for v in result.values()])))
-        rows.append({"setting": "neighbour_weight (three_keys ratio only)", "value": weight,
-                     "objective": round(neighbour[-1], 4), "best_with_this_value": ""})
+        rows.append(
+            {
+                "setting": "neighbour_weight (three_keys ratio only)",
+                "value": weight,
+                "objective": round(neighbour[-1], 4),
+                "best_with_this_value": "",
+            }
+        )
     chosen = chosen.replace(neighbour_weight=NEIGHBOUR_WEIGHTS[int(np.argmax(neighbour))])
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     top = np.argsort(scores, axis=None)[::-1][:15]
-    lines = ["| rank | objective | " + " | ".join([*trajectories[0], *STOP_GRID]) + " |",
-             "|---:|---:|" + "---:|" * (len(trajectories[0]) + len(STOP_GRID))]
+    lines = [
+        "| rank | objective | " + " | ".join([*trajectories[0], *STOP_GRID]) + " |",
+        "|---:|---:|" + "---:|" * (len(trajectories[0]) + len(STOP_GRID)),
+    ]
     for rank, flat in enumerate(top, 1):
         ti, ci = np.unravel_index(int(flat), scores.shape)
         values = [*trajectories[ti].values(), *combos[ci].values()]
         lines.append(f"| {rank} | {scores[ti, ci]:.4f} | " + " | ".join(_fmt(v) for v in values) + " |")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     unchanged = {k: v[c : c + 1] for k, v in per_protocol[t].items() if k[1] != "three_keys"}  # not the weight
-    (out / "sweep_predicted.json").write_text(json.dumps({"objective_without_three_keys": float(
-        _objective(unchanged, reference)[0])}))
+    (out / "sweep_predicted.json").write_text(
+        json.dumps({"objective_without_three_keys": float(_objective(unchanged, reference)[0])})
+    )
     return chosen
 
 
@@ -483,20 +567,25 @@ def run_prompts_bench(
         return rows
 
     if sweep:
-        config = _sweep(inferer, [c for c in cases if c.part == "tune"], config, cache_path, tag, out, log,
-                        evaluate)
+        config = _sweep(inferer, [c for c in cases if c.part == "tune"], config, cache_path, tag, out, log, evaluate)
     rows = evaluate([config], cases, PROTOCOLS)[0]
     if sweep:  # the truncated recordings must predict what the real propagation does
         measured = objective([r for r in rows if r["part"] == "tune" and r["protocol"] != "three_keys"])
         predicted = json.loads((out / "sweep_predicted.json").read_text())["objective_without_three_keys"]
-        log(f"sweep check (one key box and 3D box): objective predicted from the truncated recordings "
-            f"{predicted:.4f}, measured by propagating with the chosen settings {measured:.4f}")
+        log(
+            f"sweep check (one key box and 3D box): objective predicted from the truncated recordings "
+            f"{predicted:.4f}, measured by propagating with the chosen settings {measured:.4f}"
+        )
     with open(out / "rows.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    result = {"config": asdict(config), "tag": tag, "seconds": round(time.perf_counter() - start, 1),
-              "parts": {part: summarise([r for r in rows if r["part"] == part]) for part in ("tune", "validation")}}
+    result = {
+        "config": asdict(config),
+        "tag": tag,
+        "seconds": round(time.perf_counter() - start, 1),
+        "parts": {part: summarise([r for r in rows if r["part"] == part]) for part in ("tune", "validation")},
+    }
     (out / "summary.json").write_text(json.dumps(result, indent=1))
     (out / "summary.md").write_text(summary_markdown(result))
     return result
@@ -507,18 +596,27 @@ def summary_markdown(result: dict) -> str:
     for part, per_set in result["parts"].items():
         if not per_set:
             continue
-        lines += [f"### {part} part", "",
-                  "| set | cases x targets | per-slice boxes Dice | one key box | 3D box | three key boxes |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"### {part} part",
+            "",
+            "| set | cases x targets | per-slice boxes Dice | one key box | 3D box | three key boxes |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for set_name, per in per_set.items():
             cells = []
             for protocol in PROTOCOLS[1:]:
                 v = per.get(protocol)
-                cells.append("–" if v is None else f"{v['dice']:.3f} ({v['ratio']:.2f}; {v['slices_outside']} out, "
-                             f"≤{v['max_beyond']})")
-            lines.append(f"| {set_name} | {per['per_slice']['n']} | {per['per_slice']['dice']:.3f} | "
-                         + " | ".join(cells) + " |")
+                cells.append(
+                    "–"
+                    if v is None
+                    else f"{v['dice']:.3f} ({v['ratio']:.2f}; {v['slices_outside']} out, ≤{v['max_beyond']})"
+                )
+            lines.append(
+                f"| {set_name} | {per['per_slice']['n']} | {per['per_slice']['dice']:.3f} | " + " | ".join(cells) + " |"
+            )
         lines.append("")
-    lines.append("Cells: mean 3D Dice (ratio to per-slice boxes; slices predicted outside the true extent, summed; the "
-                 "farthest one, in slices).")
+    lines.append(
+        "Cells: mean 3D Dice (ratio to per-slice boxes; slices predicted outside the true extent, summed; the "
+        "farthest one, in slices)."
+    )
     return "\n".join(lines) + "\n"

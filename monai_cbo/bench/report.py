@@ -61,8 +61,12 @@ class _Table:
     def html(self) -> str:
         head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
         body = "".join(
-            "<tr>" + "".join(f'<td class="{"num" if a == "r" else ""}">{escape(c)}</td>'
-                             for c, a in zip(row, self.align, strict=False)) + "</tr>"
+            "<tr>"
+            + "".join(
+                f'<td class="{"num" if a == "r" else ""}">{escape(c)}</td>'
+                for c, a in zip(row, self.align, strict=False)
+            )
+            + "</tr>"
             for row in self.rows
         )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -74,8 +78,10 @@ class _Runs:
     def __init__(self, run_dir: Path) -> None:
         self.results = collect_results(run_dir)
         if not self.results:
-            raise FileNotFoundError(f"{run_dir} holds no finished run (runs/<preset>/seed<k>/result.json); run "
-                                    "monai-cbo bench first, or point at its --out folder")
+            raise FileNotFoundError(
+                f"{run_dir} holds no finished run (runs/<preset>/seed<k>/result.json); run "
+                "monai-cbo bench first, or point at its --out folder"
+            )
         order = list(PRESETS)
         self.presets = sorted({r["preset"] for r in self.results}, key=order.index)
         self.rows: list[dict] = []
@@ -102,26 +108,52 @@ def _stats(values: np.ndarray) -> tuple[float, float]:
 
 
 def _main_table(runs: _Runs) -> _Table:
-    table = _Table(["preset", "PEFT", "CBO", "decoder", "trainable", "seeds",
-                    *[f"Dice {c}" for c in runs.classes], "mean Dice", "seed sd", "HD95 (mm)", "NSD"])
+    table = _Table(
+        [
+            "preset",
+            "PEFT",
+            "CBO",
+            "decoder",
+            "trainable",
+            "seeds",
+            *[f"Dice {c}" for c in runs.classes],
+            "mean Dice",
+            "seed sd",
+            "HD95 (mm)",
+            "NSD",
+        ]
+    )
     for preset in runs.presets:
         params = runs.of(preset)[0]["params"]
         dice = [_stats(runs.values(preset, c)) for c in runs.classes]
-        per_seed = [np.nanmean([r["dice"] for r in runs.rows if r["preset"] == preset and r["seed"] == s])
-                    for s in sorted({r["seed"] for r in runs.of(preset)})]
+        per_seed = [
+            np.nanmean([r["dice"] for r in runs.rows if r["preset"] == preset and r["seed"] == s])
+            for s in sorted({r["seed"] for r in runs.of(preset)})
+        ]
         mean_all = _stats(np.concatenate([runs.values(preset, c) for c in runs.classes]))[0]
         hd = _stats(np.concatenate([runs.values(preset, c, "hd95") for c in runs.classes]))
         nsd = _stats(np.concatenate([runs.values(preset, c, "nsd") for c in runs.classes]))
         seed_sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
-        table.add(preset, _params(params["peft"]), _params(params["cbo"]), _params(params["decoder"]),
-                  _params(params["total_trainable"]), len(per_seed), *[_fmt(*d) for d in dice], _fmt(mean_all),
-                  _fmt(seed_sd), _fmt(*hd, digits=2), _fmt(*nsd))
+        table.add(
+            preset,
+            _params(params["peft"]),
+            _params(params["cbo"]),
+            _params(params["decoder"]),
+            _params(params["total_trainable"]),
+            len(per_seed),
+            *[_fmt(*d) for d in dice],
+            _fmt(mean_all),
+            _fmt(seed_sd),
+            _fmt(*hd, digits=2),
+            _fmt(*nsd),
+        )
     return table
 
 
 def _cbo_table(runs: _Runs) -> tuple[_Table, list[str]]:
-    table = _Table(["comparison", "class", "pairs", "Δ Dice (mean)", "95 % interval of the mean", "CBO better"],
-                   "llrrrr")
+    table = _Table(
+        ["comparison", "class", "pairs", "Δ Dice (mean)", "95 % interval of the mean", "CBO better"], "llrrrr"
+    )
     notes = []
     for cbo, base in _CBO_PAIRS:
         if cbo not in runs.presets or base not in runs.presets:
@@ -135,9 +167,14 @@ def _cbo_table(runs: _Runs) -> tuple[_Table, list[str]]:
             mean = float(diff.mean())
             half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
             better = int((diff > 0).sum())
-            table.add(f"{cbo} − {base}", cls, len(keys), f"{mean:+.4f}",
-                      f"[{mean - half:+.4f}, {mean + half:+.4f}]" if math.isfinite(half) else "–",
-                      f"{better}/{len(keys)}")
+            table.add(
+                f"{cbo} − {base}",
+                cls,
+                len(keys),
+                f"{mean:+.4f}",
+                f"[{mean - half:+.4f}, {mean + half:+.4f}]" if math.isfinite(half) else "–",
+                f"{better}/{len(keys)}",
+            )
             if math.isfinite(half) and mean + half < 0:
                 notes.append(f"{cbo} is worse than {base} on {cls} (Δ {mean:+.4f}, interval below 0).")
             elif math.isfinite(half) and mean - half <= 0:
@@ -151,17 +188,35 @@ def _extra_tables(runs: _Runs) -> tuple[_Table, _Table, _Table]:
         for cls in runs.classes:
             hd = runs.values(preset, cls, "hd95")
             nsd = runs.values(preset, cls, "nsd")
-            per_class.add(preset, cls, len(hd), _fmt(*_stats(runs.values(preset, cls))),
-                          _fmt(*_stats(hd), digits=2), int(np.isnan(hd).sum()), _fmt(*_stats(nsd)))
-    pooled = _Table(["preset", *[f"{c} (all slices)" for c in runs.classes],
-                     *[f"{c} (GT slices)" for c in runs.classes]])
+            per_class.add(
+                preset,
+                cls,
+                len(hd),
+                _fmt(*_stats(runs.values(preset, cls))),
+                _fmt(*_stats(hd), digits=2),
+                int(np.isnan(hd).sum()),
+                _fmt(*_stats(nsd)),
+            )
+    pooled = _Table(
+        ["preset", *[f"{c} (all slices)" for c in runs.classes], *[f"{c} (GT slices)" for c in runs.classes]]
+    )
     for preset in runs.presets:
         res = runs.of(preset)
         allv = [_stats(np.array([r["eval"]["pooled_dice_2d"][c] for r in res])) for c in runs.classes]
         gtv = [_stats(np.array([r["eval"]["pooled_dice_2d_gt_slices"][c] for r in res])) for c in runs.classes]
         pooled.add(preset, *[_fmt(*v) for v in allv], *[_fmt(*v) for v in gtv])
-    timing = _Table(["preset", "runs", "slices trained", "train s / run", "train slices / s", "eval s / run",
-                     "eval slices / s", "final loss"])
+    timing = _Table(
+        [
+            "preset",
+            "runs",
+            "slices trained",
+            "train s / run",
+            "train slices / s",
+            "eval s / run",
+            "eval slices / s",
+            "final loss",
+        ]
+    )
     for preset in runs.presets:
         res = runs.of(preset)
         train_s = np.mean([r["train"]["seconds"] for r in res])
@@ -169,8 +224,16 @@ def _extra_tables(runs: _Runs) -> tuple[_Table, _Table, _Table]:
         eval_s = np.mean([r["eval"]["seconds"] for r in res])
         eval_n = res[0]["eval"]["slices"]
         loss = [np.mean(r["train"]["loss"][-5:]) for r in res if r["train"]["loss"]]
-        timing.add(preset, len(res), slices, f"{train_s:.0f}", f"{slices / train_s:.2f}" if slices else "–",
-                   f"{eval_s:.0f}", f"{eval_n / eval_s:.2f}", f"{np.mean(loss):.3f}" if loss else "–")
+        timing.add(
+            preset,
+            len(res),
+            slices,
+            f"{train_s:.0f}",
+            f"{slices / train_s:.2f}" if slices else "–",
+            f"{eval_s:.0f}",
+            f"{eval_n / eval_s:.2f}",
+            f"{np.mean(loss):.3f}" if loss else "–",
+        )
     return per_class, pooled, timing
 
 
@@ -204,8 +267,11 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
     class_ids = run.get("classes") or _classes_from_datalist(config, runs.classes)
     figures = []
     for cls in runs.classes:
-        dice = {r["case"]: r["dice"] for r in runs.rows
-                if r["preset"] == best_preset and r["seed"] == run["seed"] and r["class"] == cls}
+        dice = {
+            r["case"]: r["dice"]
+            for r in runs.rows
+            if r["preset"] == best_preset and r["seed"] == run["seed"] and r["class"] == cls
+        }
         ranked = sorted(dice, key=lambda c: dice[c])
         worst = ranked[: min(count, len(ranked) // 2 or 1)]
         best = [c for c in ranked[::-1][:count] if c not in worst]  # a case is shown once per class
@@ -224,10 +290,15 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
             ids = class_ids[cls]
             g, p = np.isin(gt, ids), np.isin(pred, ids)
             z = int(np.argmax(g.reshape(-1, g.shape[-1]).sum(0)))
-            view = (lambda a: np.flipud(np.asarray(a).T))  # noqa: E731  rows = anterior/superior up
+            view = lambda a: np.flipud(np.asarray(a).T)  # noqa: E731  rows = anterior/superior up
             png = encode_png(overlay_panels(view(volume[0, ..., z].numpy()), view(g[..., z]), view(p[..., z])))
-            figures.append((f"{kind}: {case}, {cls}, Dice {dice[case]:.3f} ({best_preset}, seed {run['seed']}, "
-                            f"slice {z} of the {config.view} view; image | ground truth | prediction)", png))
+            figures.append(
+                (
+                    f"{kind}: {case}, {cls}, Dice {dice[case]:.3f} ({best_preset}, seed {run['seed']}, "
+                    f"slice {z} of the {config.view} view; image | ground truth | prediction)",
+                    png,
+                )
+            )
     return figures, None
 
 
@@ -250,13 +321,28 @@ def build_report(run_dir: str | Path, overlays: int = 2) -> dict:
     runs = _Runs(run_dir)
     cbo, notes = _cbo_table(runs)
     per_class, pooled, timing = _extra_tables(runs)
-    box_plots = {cls: box_plot_svg({p: runs.values(p, cls) for p in runs.presets},
-                                   f"Dice per case, {cls} (all seeds)") for cls in runs.classes}
+    box_plots = {
+        cls: box_plot_svg({p: runs.values(p, cls) for p in runs.presets}, f"Dice per case, {cls} (all seeds)")
+        for cls in runs.classes
+    }
     figures, overlay_note = _overlays(runs, config, overlays)
     missing = [(p, s) for p, s in config.runs() if not (run_dir / "runs" / p / f"seed{s}" / "result.json").exists()]
-    return {"config": config, "saved": saved, "runs": runs, "main": _main_table(runs), "cbo": cbo, "notes": notes,
-            "per_class": per_class, "pooled": pooled, "timing": timing, "cases": _case_table(runs),
-            "box_plots": box_plots, "figures": figures, "overlay_note": overlay_note, "missing": missing}
+    return {
+        "config": config,
+        "saved": saved,
+        "runs": runs,
+        "main": _main_table(runs),
+        "cbo": cbo,
+        "notes": notes,
+        "per_class": per_class,
+        "pooled": pooled,
+        "timing": timing,
+        "cases": _case_table(runs),
+        "box_plots": box_plots,
+        "figures": figures,
+        "overlay_note": overlay_note,
+        "missing": missing,
+    }
 
 
 def _intro(r: dict) -> list[str]:
@@ -265,7 +351,8 @@ def _intro(r: dict) -> list[str]:
     lines = [
         f"Dataset: `{c.datalist}` (train split `{c.train_split}`, {c.max_train_cases or 'all'} cases; scored split "
         f"`{c.eval_split}`, {c.max_eval_cases or 'all'} cases). Model: `{c.model}`"
-        + (f" with `{c.checkpoint}`" if c.checkpoint else "") + ".",
+        + (f" with `{c.checkpoint}`" if c.checkpoint else "")
+        + ".",
         f"Budget per run: {c.steps} steps × {c.batch} slices, AdamW, LR {c.lr} cosine to 0, box jitter {c.jitter} px; "
         f"seeds {', '.join(map(str, c.seeds))}. Evaluation: one box per slice and class from the ground truth "
         "(the benchmark protocol of `monai-cbo segment --label`), 3D metrics in the input geometry.",
@@ -273,20 +360,32 @@ def _intro(r: dict) -> list[str]:
         "Machine: " + (", ".join(f"{k} {v}" for k, v in machine.items()) if machine else "not recorded") + ".",
     ]
     if r["missing"]:
-        lines.append("**Incomplete bench**: runs not finished: "
-                     + ", ".join(f"{p} seed {s}" for p, s in r["missing"]) + ".")
+        lines.append(
+            "**Incomplete bench**: runs not finished: " + ", ".join(f"{p} seed {s}" for p, s in r["missing"]) + "."
+        )
     return lines
 
 
 _SECTIONS = (
-    ("Main table", "main", "Trainable parameters by part; Dice / HD95 / NSD mean ± sd over every (seed, case) pair; "
-     "seed sd: spread of the per-seed mean Dice. HD95 and NSD are averaged over classes."),
-    ("CBO against its base", "cbo", "Paired by (seed, case); the interval is ±1.96 standard errors of the mean "
-     "difference."),
+    (
+        "Main table",
+        "main",
+        "Trainable parameters by part; Dice / HD95 / NSD mean ± sd over every (seed, case) pair; "
+        "seed sd: spread of the per-seed mean Dice. HD95 and NSD are averaged over classes.",
+    ),
+    (
+        "CBO against its base",
+        "cbo",
+        "Paired by (seed, case); the interval is ±1.96 standard errors of the mean difference.",
+    ),
     ("Per class", "per_class", "HD95 undefined: cases where exactly one of prediction and ground truth is empty."),
-    ("Pooled 2D Dice (the paper's metric)", "pooled", "Not the main figure: Σ 2|P∩G| / Σ (|P|+|G|) over 2D slices "
-     "pooled over the test set, as the paper reports it; 'GT slices' pools only slices that show the class. Mean ± sd "
-     "over seeds."),
+    (
+        "Pooled 2D Dice (the paper's metric)",
+        "pooled",
+        "Not the main figure: Σ 2|P∩G| / Σ (|P|+|G|) over 2D slices "
+        "pooled over the test set, as the paper reports it; 'GT slices' pools only slices that show the class. "
+        "Mean ± sd over seeds.",
+    ),
     ("Time", "timing", "Wall-clock seconds on the machine above, feature cache of frozen stages on."),
     ("Per case", "cases", "Dice per case and class, mean over seeds."),
 )
@@ -307,15 +406,19 @@ def _markdown(r: dict, files: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px}"
-        "th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}"
-        "figure{display:inline-block;margin:0.5em}figcaption{font-size:12px;max-width:600px}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px}"
+    "th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    "figure{display:inline-block;margin:0.5em}figcaption{font-size:12px;max-width:600px}"
+)
 
 
 def _html(r: dict) -> str:
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Bench report</title><style>{_CSS}</style>"
-           "</head><body><h1>Bench report</h1>"]
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Bench report</title><style>{_CSS}</style>"
+        "</head><body><h1>Bench report</h1>"
+    ]
     out += [f"<p>{escape(line)}</p>" for line in _intro(r)]
     for title, key, note in _SECTIONS:
         out += [f"<h2>{escape(title)}</h2><p>{escape(note)}</p>", r[key].html()]
@@ -327,8 +430,10 @@ def _html(r: dict) -> str:
         out.append(f"<p>{escape(r['overlay_note'])}</p>")
     for caption, png in r["figures"]:
         data = base64.b64encode(png).decode()
-        out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{escape(caption)}'>"
-                   f"<figcaption>{escape(caption)}</figcaption></figure>")
+        out.append(
+            f"<figure><img src='data:image/png;base64,{data}' alt='{escape(caption)}'>"
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
+        )
     out.append("</body></html>")
     return "\n".join(out)
 

@@ -62,6 +62,7 @@ from ..utils import check_option, write_atomic
 
 __all__ = ["BenchConfig", "BenchData", "BenchFailed", "run_bench", "train_and_evaluate"]
 
+
 class BenchFailed(RuntimeError):
     """Some runs of a bench failed; the message lists each with its reason."""
 
@@ -181,11 +182,17 @@ class BenchData:
             self.metric_classes[region if region not in self.metric_classes else f"{region} (region)"] = ids
         if len(set(self.class_names.values())) != len(self.class_names):
             raise ValueError(f"datalist {config.datalist}: label names {self.class_names} must be distinct")
-        self.slices = [(i, z) for i, c in enumerate(self.train) for z in range(c.gt.shape[-1])
-                       if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_pixels]
+        self.slices = [
+            (i, z)
+            for i, c in enumerate(self.train)
+            for z in range(c.gt.shape[-1])
+            if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_pixels
+        ]
         if not self.slices:
-            raise ValueError(f"datalist {config.datalist}: no {config.train_split} slice holds >= {config.min_pixels} "
-                             f"pixels of classes {self.classes}")
+            raise ValueError(
+                f"datalist {config.datalist}: no {config.train_split} slice holds >= {config.min_pixels} "
+                f"pixels of classes {self.classes}"
+            )
         log(f"{len(self.slices)} training slices with foreground; classes {self.class_names}")
 
     def _load(self, entry: dict, keep_image: bool) -> _Case:
@@ -194,8 +201,14 @@ class BenchData:
         volume, geometry = prepare_volume(image, self.config.preprocess)
         gt, _ = check_label(load_volume(case.label), image)  # the checks of monai-cbo segment --label
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-        return _Case(case.name, volume, np.ascontiguousarray(geometry.to_sliced(gt)), geometry,
-                     image if keep_image else None, spacing)
+        return _Case(
+            case.name,
+            volume,
+            np.ascontiguousarray(geometry.to_sliced(gt)),
+            geometry,
+            image if keep_image else None,
+            spacing,
+        )
 
     def sample_order(self, seed: int, count: int) -> list[tuple[int, int]]:
         """``count`` training slices for ``seed``: passes over a shuffled pool, identical for every preset."""
@@ -267,8 +280,12 @@ def train_and_evaluate(
     slices_seen = 0
     if counts["total_trainable"]:
         losses, slices_seen = _train(config, data, model, seed, device, amp, features, log, f"{preset} seed {seed}")
-        save_adapter(model, run_dir / "adapter.pt", overwrite=True,
-                     metadata={"bench": str(Path(config.out).name), "seed": seed, "steps": config.steps})
+        save_adapter(
+            model,
+            run_dir / "adapter.pt",
+            overwrite=True,
+            metadata={"bench": str(Path(config.out).name), "seed": seed, "steps": config.steps},
+        )
     train_seconds = time.perf_counter() - start
     eval_start = time.perf_counter()
     table, pooled, pooled_gt, n_slices = _evaluate(config, data, model, device, amp, features, run_dir / "masks")
@@ -279,10 +296,19 @@ def train_and_evaluate(
         "model": config.model,
         "classes": data.metric_classes,  # scored name -> label values (a region is several)
         "params": counts,
-        "train": {"steps": config.steps if slices_seen else 0, "slices": slices_seen, "seconds": train_seconds,
-                  "loss": losses},
-        "eval": {"cases": len(data.eval), "slices": n_slices, "seconds": time.perf_counter() - eval_start,
-                 "pooled_dice_2d": pooled, "pooled_dice_2d_gt_slices": pooled_gt},
+        "train": {
+            "steps": config.steps if slices_seen else 0,
+            "slices": slices_seen,
+            "seconds": train_seconds,
+            "loss": losses,
+        },
+        "eval": {
+            "cases": len(data.eval),
+            "slices": n_slices,
+            "seconds": time.perf_counter() - eval_start,
+            "pooled_dice_2d": pooled,
+            "pooled_dice_2d_gt_slices": pooled_gt,
+        },
         "device": str(device),
         "amp": amp,
     }
@@ -323,8 +349,13 @@ def _train(
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     trainer = build_trainer(
-        model, optimizer, _batches(config, data, seed, model.img_size), device=device, amp=amp,
-        epoch_length=config.steps, feature_cache=features,
+        model,
+        optimizer,
+        _batches(config, data, seed, model.img_size),
+        device=device,
+        amp=amp,
+        epoch_length=config.steps,
+        feature_cache=features,
         handlers=[LrScheduleHandler(schedule, print_lr=False, epoch_level=False)],
     )
     losses: list[float] = []
@@ -337,8 +368,10 @@ def _train(
         losses.append(round(engine.state.output["loss"].item(), 5))
         if step % every == 0 or step == config.steps:
             rate = step * config.batch / (time.perf_counter() - start)
-            log(f"  {title}: step {step}/{config.steps}  loss {np.mean(losses[-every:]):.4f}  "
-                f"{rate:.2f} slices/s  run ETA {_eta((config.steps - step) * config.batch / rate)}")
+            log(
+                f"  {title}: step {step}/{config.steps}  loss {np.mean(losses[-every:]):.4f}  "
+                f"{rate:.2f} slices/s  run ETA {_eta((config.steps - step) * config.batch / rate)}"
+            )
 
     trainer.run()
     return losses, len(losses) * config.batch
@@ -385,13 +418,13 @@ def _check_config(config: BenchConfig, path: Path) -> None:
     diff = {k: (saved.get(k), v) for k, v in budget.items() if not same(k, saved.get(k), v)}
     if diff:
         details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
-        raise ValueError(f"{path} was made with another budget or data ({details}); resume it with the same "
-                         "options, or give a new --out")
+        raise ValueError(
+            f"{path} was made with another budget or data ({details}); resume it with the same "
+            "options, or give a new --out"
+        )
 
 
-def run_bench(
-    config: BenchConfig, log: Callable[[str], None] | None = None, command: str | None = None
-) -> list[dict]:
+def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, command: str | None = None) -> list[dict]:
     """Run every (preset, seed) of ``config`` not yet done in ``config.out``; return all results (done ones
     read back). A failing run is reported and the others still run; raises at the end if any failed.
     ``command`` (the command line) and the machine are recorded in ``bench.json`` for the report."""
@@ -415,8 +448,10 @@ def run_bench(
 
     runs = config.runs()
     todo = [(p, s) for p, s in runs if not (out / "runs" / p / f"seed{s}" / "result.json").exists()]
-    log(f"bench {out}: {len(runs)} runs ({len(runs) - len(todo)} done, {len(todo)} to do): "
-        f"{config.steps} steps x {config.batch} slices, lr {config.lr}, model {config.model}")
+    log(
+        f"bench {out}: {len(runs)} runs ({len(runs) - len(todo)} done, {len(todo)} to do): "
+        f"{config.steps} steps x {config.batch} slices, lr {config.lr}, model {config.model}"
+    )
     if not todo:
         return collect_results(out)
     data = BenchData(config, log)
@@ -448,12 +483,16 @@ def run_bench(
         dice = ", ".join(f"{k} {v:.3f}" for k, v in _mean_dice(run_dir / "metrics.csv").items())
         log(f"  done in {_eta(result['seconds'])}: mean Dice {dice}")
     if features is not None:
-        log(f"feature cache: {len(features)} entries, {features.bytes / 2**20:.0f} MiB, "
-            f"{features.hits} hits / {features.misses} misses")
+        log(
+            f"feature cache: {len(features)} entries, {features.bytes / 2**20:.0f} MiB, "
+            f"{features.hits} hits / {features.misses} misses"
+        )
     log(f"bench finished in {_eta(time.perf_counter() - bench_start)}")
     if failures:
-        raise BenchFailed(f"{len(failures)} run(s) failed (the others are kept; fix the cause and run the same "
-                          "command again to redo only these):\n  " + "\n  ".join(failures))
+        raise BenchFailed(
+            f"{len(failures)} run(s) failed (the others are kept; fix the cause and run the same "
+            "command again to redo only these):\n  " + "\n  ".join(failures)
+        )
     return collect_results(out)
 
 

@@ -44,8 +44,9 @@ class BestAdapterSaver:
             return
         self.best = value
         epoch = engine.state.epoch
-        save_adapter(_unwrap(self.network), self.path, overwrite=True,
-                     metadata={"epoch": int(epoch), self.metric_name: value})
+        save_adapter(
+            _unwrap(self.network), self.path, overwrite=True, metadata={"epoch": int(epoch), self.metric_name: value}
+        )
         logger.info(f"saved best adapter ({self.metric_name}={value:.4f}, epoch {epoch}) to {self.path}")
 
 
@@ -79,8 +80,12 @@ class TrainingStateCheckpoint:
         if not _is_main_process():
             return
         state = {
-            "trainer": {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
-                        "max_epochs": engine.state.max_epochs, "epoch_length": engine.state.epoch_length},
+            "trainer": {
+                "epoch": engine.state.epoch,
+                "iteration": engine.state.iteration,
+                "max_epochs": engine.state.max_epochs,
+                "epoch_length": engine.state.epoch_length,
+            },
             "network": adapter_state_dict(_unwrap(self.network)),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "lr_scheduler": None if self.lr_scheduler is None else self.lr_scheduler.state_dict(),
@@ -98,8 +103,10 @@ class TrainingStateCheckpoint:
         params = dict(network.named_parameters())
         missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state["network"])
         if missing:
-            raise ValueError(f"training state {self.path} does not match the network (e.g. {missing[:3]}); "
-                             "was it saved with another model or preset?")
+            raise ValueError(
+                f"training state {self.path} does not match the network (e.g. {missing[:3]}); "
+                "was it saved with another model or preset?"
+            )
         with torch.no_grad():
             for name, value in state["network"].items():
                 params[name].copy_(value)

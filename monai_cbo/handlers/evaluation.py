@@ -48,9 +48,16 @@ class CaseMetricsWriter:
     ``pred_key`` and ``label_key``, one channel per name in ``class_names``.
     """
 
-    def __init__(self, output_dir: str | Path, class_names: Sequence[str], pred_key: str = "pred",
-                 label_key: str = "label", name_key: str = "image", nsd_tolerance_mm: float = 2.0,
-                 overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        class_names: Sequence[str],
+        pred_key: str = "pred",
+        label_key: str = "label",
+        name_key: str = "image",
+        nsd_tolerance_mm: float = 2.0,
+        overwrite: bool = False,
+    ) -> None:
         self.output_dir, self.class_names = Path(output_dir), list(class_names)
         self.pred_key, self.label_key, self.name_key = pred_key, label_key, name_key
         self.tolerance, self.overwrite = nsd_tolerance_mm, overwrite
@@ -86,8 +93,15 @@ class LabelMapWriter:
     earlier ones (see :class:`~monai_cbo.transforms.ChannelsToLabelMap`). Atomic; an existing file is kept
     unless ``overwrite``."""
 
-    def __init__(self, output_dir: str | Path, values: Sequence[int], key: str = "pred", name_key: str = "image",
-                 postfix: str = "_seg.nii.gz", overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        values: Sequence[int],
+        key: str = "pred",
+        name_key: str = "image",
+        postfix: str = "_seg.nii.gz",
+        overwrite: bool = False,
+    ) -> None:
         self.output_dir, self.key, self.name_key = Path(output_dir), key, name_key
         self.postfix, self.overwrite = postfix, overwrite
         self.to_labels = ChannelsToLabelMap(values)

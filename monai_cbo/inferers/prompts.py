@@ -117,8 +117,17 @@ def _to_voxels(coords: np.ndarray, coordinates: str, affine: np.ndarray) -> np.n
     return np.asarray(coords, dtype=np.float64) @ inv[:3, :3].T + inv[:3, 3]
 
 
-def _add_box(spec: PromptSpec, cls: int, box: Sequence[float], kind: str, coordinates: str, affine: np.ndarray,
-             geometry: SliceGeometry, where: str, key_slice: float | None = None) -> None:
+def _add_box(
+    spec: PromptSpec,
+    cls: int,
+    box: Sequence[float],
+    kind: str,
+    coordinates: str,
+    affine: np.ndarray,
+    geometry: SliceGeometry,
+    where: str,
+    key_slice: float | None = None,
+) -> None:
     """Map a 3D box (6 numbers) into the sliced view, clip it, and add it to ``spec`` as ``box3d`` or key box.
 
     A key box thick along the slicing direction (k0 < k1) is a 3D box: its slices bound the propagation, which
@@ -173,20 +182,32 @@ def _key_boxes(value: object) -> list:
     return [value]
 
 
-def spec_from_boxes(boxes: dict[int, Sequence], geometry: SliceGeometry, key: bool = False, where: str = "box",
-                    key_slice: float | None = None) -> PromptSpec:
+def spec_from_boxes(
+    boxes: dict[int, Sequence],
+    geometry: SliceGeometry,
+    key: bool = False,
+    where: str = "box",
+    key_slice: float | None = None,
+) -> PromptSpec:
     """Prompts from per-class stored-voxel 3D boxes: on every slice they span, or (``key``) propagated. With
     ``key``, a class may have a list of boxes (several keys) and ``key_slice`` chooses where a thick one starts."""
     spec = PromptSpec()
     for cls, value in boxes.items():
         for box in _key_boxes(value) if key else [value]:
-            _add_box(spec, int(cls), box, "key_box" if key else "box3d", "voxel", np.eye(4), geometry, where,
-                     key_slice)
+            _add_box(spec, int(cls), box, "key_box" if key else "box3d", "voxel", np.eye(4), geometry, where, key_slice)
     return spec
 
 
-def add_points(spec: PromptSpec, cls: int, points: Sequence, labels: Sequence | None, coordinates: str,
-               affine: np.ndarray, geometry: SliceGeometry, where: str) -> None:
+def add_points(
+    spec: PromptSpec,
+    cls: int,
+    points: Sequence,
+    labels: Sequence | None,
+    coordinates: str,
+    affine: np.ndarray,
+    geometry: SliceGeometry,
+    where: str,
+) -> None:
     """Add points ``[N, 3]`` with their ``labels`` (1 foreground, 0 background) of class ``cls`` to ``spec``."""
     try:
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
@@ -284,8 +305,10 @@ def prompts_from_spec(spec: PromptSpec) -> VolumePrompts:
         ranges = [r for _, _, r in keys if r is not None]
         z_range = None
         if ranges:  # a 3D box bounds the object; flat keys beside it widen the bound to their own slices
-            z_range = (min([r[0] for r in ranges] + [k for k, _, _ in keys]),
-                       max([r[1] for r in ranges] + [k for k, _, _ in keys]))
+            z_range = (
+                min([r[0] for r in ranges] + [k for k, _, _ in keys]),
+                max([r[1] for r in ranges] + [k for k, _, _ in keys]),
+            )
         prompts.objects[cls] = ObjectPrompt([KeyBox(k, box) for k, box, _ in keys], z_range, spec.points.get(cls, {}))
     for cls, per_slice in spec.points.items():
         if cls in prompts.objects:

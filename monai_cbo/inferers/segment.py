@@ -228,8 +228,9 @@ def segment_volume(
     for cls, obj in prompts.objects.items():
         results[cls] = {**results.get(cls, {}), **propagate(inferer, volume, obj, propagation, cache)}
     sliced = inferer.label_map(results, tuple(volume.shape[1:]))
-    return VolumeSegmentation(results, sliced, geometry.to_stored(sliced),
-                              len({z for per in results.values() for z in per}))
+    return VolumeSegmentation(
+        results, sliced, geometry.to_stored(sliced), len({z for per in results.values() for z in per})
+    )
 
 
 def segment_case(
@@ -312,7 +313,8 @@ def find_cases(
         )
     if source.is_dir() and not is_dicom_folder(source):
         images = sorted(
-            p for p in source.iterdir()
+            p
+            for p in source.iterdir()
             if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
             or (p.is_dir() and is_dicom_folder(p))
         )
@@ -339,8 +341,13 @@ def find_cases(
         return path / f"{case_name(image)}{suffixes[0]}"
 
     return [
-        Case(image=image, label=companion(label, image, IMAGE_SUFFIXES),
-             prompt_file=companion(prompts, image, (".json",)), key=key, classes=classes)
+        Case(
+            image=image,
+            label=companion(label, image, IMAGE_SUFFIXES),
+            prompt_file=companion(prompts, image, (".json",)),
+            key=key,
+            classes=classes,
+        )
         for image in images
     ]
 

@@ -97,8 +97,12 @@ def _surface_metrics(p: torch.Tensor, g: torch.Tensor, spacing: tuple[float, ...
     has_p, has_g = bool(p.any()), bool(g.any())
     if not (has_p and has_g):
         return (0.0, 1.0) if has_p == has_g else (math.nan, 0.0)
-    one_hot = {"y_pred": p[None, None].float(), "y": g[None, None].float(), "include_background": True,
-               "spacing": list(spacing)}
+    one_hot = {
+        "y_pred": p[None, None].float(),
+        "y": g[None, None].float(),
+        "include_background": True,
+        "spacing": list(spacing),
+    }
     with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own helpers still pass
         warnings.simplefilter("ignore", FutureWarning)
         hd = compute_hausdorff_distance(**one_hot, percentile=95).item()

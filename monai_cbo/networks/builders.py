@@ -51,8 +51,9 @@ _VIT_SHAPES = {
     "vit_b": _ViTShape(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _ViTShape(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _ViTShape(1280, 32, 16, (7, 15, 23, 31)),
-    "tiny": _ViTShape(64, 4, 2, (1, 3), img_size=128, window_size=4, prompt_dim=64,
-                      decoder_depth=1, decoder_mlp=128, decoder_heads=4),
+    "tiny": _ViTShape(
+        64, 4, 2, (1, 3), img_size=128, window_size=4, prompt_dim=64, decoder_depth=1, decoder_mlp=128, decoder_heads=4
+    ),
 }
 
 
@@ -62,8 +63,10 @@ def load_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     Accepts a bare state dict or one nested under ``"model"`` / ``"state_dict"``.
     """
     state = load_weights_only(
-        path, "checkpoint", "pass a SAM .pth state dict, re-saved with torch.save(model.state_dict(), path) "
-        "from a trusted environment if needed"
+        path,
+        "checkpoint",
+        "pass a SAM .pth state dict, re-saved with torch.save(model.state_dict(), path) "
+        "from a trusted environment if needed",
     )
     if isinstance(state, dict) and state.get("format") == "monai_cbo.adapter":
         raise ValueError(
@@ -90,8 +93,9 @@ def _load_into(model: SamSegmenter, path: str | Path) -> None:
         detail = []
         if wrong:
             k = wrong[0]
-            detail.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)}, "
-                          f"model {tuple(own[k].shape)})")
+            detail.append(
+                f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+            )
         if missing:
             detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:
@@ -109,20 +113,33 @@ def _build_vit(name: str, checkpoint: str | Path | None = None, normalize: str =
     s = _VIT_SHAPES[name]
     grid = s.img_size // s.patch_size
     encoder = ImageEncoderViT(
-        img_size=s.img_size, patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
-        num_heads=s.num_heads, mlp_ratio=4, out_chans=s.prompt_dim, qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=s.window_size,
+        img_size=s.img_size,
+        patch_size=s.patch_size,
+        embed_dim=s.embed_dim,
+        depth=s.depth,
+        num_heads=s.num_heads,
+        mlp_ratio=4,
+        out_chans=s.prompt_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=s.window_size,
         global_attn_indexes=s.global_attn,
     )
     prompt_encoder = PromptEncoder(
-        embed_dim=s.prompt_dim, image_embedding_size=(grid, grid),
-        input_image_size=(s.img_size, s.img_size), mask_in_chans=16,
+        embed_dim=s.prompt_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(s.img_size, s.img_size),
+        mask_in_chans=16,
     )
     decoder = MaskDecoder(
         num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=s.decoder_depth, embedding_dim=s.prompt_dim,
-                                      mlp_dim=s.decoder_mlp, num_heads=s.decoder_heads),
-        transformer_dim=s.prompt_dim, iou_head_depth=3, iou_head_hidden_dim=min(256, s.prompt_dim * 4),
+        transformer=TwoWayTransformer(
+            depth=s.decoder_depth, embedding_dim=s.prompt_dim, mlp_dim=s.decoder_mlp, num_heads=s.decoder_heads
+        ),
+        transformer_dim=s.prompt_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=min(256, s.prompt_dim * 4),
     )
     check_option("normalize", normalize, ("sam", "none"))
     stats = (SAM_PIXEL_MEAN, SAM_PIXEL_STD) if normalize == "sam" else (None, None)
@@ -145,20 +162,35 @@ def _litemedsam_parts(tiny: bool) -> tuple[nn.Module, nn.Module, nn.Module]:
     # TinyViT's forward hard-codes a 64 x 64 token grid and its last patch merging keeps the resolution
     # only for a 320-wide last stage, so the tiny variant keeps 256 input, that width and the 256-channel
     # neck, and shrinks the other widths and the depths.
-    dims, depths, heads = ([16, 32, 48, 320], [1, 1, 2, 1], [1, 2, 2, 4]) if tiny else (
-        [64, 128, 160, 320], [2, 2, 6, 2], [2, 4, 5, 10])
-    encoder = TinyViT(
-        img_size=256, in_chans=3, embed_dims=dims, depths=depths, num_heads=heads,
-        window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
-        use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8,
+    dims, depths, heads = (
+        ([16, 32, 48, 320], [1, 1, 2, 1], [1, 2, 2, 4]) if tiny else ([64, 128, 160, 320], [2, 2, 6, 2], [2, 4, 5, 10])
     )
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
-                                   input_image_size=(256, 256), mask_in_chans=16)
+    encoder = TinyViT(
+        img_size=256,
+        in_chans=3,
+        embed_dims=dims,
+        depths=depths,
+        num_heads=heads,
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
+    )
     decoder = MaskDecoder(
         num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=1 if tiny else 2, embedding_dim=256,
-                                      mlp_dim=256 if tiny else 2048, num_heads=8),
-        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+        transformer=TwoWayTransformer(
+            depth=1 if tiny else 2, embedding_dim=256, mlp_dim=256 if tiny else 2048, num_heads=8
+        ),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
     )
     return encoder, prompt_encoder, decoder
 

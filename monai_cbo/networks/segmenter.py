@@ -146,8 +146,15 @@ class SamSegmenter(nn.Module):
             raise ValueError("give at least one prompt: boxes, points (with point_labels) or mask_inputs")
         if (points is None) != (point_labels is None):
             raise ValueError("points and point_labels go together")
-        per = [_per_image(p, batch, n) for p, n in ((boxes, "boxes"), (points, "points"),
-                                                     (point_labels, "point_labels"), (mask_inputs, "mask_inputs"))]
+        per = [
+            _per_image(p, batch, n)
+            for p, n in (
+                (boxes, "boxes"),
+                (points, "points"),
+                (point_labels, "point_labels"),
+                (mask_inputs, "mask_inputs"),
+            )
+        ]
         size = self.img_size if output_size is None else output_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         dense_pe = self.prompt_encoder.get_dense_pe()
@@ -197,5 +204,4 @@ class SamSegmenter(nn.Module):
         output_size: int | tuple[int, int] | None = None,
     ) -> SegmenterOutput:
         """Encode ``image`` [B, 3, S, S] once and decode every prompt; see :meth:`decode`."""
-        return self.decode(self.encode(image), boxes, points, point_labels, mask_inputs,
-                           multimask_output, output_size)
+        return self.decode(self.encode(image), boxes, points, point_labels, mask_inputs, multimask_output, output_size)

@@ -110,13 +110,23 @@ def apply_peft(model: nn.Module, config: PeftConfig) -> nn.Module:
             if config.method == "lora":
                 attn = block.module.attn
                 attn.qkv = LoraQKV(
-                    attn.qkv, block.q_index, block.v_index, config.rank,
-                    slot(2 * b), slot(2 * b + 1), config.lora_b_init,
+                    attn.qkv,
+                    block.q_index,
+                    block.v_index,
+                    config.rank,
+                    slot(2 * b),
+                    slot(2 * b + 1),
+                    config.lora_b_init,
                 )
             else:
                 block.module.mlp = AdapterMLP(
-                    block.module.mlp, block.dim, config.rank, slot(b),
-                    config.adapter_scale, config.adapter_dropout, config.lora_b_init,
+                    block.module.mlp,
+                    block.dim,
+                    config.rank,
+                    slot(b),
+                    config.adapter_scale,
+                    config.adapter_dropout,
+                    config.lora_b_init,
                 )
         device = next(encoder.parameters()).device
         encoder.to(device)

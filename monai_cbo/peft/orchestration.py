@@ -151,4 +151,3 @@ class CBOSlot(nn.Module):
 
     def extra_repr(self) -> str:
         return f"index={self.index}"
-

@@ -116,4 +116,3 @@ def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | N
         for name in expected:
             params[name].copy_(state[name])
     return model
-

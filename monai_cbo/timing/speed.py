@@ -133,7 +133,11 @@ def encoder_time_per_slice(
 
 
 def volume_time(
-    image: str, label: str, classes: list[int] | None = None, model_name: str = "litemedsam", device: str = "cpu",
+    image: str,
+    label: str,
+    classes: list[int] | None = None,
+    model_name: str = "litemedsam",
+    device: str = "cpu",
     repeats: int = 2,
 ) -> dict:
     """Seconds to segment one volume end to end (read, prompts from the ``classes`` of ``label``, infer, write
@@ -167,8 +171,12 @@ def volume_time(
                 pass
             _sync(torch.device(device))
             encoder.append(time.perf_counter() - start)
-    return {"slices": len(slices), "volume_s": round(min(whole), 3), "encoder_only_s": round(min(encoder), 3),
-            "overhead_outside_encoder": round(min(whole) / min(encoder) - 1, 4)}
+    return {
+        "slices": len(slices),
+        "volume_s": round(min(whole), 3),
+        "encoder_only_s": round(min(encoder), 3),
+        "overhead_outside_encoder": round(min(whole) / min(encoder) - 1, 4),
+    }
 
 
 def peak_memory_mib(device: str | torch.device = "cpu") -> float:

@@ -39,8 +39,12 @@ def _interleaved(before: Callable[[], object], after: Callable[[], object], repe
             times.append(time.perf_counter() - start)
     med_b, med_a = statistics.median(times_b), statistics.median(times_a)
     diff = float((torch.as_tensor(out_b).float() - torch.as_tensor(out_a).float()).abs().max())
-    return {"before_s": round(med_b, 4), "after_s": round(med_a, 4), "speedup": round(med_b / med_a, 3),
-            "max_abs_diff": diff}
+    return {
+        "before_s": round(med_b, 4),
+        "after_s": round(med_a, 4),
+        "speedup": round(med_b / med_a, 3),
+        "max_abs_diff": diff,
+    }
 
 
 def _train_step_pair(model_name: str, preset: str, batch: int, seed: int) -> tuple[Callable, Callable]:
@@ -87,6 +91,7 @@ def measure_speedups(
         def run() -> torch.Tensor:
             with context():
                 return net(inp).clone()
+
         return run
 
     results["inference_mode"] = _interleaved(encode_with(torch.no_grad), encode_with(torch.inference_mode), repeats)
@@ -105,8 +110,9 @@ def measure_speedups(
             compiled.encode(x)
         compile_s = time.perf_counter() - start
         results["torch_compile"] = {
-            **_interleaved(encode_with(torch.inference_mode), encode_with(torch.inference_mode, compiled.encode),
-                           repeats),
+            **_interleaved(
+                encode_with(torch.inference_mode), encode_with(torch.inference_mode, compiled.encode), repeats
+            ),
             "compile_s": round(compile_s, 1),
         }
     return results

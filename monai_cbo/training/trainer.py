@@ -71,6 +71,7 @@ class PreparePromptBatch(PrepareBatchExtraInput):
     def __init__(self, slice_keys: bool = False) -> None:
         super().__init__(extra_keys={"boxes": "boxes", **({"slice_keys": "slice_keys"} if slice_keys else {})})
 
+
 class CachedFrontSegmenter(nn.Module):
     """``model`` whose frozen encoder front is read from ``cache`` for slices it has seen before.
 
@@ -95,8 +96,9 @@ class CachedFrontSegmenter(nn.Module):
             return self.model(image, boxes=boxes)
         keys = [(*key, self.depth) if isinstance(key, tuple) else (key, self.depth) for key in slice_keys]
         with torch.no_grad():
-            front = self.cache.get_many(keys, lambda idx: self.model.encode_stages(image[idx], 0, self.depth),
-                                        image.device)
+            front = self.cache.get_many(
+                keys, lambda idx: self.model.encode_stages(image[idx], 0, self.depth), image.device
+            )
         return self.model.decode(self.model.encode_stages(front, self.depth), boxes=boxes)
 
 

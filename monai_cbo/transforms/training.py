@@ -99,8 +99,9 @@ class ChannelsToLabelMapd(MapTransform):
 
     backend = ChannelsToLabelMap.backend
 
-    def __init__(self, keys: KeysCollection, values: Sequence[int], threshold: float = 0.5,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, values: Sequence[int], threshold: float = 0.5, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = ChannelsToLabelMap(values, threshold)
 

@@ -37,15 +37,32 @@ def datalist(tmp_path_factory) -> Path:
             nib.save(nib.Nifti1Image(array, affine), root / sub / f"case{i}.nii.gz")
         entries.append({"case": f"case{i}", "image": f"images/case{i}.nii.gz", "label": f"labels/case{i}.nii.gz"})
     path = root / "datalist.json"
-    path.write_text(json.dumps({"labels": {"0": "background", "1": "left", "2": "right"},
-                                "regions": {"both": [1, 2], "right": [2]},  # "right" repeats a label: kept once
-                                "training": entries[:3], "test": entries[3:]}))
+    path.write_text(
+        json.dumps(
+            {
+                "labels": {"0": "background", "1": "left", "2": "right"},
+                "regions": {"both": [1, 2], "right": [2]},  # "right" repeats a label: kept once
+                "training": entries[:3],
+                "test": entries[3:],
+            }
+        )
+    )
     return path
 
 
 def _config(datalist: Path, out: Path, **kw) -> BenchConfig:
-    base = dict(datalist=str(datalist), out=str(out), model="tiny_tinyvit", presets=["freeze", "lora_cbo"],
-                seeds=[0], steps=2, batch=1, modality="ct", ct_window=[-160.0, 240.0], device="cpu")
+    base = dict(
+        datalist=str(datalist),
+        out=str(out),
+        model="tiny_tinyvit",
+        presets=["freeze", "lora_cbo"],
+        seeds=[0],
+        steps=2,
+        batch=1,
+        modality="ct",
+        ct_window=[-160.0, 240.0],
+        device="cpu",
+    )
     return BenchConfig(**{**base, **kw})
 
 
@@ -58,8 +75,11 @@ def test_feature_cache_changes_nothing_but_time(datalist, tmp_path):
             run_dir = tmp_path / name / preset
             run_dir.mkdir(parents=True)
             result = train_and_evaluate(config, data, preset, 0, run_dir, cache, log=lambda _: None)
-            results[name, preset] = (result, read_adapter(run_dir / "adapter.pt")["state_dict"],
-                                     (run_dir / "metrics.csv").read_text())
+            results[name, preset] = (
+                result,
+                read_adapter(run_dir / "adapter.pt")["state_dict"],
+                (run_dir / "metrics.csv").read_text(),
+            )
         if cache is not None:  # lora reuses what lora_cbo computed for the same slices
             assert cache.hits > 0 and len(cache) > 0
     for preset in ("decoder_only", "lora_cbo", "lora"):
@@ -73,8 +93,9 @@ def test_same_slices_and_jitter_for_every_preset(datalist, tmp_path):
     data = BenchData(_config(datalist, tmp_path), log=lambda _: None)
     assert data.sample_order(3, 7) == data.sample_order(3, 7)
     assert data.sample_order(3, 7) != data.sample_order(4, 7)
-    assert all(max(int((data.train[i].gt[..., z] == c).sum()) for c in data.classes) >= 4
-               for i, z in data.sample_order(0, 20))
+    assert all(
+        max(int((data.train[i].gt[..., z] == c).sum()) for c in data.classes) >= 4 for i, z in data.sample_order(0, 20)
+    )
 
 
 def test_bench_resumes_without_redoing_runs_and_refuses_another_budget(datalist, tmp_path):
@@ -87,7 +108,9 @@ def test_bench_resumes_without_redoing_runs_and_refuses_another_budget(datalist,
     assert not (out / "runs/freeze/seed0/adapter.pt").exists()
     assert (out / "runs/lora_cbo/seed0/adapter.pt").is_file()
     assert sorted(p.name for p in (out / "runs/lora_cbo/seed0/masks").iterdir()) == [
-        "case3_seg.nii.gz", "case4_seg.nii.gz"]
+        "case3_seg.nii.gz",
+        "case4_seg.nii.gz",
+    ]
     stamp = (out / "runs/lora_cbo/seed0/result.json").stat().st_mtime_ns
 
     # an interrupted run (folder without result.json) is redone; finished ones are not; freeze runs once
@@ -134,8 +157,24 @@ def test_report_of_a_folder_without_runs_says_what_to_do(tmp_path):
 
 def test_cli_bench(datalist, tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["bench", str(datalist), "-o", str(out), "--model", "tiny_tinyvit", "--presets", "freeze",
-                 "--seeds", "0", "--modality", "ct", "--device", "cpu"])
+    code = main(
+        [
+            "bench",
+            str(datalist),
+            "-o",
+            str(out),
+            "--model",
+            "tiny_tinyvit",
+            "--presets",
+            "freeze",
+            "--seeds",
+            "0",
+            "--modality",
+            "ct",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0 and (out / "runs/freeze/seed0/metrics.csv").is_file()
     assert "monai-cbo report" in capsys.readouterr().out
     assert main(["bench", str(datalist), "-o", str(out), "--presets", "lora,bogus"]) == 2

@@ -78,8 +78,16 @@ def test_truncated_recordings_score_every_stop_rule_as_the_real_propagation_does
 def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_path, monkeypatch):
     monkeypatch.setattr(prompting, "TRAJECTORY_GRID", {"margin": [0.0, 0.1], "min_margin": [1.0]})
     monkeypatch.setattr(prompting, "STOP_GRID", {**prompting.STOP_GRID, "min_iou": [0.0, 0.5]})
-    result = run_prompts_bench(suite, suite.parent, tmp_path / "out", build_model("tiny"), "tiny", sweep=True,
-                               cache_dir=tmp_path / "emb", log=lambda _: None)
+    result = run_prompts_bench(
+        suite,
+        suite.parent,
+        tmp_path / "out",
+        build_model("tiny"),
+        "tiny",
+        sweep=True,
+        cache_dir=tmp_path / "emb",
+        log=lambda _: None,
+    )
     assert set(result["parts"]) == {"tune", "validation"}
     assert {"one_key", "box3d", "three_keys", "per_slice"} <= set(result["parts"]["validation"]["demo"])
     for name in ("rows.csv", "summary.json", "summary.md", "sweep.csv", "sweep.md"):
@@ -91,13 +99,45 @@ def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_pa
 
 def test_the_command_scores_a_suite_with_given_settings(suite, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny",
-                 "--set", "min_overlap=0.3", "--set", "mask_prompt=true"]) == 0
+    assert (
+        main(
+            [
+                "prompts-bench",
+                str(suite),
+                "-o",
+                str(out),
+                "--data-root",
+                str(suite.parent),
+                "--model",
+                "tiny",
+                "--set",
+                "min_overlap=0.3",
+                "--set",
+                "mask_prompt=true",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["min_overlap"] == 0.3 and summary["config"]["mask_prompt"] is True
     assert "one key box" in capsys.readouterr().out
-    assert main(["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny",
-                 "--set", "min_overlapp=0.3"]) == 2
+    assert (
+        main(
+            [
+                "prompts-bench",
+                str(suite),
+                "-o",
+                str(out),
+                "--data-root",
+                str(suite.parent),
+                "--model",
+                "tiny",
+                "--set",
+                "min_overlapp=0.3",
+            ]
+        )
+        == 2
+    )
     assert "unknown propagation setting" in capsys.readouterr().err
 
 

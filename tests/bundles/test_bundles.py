@@ -32,8 +32,14 @@ from monai_cbo.inferers import Preprocess, SliceWiseInferer
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("spleen_ct_cbo", "organ_ct_cbo", "brats_mri_cbo")
-CONFIG_FILES = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json",
-                "logging.conf")
+CONFIG_FILES = (
+    "train.json",
+    "evaluate.json",
+    "inference.json",
+    "multi_gpu_train.json",
+    "metadata.json",
+    "logging.conf",
+)
 OVERRIDE_FILES = ("evaluate.json", "multi_gpu_train.json")  # merged over train.json
 BRATS_CASE = "brats_2013_pat0004_1"  # the one with the fewest tumour slices of the four
 # the 2015 convention's label values, and what the written map holds for WT, TC, ET (later over earlier)
@@ -88,9 +94,20 @@ def _parser(bundle: str, *files: str, **overrides) -> ConfigParser:
 
 def _train_parser(bundle: str, data: Data, tmp_path: Path, *extra_files: str, **overrides) -> ConfigParser:
     """train.json (+ override files) with the tiny model, the test data and nothing cached."""
-    return _parser(bundle, "train.json", *extra_files, **{
-        "model#name": "tiny", "dataset_dir": str(data.dataset_dir), "datalist": str(data.datalist),
-        "output_dir": str(tmp_path / "out"), "cache_rate": 0.0, "device": "$torch.device('cpu')", **overrides})
+    return _parser(
+        bundle,
+        "train.json",
+        *extra_files,
+        **{
+            "model#name": "tiny",
+            "dataset_dir": str(data.dataset_dir),
+            "datalist": str(data.datalist),
+            "output_dir": str(tmp_path / "out"),
+            "cache_rate": 0.0,
+            "device": "$torch.device('cpu')",
+            **overrides,
+        },
+    )
 
 
 def _ids(config) -> set[str]:
@@ -118,26 +135,54 @@ def test_bundle_has_the_model_zoo_file_set(bundle):
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_metadata_has_the_monai_fields(bundle):
     meta = json.loads((_configs(bundle) / "metadata.json").read_text())
-    for key in ("schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-                "required_packages_version", "task", "description", "authors", "copyright", "data_source",
-                "data_type", "image_classes", "label_classes", "pred_classes", "eval_metrics", "intended_use",
-                "references", "network_data_format"):
+    for key in (
+        "schema",
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "data_source",
+        "data_type",
+        "image_classes",
+        "label_classes",
+        "pred_classes",
+        "eval_metrics",
+        "intended_use",
+        "references",
+        "network_data_format",
+    ):
         assert meta.get(key) not in (None, ""), f"{bundle}/metadata.json lacks {key}"
     assert meta["version"] in meta["changelog"]
     assert meta["required_packages_version"]["monai-cbo"]
     formats = meta["network_data_format"]
     assert "image" in formats["inputs"] and "pred" in formats["outputs"]
     for item in (*formats["inputs"].values(), *formats["outputs"].values()):
-        for key in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data",
-                    "channel_def"):
+        for key in (
+            "type",
+            "format",
+            "num_channels",
+            "spatial_shape",
+            "dtype",
+            "value_range",
+            "is_patch_data",
+            "channel_def",
+        ):
             assert key in item, f"{bundle}/metadata.json: a network_data_format entry lacks {key}"
         assert item["num_channels"] == len(item["channel_def"])
     assert formats["inputs"]["image"]["num_channels"] == 3  # a SAM image encoder's input
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-@pytest.mark.parametrize("files", [("train.json",), ("train.json", "evaluate.json"),
-                                   ("train.json", "multi_gpu_train.json"), ("inference.json",)])
+@pytest.mark.parametrize(
+    "files",
+    [("train.json",), ("train.json", "evaluate.json"), ("train.json", "multi_gpu_train.json"), ("inference.json",)],
+)
 def test_every_referenced_id_exists(bundle, files):
     parser = _parser(bundle, *files)
     missing = sorted(i for i in _ids(parser.get()) if i not in parser)
@@ -189,12 +234,19 @@ def test_evaluate_config_resolves_with_writers_in_the_convention(bundle, data, t
     assert writer.to_labels.values == expected
 
 
-@pytest.mark.parametrize(("convention", "labels", "written"), [
-    ("2015", [1, 2, 3, 4], [2, 1, 4]), ("2021", [1, 2, 4], [2, 1, 4]), (2021, [1, 2, 4], [2, 1, 4]),
-    ("2023", [1, 2, 3], [2, 1, 3])])
+@pytest.mark.parametrize(
+    ("convention", "labels", "written"),
+    [
+        ("2015", [1, 2, 3, 4], [2, 1, 4]),
+        ("2021", [1, 2, 4], [2, 1, 4]),
+        (2021, [1, 2, 4], [2, 1, 4]),
+        ("2023", [1, 2, 3], [2, 1, 3]),
+    ],
+)
 def test_brats_label_convention_sets_sampled_labels_and_written_values(convention, labels, written, data, tmp_path):
-    parser = _train_parser("brats_mri_cbo", data["brats_mri_cbo"], tmp_path, "evaluate.json",
-                           label_convention=convention)
+    parser = _train_parser(
+        "brats_mri_cbo", data["brats_mri_cbo"], tmp_path, "evaluate.json", label_convention=convention
+    )
     assert parser.get_parsed_content("tumour_labels") == labels
     assert parser.get_parsed_content("label_values") == written
     regions = parser.get_parsed_content("regions")
@@ -205,8 +257,15 @@ def test_brats_label_convention_sets_sampled_labels_and_written_values(conventio
 
 def test_brats_takes_a_custom_region_mapping_with_its_written_values(data, tmp_path):
     msd = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}  # MSD Task01: 1 edema, 2 non-enhancing, 3 enhancing
-    parser = _train_parser("brats_mri_cbo", data["brats_mri_cbo"], tmp_path, "evaluate.json", adapter=None,
-                           label_convention=msd, label_values=[1, 2, 3])
+    parser = _train_parser(
+        "brats_mri_cbo",
+        data["brats_mri_cbo"],
+        tmp_path,
+        "evaluate.json",
+        adapter=None,
+        label_convention=msd,
+        label_values=[1, 2, 3],
+    )
     assert parser.get_parsed_content("tumour_labels") == [1, 2, 3]
     writer = next(h for h in parser.get_parsed_content("validate#handlers") if isinstance(h, LabelMapWriter))
     assert writer.to_labels.values == [1, 2, 3]
@@ -214,8 +273,15 @@ def test_brats_takes_a_custom_region_mapping_with_its_written_values(data, tmp_p
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_inference_config_resolves_with_the_training_preprocessing(bundle, data, tmp_path):
-    parser = _parser(bundle, "inference.json", adapter=None, **{"model#name": "tiny"}, input=str(data[bundle].image),
-                     output_dir=str(tmp_path / "inference"), key_box=[10, 10, 1, 30, 30, 1])
+    parser = _parser(
+        bundle,
+        "inference.json",
+        adapter=None,
+        **{"model#name": "tiny"},
+        input=str(data[bundle].image),
+        output_dir=str(tmp_path / "inference"),
+        key_box=[10, 10, 1, 30, 30, 1],
+    )
     assert isinstance(parser.get_parsed_content("inferer"), SliceWiseInferer)
     assert len(parser.get_parsed_content("cases")) == 1
     pre = parser.get_parsed_content("preprocess")
@@ -232,20 +298,47 @@ def test_inference_config_resolves_with_the_training_preprocessing(bundle, data,
 
 
 def _run(args: list[str], data: Data, out: Path) -> None:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args, "--dataset_dir", str(data.dataset_dir),
-           "--datalist", str(data.datalist), "--output_dir", str(out), "--model#name", "tiny"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        *args,
+        "--dataset_dir",
+        str(data.dataset_dir),
+        "--datalist",
+        str(data.datalist),
+        "--output_dir",
+        str(out),
+        "--model#name",
+        "tiny",
+    ]
     # one thread: on 2 shared cores, 2 OpenMP threads can spin against each other and a run takes minutes
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace",
-                            timeout=600)
+    result = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("bundle", [*BUNDLES[:2], pytest.param(BUNDLES[2], marks=pytest.mark.slow)])  # BraTS ~30 s
 def test_bundle_trains_a_tiny_epoch_and_evaluates_in_the_input_geometry(bundle, data, tmp_path):
     configs, out = _configs(bundle), tmp_path / "out"
-    _run(["training", "--config_file", str(configs / "train.json"), "--max_epochs", "1", "--val_interval", "1",
-          "--slices_per_volume", "2"], data[bundle], out)
+    _run(
+        [
+            "training",
+            "--config_file",
+            str(configs / "train.json"),
+            "--max_epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--slices_per_volume",
+            "2",
+        ],
+        data[bundle],
+        out,
+    )
     assert (out / "models" / "best_adapter.pt").is_file()
     state = torch.load(out / "models" / "training_state.pt", weights_only=True)
     assert state["trainer"]["epoch"] == 1

@@ -24,8 +24,24 @@ def test_inference_bundle_segments_each_case_from_its_prompt_file(tmp_path):
         nib.save(nib.Nifti1Image(volume, affine), images / f"{name}.nii.gz")
         (prompts / f"{name}.json").write_text(json.dumps({"prompts": [{"label": 1, "box3d": [4, 4, 1, 20, 18, 4]}]}))
     (images / "broken.nii.gz").write_bytes(b"not a nifti")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--input", str(images),
-           "--prompts", str(prompts), "--output_dir", str(out), "--adapter", "", "--model#name", "tiny"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIG),
+        "--input",
+        str(images),
+        "--prompts",
+        str(prompts),
+        "--output_dir",
+        str(out),
+        "--adapter",
+        "",
+        "--model#name",
+        "tiny",
+    ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode != 0  # one case failed ...
     assert "FAILED broken" in result.stderr and "2 of 3 case(s) segmented" in result.stdout

@@ -20,18 +20,51 @@ CONFIGS = REPO / "bundles" / "spleen_ct_cbo" / "configs"
 def demo_data(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("demo") / "data"
     # 2 training and 2 validation cases: each of 2 ranks gets one of each
-    subprocess.run([sys.executable, "data_prep/make_demo_data.py", str(data), "-o", str(data / "datalist.json"),
-                    "-n", "4", "--seed", "1", "--val-fraction", "0.5", "--test-fraction", "0"],
-                   cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "data_prep/make_demo_data.py",
+            str(data),
+            "-o",
+            str(data / "datalist.json"),
+            "-n",
+            "4",
+            "--seed",
+            "1",
+            "--val-fraction",
+            "0.5",
+            "--test-fraction",
+            "0",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return data
 
 
 def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None) -> str:
-    cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", *args, "--dataset_dir", str(data),
-           "--output_dir", str(out), "--model#name", "tiny", "--slices_per_volume", "2", "--val_interval", "1"]
+    cmd = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "monai.bundle",
+        "run",
+        *args,
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--model#name",
+        "tiny",
+        "--slices_per_volume",
+        "2",
+        "--val_interval",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes x 2 threads on 2 cores would spin against each other
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace",
-                            timeout=600)
+    result = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -75,8 +108,12 @@ def test_ddp_trains_past_its_first_iteration(demo_data, tmp_path):
     # (it did, and failed at the second iteration, before find_unused_parameters)
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29534"]
-    _bundle(["training", "--config_file", configs, "--max_epochs", "1", "--batch_size", "1"], tmp_path / "ddp",
-            demo_data, launcher)
+    _bundle(
+        ["training", "--config_file", configs, "--max_epochs", "1", "--batch_size", "1"],
+        tmp_path / "ddp",
+        demo_data,
+        launcher,
+    )
     assert _state(tmp_path / "ddp")["trainer"]["iteration"] == 2  # 2 training volumes, one per iteration
 
 
@@ -92,11 +129,27 @@ def test_same_seed_gives_bitwise_identical_weights_on_the_cpu(demo_data, tmp_pat
 def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(demo_data, tmp_path):
     out = tmp_path / "killed"
     train = ["training", "--config_file", str(CONFIGS / "train.json"), "--max_epochs", "4"]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *train, "--dataset_dir", str(demo_data), "--output_dir",
-           str(out), "--model#name", "tiny", "--slices_per_volume", "2", "--val_interval", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        *train,
+        "--dataset_dir",
+        str(demo_data),
+        "--output_dir",
+        str(out),
+        "--model#name",
+        "tiny",
+        "--slices_per_volume",
+        "2",
+        "--val_interval",
+        "1",
+    ]
     state = out / "models" / "training_state.pt"
-    process = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 300
         while not state.exists() and process.poll() is None and time.monotonic() < deadline:

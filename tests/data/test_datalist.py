@@ -31,8 +31,12 @@ def test_paths_resolve_against_dataset_dir_and_other_fields_pass_through(tmp_pat
     [
         ({"training": []}, "training", ValueError, "the 'training' list is empty"),
         ({"training": [{"image": "a.nii.gz"}]}, "test", ValueError, r"has no 'test' list \(its lists: \['training'\]"),
-        ({"training": [{"image": "missing.nii.gz"}]}, "training", FileNotFoundError,
-         "training entry 0: image .*missing.nii.gz does not exist; check dataset_dir"),
+        (
+            {"training": [{"image": "missing.nii.gz"}]},
+            "training",
+            FileNotFoundError,
+            "training entry 0: image .*missing.nii.gz does not exist; check dataset_dir",
+        ),
         ({"training": ["a.nii.gz"]}, "training", ValueError, "expected an object with an 'image'"),
     ],
 )

@@ -31,9 +31,18 @@ def test_importing_and_segmenting_a_nifti_does_not_import_simpleitk(tmp_path):
     for name, array in (("image.nii.gz", image), ("label.nii.gz", label)):
         nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 3.0, 1.0])), tmp_path / name)
     result = subprocess.run(
-        [sys.executable, "-c", _PROGRAM, str(tmp_path / "image.nii.gz"), str(tmp_path / "out"),
-         str(tmp_path / "label.nii.gz")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _PROGRAM,
+            str(tmp_path / "image.nii.gz"),
+            str(tmp_path / "out"),
+            str(tmp_path / "label.nii.gz"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])

@@ -59,10 +59,15 @@ def test_boxes_are_clipped_and_a_box_outside_is_refused(tmp_path):
 
 
 def test_key_box_and_points(tmp_path):
-    path = _write(tmp_path, {"prompts": [
-        {"label": 1, "key_box": [2, 3, 5, 6, 9, 5]},
-        {"label": 2, "points": [[4, 5, 7], [6, 6, 7], [1, 1, 2]], "point_labels": [1, 0, 1]},
-    ]})
+    path = _write(
+        tmp_path,
+        {
+            "prompts": [
+                {"label": 1, "key_box": [2, 3, 5, 6, 9, 5]},
+                {"label": 2, "points": [[4, 5, 7], [6, 6, 7], [1, 1, 2]], "point_labels": [1, 0, 1]},
+            ]
+        },
+    )
     spec = read_prompt_file(path, AFFINE, AXIAL)
     [(k, box, z_range)] = spec.key_boxes[1]
     assert k == 5 and box.tolist() == [3, 2, 9, 6] and z_range is None
@@ -86,8 +91,10 @@ def test_key_box_and_points(tmp_path):
         ({"prompts": [{"label": 1, "points": [[99, 0, 0]], "point_labels": [1]}]}, "lie outside the volume"),
         ({"prompts": [{"label": 1, "points": [[1, 1, 1]]}]}, "points need 'point_labels', one per point"),
         ({"prompts": [{"label": 1, "points": [[1, 1, 1]], "point_labels": [2]}]}, "must be 1 .* or 0"),
-        ({"prompts": [{"label": 1, "key_box": [2, 2, 3, 5, 5, 3]}, {"label": 1, "key_box": [1, 1, 3, 6, 6, 3]}]},
-         "class 1 already has a key box on slice 3"),
+        (
+            {"prompts": [{"label": 1, "key_box": [2, 2, 3, 5, 5, 3]}, {"label": 1, "key_box": [1, 1, 3, 6, 6, 3]}]},
+            "class 1 already has a key box on slice 3",
+        ),
         ({"prompts": [{"label": 1, "key_box": [[2, 2, 3, 5, 5, 3], [2, 2, 3, 5, 5, 3]]}]}, "already has a key box"),
         ({"prompts": [{"label": 1, "key_box": [2, 2, 30, 5, 5, 30]}]}, r"key_box .* lies outside the volume"),
         ({"prompts": [{"label": 1, "key_box": [2, 2, 1, 5, 5, 4], "key_slice": 8}]}, "key slice 8 is not inside"),

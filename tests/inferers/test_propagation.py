@@ -47,8 +47,9 @@ class SceneInferer(SliceWiseInferer):
             prob = torch.zeros(size)
             prob[y0 : y1 + 1, x0 : x1 + 1] = self.scene[y0 : y1 + 1, x0 : x1 + 1, z].float()
             rows, cols = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
-            for (x, y), label in zip(p.points if p.points is not None else [], p.point_labels if p.points is not None
-                                     else [], strict=True):
+            for (x, y), label in zip(
+                p.points if p.points is not None else [], p.point_labels if p.points is not None else [], strict=True
+            ):
                 if label == 0:
                     prob[(rows - y) ** 2 + (cols - x) ** 2 <= 36] = 0
             low_res = torch.nn.functional.avg_pool2d(prob[None, None], 4)[0, 0] - 0.25  # > 0: a quarter covered
@@ -155,8 +156,12 @@ def test_a_background_point_removes_a_leak_on_its_slice_and_nearby_ones():
     key = KeyBox(12, np.array([16, 16, 50, 50], dtype=np.float32))  # the user's box also covers the other structure
     leaking = propagate(inferer, VOLUME, ObjectPrompt([key]), PropagationConfig(min_overlap=0.0))
     assert leaking[12].prob[45, 45] > 0.5
-    fixed = propagate(inferer, VOLUME, ObjectPrompt([key], points={12: (np.array([[45.0, 45.0]]), np.array([0]))}),
-                      PropagationConfig(min_overlap=0.0, point_reach=2))
+    fixed = propagate(
+        inferer,
+        VOLUME,
+        ObjectPrompt([key], points={12: (np.array([[45.0, 45.0]]), np.array([0]))}),
+        PropagationConfig(min_overlap=0.0, point_reach=2),
+    )
     for z in (10, 11, 12, 13, 14):
         assert fixed[z].prob[45, 45] < 0.5
     assert fixed[12].prob[32, 32] > 0.5  # the object itself is kept
@@ -192,8 +197,13 @@ def test_the_real_inferer_propagates_with_a_tiny_model():
     inferer = SliceWiseInferer(build_model("tiny"), batch_size=2)
     volume = torch.rand(3, 32, 32, 6)
     cache = EmbeddingCache()
-    results = propagate(inferer, volume, ObjectPrompt([KeyBox(2, [4, 4, 20, 20])]), PropagationConfig(
-        min_iou=0.0, min_overlap=0.0, min_shrink=0.0, max_growth=1e9, max_key_area=1e9), cache)
+    results = propagate(
+        inferer,
+        volume,
+        ObjectPrompt([KeyBox(2, [4, 4, 20, 20])]),
+        PropagationConfig(min_iou=0.0, min_overlap=0.0, min_shrink=0.0, max_growth=1e9, max_key_area=1e9),
+        cache,
+    )
     assert 2 in results and all(r.prob.shape == (32, 32) for r in results.values())
     assert set(cache.encoded.values()) <= {1}
 
@@ -226,13 +236,26 @@ def test_background_points_cut_a_leak_with_litemedsam():
 # (image, label, label values of the target, modality, channels)
 BRATS = "BraTS2015_deepmedic/brats_2013_pat0005_1/"
 REAL_VOLUMES = {
-    "CT right kidney": ("TotalSegmentator_examples/example_ct.nii.gz",
-                        "TotalSegmentator_examples/example_seg_fast_force_split.nii.gz", [2], "ct", None),
-    "breast MRI lesion (NRRD)": ("pyradiomics_nrrd/breast1_image.nrrd", "pyradiomics_nrrd/breast1_label.nrrd", [1],
-                                 "mri", None),
+    "CT right kidney": (
+        "TotalSegmentator_examples/example_ct.nii.gz",
+        "TotalSegmentator_examples/example_seg_fast_force_split.nii.gz",
+        [2],
+        "ct",
+        None,
+    ),
+    "breast MRI lesion (NRRD)": (
+        "pyradiomics_nrrd/breast1_image.nrrd",
+        "pyradiomics_nrrd/breast1_label.nrrd",
+        [1],
+        "mri",
+        None,
+    ),
     "brain tumour core (FLAIR + T1c)": (
         [BRATS + "Flair_subtrMeanDivStd.nii.gz", BRATS + "T1c_subtrMeanDivStd.nii.gz"],
-        BRATS + "OTMultiClass.nii.gz", [1, 3, 4], "mri", [0, 1],
+        BRATS + "OTMultiClass.nii.gz",
+        [1, 3, 4],
+        "mri",
+        [0, 1],
     ),
 }
 
@@ -254,8 +277,7 @@ def test_one_key_box_on_real_volumes_keeps_most_of_the_per_slice_box_dice(name, 
 
     image, label, values, modality, channels = REAL_VOLUMES[name]
     image = [str(shared_data(p)) for p in image] if isinstance(image, list) else str(shared_data(image))
-    case = SuiteCase("test", name, image, str(shared_data(label)), "validation", modality, {"target": values},
-                     channels)
+    case = SuiteCase("test", name, image, str(shared_data(label)), "validation", modality, {"target": values}, channels)
     loaded = _load(case, None, "litemedsam")
     config = PropagationConfig()
     rows = {r["protocol"]: r for r in _score(litemedsam_inferer, loaded, ["per_slice", "one_key", "box3d"], config)}

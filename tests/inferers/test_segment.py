@@ -84,8 +84,10 @@ def test_each_slice_is_encoded_once_per_volume_for_every_class_and_key(tiny):
         keep_going = PropagationConfig(min_iou=0.0, min_overlap=0.0, min_shrink=0.0, max_growth=1e9, max_key_area=1e9)
         prompts = VolumePrompts(
             slices={3: {z: Prompt2D(box=[2, 2, 20, 20]) for z in (1, 2)}},
-            objects={1: ObjectPrompt([KeyBox(4, [4, 4, 24, 24])]),
-                     2: ObjectPrompt([KeyBox(1, [2, 2, 12, 12]), KeyBox(6, [3, 3, 14, 14])])},
+            objects={
+                1: ObjectPrompt([KeyBox(4, [4, 4, 24, 24])]),
+                2: ObjectPrompt([KeyBox(1, [2, 2, 12, 12]), KeyBox(6, [3, 3, 14, 14])]),
+            },
         )
         geometry = SliceGeometry((32, 32, 8), np.array([[0, 1], [1, 1], [2, 1]]))
         seg = segment_volume(tiny, volume, geometry, prompts, keep_going)

@@ -112,14 +112,18 @@ def test_zero_shot_litemedsam_with_slice_boxes_on_hippocampus(litemedsam):
 
 @pytest.mark.slow
 def test_propagation_from_one_key_slice_nearly_matches_per_slice_boxes(litemedsam):
-    volume, label = _case("TotalSegmentator_examples/example_ct.nii.gz",
-                          "TotalSegmentator_examples/example_seg_fast_force_split.nii.gz", cls=1)
+    volume, label = _case(
+        "TotalSegmentator_examples/example_ct.nii.gz",
+        "TotalSegmentator_examples/example_seg_fast_force_split.nii.gz",
+        cls=1,
+    )
     cache: dict = {}
     per_slice = litemedsam.label_map(litemedsam.predict(volume, prompts_from_label(label), cache=cache), label.shape)
     reference = dice_3d(per_slice == 1, label == 1)
     key = int(np.argmax(label.sum(axis=(0, 1))))
     key_box = KeyBox(key, prompts_from_label(label)[1][key].box)
-    propagated = litemedsam.label_map({1: litemedsam.propagate(volume, ObjectPrompt([key_box]), cache=cache)},
-                                      label.shape)
+    propagated = litemedsam.label_map(
+        {1: litemedsam.propagate(volume, ObjectPrompt([key_box]), cache=cache)}, label.shape
+    )
     dice = dice_3d(propagated == 1, label == 1)
     assert reference >= 0.8 and dice >= 0.8 * reference, (dice, reference)

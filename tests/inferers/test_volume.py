@@ -20,12 +20,18 @@ from monai_cbo.inferers import (
 from monai_cbo.networks import build_model
 
 GEOMETRY_CASES = {
-    "hippocampus": ("Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz",
-                    "Task04_Hippocampus/labelsTr/hippocampus_001.nii.gz"),
-    "brats": ("BraTS2015_deepmedic/brats_2013_pat0003_1/Flair_subtrMeanDivStd.nii.gz",
-              "BraTS2015_deepmedic/brats_2013_pat0003_1/OTMultiClass.nii.gz"),
-    "totalsegmentator": ("TotalSegmentator_examples/example_ct_sm.nii.gz",
-                         "TotalSegmentator_examples/example_seg.nii.gz"),
+    "hippocampus": (
+        "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz",
+        "Task04_Hippocampus/labelsTr/hippocampus_001.nii.gz",
+    ),
+    "brats": (
+        "BraTS2015_deepmedic/brats_2013_pat0003_1/Flair_subtrMeanDivStd.nii.gz",
+        "BraTS2015_deepmedic/brats_2013_pat0003_1/OTMultiClass.nii.gz",
+    ),
+    "totalsegmentator": (
+        "TotalSegmentator_examples/example_ct_sm.nii.gz",
+        "TotalSegmentator_examples/example_seg.nii.gz",
+    ),
     "nrrd": ("pyradiomics_nrrd/brain1_image.nrrd", "pyradiomics_nrrd/brain1_label.nrrd"),
 }
 
@@ -148,10 +154,17 @@ def test_dicom_series_folder_is_read_with_its_geometry(tmp_path, tiny_inferer):
     writer.KeepOriginalImageUIDOn()
     for z in range(array.shape[0]):
         sl = image[:, :, z]
-        for tag, value in (("0010|0010", "TEST"), ("0020|000e", "1.2.3.4"), ("0020|000d", "1.2.3"),
-                           ("0020|0013", str(z + 1)), ("0008|0060", "CT"),
-                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", "2.5"), ("0028|0030", "0.7\\0.8")):
+        for tag, value in (
+            ("0010|0010", "TEST"),
+            ("0020|000e", "1.2.3.4"),
+            ("0020|000d", "1.2.3"),
+            ("0020|0013", str(z + 1)),
+            ("0008|0060", "CT"),
+            ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0018|0050", "2.5"),
+            ("0028|0030", "0.7\\0.8"),
+        ):
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(series / f"{z:03d}.dcm"))
         writer.Execute(sl)

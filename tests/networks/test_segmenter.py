@@ -50,8 +50,9 @@ def test_points_boxes_masks_and_multimask(model):
     assert out.masks.shape == (1, 1, 3, 128, 128)
     both = model(image, boxes=torch.tensor([[[10.0, 10, 80, 80]]]), points=points, point_labels=labels)
     low = model.low_res_size
-    with_mask = model(image, boxes=torch.tensor([[[10.0, 10, 80, 80]]]), mask_inputs=torch.randn(1, 1, 1, low, low),
-                      output_size=low)
+    with_mask = model(
+        image, boxes=torch.tensor([[[10.0, 10, 80, 80]]]), mask_inputs=torch.randn(1, 1, 1, low, low), output_size=low
+    )
     assert both.masks.shape == (1, 1, 1, 128, 128) and with_mask.masks.shape == (1, 1, 1, low, low)
 
 
@@ -72,8 +73,12 @@ def test_bad_inputs_get_clear_errors(model):
     with pytest.raises(ValueError, match="points and point_labels go together"):
         model(torch.rand(1, 3, 128, 128), points=torch.zeros(1, 1, 1, 2))
     with pytest.raises(ValueError, match="disagree on the number of prompts"):
-        model(torch.rand(1, 3, 128, 128), boxes=torch.zeros(1, 2, 4), points=torch.zeros(1, 1, 1, 2),
-              point_labels=torch.ones(1, 1, 1))
+        model(
+            torch.rand(1, 3, 128, 128),
+            boxes=torch.zeros(1, 2, 4),
+            points=torch.zeros(1, 1, 1, 2),
+            point_labels=torch.ones(1, 1, 1),
+        )
     with pytest.raises(ValueError, match="boxes has 1 entries for a batch of 2"):
         model(torch.rand(2, 3, 128, 128), boxes=[torch.zeros(1, 4)])
 

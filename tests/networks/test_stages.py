@@ -11,8 +11,10 @@ from monai_cbo.networks import FeatureCache, encoder_stages, frozen_prefix, run_
 
 @pytest.mark.parametrize(
     "name, prefix",
-    [("tiny", {"freeze": 6, "decoder_only": 6, "lora": 1, "adapter": 1, "full": 0}),
-     ("tiny_tinyvit", {"freeze": 6, "decoder_only": 6, "lora": 2, "adapter": 2, "full": 0})],
+    [
+        ("tiny", {"freeze": 6, "decoder_only": 6, "lora": 1, "adapter": 1, "full": 0}),
+        ("tiny_tinyvit", {"freeze": 6, "decoder_only": 6, "lora": 2, "adapter": 2, "full": 0}),
+    ],
 )
 def test_stages_reproduce_the_encoder_and_the_frozen_front_follows_the_preset(name, prefix):
     for preset, expected in prefix.items():

@@ -14,8 +14,11 @@ from monai_cbo.transforms import ResizeLongestSidePad, restore_slice, scale_coor
 from monai_cbo.transforms.prompts import BoxFromMask
 
 CASES = {
-    "hippocampus": ("Task04_Hippocampus/imagesTr/hippocampus_003.nii.gz",
-                    "Task04_Hippocampus/labelsTr/hippocampus_003.nii.gz", None),
+    "hippocampus": (
+        "Task04_Hippocampus/imagesTr/hippocampus_003.nii.gz",
+        "Task04_Hippocampus/labelsTr/hippocampus_003.nii.gz",
+        None,
+    ),
     "spleen": ("TotalSegmentator_examples/example_ct_sm.nii.gz", "TotalSegmentator_examples/example_seg.nii.gz", 1),
 }
 

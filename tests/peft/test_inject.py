@@ -60,7 +60,10 @@ def test_params_command_prints_the_same_counts(vit_b_counts, capsys, preset, ran
 def test_console_script_runs_as_a_module():
     out = subprocess.run(
         [sys.executable, "-m", "monai_cbo.cli", "params", "--model", "tiny", "--preset", "lora_cbo"],
-        capture_output=True, encoding="utf-8", errors="replace", check=True,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        check=True,
     )
     counts = json.loads(out.stdout)
     # tiny: 4 blocks of width 64, r = 4 -> 4 x 2 x (64*4 + 4*64); CBO: C 4*8 + S 8*8 + 4 x (8 + 2*4)
@@ -80,8 +83,12 @@ def test_finds_the_attention_blocks_of_both_encoder_families():
     assert [b.name for b in vit] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
     tinyvit = find_attention_blocks(build_model("tiny_tinyvit").image_encoder)
     # the first TinyViT stage is convolutional; then stages of 1, 2, 1 attention blocks
-    assert [b.name for b in tinyvit] == ["layers.1.blocks.0", "layers.2.blocks.0", "layers.2.blocks.1",
-                                         "layers.3.blocks.0"]
+    assert [b.name for b in tinyvit] == [
+        "layers.1.blocks.0",
+        "layers.2.blocks.0",
+        "layers.2.blocks.1",
+        "layers.3.blocks.0",
+    ]
     assert [b.dim for b in tinyvit] == [32, 48, 48, 320]
 
 
@@ -158,8 +165,9 @@ def test_cbo_parameters_get_their_own_learning_rate():
     model = apply_peft(build_model("tiny"), PeftConfig.from_preset("adapter_cbo", cbo_lr_mult=100.0))
     groups = {g["name"]: g for g in optimizer_param_groups(model, lr=1e-4)}
     assert groups["cbo"]["lr"] == pytest.approx(1e-2) and groups["base"]["lr"] == pytest.approx(1e-4)
-    cbo_ids = {id(p) for m in model.modules() if isinstance(m, (CBOSlot, CrossBlockOrchestrator))
-               for p in m.parameters()}
+    cbo_ids = {
+        id(p) for m in model.modules() if isinstance(m, (CBOSlot, CrossBlockOrchestrator)) for p in m.parameters()
+    }
     assert {id(p) for p in groups["cbo"]["params"]} == cbo_ids
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert len(groups["cbo"]["params"]) + len(groups["base"]["params"]) == n_trainable

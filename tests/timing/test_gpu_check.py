@@ -14,8 +14,15 @@ import torch
 from monai_cbo.cli import main
 from monai_cbo.timing.gpu_check import GpuCheck, _run_capped
 
-RETURNED = {"gpu_check.json", "gpu_check.md", "gpu_check.log", "cuda_tests.log", "cuda_tests.xml", "bench.log",
-            "bench.tar.gz"}
+RETURNED = {
+    "gpu_check.json",
+    "gpu_check.md",
+    "gpu_check.log",
+    "cuda_tests.log",
+    "cuda_tests.xml",
+    "bench.log",
+    "bench.tar.gz",
+}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine gpu-check runs for real (minutes)")
@@ -34,9 +41,12 @@ def test_dry_run_without_cuda_runs_every_step_and_writes_the_returned_files(tmp_
     assert "needs a CUDA GPU" in steps["tests"]["skip_reasons"][0]
     rows = steps["throughput"]["rows"]
     assert {(r["dtype"], r["mode"], r["batch"]) for r in rows} == {
-        (d, m, b) for d in ("bf16", "fp16") for m in ("train", "infer") for b in (1, 2)}
-    assert all(r["model"] == "tiny" and r["slices_per_s"] > 0 and r["flops_per_slice"] > 0
-               and 0 < r["fraction_of_floor"] for r in rows)
+        (d, m, b) for d in ("bf16", "fp16") for m in ("train", "infer") for b in (1, 2)
+    }
+    assert all(
+        r["model"] == "tiny" and r["slices_per_s"] > 0 and r["flops_per_slice"] > 0 and 0 < r["fraction_of_floor"]
+        for r in rows
+    )
     train = next(r for r in rows if r["mode"] == "train")
     infer = next(r for r in rows if r["mode"] == "infer")
     # backward counted: activation gradients only (frozen weights get none), so less than twice the forward
@@ -66,9 +76,11 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see whether the child process is gone")
 def test_a_step_past_its_cap_is_stopped_with_its_children(tmp_path):
     # the bench is stopped this way when the call's time runs out; its child processes must not outlive it
-    program = ("import subprocess, sys, time; "
-               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-               "print('child', child.pid, flush=True); time.sleep(60)")
+    program = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print('child', child.pid, flush=True); time.sleep(60)"
+    )
     start = time.monotonic()
     code, seconds = _run_capped([sys.executable, "-c", program], tmp_path / "log", timeout=3)
     assert code is None and seconds < 20 and time.monotonic() - start < 20

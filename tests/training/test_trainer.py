@@ -24,8 +24,11 @@ def _batch(size: int, keys: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     label = torch.zeros(2, 1, size, size)
     label[:, :, 20:60, 30:90] = 1
-    batch = {"image": torch.rand(2, 3, size, size, generator=g), "label": label,
-             "boxes": torch.tensor([[[28.0, 18, 92, 62]]]).repeat(2, 1, 1)}
+    batch = {
+        "image": torch.rand(2, 3, size, size, generator=g),
+        "label": label,
+        "boxes": torch.tensor([[[28.0, 18, 92, 62]]]).repeat(2, 1, 1),
+    }
     return {**batch, "slice_keys": [("a", 0), ("a", 1)]} if keys else batch
 
 
@@ -58,5 +61,6 @@ def test_cached_front_gives_the_same_step_and_fills_the_cache():
         losses.append([train_step(trainer, _batch(model.img_size, keys))["loss"].item() for _ in range(2)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6) and len(cache) == 2 and cache.hits == 2
     assert isinstance(build_trainer(plain, build_optimizer(plain, 1e-3), []).network, type(plain))
-    assert isinstance(build_trainer(plain, build_optimizer(plain, 1e-3), [], feature_cache=cache).network,
-                      CachedFrontSegmenter)
+    assert isinstance(
+        build_trainer(plain, build_optimizer(plain, 1e-3), [], feature_cache=cache).network, CachedFrontSegmenter
+    )
