@@ -99,45 +99,12 @@ def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_pa
 
 def test_the_command_scores_a_suite_with_given_settings(suite, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert (
-        main(
-            [
-                "prompts-bench",
-                str(suite),
-                "-o",
-                str(out),
-                "--data-root",
-                str(suite.parent),
-                "--model",
-                "tiny",
-                "--set",
-                "min_overlap=0.3",
-                "--set",
-                "mask_prompt=true",
-            ]
-        )
-        == 0
-    )
+    base = ["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny"]
+    assert main([*base, "--set", "min_overlap=0.3", "--set", "mask_prompt=true"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["min_overlap"] == 0.3 and summary["config"]["mask_prompt"] is True
     assert "one key box" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "prompts-bench",
-                str(suite),
-                "-o",
-                str(out),
-                "--data-root",
-                str(suite.parent),
-                "--model",
-                "tiny",
-                "--set",
-                "min_overlapp=0.3",
-            ]
-        )
-        == 2
-    )
+    assert main([*base, "--set", "min_overlapp=0.3"]) == 2
     assert "unknown propagation setting" in capsys.readouterr().err
 
 
