@@ -51,7 +51,7 @@ from ..inferers import (
     propagate,
 )
 from ..inferers.prompts import prompts_from_mask
-from ..inferers.propagation import _similarity, mask_feature, stops
+from ..inferers.propagation import feature_similarity, mask_feature, stops
 from ..metrics import dice_3d
 from ..utils import write_atomic
 
@@ -325,7 +325,7 @@ def _record(
                     [results[z].prob.numpy()[masks[z]].mean() if masks[z].any() else 0.0 for z in zs]
                 ),
                 "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
-                "similarity": np.array([_similarity(feature(z), feature(key.slice)) for z in zs]),
+                "similarity": np.array([feature_similarity(feature(z), feature(key.slice)) for z in zs]),
             }
         )
     return _Track(

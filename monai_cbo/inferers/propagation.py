@@ -33,7 +33,15 @@ import torch
 from .embeddings import EmbeddingCache
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
-__all__ = ["KeyBox", "ObjectPrompt", "PropagationConfig", "mask_feature", "propagate", "stops"]
+__all__ = [
+    "KeyBox",
+    "ObjectPrompt",
+    "PropagationConfig",
+    "feature_similarity",
+    "mask_feature",
+    "propagate",
+    "stops",
+]
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,8 @@ def mask_feature(embedding: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor
     return feature / feature.norm().clamp_min(1e-12)
 
 
-def _similarity(feature: torch.Tensor | None, key: torch.Tensor | None) -> float:
+def feature_similarity(feature: torch.Tensor | None, key: torch.Tensor | None) -> float:
+    """Cosine similarity of two :func:`mask_feature` vectors; -1 (unlike anything) when either mask is empty."""
     return -1.0 if feature is None or key is None else float(feature @ key)
 
 
@@ -262,7 +271,7 @@ def propagate(
             now = int(mask.sum())
             overlap = float((mask & before).sum()) / max(now, 1)
             confidence = float(res.prob[mask].mean()) if now else 0.0
-            similarity = _similarity(features.get(z), features.get(key.slice))
+            similarity = feature_similarity(features.get(z), features.get(key.slice))
             if stops(config, now, before_area, key.area, overlap, res.iou, confidence, similarity, ranged):
                 break
             results[z] = res
