@@ -138,7 +138,10 @@ class BenchConfig:
 
 
 @dataclass
-class _Case:
+class LoadedCase:
+    """A bench case held in memory, preprocessed (not to be confused with :class:`~monai_cbo.inferers.Case`, a
+    case to segment from files)."""
+
     name: str
     volume: torch.Tensor  # [3, H, W, D] in the sliced view, [0, 1]
     gt: np.ndarray  # [H, W, D] sliced integer labels
@@ -195,13 +198,13 @@ class BenchData:
             )
         log(f"{len(self.slices)} training slices with foreground; classes {self.class_names}")
 
-    def _load(self, entry: dict, keep_image: bool) -> _Case:
+    def _load(self, entry: dict, keep_image: bool) -> LoadedCase:
         case = Case(image=entry["image"], label=entry["label"], name=entry_name(entry))
         image = load_volume(case.image)
         volume, geometry = prepare_volume(image, self.config.preprocess)
         gt, _ = check_label(load_volume(case.label), image)  # the checks of monai-cbo segment --label
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-        return _Case(
+        return LoadedCase(
             case.name,
             volume,
             np.ascontiguousarray(geometry.to_sliced(gt)),
