@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 
 from ..inferers.volume import case_name, save_label_map
 from ..metrics import MetricsTable, case_metrics
-from ..transforms.training import ChannelsToLabelMap
+from ..transforms.labels import ChannelsToLabelMap
 
 __all__ = ["CaseMetricsWriter", "LabelMapWriter"]
 

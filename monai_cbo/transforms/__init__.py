@@ -27,6 +27,10 @@ from .labels import (
     BratsRegionsD,
     BratsRegionsd,
     BratsRegionsDict,
+    ChannelsToLabelMap,
+    ChannelsToLabelMapd,
+    ClassChannels,
+    ClassChannelsd,
     LabelToBinaryTargets,
     LabelToBinaryTargetsD,
     LabelToBinaryTargetsd,
@@ -59,14 +63,7 @@ from .slicing import (
     canonical_orientation_transforms,
     move_slice_axis,
 )
-from .training import (
-    IGNORE,
-    ChannelsToLabelMap,
-    ChannelsToLabelMapd,
-    ClassChannels,
-    ClassChannelsd,
-    SlicePromptsd,
-)
+from .training import IGNORE, SlicePromptsd
 
 __all__ = [
     "IGNORE",

@@ -1,4 +1,5 @@
-"""Glue between label volumes and prompted training/evaluation: fixed class channels, per-slice prompts.
+"""A prompted training sample per slice: fixed prompt slots, one per configured class (the class channels come
+from :class:`~monai_cbo.transforms.ClassChannelsd` in :mod:`monai_cbo.transforms.labels`).
 
 Prompted training needs a fixed number of prompts per sample so batches collate: every configured class
 (or BraTS region) is one prompt slot. A slot whose class is absent from the slice is padded: a zero box and a
@@ -7,109 +8,23 @@ target filled with :data:`IGNORE` that the loss skips.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
-from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, Randomizable, Transform
-from monai.utils import TransformBackends, convert_to_tensor
+from monai.config import NdarrayOrTensor
+from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_tensor
 
 from .prompts import BoxFromMask
 from .resize import ResizeLongestSidePad
 
 __all__ = [
     "IGNORE",
-    "ChannelsToLabelMap",
-    "ChannelsToLabelMapd",
-    "ClassChannels",
-    "ClassChannelsd",
     "SlicePromptsd",
 ]
 
 IGNORE = -1.0
-
-
-class ClassChannels(Transform):
-    """Label map ``[1, *spatial]`` -> one binary channel per configured class ``[K, *spatial]`` (float32).
-
-    Unlike :class:`~monai_cbo.transforms.LabelToBinaryTargets`, every class gets its channel whether present or
-    not, and label values that are not configured count as background (TotalSegmentator maps hold >100
-    classes; a bundle trains a few). Float labels are rounded.
-
-    Args:
-        classes: label values, one channel each, in channel order.
-    """
-
-    backend = [TransformBackends.TORCH]
-
-    def __init__(self, classes: Sequence[int]) -> None:
-        if not classes:
-            raise ValueError("classes must name at least one label value")
-        self.classes = [int(c) for c in classes]
-
-    def __call__(self, label: NdarrayOrTensor) -> torch.Tensor:
-        if label.ndim < 2 or label.shape[0] != 1:
-            raise ValueError(f"ClassChannels expects a label map [1, *spatial], got shape {tuple(label.shape)}")
-        lab = torch.round(convert_to_tensor(label, track_meta=False))
-        out = torch.cat([(lab == c) for c in self.classes]).float()
-        return out if not hasattr(label, "meta") else type(label)(out, meta=label.meta)
-
-
-class ClassChannelsd(MapTransform):
-    """Dictionary version of :class:`ClassChannels`."""
-
-    backend = ClassChannels.backend
-
-    def __init__(self, keys: KeysCollection, classes: Sequence[int], allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = ClassChannels(classes)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
-
-
-class ChannelsToLabelMap(Transform):
-    """Binary channels ``[K, *spatial]`` -> label map ``[1, *spatial]``: channel k writes ``values[k]``, later
-    channels over earlier ones. For nested BraTS regions ordered (WT, TC, ET) with values (2, 1, 4) this
-    rebuilds the 2021 label convention (edema 2, necrotic core 1, enhancing 4)."""
-
-    backend = [TransformBackends.TORCH]
-
-    def __init__(self, values: Sequence[int], threshold: float = 0.5) -> None:
-        self.values = [int(v) for v in values]
-        self.threshold = threshold
-
-    def __call__(self, channels: NdarrayOrTensor) -> torch.Tensor:
-        x = convert_to_tensor(channels, track_meta=False)
-        if x.shape[0] != len(self.values):
-            raise ValueError(f"{x.shape[0]} channels but {len(self.values)} label values {self.values}")
-        dtype = torch.uint8 if max(self.values) < 256 and min(self.values) >= 0 else torch.int16
-        out = torch.zeros((1, *x.shape[1:]), dtype=dtype, device=x.device)
-        for k, v in enumerate(self.values):
-            out[0][x[k] > self.threshold] = v
-        return out if not hasattr(channels, "meta") else type(channels)(out, meta=channels.meta)
-
-
-class ChannelsToLabelMapd(MapTransform):
-    """Dictionary version of :class:`ChannelsToLabelMap`."""
-
-    backend = ChannelsToLabelMap.backend
-
-    def __init__(
-        self, keys: KeysCollection, values: Sequence[int], threshold: float = 0.5, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = ChannelsToLabelMap(values, threshold)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
 
 
 class SlicePromptsd(Randomizable, MapTransform):

@@ -9,6 +9,9 @@ from monai_cbo.transforms import (
     BRATS_CONVENTIONS,
     BratsRegions,
     BratsRegionsd,
+    ChannelsToLabelMap,
+    ClassChannels,
+    ClassChannelsd,
     LabelToBinaryTargets,
     LabelToBinaryTargetsd,
     RandSampleSlices,
@@ -123,3 +126,29 @@ def test_real_hippocampus_float_label_slices_give_classes_1_and_2(hippocampus):
         targets, ids = LabelToBinaryTargets(classes=[1, 2])(piece)
         assert set(ids.tolist()) <= {1, 2} and len(ids) >= 1
         assert targets.sum(axis=(1, 2)).min() >= 1
+
+
+def test_class_channels_keep_every_configured_class_and_ignore_others():
+    label = np.zeros((1, 4, 5), dtype=np.float32)
+    label[0, 1, 1] = 5.0
+    label[0, 2, 2] = 1.0000001  # float labels are rounded
+    label[0, 3, 3] = 77  # not configured: background
+    out = ClassChannels([1, 2, 5])(label)
+    assert out.shape == (3, 4, 5) and out.dtype == torch.float32
+    assert out[0, 2, 2] == 1 and out[1].sum() == 0 and out[2, 1, 1] == 1 and out.sum() == 2
+    meta = MetaTensor(torch.as_tensor(label), affine=torch.diag(torch.tensor([2.0, 2, 1, 1])))
+    d = ClassChannelsd("label", [1])({"label": meta})
+    assert isinstance(d["label"], MetaTensor) and torch.equal(d["label"].affine, meta.affine)
+    with pytest.raises(ValueError, match="at least one"):
+        ClassChannels([])
+
+
+def test_channels_to_label_map_rebuilds_the_brats_2021_convention():
+    wt, tc, et = (torch.zeros(3, 3) for _ in range(3))
+    wt[:, :] = 1
+    tc[1:, 1:] = 1
+    et[2, 2] = 1
+    labels = ChannelsToLabelMap([2, 1, 4])(torch.stack([wt, tc, et]))
+    np.testing.assert_array_equal(labels[0], [[2, 2, 2], [2, 1, 1], [2, 1, 4]])
+    with pytest.raises(ValueError, match="3 channels but 2 label values"):
+        ChannelsToLabelMap([1, 2])(torch.stack([wt, tc, et]))
