@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,3 +17,15 @@ keep_freed_memory()  # as the command line does: LiteMedSAM runs ~1.6x faster on
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """Four synthetic spleen CT cases (data_prep/make_demo_data.py): 2 training, 2 validation, so that each of 2
+    ranks gets one of each."""
+    data = tmp_path_factory.mktemp("demo") / "data"
+    script = ["data_prep/make_demo_data.py", str(data), "-o", str(data / "datalist.json"), "-n", "4"]
+    options = ["--seed", "1", "--val-fraction", "0.5", "--test-fraction", "0"]
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, *script, *options], cwd=repo, check=True, capture_output=True)
+    return data

@@ -150,32 +150,6 @@ def test_cuda_inference_matches_cpu_on_a_hippocampus_volume(record_property):
 # ---- the bundles on CUDA -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("demo") / "data"
-    subprocess.run(
-        [
-            sys.executable,
-            "data_prep/make_demo_data.py",
-            str(data),
-            "-o",
-            str(data / "datalist.json"),
-            "-n",
-            "4",
-            "--seed",
-            "1",
-            "--val-fraction",
-            "0.5",
-            "--test-fraction",
-            "0",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return data
-
-
 def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None, **env: str) -> str:
     cmd = [
         *(launcher or [sys.executable]),

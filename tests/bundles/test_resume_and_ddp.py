@@ -9,38 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "spleen_ct_cbo" / "configs"
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("demo") / "data"
-    # 2 training and 2 validation cases: each of 2 ranks gets one of each
-    subprocess.run(
-        [
-            sys.executable,
-            "data_prep/make_demo_data.py",
-            str(data),
-            "-o",
-            str(data / "datalist.json"),
-            "-n",
-            "4",
-            "--seed",
-            "1",
-            "--val-fraction",
-            "0.5",
-            "--test-fraction",
-            "0",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return data
 
 
 def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None) -> str:
