@@ -81,7 +81,7 @@ def test_each_slice_is_encoded_once_per_volume_for_every_class_and_key(tiny):
     hook = tiny.model.image_encoder.register_forward_hook(lambda _m, inp, _o: encoded.append(inp[0].shape[0]))
     try:
         volume = torch.rand(3, 32, 32, 8)
-        keep_going = PropagationConfig(min_iou=0.0, min_overlap=0.0, min_shrink=0.0, max_growth=1e9, max_key_area=1e9)
+        keep_going = PropagationConfig(min_iou=0.0, min_similarity=-1.0, max_key_area=1e9)  # visit every slice
         prompts = VolumePrompts(
             slices={3: {z: Prompt2D(box=[2, 2, 20, 20]) for z in (1, 2)}},
             objects={
