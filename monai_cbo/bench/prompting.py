@@ -11,12 +11,14 @@ gives the prompts of each protocol:
 * ``three_keys``: key boxes on the first, middle and last slice of the target.
 
 Each is scored by 3D Dice of the target alone, and by how many slices it predicts outside the target's true
-extent (and how far). ``--sweep`` tunes :class:`~monai_cbo.inferers.PropagationConfig` on the tune part by
-coordinate descent over a grid, then scores every part with the chosen settings: validation cases never
-influence a choice.
+extent (and how far). ``--sweep`` tunes :class:`~monai_cbo.inferers.PropagationConfig` on the tune part: each
+setting that changes a slice's prompt (:data:`TRAJECTORY_GRID`) is recorded once with the stop rules off, and
+every combination of the stop rules (:data:`STOP_GRID`) is scored by truncating the recordings where
+:func:`~monai_cbo.inferers.propagation.stops` would stop; then every part is scored with the chosen settings.
+Validation cases never influence a choice.
 
-Embeddings of every slice are stored per case under ``--cache-dir`` (4 MiB a slice), so a sweep encodes each
-volume once; decoder calls repeated with the same prompt within one sweep step are answered from memory.
+Embeddings of the slices visited are stored per case under ``--cache-dir`` (4 MiB a slice), so a sweep encodes
+each volume once; decoder calls repeated with the same prompt on one case are answered from memory.
 """
 
 from __future__ import annotations
