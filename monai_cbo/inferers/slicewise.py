@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ import torch
 from ..networks import SamSegmenter
 from ..transforms.resize import ResizeLongestSidePad, restore_slice, scale_coords
 from .embeddings import EmbeddingCache
+
+if TYPE_CHECKING:  # propagation builds on this module
+    from .propagation import ObjectPrompt, PropagationConfig
 
 __all__ = ["Prompt2D", "SliceResult", "SliceWiseInferer", "mask_box"]
 
@@ -190,7 +194,13 @@ class SliceWiseInferer:
                 results[cls][z] = res
         return results
 
-    def propagate(self, volume: torch.Tensor, prompt, config=None, cache: EmbeddingCache | None = None) -> dict:
+    def propagate(
+        self,
+        volume: torch.Tensor,
+        prompt: ObjectPrompt,
+        config: PropagationConfig | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> dict[int, SliceResult]:
         """Grow one object from its key boxes: see :func:`monai_cbo.inferers.propagation.propagate`."""
         from .propagation import propagate
 
