@@ -413,7 +413,7 @@ def _sweep(
 ) -> PropagationConfig:
     """Choose the propagation settings on the tune cases: every trajectory setting recorded once, every stop-rule
     combination scored by truncation, the neighbour weight last; ``sweep.csv`` and ``sweep.md`` record it."""
-    reference_rows = evaluate([start], tune, ["per_slice"])[0]
+    reference_rows = evaluate(start, tune, ["per_slice"])
     reference = {k: v["per_slice"]["dice"] for k, v in summarise(reference_rows).items()}
     combos, grid = _stop_grid()
     trajectories = [
@@ -486,7 +486,7 @@ def _sweep(
     neighbour = []
     for weight in NEIGHBOUR_WEIGHTS:
         trial = chosen.replace(neighbour_weight=weight)
-        result = summarise(reference_rows + evaluate([trial], tune, ["three_keys"])[0])
+        result = summarise(reference_rows + evaluate(trial, tune, ["three_keys"]))
         neighbour.append(float(np.mean([v["three_keys"]["ratio"] for v in result.values()])))
         rows.append(
             {
@@ -556,13 +556,12 @@ def run_prompts_bench(
     config = config or PropagationConfig()
     start = time.perf_counter()
 
-    def evaluate(configs: list[PropagationConfig], part_cases: list[SuiteCase], protocols) -> list[list[dict]]:
-        rows: list[list[dict]] = [[] for _ in configs]
+    def evaluate(setting: PropagationConfig, part_cases: list[SuiteCase], protocols) -> list[dict]:
+        rows: list[dict] = []
         for n, case in enumerate(part_cases, 1):
             loaded = _load(case, cache_path, tag)
             inferer.memo.clear()
-            for i, cfg in enumerate(configs):
-                rows[i] += _score(inferer, loaded, protocols, cfg)
+            rows += _score(inferer, loaded, protocols, setting)
             loaded.save()
             log(f"    {n}/{len(part_cases)} {case.key} ({time.perf_counter() - start:.0f} s)")
         inferer.memo.clear()
@@ -570,7 +569,7 @@ def run_prompts_bench(
 
     if sweep:
         config = _sweep(inferer, [c for c in cases if c.part == "tune"], config, cache_path, tag, out, log, evaluate)
-    rows = evaluate([config], cases, PROTOCOLS)[0]
+    rows = evaluate(config, cases, PROTOCOLS)
     if sweep:  # the truncated recordings must predict what the real propagation does
         measured = objective([r for r in rows if r["part"] == "tune" and r["protocol"] != "three_keys"])
         predicted = json.loads((out / "sweep_predicted.json").read_text())["objective_without_three_keys"]
