@@ -248,11 +248,9 @@ def propagate(
             while (z <= middle) if step > 0 else (z > middle):
                 t = (z - a.slice) / (b.slice - a.slice)
                 box = (1 - t) * a.box + t * b.box
-                near = None
-                if previous is not None and area(previous) >= config.min_area:
-                    near = mask_box(previous.prob > thr)
-                if near is not None:
-                    box = (1 - config.neighbour_weight) * box + config.neighbour_weight * _grow(near, config, size)
+                if area(previous) >= config.min_area:  # refined towards the neighbouring prediction's box
+                    near = _grow(mask_box(previous.prob > thr), config, size)
+                    box = (1 - config.neighbour_weight) * box + config.neighbour_weight * near
                 results[z] = run(z, box.astype(np.float32), previous)
                 previous = results[z]
                 z += step
