@@ -21,8 +21,10 @@ class PromptDiceBCELoss(nn.Module):
 
     ``forward(pred, target)``: ``pred`` is a :class:`~monai_cbo.networks.SegmenterOutput` (or its mask logits)
     ``[B, P, 1, S, S]``; ``target`` is ``[B, P, S, S]`` in {0, 1}, with padded slots filled with ``IGNORE``.
-    Dice is computed per prompt and averaged; a batch without any valid prompt gives a zero loss that still
-    depends on the logits, so the optimiser step is a no-op rather than an error.
+    Dice is computed per prompt with a non-empty target and averaged (an empty target - a class prompt on a
+    slice without the class - has no overlap to score; BCE alone pushes its mask to empty); BCE is averaged over
+    every valid prompt. A batch without any valid prompt gives a zero loss that still depends on the logits, so
+    the optimiser step is a no-op rather than an error.
     """
 
     def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1e-5) -> None:
@@ -39,8 +41,11 @@ class PromptDiceBCELoss(nn.Module):
         if not valid.any():
             return logits.sum() * 0.0
         logits, target = logits[valid], target[valid]
-        prob = torch.sigmoid(logits)
-        inter = (prob * target).sum(1)
-        dice = 1 - (2 * inter + self.smooth) / (prob.sum(1) + target.sum(1) + self.smooth)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
-        return (self.dice_weight * dice + self.bce_weight * bce).mean()
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1).mean()
+        present = target.sum(1) > 0
+        if not present.any():
+            return self.bce_weight * bce + logits.sum() * 0.0
+        prob = torch.sigmoid(logits[present])
+        inter = (prob * target[present]).sum(1)
+        dice = 1 - (2 * inter + self.smooth) / (prob.sum(1) + target[present].sum(1) + self.smooth)
+        return self.dice_weight * dice.mean() + self.bce_weight * bce

@@ -8,13 +8,14 @@ do not import each other. Every caller goes through here: the bundles (``network
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .networks import SamSegmenter, build_model
-from .peft import PeftConfig, apply_peft, load_adapter, read_adapter
+from .networks import SamSegmenter, add_class_prompts, build_model
+from .peft import PeftConfig, adapter_class_prompts, apply_peft, load_adapter, read_adapter
 
 __all__ = ["build_segmenter", "load_segmenter"]
 
@@ -26,10 +27,17 @@ def build_segmenter(
     rank: int | None = None,
     adapter: str | Path | None = None,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    class_values: Sequence[int] | None = None,
+    exclusive: bool = True,
     **peft_overrides: Any,
 ) -> SamSegmenter:
     """Build model ``name`` (weights from ``checkpoint``, or LiteMedSAM's packaged ones), apply ``preset`` and
     optionally load an ``adapter`` checkpoint (``None`` or ``""``: none, e.g. to evaluate ``freeze``).
+
+    ``class_names`` adds trainable class prompts (:func:`~monai_cbo.networks.add_class_prompts`), one per name,
+    for automatic segmentation, writing ``class_values`` (default 1..C) into label maps, ``exclusive`` or nested;
+    None (default) or empty: a prompted model only.
 
     Returns it in train mode. Model and PEFT initialisation draw from ``seed`` only (the global torch RNG is
     left as it was), so the same arguments give the same weights in every caller.
@@ -38,6 +46,8 @@ def build_segmenter(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         apply_peft(model, PeftConfig.from_preset(preset, rank=rank, **peft_overrides))
+    if class_names:
+        add_class_prompts(model, class_names, seed, class_values, exclusive)
     if adapter:
         load_adapter(model, adapter)
     return model.train()
@@ -52,4 +62,7 @@ def load_segmenter(path: str | Path, checkpoint: str | Path | None = None) -> Sa
     payload = read_adapter(path)
     model = build_model(payload["model_name"], checkpoint=checkpoint)
     apply_peft(model, PeftConfig.from_dict(payload["peft_config"]))
+    spec = adapter_class_prompts(payload)
+    if spec:
+        add_class_prompts(model, spec["names"], class_values=spec.get("values"), exclusive=spec.get("exclusive", True))
     return load_adapter(model, path, payload=payload)

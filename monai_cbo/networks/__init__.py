@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from .builders import MODELS, build_model, load_checkpoint_file
+from .class_prompts import ClassPrompts, add_class_prompts
 from .segmenter import SamSegmenter, SegmenterOutput
 from .stages import FeatureCache, encoder_stages, frozen_prefix, run_stages
 
 __all__ = [
     "MODELS",
+    "ClassPrompts",
     "FeatureCache",
     "SamSegmenter",
     "SegmenterOutput",
+    "add_class_prompts",
     "build_model",
     "encoder_stages",
     "frozen_prefix",

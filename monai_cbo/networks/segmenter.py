@@ -72,6 +72,7 @@ class SamSegmenter(nn.Module):
         self.img_size = int(img_size)
         self.model_name = model_name
         self.peft_config = None
+        self.class_prompts = None  # ClassPrompts: see monai_cbo.networks.add_class_prompts
         self.normalize = pixel_mean is not None
         if self.normalize:
             self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1) / 255.0, False)
@@ -132,6 +133,7 @@ class SamSegmenter(nn.Module):
         mask_inputs: Prompt = None,
         multimask_output: bool = False,
         output_size: int | tuple[int, int] | None = None,
+        classes: Prompt = None,
     ) -> SegmenterOutput:
         """Decode masks for each image's prompts from precomputed ``embeddings`` [B, C, h, w].
 
@@ -139,50 +141,33 @@ class SamSegmenter(nn.Module):
         ``mask_inputs[b]`` [P, 1, L, L] low-resolution mask logits (L = :attr:`low_res_size`). Give them as
         batched tensors (same P for every image) or as lists. Every given prompt type must have the same P
         for an image; boxes and points combine into one prompt.
+
+        ``classes[b]`` [P] (long, indices into :attr:`class_prompts`) asks for those classes' masks with no other
+        prompt: the automatic mode. It cannot be combined with boxes, points or masks.
         """
-        batch = embeddings.shape[0]
-        as_list = any(isinstance(p, (list, tuple)) for p in (boxes, points, point_labels, mask_inputs))
-        if boxes is None and points is None and mask_inputs is None:
-            raise ValueError("give at least one prompt: boxes, points (with point_labels) or mask_inputs")
-        if (points is None) != (point_labels is None):
-            raise ValueError("points and point_labels go together")
-        per = [
-            _per_image(p, batch, n)
-            for p, n in (
-                (boxes, "boxes"),
-                (points, "points"),
-                (point_labels, "point_labels"),
-                (mask_inputs, "mask_inputs"),
-            )
-        ]
+        if classes is not None:
+            if boxes is not None or points is not None or mask_inputs is not None:
+                raise ValueError("classes (automatic mode) cannot be combined with boxes, points or mask_inputs")
+            as_list = isinstance(classes, (list, tuple))
+            prompts = self._class_prompt_embeddings(embeddings, classes)
+        else:
+            as_list = any(isinstance(p, (list, tuple)) for p in (boxes, points, point_labels, mask_inputs))
+            prompts = self._prompt_embeddings(embeddings, boxes, points, point_labels, mask_inputs)
         size = self.img_size if output_size is None else output_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         dense_pe = self.prompt_encoder.get_dense_pe()
+        n_out = 3 if multimask_output else 1
         masks, ious = [], []
-        for b, (box, pts, lab, msk) in enumerate(zip(*per, strict=True)):
-            counts = {t.shape[0] for t in (box, pts, lab, msk) if t is not None}
-            if len(counts) != 1:
-                raise ValueError(f"image {b}: prompt types disagree on the number of prompts ({sorted(counts)})")
-            if next(iter(counts)) == 0:
-                n_out = 3 if multimask_output else 1
+        for b, pair in enumerate(prompts):
+            if pair is None:  # no prompt on this image
                 masks.append(embeddings.new_zeros(0, n_out, *size))
                 ious.append(embeddings.new_zeros(0, n_out))
                 continue
-            if box is not None:
-                if box.ndim != 2 or box.shape[-1] != 4:
-                    raise ValueError(f"image {b}: boxes must be [P, 4] XYXY, got {list(box.shape)}")
-                box = box.to(embeddings.device, torch.float32)
-            point_pair = None
-            if pts is not None:
-                point_pair = (pts.to(embeddings.device, torch.float32), lab.to(embeddings.device))
-            if msk is not None:
-                msk = msk.to(embeddings.device, embeddings.dtype)
-            sparse, dense = self.prompt_encoder(points=point_pair, boxes=box, masks=msk)
             low_res, iou = self.mask_decoder(
                 image_embeddings=embeddings[b : b + 1],
                 image_pe=dense_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
+                sparse_prompt_embeddings=pair[0],
+                dense_prompt_embeddings=pair[1],
                 multimask_output=multimask_output,
             )
             if tuple(low_res.shape[-2:]) != size:
@@ -193,6 +178,62 @@ class SamSegmenter(nn.Module):
             return SegmenterOutput(masks, ious)
         return SegmenterOutput(torch.stack(masks), torch.stack(ious))
 
+    def _prompt_embeddings(
+        self, embeddings: torch.Tensor, boxes: Prompt, points: Prompt, point_labels: Prompt, mask_inputs: Prompt
+    ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per image, the prompt encoder's (sparse, dense) embeddings of its boxes / points / masks (None: none)."""
+        if boxes is None and points is None and mask_inputs is None:
+            raise ValueError("give at least one prompt: boxes, points (with point_labels), mask_inputs or classes")
+        if (points is None) != (point_labels is None):
+            raise ValueError("points and point_labels go together")
+        batch = embeddings.shape[0]
+        per = [
+            _per_image(p, batch, n)
+            for p, n in (
+                (boxes, "boxes"),
+                (points, "points"),
+                (point_labels, "point_labels"),
+                (mask_inputs, "mask_inputs"),
+            )
+        ]
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for b, (box, pts, lab, msk) in enumerate(zip(*per, strict=True)):
+            counts = {t.shape[0] for t in (box, pts, lab, msk) if t is not None}
+            if len(counts) != 1:
+                raise ValueError(f"image {b}: prompt types disagree on the number of prompts ({sorted(counts)})")
+            if next(iter(counts)) == 0:
+                out.append(None)
+                continue
+            if box is not None:
+                if box.ndim != 2 or box.shape[-1] != 4:
+                    raise ValueError(f"image {b}: boxes must be [P, 4] XYXY, got {list(box.shape)}")
+                box = box.to(embeddings.device, torch.float32)
+            point_pair = None
+            if pts is not None:
+                point_pair = (pts.to(embeddings.device, torch.float32), lab.to(embeddings.device))
+            if msk is not None:
+                msk = msk.to(embeddings.device, embeddings.dtype)
+            out.append(self.prompt_encoder(points=point_pair, boxes=box, masks=msk))
+        return out
+
+    def _class_prompt_embeddings(
+        self, embeddings: torch.Tensor, classes: Prompt
+    ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per image, the learned class prompts of ``classes`` (:mod:`~monai_cbo.networks.class_prompts`) with the
+        prompt encoder's "no mask" dense embedding (None: no class asked)."""
+        if self.class_prompts is None:
+            raise ValueError(
+                f"model {self.model_name!r} has no class prompts, so it cannot segment without a prompt: load an "
+                "adapter trained with automatic steps (auto share > 0), or give boxes / points"
+            )
+        h, w = embeddings.shape[-2:]
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for index in _per_image(classes, embeddings.shape[0], "classes"):
+            sparse = self.class_prompts(index)
+            out.append((sparse, no_mask.expand(sparse.shape[0], -1, h, w)) if sparse.shape[0] else None)
+        return out
+
     def forward(
         self,
         image: torch.Tensor,
@@ -202,6 +243,9 @@ class SamSegmenter(nn.Module):
         mask_inputs: Prompt = None,
         multimask_output: bool = False,
         output_size: int | tuple[int, int] | None = None,
+        classes: Prompt = None,
     ) -> SegmenterOutput:
         """Encode ``image`` [B, 3, S, S] once and decode every prompt; see :meth:`decode`."""
-        return self.decode(self.encode(image), boxes, points, point_labels, mask_inputs, multimask_output, output_size)
+        return self.decode(
+            self.encode(image), boxes, points, point_labels, mask_inputs, multimask_output, output_size, classes
+        )

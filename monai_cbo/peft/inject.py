@@ -159,7 +159,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
     Keys: ``peft`` (base PEFT in the encoder), ``cbo`` (the CBO extra), ``decoder`` (trainable mask
     decoder), ``encoder`` (trainable pretrained encoder weights, full fine-tuning), ``prompt_encoder``,
-    ``total_trainable`` and ``total`` (every parameter of the model).
+    ``class_prompts`` (the learned prompts of automatic segmentation, if any), ``total_trainable`` and ``total``
+    (every parameter of the model).
     """
     cbo = {id(p) for p in _cbo_parameters(model)}
     peft: set[int] = set()
@@ -168,6 +169,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             peft |= {id(p) for p in module.adapter_parameters()} - cbo
     base_encoder = {id(p) for p in model.image_encoder.parameters()} - peft - cbo
     params = {id(p): p for p in model.parameters()}
+    prompts = getattr(model, "class_prompts", None)
 
     def trainable(ids: set[int]) -> int:
         return sum(params[i].numel() for i in ids if params[i].requires_grad)
@@ -178,6 +180,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "decoder": trainable({id(p) for p in model.mask_decoder.parameters()}),
         "encoder": trainable(base_encoder),
         "prompt_encoder": trainable({id(p) for p in model.prompt_encoder.parameters()}),
+        "class_prompts": trainable({id(p) for p in prompts.parameters()}) if prompts is not None else 0,
         "total_trainable": sum(p.numel() for p in params.values() if p.requires_grad),
         "total": sum(p.numel() for p in params.values()),
     }

@@ -5,6 +5,11 @@ A checkpoint is a ``torch.save`` dict that loads with ``weights_only=True``::
     {"format": "monai_cbo.adapter", "format_version": 1, "model_name": "litemedsam",
      "peft_config": {...PeftConfig fields...}, "state_dict": {name: tensor}, "metadata": {...}}
 
+An adapter trained for automatic segmentation also holds ``"class_prompts": {"names": [...], "values": [...],
+"exclusive": bool}`` and the learned prompts (``class_prompts.tokens`` in its state dict); it is written as
+``format_version`` 2 so that an older monai_cbo refuses it by name instead of failing on an unknown tensor.
+Adapters without class prompts stay version 1.
+
 It goes onto a freshly built pretrained model of the same name with the same config
 (:func:`monai_cbo.models.load_segmenter` builds that model from the checkpoint alone).
 """
@@ -21,10 +26,10 @@ from .. import __version__
 from ..utils import load_weights_only, write_atomic
 from .config import PeftConfig
 
-__all__ = ["adapter_state_dict", "load_adapter", "read_adapter", "save_adapter"]
+__all__ = ["adapter_class_prompts", "adapter_state_dict", "load_adapter", "read_adapter", "save_adapter"]
 
 FORMAT = "monai_cbo.adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this code reads; 1 is written when there are no class prompts
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -44,15 +49,18 @@ def save_adapter(
     config: PeftConfig | None = getattr(model, "peft_config", None)
     if config is None:
         raise ValueError("the model has no peft_config; apply a preset with monai_cbo.peft.apply_peft first")
+    prompts = getattr(model, "class_prompts", None)
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if prompts is None else 2,
         "monai_cbo_version": __version__,
         "model_name": model.model_name,
         "peft_config": config.to_dict(),
         "state_dict": adapter_state_dict(model),
         "metadata": dict(metadata or {}),
     }
+    if prompts is not None:
+        payload["class_prompts"] = prompts.spec()
     return write_atomic(path, lambda tmp: torch.save(payload, tmp), overwrite)
 
 
@@ -69,9 +77,36 @@ def read_adapter(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def adapter_class_prompts(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The class prompts' spec (names, values, exclusive) of a read adapter checkpoint; None for a prompted-only one."""
+    return payload.get("class_prompts") or None
+
+
 def _config_mismatch(saved: PeftConfig, current: PeftConfig) -> list[str]:
     a, b = saved.to_dict(), current.to_dict()
     return [f"{k}: checkpoint has {a[k]!r}, model has {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def _check_class_prompts(model: nn.Module, path: str | Path, saved: list[str] | None) -> None:
+    prompts = getattr(model, "class_prompts", None)
+    built = None if prompts is None else list(prompts.class_names)
+    if saved is None and built is None:
+        return
+    if saved is None:
+        raise ValueError(
+            f"adapter {path} has no class prompts but the model was built with {len(built)} ({built}); build it "
+            "without class names, or load an adapter trained with automatic steps"
+        )
+    if built is None:
+        raise ValueError(
+            f"adapter {path} holds class prompts for {len(saved)} classes ({saved}) but the model was built without "
+            "class prompts; load it with load_segmenter (or monai-cbo segment --adapter), which adds them"
+        )
+    if len(saved) != len(built):
+        raise ValueError(
+            f"adapter {path} has class prompts for {len(saved)} classes ({saved}) but the model was built for "
+            f"{len(built)} ({built}); build the model with the adapter's classes (load_segmenter does)"
+        )
 
 
 def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | None = None) -> nn.Module:
@@ -94,6 +129,7 @@ def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | N
     if current is None:
         raise ValueError(f"apply the checkpoint's PEFT config before loading {path} (or use load_segmenter)")
     saved = PeftConfig.from_dict(payload["peft_config"])
+    _check_class_prompts(model, path, (payload.get("class_prompts") or {}).get("names"))
     diff = _config_mismatch(saved, current)
     if diff:
         raise ValueError(

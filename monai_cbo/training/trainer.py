@@ -11,6 +11,12 @@ keyword (:class:`PreparePromptBatch`); the network predicts mask logits per prom
 :class:`~monai_cbo.losses.PromptDiceBCELoss`; the gradients are zeroed (to ``None``), back-propagated and
 stepped by the optimizer of :func:`build_optimizer` (through a gradient scaler under CUDA mixed precision).
 
+An *automatic* step (a share ``auto_share`` of the steps, drawn per step from a seeded generator, or chosen by
+the batch's ``auto_step`` flag) prompts every class of every slice with its learned class prompt
+(:mod:`~monai_cbo.networks.class_prompts`) instead of a box, against the batch's ``auto_label`` targets: one
+channel per class, empty where the class is absent, so the model also learns to say "not here". One adapter
+thus serves both box prompts and automatic runs.
+
 The frozen front of the encoder (:func:`~monai_cbo.networks.frozen_prefix`) computes the same features for the
 same slice in every step; given a :class:`~monai_cbo.networks.FeatureCache` and batches that name their
 slices (``slice_keys``), :class:`CachedFrontSegmenter` takes those features from the cache. That changes the
@@ -22,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from torch import nn
@@ -66,10 +73,47 @@ class PreparePromptBatch(PrepareBatchExtraInput):
     """``prepare_batch`` of the trainer: ``image`` and ``label`` to the device, ``boxes`` [B, P, 4] (XYXY, model
     pixels) as the network's ``boxes`` keyword and, with ``slice_keys=True``, the batch's ``slice_keys`` (one
     hashable name per image, for :class:`CachedFrontSegmenter`) as its ``slice_keys`` keyword, unchanged; without,
-    they are dropped."""
+    they are dropped.
 
-    def __init__(self, slice_keys: bool = False) -> None:
+    Automatic steps: with probability ``auto_share`` per batch (a generator seeded with ``seed``; a batch's own
+    ``auto_step`` entry, when present, decides instead) the batch trains the class prompts: the target is
+    ``batch[auto_label_key]`` [B, K, S, S] (every class, empty where absent) and the network gets
+    ``classes`` [B, K] = 0..K-1 instead of ``boxes``.
+
+    Raises:
+        ValueError: an automatic step on a batch without ``auto_label_key`` (add it with
+            ``SlicePromptsd(auto_label_key=...)``), or ``auto_share`` outside [0, 1].
+    """
+
+    def __init__(
+        self, slice_keys: bool = False, auto_share: float = 0.0, auto_label_key: str = "auto_label", seed: int = 0
+    ) -> None:
         super().__init__(extra_keys={"boxes": "boxes", **({"slice_keys": "slice_keys"} if slice_keys else {})})
+        if not 0.0 <= auto_share <= 1.0:
+            raise ValueError(f"auto_share is the share of automatic training steps, in [0, 1]; got {auto_share}")
+        self.auto_share, self.auto_label_key = float(auto_share), auto_label_key
+        self.rng = np.random.default_rng(seed)
+
+    def is_auto(self, batchdata: dict) -> bool:
+        """Whether ``batchdata`` is an automatic step (draws from the generator unless the batch says)."""
+        flag = batchdata.get("auto_step")
+        if flag is not None:
+            return bool(torch.as_tensor(flag).any())
+        return self.auto_share > 0 and bool(self.rng.random() < self.auto_share)
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any) -> tuple:
+        image, label, args, kw = super().__call__(batchdata, device, non_blocking, **kwargs)
+        if not self.is_auto(batchdata):
+            return image, label, args, kw
+        if self.auto_label_key not in batchdata:
+            raise ValueError(
+                f"an automatic training step needs the batch's {self.auto_label_key!r} targets (every class, empty "
+                "where absent): build the samples with SlicePromptsd(auto_label_key=...), or set auto_share to 0"
+            )
+        target = batchdata[self.auto_label_key].to(device=device, non_blocking=non_blocking)
+        kw.pop("boxes", None)
+        kw["classes"] = torch.arange(target.shape[1], device=target.device).expand(target.shape[0], -1)
+        return image, target, args, kw
 
 
 class CachedFrontSegmenter(nn.Module):
@@ -90,16 +134,20 @@ class CachedFrontSegmenter(nn.Module):
         self.depth = frozen_prefix(model.image_encoder)
 
     def forward(
-        self, image: torch.Tensor, boxes: torch.Tensor | None = None, slice_keys: Sequence[Hashable] | None = None
+        self,
+        image: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        slice_keys: Sequence[Hashable] | None = None,
+        classes: torch.Tensor | None = None,
     ) -> SegmenterOutput:
         if not self.depth or slice_keys is None:
-            return self.model(image, boxes=boxes)
+            return self.model(image, boxes=boxes, classes=classes)
         keys = [(*key, self.depth) if isinstance(key, tuple) else (key, self.depth) for key in slice_keys]
         with torch.no_grad():
             front = self.cache.get_many(
                 keys, lambda idx: self.model.encode_stages(image[idx], 0, self.depth), image.device
             )
-        return self.model.decode(self.model.encode_stages(front, self.depth), boxes=boxes)
+        return self.model.decode(self.model.encode_stages(front, self.depth), boxes=boxes, classes=classes)
 
 
 def build_trainer(
@@ -113,6 +161,8 @@ def build_trainer(
     epoch_length: int | None = None,
     handlers: Sequence[Any] = (),
     feature_cache: FeatureCache | None = None,
+    auto_share: float = 0.0,
+    seed: int = 0,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` that runs the one training step (module docstring) over ``train_data_loader``.
 
@@ -130,7 +180,18 @@ def build_trainer(
         handlers: Ignite / MONAI handlers to attach (schedulers, validation, checkpoints, logs).
         feature_cache: reuse frozen encoder features of slices named in the batches' ``slice_keys``
             (:class:`CachedFrontSegmenter`). Default None: no cache.
+        auto_share: share of automatic steps (class prompts against ``auto_label``; see
+            :class:`PreparePromptBatch`). Default 0: box-prompted steps only. Needs a network with class prompts.
+        seed: seeds the draw of automatic steps. Default 0.
+
+    Raises:
+        ValueError: ``auto_share > 0`` for a network without class prompts (build it with ``class_names``).
     """
+    if auto_share > 0 and getattr(_unwrap(network), "class_prompts", None) is None:
+        raise ValueError(
+            f"auto_share {auto_share} trains class prompts, but the network has none: build it with class_names "
+            "(monai_cbo.models.build_segmenter(..., class_names=[...])), or set auto_share to 0"
+        )
     device = torch.device(device)
     if feature_cache is not None:
         network = CachedFrontSegmenter(network, feature_cache)
@@ -142,7 +203,7 @@ def build_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=loss_function if loss_function is not None else PromptDiceBCELoss(),
-        prepare_batch=PreparePromptBatch(slice_keys=feature_cache is not None),
+        prepare_batch=PreparePromptBatch(slice_keys=feature_cache is not None, auto_share=auto_share, seed=seed),
         amp=bool(amp) and device.type == "cuda",
         decollate=False,
         optim_set_to_none=True,

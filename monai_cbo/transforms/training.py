@@ -41,6 +41,8 @@ class SlicePromptsd(Randomizable, MapTransform):
         jitter: box jitter in model-input pixels. Default 0.
         min_pixels: pixels a class needs on the slice to get a prompt. Default 1.
         boxes_key: output key of the boxes. Default "boxes".
+        auto_label_key: if given, also write the targets of automatic training there: ``[K, S, S]`` binary, every
+            class, empty (not :data:`IGNORE`) where absent, however few pixels a class has. Default None.
     """
 
     def __init__(
@@ -51,9 +53,11 @@ class SlicePromptsd(Randomizable, MapTransform):
         jitter: int = 0,
         min_pixels: int = 1,
         boxes_key: str = "boxes",
+        auto_label_key: str | None = None,
     ) -> None:
         MapTransform.__init__(self, [image_key, label_key])
         self.image_key, self.label_key, self.boxes_key = image_key, label_key, boxes_key
+        self.auto_label_key = auto_label_key
         self.size, self.min_pixels = int(size), int(min_pixels)
         self.resize_image = ResizeLongestSidePad(self.size, "bilinear")
         self.resize_label = ResizeLongestSidePad(self.size, "nearest")
@@ -81,6 +85,8 @@ class SlicePromptsd(Randomizable, MapTransform):
         boxes = torch.zeros(label.shape[0], 4)
         if present.any():  # boxes of the resized targets: jitter is in model-input pixels
             boxes[present] = torch.as_tensor(self.box(targets[present].numpy().astype(np.uint8)))
+        if self.auto_label_key is not None:
+            d[self.auto_label_key] = targets.clone()
         targets[~present] = IGNORE
         d[self.image_key] = torch.as_tensor(np.asarray(self.resize_image(convert_to_tensor(image, track_meta=False))))
         d[self.label_key] = targets
