@@ -107,6 +107,36 @@ def _load_model(args: argparse.Namespace):
     return build_model(args.model or "litemedsam", checkpoint=args.checkpoint)
 
 
+PROMPT_OPTIONS = "--label LABEL, --prompts FILE, --key-box I0,J0,K0,I1,J1,K1 (with --point), or --auto"
+
+
+def _auto_mode(args: argparse.Namespace):
+    """The :class:`AutoConfig` of ``segment``'s options, or None for a prompted run. Decided from the options and
+    the adapter file alone, before any volume is read."""
+    from .inferers import AutoConfig
+    from .peft import adapter_class_prompts, read_adapter
+
+    prompted = args.prompts is not None or args.key_box is not None
+    wants_auto = args.auto or args.auto_refine or args.largest_component
+    if wants_auto and prompted:
+        raise ValueError("--auto (and --auto-refine, --largest-component) take no prompt: drop --prompts / --key-box")
+    if not wants_auto and (prompted or args.label is not None):
+        return None
+    has_prompts = bool(args.adapter) and adapter_class_prompts(read_adapter(args.adapter)) is not None
+    if not has_prompts:
+        if wants_auto:
+            what = f"adapter {args.adapter} has no class prompts" if args.adapter else "no --adapter was given"
+            raise ValueError(
+                f"automatic segmentation needs an adapter trained with automatic steps, and {what}; train one "
+                f"(bundle training, or monai-cbo bench --auto-share 0.5) or give a prompt: {PROMPT_OPTIONS}"
+            )
+        raise ValueError(
+            "nothing tells monai-cbo segment where to look: give a prompt or an automatic adapter: "
+            f"{PROMPT_OPTIONS} with --adapter A trained with automatic steps"
+        )
+    return AutoConfig(refine=args.auto_refine, largest_component=args.largest_component)
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .inferers import KeyPrompt, Preprocess, SliceWiseInferer, find_cases, segment_cases
     from .inferers.segment import report
@@ -114,8 +144,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if (args.key_slice is not None or args.point) and args.key_box is None:
         raise ValueError("--key-slice and --point go with --key-box (points in a prompt file go with its key boxes)")
+    auto = _auto_mode(args)
     key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
-    cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes)
+    cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes, auto=auto)
     pre = Preprocess(args.modality, tuple(args.ct_window), args.channels, args.view)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
     out_dir = Path(args.output)
@@ -266,7 +297,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ],
     )
     step(
-        "3/3 evaluate the best adapter on the held-out case: NIfTI masks + Dice table",
+        "3/3 evaluate the best adapter on the held-out case, with box prompts and with no prompt: masks + Dice",
         [
             sys.executable,
             "-m",
@@ -282,9 +313,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\ndone in {time.perf_counter() - start:.0f} s. Outputs in {out}:\n"
         f"  data/                      synthetic cases + datalist.json\n"
-        f"  models/best_adapter.pt     adapter-only checkpoint (best validation Dice)\n"
-        f"  eval/*_seg.nii.gz          masks in the input geometry\n"
+        f"  models/best_adapter.pt     adapter + class prompts (best automatic validation Dice)\n"
+        f"  eval/*_seg.nii.gz          masks in the input geometry, box prompts from the label\n"
         f"  eval/metrics_per_case.csv  Dice / HD95 / NSD per case; eval/metrics_summary.md\n"
+        f"  eval/auto/                 the same with no prompt at all (the adapter's class prompts)\n"
         f"  tensorboard/               training curves"
     )
     return 0
@@ -391,8 +423,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="image file (.nii/.nii.gz/.nrrd/.mha), DICOM series folder, or a folder of them")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--label", help="label map (or folder of them): a box per slice and class, and Dice scores")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--label",
+        help="label map (or folder of them): a box per slice and class, and Dice scores (with --auto: scores only)",
+    )
     src.add_argument(
         "--prompts",
         "--boxes3d",
@@ -419,6 +454,22 @@ def _parser() -> argparse.ArgumentParser:
         "leaks); it also prompts the slices near K (repeatable)",
     )
     p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-box")
+    p.add_argument(
+        "--auto",
+        action="store_true",
+        help="no prompt: every slice and class from the --adapter's learned class prompts (the default when no "
+        "prompt option is given and the adapter has them); with --label, the label only scores",
+    )
+    p.add_argument(
+        "--auto-refine",
+        action="store_true",
+        help="with --auto: re-prompt each automatic mask with its box and keep it where both agree (IoU >= 0.5)",
+    )
+    p.add_argument(
+        "--largest-component",
+        action="store_true",
+        help="with --auto: keep each class's largest 3D connected component",
+    )
     p.add_argument(
         "--classes",
         type=_list_of(int, what="--classes"),
@@ -484,6 +535,19 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=6144.0,
         help="memory for features of frozen encoder stages, reused across presets (0: off)",
+    )
+    p.add_argument(
+        "--auto-share",
+        type=float,
+        default=0.0,
+        help="share of automatic training steps (learned class prompts, no box); > 0 also scores every run "
+        "automatically (columns auto, auto_refine, auto_lcc). Default 0: box prompts only",
+    )
+    p.add_argument(
+        "--background-ratio",
+        type=float,
+        default=0.1,
+        help="in automatic steps, the share of slices drawn from slices without any class (default 0.1)",
     )
     p.set_defaults(func=_cmd_bench)
 

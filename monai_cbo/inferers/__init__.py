@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .automatic import AutoConfig, segment_automatic
 from .embeddings import EmbeddingCache
 from .prompts import (
     PromptSpec,
@@ -27,6 +28,7 @@ from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 from .volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
 
 __all__ = [
+    "AutoConfig",
     "Case",
     "CaseResult",
     "EmbeddingCache",
@@ -53,6 +55,7 @@ __all__ = [
     "prompts_from_spec",
     "read_prompt_file",
     "save_label_map",
+    "segment_automatic",
     "segment_case",
     "segment_cases",
     "segment_volume",

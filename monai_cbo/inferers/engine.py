@@ -1,4 +1,6 @@
-"""A MONAI ``Inferer`` for evaluators: whole volumes in, per-class binary channels out, prompts from a label."""
+"""MONAI inferers for evaluators: whole volumes in, per-class binary channels out - prompted with boxes from the
+label (:class:`PromptedVolumeInferer`, the benchmark protocol) or with no prompt at all (:class:`AutoVolumeInferer`,
+the model's learned class prompts). :func:`volume_inferer` picks one by name, for bundle configs."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
+from .automatic import AutoConfig
 from .prompts import prompts_from_mask
 from .segment import segment_volume
 from .slicewise import SliceWiseInferer
 from .volume import SliceGeometry
 
-__all__ = ["PromptedVolumeInferer"]
+__all__ = ["AutoVolumeInferer", "PromptedVolumeInferer", "volume_inferer"]
 
 
 class PromptedVolumeInferer(Inferer):
@@ -58,3 +61,55 @@ class PromptedVolumeInferer(Inferer):
         finally:
             model.train(was_training)
         return convert_to_dst_type(out, dst=inputs)[0]  # a MetaTensor keeps the input's geometry for Invertd
+
+
+class AutoVolumeInferer(Inferer):
+    """Segment ``[B, 3, H, W, D]`` volumes with no prompt: every slice, every class of the network's class prompts
+    (:mod:`~monai_cbo.inferers.automatic`). Returns ``[B, K, H, W, D]`` binary channels in the class prompts'
+    order (the same order as the label channels a bundle trains on); exclusive classes go to the most probable,
+    nested regions are independent channels. A ``prompt_label`` keyword (wired for the prompted evaluator) is
+    accepted and ignored, so both evaluators share one ``prepare_batch``.
+
+    Args:
+        auto: refinement / clean-up options (:class:`AutoConfig`); default none.
+        batch_size: slices per encoder pass (default: 1 on CPU, 8 on CUDA).
+        threshold: foreground probability. Default 0.5.
+    """
+
+    def __init__(self, auto: AutoConfig | None = None, batch_size: int | None = None, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.auto, self.batch_size, self.threshold = auto or AutoConfig(), batch_size, threshold
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, prompt_label: torch.Tensor | None = None):
+        model = getattr(network, "module", network)  # DistributedDataParallel
+        prompts = getattr(model, "class_prompts", None)
+        if prompts is None:
+            raise ValueError(
+                "automatic evaluation needs a network with class prompts: train with auto_share > 0 (and load its "
+                "adapter), or evaluate prompted (auto_share 0)"
+            )
+        was_training = model.training
+        inferer = SliceWiseInferer(model, self.batch_size, device=inputs.device, threshold=self.threshold)
+        out = torch.zeros((inputs.shape[0], len(prompts), *inputs.shape[2:]), dtype=torch.float32, device=inputs.device)
+        try:
+            identity = SliceGeometry(tuple(inputs.shape[2:]), np.array([[0, 1], [1, 1], [2, 1]]))
+            for b in range(inputs.shape[0]):
+                seg = segment_volume(inferer, inputs[b], identity, auto=self.auto)
+                for k, value in enumerate(prompts.class_values):
+                    if prompts.exclusive:
+                        out[b, k] = torch.as_tensor(seg.sliced_labels == value).float().to(out.device)
+                    else:
+                        for z, res in seg.results[value].items():
+                            out[b, k, ..., z] = (res.prob > self.threshold).float().to(out.device)
+        finally:
+            model.train(was_training)
+        return convert_to_dst_type(out, dst=inputs)[0]
+
+
+def volume_inferer(mode: str, exclusive: bool = True, auto: AutoConfig | None = None) -> Inferer:
+    """The evaluator's inferer by name: ``"prompted"`` (:class:`PromptedVolumeInferer`, boxes from the label, with
+    ``exclusive``) or ``"auto"`` (:class:`AutoVolumeInferer`; exclusivity comes from the class prompts)."""
+    from ..utils import check_option
+
+    check_option("mode", mode, ("prompted", "auto"))
+    return PromptedVolumeInferer(exclusive) if mode == "prompted" else AutoVolumeInferer(auto)

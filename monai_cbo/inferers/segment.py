@@ -19,6 +19,7 @@ import torch
 from ..data.readers import is_dicom_folder
 from ..metrics import case_metrics
 from ..utils import check_overwrite
+from .automatic import AutoConfig, segment_automatic
 from .embeddings import EmbeddingCache
 from .prompts import (
     PromptSpec,
@@ -95,6 +96,9 @@ class Case:
     With ``label`` and ``classes``, label values outside ``classes`` are ignored (not segmented, not scored),
     and a class of ``classes`` absent from the label gets no prompt, so it is absent from the written mask
     (an empty mask for it) and from the scores. Without ``classes`` every non-zero value present is segmented.
+
+    With ``auto`` (an :class:`AutoConfig`) there is no prompt: the model's learned class prompts segment every
+    slice, and a ``label``, if given, only scores the result.
     """
 
     image: str | Path | list[str | Path]
@@ -103,11 +107,18 @@ class Case:
     key: KeyPrompt | None = None
     name: str | None = None
     classes: Sequence[int] | None = None  # with ``label``: the label values to segment (default: all present)
+    auto: AutoConfig | None = None
 
     def __post_init__(self) -> None:
-        given = [s for s in ("label", "prompt_file", "key") if getattr(self, s) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one prompt source (label, prompt file or key slice), got {given or 'none'}")
+        sources = ("prompt_file", "key") if self.auto is not None else ("label", "prompt_file", "key")
+        given = [s for s in sources if getattr(self, s) is not None]
+        if self.auto is not None and given:
+            raise ValueError(f"automatic segmentation takes no prompt; got {given} as well")
+        if self.auto is None and len(given) != 1:
+            raise ValueError(
+                f"give exactly one prompt source (label, prompt file or key slice) or automatic mode, got "
+                f"{given or 'none'}"
+            )
         if self.classes is not None and not all(int(c) >= 1 for c in self.classes):
             raise ValueError(f"classes must be label values >= 1 (0 is background), got {list(self.classes)}")
         if self.name is None:
@@ -209,17 +220,31 @@ def segment_volume(
     inferer: SliceWiseInferer,
     volume: torch.Tensor,
     geometry: SliceGeometry,
-    prompts: VolumePrompts | dict[int, dict],
+    prompts: VolumePrompts | dict[int, dict] | None = None,
     propagation: PropagationConfig | None = None,
     cache: EmbeddingCache | None = None,
+    auto: AutoConfig | None = None,
 ) -> VolumeSegmentation:
     """Segment a prepared volume (:func:`prepare_volume`) from its prompts: the core every entry point shares.
 
     Per-slice prompts and every class's propagation draw on one :class:`EmbeddingCache` (``cache``, or a new
     one when there is something to propagate), so each slice is encoded once per volume however many classes
-    and key boxes there are. Overlaps go
-    to the most probable class. ``prompts`` may be a plain ``{class: {slice: Prompt2D}}``.
+    and key boxes there are. Overlaps go to the most probable class. ``prompts`` may be a plain
+    ``{class: {slice: Prompt2D}}``.
+
+    Without prompts, ``auto`` (default :class:`AutoConfig`) segments every slice with the model's learned class
+    prompts (:func:`~monai_cbo.inferers.automatic.segment_automatic`); the label map follows the class prompts'
+    label values and their ``exclusive`` flag (nested regions are painted in order).
     """
+    if prompts is None:
+        if cache is None and auto is not None and auto.refine:
+            cache = EmbeddingCache()
+        results, slices = segment_automatic(inferer, volume, auto, cache)
+        exclusive = inferer.model.class_prompts.exclusive
+        sliced = inferer.label_map(results, tuple(volume.shape[1:]), exclusive=exclusive)
+        return VolumeSegmentation(results, sliced, geometry.to_stored(sliced), slices)
+    if auto is not None:
+        raise ValueError("give prompts or ask for automatic segmentation (auto), not both")
     if not isinstance(prompts, VolumePrompts):
         prompts = VolumePrompts(slices=dict(prompts))
     if cache is None and prompts.objects:  # per-slice prompts alone stream: nothing to share, nothing kept
@@ -251,19 +276,28 @@ def segment_case(
     image = load_volume(case.image)
     volume, geometry = prepare_volume(image, pre or Preprocess())
     gt = None
-    if case.label is not None:
+    if case.auto is not None:
+        prompts = None
+        if case.label is not None:
+            gt, present = check_label(load_volume(case.label), image, case.classes)
+    elif case.label is not None:
         gt, present = check_label(load_volume(case.label), image, case.classes)
         prompts = VolumePrompts(prompts_from_label(geometry.to_sliced(gt), present))
     elif case.prompt_file is not None:
         prompts = prompts_from_spec(read_prompt_file(case.prompt_file, image.affine.numpy(), geometry))
     else:
         prompts = prompts_from_spec(case.key.spec(geometry, where=f"key box of {case.image}"))
-    seg = segment_volume(inferer, volume, geometry, prompts, propagation)
+    seg = segment_volume(inferer, volume, geometry, prompts, propagation, auto=case.auto)
     written = save_label_map(seg.labels, image, output, overwrite)
     metrics = []
     if gt is not None and score:
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
         classes = {c: str(c) for c in present}
+        if case.auto is not None:  # every class the model segments, present in the label or not
+            spec = inferer.model.class_prompts
+            wanted = set(case.classes) if case.classes is not None else set(spec.class_values)
+            named = zip(spec.class_values, spec.class_names, strict=True)
+            classes = {v: n for v, n in named if v in wanted}
         metrics = case_metrics(seg.labels, gt, classes, spacing) if classes else []
     return CaseResult(case.name, written, None, metrics, time.perf_counter() - start, seg.slices)
 
@@ -300,8 +334,10 @@ def find_cases(
     prompts: str | Path | None = None,
     key: KeyPrompt | None = None,
     classes: Sequence[int] | None = None,
+    auto: AutoConfig | None = None,
 ) -> list[Case]:
-    """Cases of an image file, a DICOM series folder, or a folder of them, with their prompt source.
+    """Cases of an image file, a DICOM series folder, or a folder of them, with their prompt source (or ``auto``:
+    none, the model's class prompts; a ``label`` then only scores).
 
     For a folder of cases, ``label`` / ``prompts`` are folders holding, per case, a file with the image's
     name or ``<case>.nii.gz`` / ``<case>.json``; a case whose companion is missing fails on its own later.
@@ -347,6 +383,7 @@ def find_cases(
             prompt_file=companion(prompts, image, (".json",)),
             key=key,
             classes=classes,
+            auto=auto,
         )
         for image in images
     ]
@@ -363,7 +400,7 @@ def report(results: Sequence[CaseResult], out_dir: str | Path | None = None, rai
     print(f"\n{len(results) - len(failed)} of {len(results)} case(s) segmented{where}")
     rows = [(r.name, m) for r in results for m in r.metrics]
     if rows:
-        print("Dice per case and class (prompts from the label, the benchmark protocol):")
+        print("Dice per case and class against the label:")
         for name, m in rows:
             print(f"  {name}  class {m['class']}: Dice {m['dice']:.3f}  HD95 {m['hd95']:.1f} mm  NSD {m['nsd']:.3f}")
     for r in failed:

@@ -173,6 +173,17 @@ class SliceWiseInferer:
                 results[i] = SliceResult(prob[j].cpu(), float(out.iou[0, j, 0]), low[j].cpu())
         return results
 
+    def decode_classes(self, embedding: torch.Tensor, size: tuple[int, int]) -> list[SliceResult]:
+        """Decode every learned class prompt of the model on one slice of ``size`` (H, W): one decoder call,
+        one result per class in the class prompts' order (see :mod:`~monai_cbo.inferers.automatic`)."""
+        n = len(self.model.class_prompts) if getattr(self.model, "class_prompts", None) is not None else 0
+        classes = torch.arange(n, device=self.device)[None]
+        with torch.inference_mode(), self._autocast():
+            out = self.model.decode(embedding, output_size=self.model.low_res_size, classes=classes)
+        low = out.masks[0, :, 0].float()
+        prob = restore_slice(torch.sigmoid(low), size)
+        return [SliceResult(prob[j].cpu(), float(out.iou[0, j, 0]), low[j].cpu()) for j in range(n)]
+
     def predict(
         self,
         volume: torch.Tensor,
@@ -206,15 +217,21 @@ class SliceWiseInferer:
 
         return propagate(self, volume, prompt, config, cache)
 
-    def label_map(self, results: Mapping[int, Mapping[int, SliceResult]], shape: tuple[int, int, int]) -> np.ndarray:
-        """Combine per-class results into one label map [H, W, D]; overlaps go to the most probable class."""
+    def label_map(
+        self, results: Mapping[int, Mapping[int, SliceResult]], shape: tuple[int, int, int], exclusive: bool = True
+    ) -> np.ndarray:
+        """Combine per-class results into one label map [H, W, D]. ``exclusive`` (default): overlaps go to the most
+        probable class; otherwise (nested regions) each class is painted over the ones before it, in the order of
+        ``results``."""
         top = max(results, default=0)
         labels = np.zeros(shape, dtype=np.uint8 if top < 2**8 else np.int16 if top < 2**15 else np.int32)
         best = np.zeros(shape, dtype=np.float32)
         for cls, per_slice in results.items():
             for z, res in per_slice.items():
                 prob = res.prob.numpy()
-                win = (prob > self.threshold) & (prob > best[..., z])
+                win = prob > self.threshold
+                if exclusive:
+                    win &= prob > best[..., z]
+                    best[..., z][win] = prob[win]
                 labels[..., z][win] = cls
-                best[..., z][win] = prob[win]
         return labels

@@ -6,6 +6,7 @@ import importlib.util
 import nibabel as nib
 import numpy as np
 import pytest
+from dicom_series import write_dicom_series
 from realdata import shared_data
 
 from monai_cbo.inferers import (
@@ -145,29 +146,7 @@ def test_nan_and_constant_images_segment_without_nan(tmp_path, tiny_inferer):
 def test_dicom_series_folder_is_read_with_its_geometry(tmp_path, tiny_inferer):
     sitk = pytest.importorskip("SimpleITK", reason="SimpleITK is not installed (it reads DICOM series)")
     array = (np.random.default_rng(1).random((5, 12, 10)) * 1000).astype(np.int16)  # (z, y, x)
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.8, 0.7, 2.5))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    series = tmp_path / "series"
-    series.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(array.shape[0]):
-        sl = image[:, :, z]
-        for tag, value in (
-            ("0010|0010", "TEST"),
-            ("0020|000e", "1.2.3.4"),
-            ("0020|000d", "1.2.3"),
-            ("0020|0013", str(z + 1)),
-            ("0008|0060", "CT"),
-            ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
-            ("0020|0037", "1\\0\\0\\0\\1\\0"),
-            ("0018|0050", "2.5"),
-            ("0028|0030", "0.7\\0.8"),
-        ):
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(series / f"{z:03d}.dcm"))
-        writer.Execute(sl)
+    series = write_dicom_series(sitk, tmp_path / "series", array, (0.8, 0.7, 2.5), (10.0, -20.0, 30.0))
     volume = load_volume(series)
     assert tuple(volume.shape) == (1, 10, 12, 5)
     np.testing.assert_allclose(np.diag(volume.affine.numpy())[:3], [-0.8, -0.7, 2.5], atol=1e-4)  # LPS -> RAS
