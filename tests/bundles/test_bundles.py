@@ -28,7 +28,9 @@ from realdata import shared_data
 
 from data_prep import brats
 from monai_cbo.handlers import CaseMetricsWriter, LabelMapWriter
-from monai_cbo.inferers import Preprocess, SliceWiseInferer
+from monai_cbo.inferers import AutoConfig, Preprocess, SliceWiseInferer
+from monai_cbo.inferers.engine import AutoVolumeInferer
+from monai_cbo.peft import read_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("spleen_ct_cbo", "organ_ct_cbo", "brats_mri_cbo")
@@ -210,7 +212,16 @@ def test_train_config_resolves_trainer_and_evaluator(bundle, data, tmp_path):
     assert isinstance(trainer, SupervisedTrainer) and isinstance(evaluator, SupervisedEvaluator)
     assert trainer.state.max_epochs == parser["max_epochs"] and len(trainer.data_loader.dataset) == 1
     assert parser.get_parsed_content("img_size") == 128  # the tiny model's input
-    assert evaluator.inferer.exclusive is parser["exclusive_classes"]
+    # automatic steps by default: the network has class prompts and validation runs without prompts
+    network = parser.get_parsed_content("network")
+    assert isinstance(evaluator.inferer, AutoVolumeInferer)
+    assert list(network.class_prompts.class_names) == parser["class_names"]
+    assert network.class_prompts.exclusive is parser["exclusive_classes"]
+    assert list(network.class_prompts.class_values) == parser.get_parsed_content("label_values")
+    assert trainer.prepare_batch.auto_share == 0.5
+    prompted = _train_parser(bundle, data[bundle], tmp_path, auto_share=0)
+    assert prompted.get_parsed_content("network").class_prompts is None
+    assert prompted.get_parsed_content("validate#evaluator").inferer.exclusive is parser["exclusive_classes"]
     names = parser["class_names"]
     if bundle == "brats_mri_cbo":
         assert names == ["WT", "TC", "ET"] and parser["exclusive_classes"] is False
@@ -249,7 +260,7 @@ def test_brats_label_convention_sets_sampled_labels_and_written_values(conventio
     )
     assert parser.get_parsed_content("tumour_labels") == labels
     assert parser.get_parsed_content("label_values") == written
-    regions = parser.get_parsed_content("regions")
+    regions = parser.get_parsed_content("label_channels")
     label = torch.tensor(labels, dtype=torch.float32).reshape(1, -1, 1, 1)
     out = regions({"label": label})["label"]  # WT holds every tumour label, ET only the last
     assert out.shape[0] == 3 and out[0].all() and out[2].sum() == 1
@@ -283,7 +294,8 @@ def test_inference_config_resolves_with_the_training_preprocessing(bundle, data,
         key_box=[10, 10, 1, 30, 30, 1],
     )
     assert isinstance(parser.get_parsed_content("inferer"), SliceWiseInferer)
-    assert len(parser.get_parsed_content("cases")) == 1
+    cases = parser.get_parsed_content("cases")
+    assert len(cases) == 1 and cases[0].key is not None and cases[0].auto is None
     pre = parser.get_parsed_content("preprocess")
     train = _parser(bundle, "train.json")
     assert isinstance(pre, Preprocess)
@@ -292,6 +304,42 @@ def test_inference_config_resolves_with_the_training_preprocessing(bundle, data,
         assert train["mri_percentiles"] == [0.5, 99.5]
     else:
         assert pre.modality == "ct" and list(pre.ct_window) == train["ct_window"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_without_a_prompt_runs_automatically(bundle, data, tmp_path):
+    overrides = {"model#name": "tiny", "input": str(data[bundle].image), "largest_component": True}
+    parser = _parser(bundle, "inference.json", adapter=None, **overrides)
+    (case,) = parser.get_parsed_content("cases")
+    assert case.auto == AutoConfig(largest_component=True) and case.key is None and case.prompt_file is None
+
+
+def test_written_configs_are_the_shared_base_plus_each_task():
+    result = subprocess.run(
+        [sys.executable, "bundles/build_configs.py", "--check"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_config_builder_merges_like_monai_and_reports_stale_files(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "bundles"))
+    try:
+        import build_configs
+    finally:
+        sys.path.remove(str(REPO / "bundles"))
+    base = {"a": 1, "net": {"x": [1, 2]}, "anchor": 0, "gone": 5}
+    merged = build_configs.merge(base, {"new": 7, "a": 2, "net#x#1": 9, "_remove_": ["gone"]}, anchor="anchor")
+    assert list(merged) == ["a", "net", "new", "anchor"] and merged["a"] == 2 and merged["net"]["x"] == [1, 9]
+    assert base["net"]["x"] == [1, 2]  # the base is not modified
+    with pytest.raises(KeyError, match="nope"):
+        build_configs.merge(base, {"nope#b": 1})
+    # a hand edit of a written config is caught, with the fix
+    monkeypatch.setattr(build_configs, "ROOT", tmp_path)
+    (tmp_path / "spleen_ct_cbo" / "configs").mkdir(parents=True)
+    assert build_configs.main(["--check"]) == 1
+    assert build_configs.main([]) == 0 and build_configs.main(["--check"]) == 0
+    written = tmp_path / "spleen_ct_cbo" / "configs" / "train.json"
+    assert ConfigParser.load_config_file(written)["class_names"] == ["spleen"]
 
 
 # ---- (b) one tiny epoch of training, then evaluation, through `python -m monai.bundle run`
@@ -359,3 +407,11 @@ def test_bundle_trains_a_tiny_epoch_and_evaluates_in_the_input_geometry(bundle, 
     np.testing.assert_allclose(seg.affine, image.affine, atol=1e-4)
     written = BRATS_WRITTEN if bundle == "brats_mri_cbo" else train["classes"]
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, *written}
+    # auto_share is on by default: the adapter holds class prompts and evaluate.json also scores automatically
+    spec = read_adapter(out / "models" / "best_adapter.pt")["class_prompts"]
+    assert spec["names"] == train["class_names"] and spec["values"] == written
+    with open(out / "eval" / "auto" / "metrics_per_case.csv", newline="") as f:
+        auto_rows = list(csv.DictReader(f))
+    assert [r["class"] for r in auto_rows] == train["class_names"]
+    auto_seg = nib.load(out / "eval" / "auto" / segs[0].name)
+    assert auto_seg.shape == image.shape[:3] and np.allclose(auto_seg.affine, image.affine, atol=1e-4)
