@@ -85,13 +85,19 @@ class _Runs:
         order = list(PRESETS)
         self.presets = sorted({r["preset"] for r in self.results}, key=order.index)
         self.rows: list[dict] = []
+        #: automatic-mode rows (runs trained with --auto-share), by mode (``auto``, ``auto_refine``, ...)
+        self.auto_rows: dict[str, list[dict]] = {}
         for r in self.results:
             for row in MetricsTable.read_csv(Path(r["dir"]) / "metrics.csv").rows:
                 self.rows.append({**row, "preset": r["preset"], "seed": r["seed"]})
+            for mode in r.get("automatic") or {}:
+                for row in MetricsTable.read_csv(Path(r["dir"]) / f"metrics_{mode}.csv").rows:
+                    self.auto_rows.setdefault(mode, []).append({**row, "preset": r["preset"], "seed": r["seed"]})
         self.classes = list(dict.fromkeys(row["class"] for row in self.rows))
 
-    def values(self, preset: str, cls: str, key: str = "dice") -> np.ndarray:
-        return np.array([r[key] for r in self.rows if r["preset"] == preset and r["class"] == cls], dtype=float)
+    def values(self, preset: str, cls: str, key: str = "dice", mode: str = "") -> np.ndarray:
+        rows = self.auto_rows.get(mode, []) if mode else self.rows
+        return np.array([r[key] for r in rows if r["preset"] == preset and r["class"] == cls], dtype=float)
 
     def by_seed_case(self, preset: str, cls: str) -> dict[tuple[int, str], float]:
         return {(r["seed"], r["case"]): r["dice"] for r in self.rows if r["preset"] == preset and r["class"] == cls}
@@ -121,6 +127,7 @@ def _main_table(runs: _Runs) -> _Table:
             "seed sd",
             "HD95 (mm)",
             "NSD",
+            *(["automatic Dice"] if runs.auto_rows else []),
         ]
     )
     for preset in runs.presets:
@@ -146,7 +153,37 @@ def _main_table(runs: _Runs) -> _Table:
             _fmt(seed_sd),
             _fmt(*hd, digits=2),
             _fmt(*nsd),
+            *([_fmt(_auto_mean(runs, preset, "auto"))] if runs.auto_rows else []),
         )
+    return table
+
+
+def _auto_mean(runs: _Runs, preset: str, mode: str) -> float:
+    values = [runs.values(preset, c, mode=mode) for c in runs.classes]
+    return _stats(np.concatenate(values))[0] if any(v.size for v in values) else math.nan
+
+
+def _auto_table(runs: _Runs) -> _Table:
+    """Automatic segmentation (no prompt) beside box prompts, per preset and class, for runs with class prompts."""
+    modes = list(runs.auto_rows)
+    table = _Table(["preset", "class", "box prompts", *[m.replace("_", " + ") for m in modes]])
+    for preset in runs.presets:
+        if not any(runs.values(preset, runs.classes[0], mode=m).size for m in modes):
+            continue
+        for cls in [*runs.classes, "mean"]:
+            cells = []
+            for mode in ["", *modes]:
+                if cls == "mean":
+                    cells.append(
+                        _fmt(
+                            _auto_mean(runs, preset, mode)
+                            if mode
+                            else _stats(np.concatenate([runs.values(preset, c) for c in runs.classes]))[0]
+                        )
+                    )
+                else:
+                    cells.append(_fmt(*_stats(runs.values(preset, cls, mode=mode))))
+            table.add(preset, cls, *cells)
     return table
 
 
@@ -332,6 +369,7 @@ def build_report(run_dir: str | Path, overlays: int = 2) -> dict:
         "saved": saved,
         "runs": runs,
         "main": _main_table(runs),
+        "automatic": _auto_table(runs) if runs.auto_rows else None,
         "cbo": cbo,
         "notes": notes,
         "per_class": per_class,
@@ -354,8 +392,16 @@ def _intro(r: dict) -> list[str]:
         + (f" with `{c.checkpoint}`" if c.checkpoint else "")
         + ".",
         f"Budget per run: {c.steps} steps × {c.batch} slices, AdamW, LR {c.lr} cosine to 0, box jitter {c.jitter} px; "
-        f"seeds {', '.join(map(str, c.seeds))}. Evaluation: one box per slice and class from the ground truth "
-        "(the benchmark protocol of `monai-cbo segment --label`), 3D metrics in the input geometry.",
+        f"seeds {', '.join(map(str, c.seeds))}"
+        + (
+            f"; automatic steps {c.auto_share:.0%} (learned class prompts, background slices {c.background_ratio:.0%})"
+            if c.auto_share
+            else ""
+        )
+        + ". Evaluation: one box per slice and class from the ground truth "
+        "(the benchmark protocol of `monai-cbo segment --label`)"
+        + ("; and automatic, with no prompt" if c.auto_share else "")
+        + ", 3D metrics in the input geometry.",
         f"Command: `{saved.get('command') or 'not recorded'}`",
         "Machine: " + (", ".join(f"{k} {v}" for k, v in machine.items()) if machine else "not recorded") + ".",
     ]
@@ -372,6 +418,13 @@ _SECTIONS = (
         "main",
         "Trainable parameters by part; Dice / HD95 / NSD mean ± sd over every (seed, case) pair; "
         "seed sd: spread of the per-seed mean Dice. HD95 and NSD are averaged over classes.",
+    ),
+    (
+        "Automatic segmentation",
+        "automatic",
+        "Dice with no prompt at all (the adapter's learned class prompts, every slice), mean ± sd over every "
+        "(seed, case) pair, beside box prompts from the label. auto + refine: each automatic mask re-prompted "
+        "with its box, kept where both agree (IoU >= 0.5); auto + lcc: each class's largest 3D connected component.",
     ),
     (
         "CBO against its base",
@@ -394,6 +447,8 @@ _SECTIONS = (
 def _markdown(r: dict, files: dict[str, str]) -> str:
     out = ["# Bench report", "", *[f"{line}  " for line in _intro(r)], ""]
     for title, key, note in _SECTIONS:
+        if r[key] is None:
+            continue
         out += [f"## {title}", "", note, "", r[key].markdown(), ""]
         if key == "cbo" and r["notes"]:
             out += [*[f"- {n}" for n in r["notes"]], ""]
@@ -421,6 +476,8 @@ def _html(r: dict) -> str:
     ]
     out += [f"<p>{escape(line)}</p>" for line in _intro(r)]
     for title, key, note in _SECTIONS:
+        if r[key] is None:
+            continue
         out += [f"<h2>{escape(title)}</h2><p>{escape(note)}</p>", r[key].html()]
         if key == "cbo" and r["notes"]:
             out.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in r["notes"]) + "</ul>")

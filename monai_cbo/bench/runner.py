@@ -47,6 +47,8 @@ from ignite.engine import Engine, Events
 from monai.handlers import LrScheduleHandler
 
 from ..data import load_datalist
+from ..inferers.automatic import AutoConfig
+from ..inferers.embeddings import EmbeddingCache
 from ..inferers.prompts import prompts_from_label
 from ..inferers.segment import Case, check_label, segment_volume
 from ..inferers.slicewise import SliceWiseInferer
@@ -102,6 +104,8 @@ class BenchConfig:
     device: str | None = None
     amp: bool = True
     cache_mib: float = 6144.0
+    auto_share: float = 0.0
+    background_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         for preset in self.presets:
@@ -112,6 +116,10 @@ class BenchConfig:
             raise ValueError(f"presets {self.presets} and seeds {self.seeds} must not repeat")
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be >= 1")
+        if not (0 <= self.auto_share <= 1 and 0 <= self.background_ratio <= 1):
+            raise ValueError(
+                f"auto_share ({self.auto_share}) and background_ratio ({self.background_ratio}) are shares in [0, 1]"
+            )
         Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)  # validates
 
     @property
@@ -196,7 +204,14 @@ class BenchData:
                 f"datalist {config.datalist}: no {config.train_split} slice holds >= {config.min_pixels} "
                 f"pixels of classes {self.classes}"
             )
-        log(f"{len(self.slices)} training slices with foreground; classes {self.class_names}")
+        foreground = set(self.slices)
+        #: slices with no class at all (fewer than min_pixels of each): automatic steps learn "absent" from them
+        self.background = [(i, z) for i, c in enumerate(self.train) for z in range(c.gt.shape[-1])]
+        self.background = [s for s in self.background if s not in foreground]
+        log(
+            f"{len(self.slices)} training slices with foreground, {len(self.background)} without; "
+            f"classes {self.class_names}"
+        )
 
     def _load(self, entry: dict, keep_image: bool) -> LoadedCase:
         case = Case(image=entry["image"], label=entry["label"], name=entry_name(entry))
@@ -245,15 +260,23 @@ class _CachedInferer(SliceWiseInferer):
         slices = list(slices)
         for start in range(0, len(slices), self.batch_size):
             chunk = slices[start : start + self.batch_size]
-            keys = [("eval", self.case, z, self.prefix) for z in chunk]
+            emb = {z: cache.get(z) for z in chunk} if cache is not None else {}
+            emb = {z: e for z, e in emb.items() if e is not None}  # taken before new entries may evict them
+            todo = [z for z in chunk if z not in emb]
+            if todo:
+                keys = [("eval", self.case, z, self.prefix) for z in todo]
 
-            def compute(idx: list[int], chunk=chunk) -> torch.Tensor:
-                batch = torch.stack([self._model_input(volume, chunk[i]) for i in idx]).to(self.device)
-                return self.model.encode_stages(batch, 0, self.prefix)
+                def compute(idx: list[int], todo=todo) -> torch.Tensor:
+                    batch = torch.stack([self._model_input(volume, todo[i]) for i in idx]).to(self.device)
+                    return self.model.encode_stages(batch, 0, self.prefix)
 
-            with torch.inference_mode(), self._autocast():
-                emb = self.model.encode_stages(self.features.get_many(keys, compute, self.device), self.prefix)
-            yield from ((z, emb[i : i + 1]) for i, z in enumerate(chunk))
+                with torch.inference_mode(), self._autocast():
+                    out = self.model.encode_stages(self.features.get_many(keys, compute, self.device), self.prefix)
+                for i, z in enumerate(todo):
+                    emb[z] = out[i : i + 1]
+                    if cache is not None:
+                        cache[z] = emb[z]
+            yield from ((z, emb[z]) for z in chunk)
 
 
 def _eta(seconds: float) -> str:
@@ -276,7 +299,16 @@ def train_and_evaluate(
     device = config.torch_device
     amp = config.amp and device.type == "cuda"
     torch.manual_seed(seed)
-    model = build_segmenter(config.model, config.checkpoint, preset, config.rank, seed=seed).to(device)
+    auto = config.auto_share > 0 and preset != "freeze"
+    model = build_segmenter(
+        config.model,
+        config.checkpoint,
+        preset,
+        config.rank,
+        seed=seed,
+        class_names=list(data.class_names.values()) if auto else None,
+        class_values=data.classes if auto else None,
+    ).to(device)
     counts = count_parameters(model)
     start = time.perf_counter()
     losses: list[float] = []
@@ -291,8 +323,20 @@ def train_and_evaluate(
         )
     train_seconds = time.perf_counter() - start
     eval_start = time.perf_counter()
-    table, pooled, pooled_gt, n_slices = _evaluate(config, data, model, device, amp, features, run_dir / "masks")
-    table.write_csv(run_dir / "metrics.csv", overwrite=True)
+    modes: dict[str, AutoConfig | None] = {"": None, **(AUTO_MODES if auto else {})}
+    scores = _evaluate(config, data, model, device, amp, features, run_dir, modes)
+    for mode, (table, *_) in scores.items():
+        table.write_csv(run_dir / f"metrics{'_' + mode if mode else ''}.csv", overwrite=True)
+    _, pooled, pooled_gt, n_slices = scores[""]
+    automatic = {
+        mode: {
+            "config": dataclasses.asdict(cfg),
+            "pooled_dice_2d": scores[mode][1],
+            "pooled_dice_2d_gt_slices": scores[mode][2],
+        }
+        for mode, cfg in modes.items()
+        if cfg is not None
+    }
     return {
         "preset": preset,
         "seed": seed,
@@ -312,26 +356,48 @@ def train_and_evaluate(
             "pooled_dice_2d": pooled,
             "pooled_dice_2d_gt_slices": pooled_gt,
         },
+        "automatic": automatic,
         "device": str(device),
         "amp": amp,
     }
 
 
+#: the automatic variants every run with class prompts is scored in (``metrics_<mode>.csv``)
+AUTO_MODES = {
+    "auto": AutoConfig(),
+    "auto_refine": AutoConfig(refine=True),
+    "auto_lcc": AutoConfig(largest_component=True),
+}
+
+
 def _batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iterator[dict]:
-    """The training batches of ``seed``, one per step: stacked ``image``, ``label``, ``boxes`` and the
-    ``slice_keys`` that name each slice for the feature cache."""
-    prompts = SlicePromptsd(size=size, jitter=config.jitter, min_pixels=config.min_pixels)
+    """The training batches of ``seed``, one per step: stacked ``image``, ``label``, ``boxes`` (and ``auto_label``
+    with the step's ``auto_step`` flag), and the ``slice_keys`` that name each slice for the feature cache.
+
+    With ``auto_share`` 0 the slices and boxes are those of every earlier bench. Otherwise a share ``auto_share``
+    of the steps (drawn from their own generator) are automatic, and each of their slices is, with probability
+    ``background_ratio``, swapped for a slice without any class (the model must learn to leave it empty)."""
+    auto_key = "auto_label" if config.auto_share > 0 else None
+    prompts = SlicePromptsd(size=size, jitter=config.jitter, min_pixels=config.min_pixels, auto_label_key=auto_key)
     prompts.set_random_state(seed)
     order = data.sample_order(seed, config.steps * config.batch)
     classes = torch.tensor(data.classes).view(-1, 1, 1)
+    draws = np.random.default_rng([seed, 1])
+    keys_out = ("image", "label", "boxes") + (("auto_label",) if auto_key else ())
     for step in range(config.steps):
+        auto = config.auto_share > 0 and bool(draws.random() < config.auto_share)
         keys, samples = [], []
         for case_idx, z in order[step * config.batch : (step + 1) * config.batch]:
+            if auto and data.background and draws.random() < config.background_ratio:
+                case_idx, z = data.background[draws.integers(len(data.background))]
             case = data.train[case_idx]
             label = (torch.from_numpy(case.gt[..., z]).unsqueeze(0) == classes).float()
             samples.append(prompts({"image": case.volume[..., z], "label": label}))
             keys.append(("train", case_idx, z))
-        yield {**{k: torch.stack([s[k] for s in samples]) for k in ("image", "label", "boxes")}, "slice_keys": keys}
+        batch = {**{k: torch.stack([s[k] for s in samples]) for k in keys_out}, "slice_keys": keys}
+        if auto_key:
+            batch["auto_step"] = auto
+        yield batch
 
 
 def _train(
@@ -359,6 +425,8 @@ def _train(
         amp=amp,
         epoch_length=config.steps,
         feature_cache=features,
+        auto_share=config.auto_share if getattr(model, "class_prompts", None) is not None else 0.0,
+        seed=seed,
         handlers=[LrScheduleHandler(schedule, print_lr=False, epoch_level=False)],
     )
     losses: list[float] = []
@@ -387,26 +455,37 @@ def _evaluate(
     device: torch.device,
     amp: bool,
     features: FeatureCache | None,
-    mask_dir: Path,
-) -> tuple[MetricsTable, dict, dict, int]:
-    """Segment and score every evaluation case; write its mask. Returns the per-case table, the pooled 2D Dice
-    (all slices, and slices showing the class) and the number of slices segmented."""
+    run_dir: Path,
+    modes: dict[str, AutoConfig | None],
+) -> dict[str, tuple[MetricsTable, dict, dict, int]]:
+    """Segment and score every evaluation case in each of ``modes`` (name -> None: box prompts from the label,
+    the benchmark protocol; an :class:`AutoConfig`: no prompt, the model's class prompts) and write the masks
+    (``masks/`` for the unnamed mode ``""``, ``masks_<mode>/`` otherwise). Each slice is encoded once per case
+    for all modes. Returns per mode the per-case table, the pooled 2D Dice (all slices, and slices showing the
+    class) and the number of slices segmented."""
     model.eval()
     inferer = _CachedInferer(model, features, device=device, amp=amp)
-    table = MetricsTable()
-    pooled = PooledDice(data.metric_classes)
-    pooled_gt = PooledDice(data.metric_classes, axis=-1, gt_slices_only=True)
-    n_slices = 0
+    tables = {mode: MetricsTable() for mode in modes}
+    pooled = {mode: PooledDice(data.metric_classes) for mode in modes}
+    pooled_gt = {mode: PooledDice(data.metric_classes, axis=-1, gt_slices_only=True) for mode in modes}
+    n_slices = dict.fromkeys(modes, 0)
     for case in data.eval:
         inferer.case = case.name
-        seg = segment_volume(inferer, case.volume, case.geometry, prompts_from_label(case.gt, data.classes))
-        n_slices += seg.slices
         gt = case.geometry.to_stored(case.gt)
-        save_label_map(seg.labels, case.image, mask_dir / f"{case.name}_seg.nii.gz", overwrite=True)
-        table.add(case.name, case_metrics(seg.labels, gt, data.metric_classes, case.spacing))
-        pooled.update(seg.sliced_labels, case.gt)  # sliced view: the last axis is the slicing direction
-        pooled_gt.update(seg.sliced_labels, case.gt)
-    return table, pooled.compute(), pooled_gt.compute(), n_slices
+        cache = EmbeddingCache()
+        for mode, auto in modes.items():
+            if auto is None:
+                prompts = prompts_from_label(case.gt, data.classes)
+                seg = segment_volume(inferer, case.volume, case.geometry, prompts, cache=cache)
+            else:
+                seg = segment_volume(inferer, case.volume, case.geometry, auto=auto, cache=cache)
+            n_slices[mode] += seg.slices
+            mask_dir = run_dir / (f"masks_{mode}" if mode else "masks")
+            save_label_map(seg.labels, case.image, mask_dir / f"{case.name}_seg.nii.gz", overwrite=True)
+            tables[mode].add(case.name, case_metrics(seg.labels, gt, data.metric_classes, case.spacing))
+            pooled[mode].update(seg.sliced_labels, case.gt)  # sliced view: the last axis is the slicing direction
+            pooled_gt[mode].update(seg.sliced_labels, case.gt)
+    return {m: (tables[m], pooled[m].compute(), pooled_gt[m].compute(), n_slices[m]) for m in modes}
 
 
 def _check_config(config: BenchConfig, path: Path) -> None:
@@ -418,7 +497,13 @@ def _check_config(config: BenchConfig, path: Path) -> None:
             return Path(str(old)).resolve() == Path(str(new)).resolve()
         return old == new
 
-    diff = {k: (saved.get(k), v) for k, v in budget.items() if not same(k, saved.get(k), v)}
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig) if f.default is not dataclasses.MISSING}
+    # a field added after the bench was made counts as its default there
+    diff = {
+        k: (saved.get(k, defaults.get(k)), v)
+        for k, v in budget.items()
+        if not same(k, saved.get(k, defaults.get(k)), v)
+    }
     if diff:
         details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
         raise ValueError(

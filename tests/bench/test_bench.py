@@ -128,6 +128,42 @@ def test_bench_resumes_without_redoing_runs_and_refuses_another_budget(datalist,
         run_bench(_config(datalist, out, steps=3), log=logs.append)
 
 
+def test_automatic_steps_train_class_prompts_and_score_every_automatic_mode(datalist, tmp_path):
+    out = tmp_path / "bench"
+    config = _config(datalist, out, presets=["lora_cbo"], auto_share=0.5, steps=4)
+    (result,) = run_bench(config, log=lambda _: None)
+    run = out / "runs/lora_cbo/seed0"
+    assert read_adapter(run / "adapter.pt")["class_prompts"] == {
+        "names": ["left", "right"],
+        "values": [1, 2],
+        "exclusive": True,
+    }
+    assert result["params"]["class_prompts"] == 2 * 2 * 256  # two tokens of 256 per class
+    for mode in ("auto", "auto_refine", "auto_lcc"):
+        rows = (run / f"metrics_{mode}.csv").read_text().splitlines()
+        assert len(rows) == 1 + 2 * 3  # header + 2 cases x (2 classes + the "both" region)
+        assert sorted(p.name for p in (run / f"masks_{mode}").iterdir()) == ["case3_seg.nii.gz", "case4_seg.nii.gz"]
+    assert set(result["automatic"]) == {"auto", "auto_refine", "auto_lcc"}
+    paths = write_report(out)
+    text = next(p for p in paths if p.suffix == ".md").read_text()
+    assert "## Automatic segmentation" in text and "| automatic Dice |" in text
+    # the same seed draws the same steps: automatic and box steps alternate as drawn, identically on a rerun
+    again = run_bench(_config(datalist, tmp_path / "again", presets=["lora_cbo"], auto_share=0.5, steps=4))
+    assert again[0]["train"]["loss"] == result["train"]["loss"]
+
+
+def test_a_bench_made_before_automatic_steps_resumes_with_their_defaults(datalist, tmp_path):
+    out = tmp_path / "bench"
+    run_bench(_config(datalist, out, presets=["freeze"]), log=lambda _: None)
+    saved = json.loads((out / "bench.json").read_text())
+    for key in ("auto_share", "background_ratio"):
+        del saved[key]
+    (out / "bench.json").write_text(json.dumps(saved))
+    run_bench(_config(datalist, out, presets=["freeze"]), log=lambda _: None)  # no "another budget" error
+    with pytest.raises(ValueError, match="auto_share: 0.0 there, 0.5 now"):
+        run_bench(_config(datalist, out, presets=["freeze"], auto_share=0.5), log=lambda _: None)
+
+
 def test_report_tables_plots_and_overlays(datalist, tmp_path):
     out = tmp_path / "bench"
     run_bench(_config(datalist, out, presets=["freeze", "lora", "lora_cbo"], seeds=[0, 1]), log=lambda _: None)
