@@ -33,7 +33,7 @@ from monai_cbo.inferers.engine import AutoVolumeInferer
 from monai_cbo.peft import read_adapter
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLES = ("spleen_ct_cbo", "organ_ct_cbo", "brats_mri_cbo")
+BUNDLES = ("spleen_ct_cbo", "organ_ct_cbo", "brats_mri_cbo", "hippocampus_mri_cbo")
 CONFIG_FILES = (
     "train.json",
     "evaluate.json",
@@ -80,10 +80,14 @@ def data(tmp_path_factory) -> dict[str, Data]:
     cases = written["training"] + written["validation"] + written["test"]
     case = next(c for c in cases if c["label"].startswith(f"{BRATS_CASE}/"))
     brats_datalist = _one_case_datalist(case, root / "brats.json", label_convention=written["label_convention"])
+    hippo = shared_data("Task04_Hippocampus")
+    hippo_case = {"image": "imagesTr/hippocampus_001.nii.gz", "label": "labelsTr/hippocampus_001.nii.gz"}
+    hippo_datalist = _one_case_datalist(hippo_case, root / "hippocampus.json")
     return {
         "spleen_ct_cbo": Data(ct, ct_datalist, ct / ct_case["image"]),
         "organ_ct_cbo": Data(ct, ct_datalist, ct / ct_case["image"]),
         "brats_mri_cbo": Data(brats_dir, brats_datalist, brats_dir / case["image"][0]),
+        "hippocampus_mri_cbo": Data(hippo, hippo_datalist, hippo / hippo_case["image"]),
     }
 
 
@@ -302,6 +306,8 @@ def test_inference_config_resolves_with_the_training_preprocessing(bundle, data,
     if bundle == "brats_mri_cbo":  # inference scales MRI between the 0.5th and 99.5th percentiles, as training
         assert pre.modality == "mri" and list(pre.channels) == train["channels"]
         assert train["mri_percentiles"] == [0.5, 99.5]
+    elif bundle == "hippocampus_mri_cbo":
+        assert pre.modality == "mri" and pre.channels is None and train["mri_percentiles"] == [0.5, 99.5]
     else:
         assert pre.modality == "ct" and list(pre.ct_window) == train["ct_window"]
 
@@ -369,7 +375,9 @@ def _run(args: list[str], data: Data, out: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("bundle", [*BUNDLES[:2], pytest.param(BUNDLES[2], marks=pytest.mark.slow)])  # BraTS ~30 s
+@pytest.mark.parametrize(
+    "bundle", [*BUNDLES[:2], pytest.param(BUNDLES[2], marks=pytest.mark.slow), BUNDLES[3]]
+)  # BraTS ~30 s
 def test_bundle_trains_a_tiny_epoch_and_evaluates_in_the_input_geometry(bundle, data, tmp_path):
     configs, out = _configs(bundle), tmp_path / "out"
     _run(
