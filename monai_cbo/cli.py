@@ -107,6 +107,36 @@ def _load_model(args: argparse.Namespace):
     return build_model(args.model or "litemedsam", checkpoint=args.checkpoint)
 
 
+def _bundle_for_segment(args: argparse.Namespace):
+    """``segment --bundle NAME``: the bundle's preprocessing, and its adapter as ``args.adapter`` unless one is
+    given. Fails before any volume is read (unknown bundle, preprocessing options given too, no adapter and no
+    prompt)."""
+    from .bundles import bundle_model, bundle_preprocess, load_bundle
+    from .inferers import Preprocess
+
+    default = Preprocess()
+    given = [
+        flag
+        for flag, value, base in (
+            ("--modality", args.modality, default.modality),
+            ("--ct-window", tuple(args.ct_window), default.ct_window),
+            ("--channels", args.channels, default.channels),
+            ("--view", args.view, default.view),
+        )
+        if value != base
+    ]
+    if given:
+        raise ValueError(f"--bundle {args.bundle} sets the preprocessing it was trained with; drop {', '.join(given)}")
+    info = load_bundle(args.bundle)
+    if not args.adapter:
+        prompted = args.label is not None or args.prompts is not None or args.key_box is not None
+        if info.adapter is not None:
+            args.adapter = str(info.adapter)
+        elif not prompted or args.auto or args.auto_refine or args.largest_component:
+            bundle_model(info)  # raises: no adapter, so nothing to segment without a prompt
+    return bundle_preprocess(info)
+
+
 PROMPT_OPTIONS = "--label LABEL, --prompts FILE, --key-box I0,J0,K0,I1,J1,K1 (with --point), or --auto"
 
 
@@ -137,6 +167,28 @@ def _auto_mode(args: argparse.Namespace):
     return AutoConfig(refine=args.auto_refine, largest_component=args.largest_component)
 
 
+def _cmd_bundles(args: argparse.Namespace) -> int:
+    from .bundles import list_bundles
+
+    infos = list_bundles()
+    if not infos:
+        print("no bundles found: monai-cbo bundles needs a source checkout (pip install -e .)", file=sys.stderr)
+        return 1
+    for info in infos:
+        print(f"{info.name}: {info.metadata.get('task', '')}")
+        print(f"  classes: {', '.join(info.class_names) or '-'}")
+        if info.adapter is None:
+            reason = info.metadata.get("no_adapter_reason")
+            print(f"  adapter: none shipped{' (' + reason + ')' if reason else ''}; train it with its train.json")
+            continue
+        record = info.record
+        print(f"  adapter: {info.adapter} ({record.get('trained_on', 'training data not recorded')})")
+        for mode, dice in (record.get("test_dice") or {}).items():
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in dice.items())
+            print(f"  test Dice ({mode}): {scores}")
+    return 0
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .inferers import KeyPrompt, Preprocess, SliceWiseInferer, find_cases, segment_cases
     from .inferers.segment import report
@@ -144,10 +196,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if (args.key_slice is not None or args.point) and args.key_box is None:
         raise ValueError("--key-slice and --point go with --key-box (points in a prompt file go with its key boxes)")
+    pre = None
+    if args.bundle:
+        pre = _bundle_for_segment(args)
     auto = _auto_mode(args)
     key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
     cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes, auto=auto)
-    pre = Preprocess(args.modality, tuple(args.ct_window), args.channels, args.view)
+    pre = pre or Preprocess(args.modality, tuple(args.ct_window), args.channels, args.view)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
     out_dir = Path(args.output)
     results = segment_cases(inferer, cases, out_dir, pre, overwrite=args.overwrite, verbose=True)
@@ -415,6 +470,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_speed)
 
     p = sub.add_parser(
+        "bundles",
+        help="list the shipped bundles: classes, trained adapter and its test Dice",
+        description="The bundles of this checkout (bundles/), with what their adapter was trained on and scores.",
+    )
+    p.set_defaults(func=_cmd_bundles)
+
+    p = sub.add_parser(
         "segment",
         help="segment a volume or a folder of volumes with prompts; writes NIfTI masks",
         description="Slice-wise prompted segmentation. Masks are written as OUT/<case>_seg.nii.gz "
@@ -479,6 +541,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
     p.add_argument("--adapter", help="adapter checkpoint written by training")
+    p.add_argument(
+        "--bundle",
+        help="a shipped bundle by name (monai-cbo bundles): its trained adapter, classes and preprocessing",
+    )
     _add_preprocess_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")

@@ -1,0 +1,74 @@
+"""Bundles by name: ``monai-cbo bundles`` and ``monai-cbo segment --bundle``."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_cbo import bundles
+from monai_cbo.cli import main
+from monai_cbo.models import build_segmenter
+from monai_cbo.peft import save_adapter
+
+
+def test_bundles_lists_every_bundle_with_its_classes_and_adapter(capsys):
+    assert main(["bundles"]) == 0
+    out = capsys.readouterr().out
+    for name in ("spleen_ct_cbo", "organ_ct_cbo", "brats_mri_cbo", "hippocampus_mri_cbo"):
+        assert f"{name}:" in out
+    assert "classes: anterior, posterior" in out and "classes: WT, TC, ET" in out
+    assert "no real spleen CT with a manual label" in out  # the spleen bundle says why it ships no adapter
+
+
+def test_unknown_bundle_lists_the_names(tmp_path, capsys):
+    assert main(["segment", str(tmp_path / "x.nii.gz"), "-o", str(tmp_path / "o"), "--bundle", "spleen"]) == 2
+    assert "no bundle named 'spleen'; the bundles are brats_mri_cbo" in capsys.readouterr().err
+
+
+def test_bundle_without_adapter_fails_before_reading_and_names_the_file(tmp_path, capsys):
+    missing = tmp_path / "never_read.nii.gz"
+    assert main(["segment", str(missing), "-o", str(tmp_path / "o"), "--bundle", "spleen_ct_cbo"]) == 2
+    err = capsys.readouterr().err
+    assert "bundles/spleen_ct_cbo/models/adapter.pt does not exist" in err and "--key-box" in err
+    assert main(["segment", str(missing), "-o", str(tmp_path / "o"), "--bundle", "spleen_ct_cbo", "--modality", "mri"])
+    assert "drop --modality" in capsys.readouterr().err
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A copy of the hippocampus bundle that ships a (tiny, untrained) automatic adapter."""
+    root = tmp_path / "bundles"
+    shutil.copytree(bundles.BUNDLES_DIR / "hippocampus_mri_cbo", root / "hippocampus_mri_cbo")
+    model = build_segmenter("tiny", preset="lora_cbo", class_names=["anterior", "posterior"])
+    (root / "hippocampus_mri_cbo" / "models").mkdir()
+    save_adapter(model, root / "hippocampus_mri_cbo" / "models" / "adapter.pt")
+    monkeypatch.setattr(bundles, "BUNDLES_DIR", root)
+    return root / "hippocampus_mri_cbo"
+
+
+def _image(path):
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image((rng.random((20, 24, 5)) * 300).astype(np.float32), np.diag([1, 1, 1.5, 1])), path)
+    return path
+
+
+def test_segment_by_bundle_name_runs_automatically_with_its_adapter_and_preprocessing(shipped, tmp_path, capsys):
+    image = _image(tmp_path / "case.nii.gz")
+    assert main(["segment", str(image), "-o", str(tmp_path / "out"), "--bundle", "hippocampus_mri_cbo"]) == 0
+    written = nib.load(tmp_path / "out" / "case_seg.nii.gz")
+    assert written.shape == (20, 24, 5) and np.allclose(written.affine, np.diag([1, 1, 1.5, 1]))
+    assert bundles.bundle_preprocess(bundles.load_bundle("hippocampus_mri_cbo")).modality == "mri"
+    assert main(["bundles"]) == 0
+    assert f"adapter: {shipped / 'models' / 'adapter.pt'}" in capsys.readouterr().out
+
+
+def test_corrupt_bundle_adapter_names_the_file(shipped, tmp_path, capsys):
+    (shipped / "models" / "adapter.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    image = _image(tmp_path / "case.nii.gz")
+    assert main(["segment", str(image), "-o", str(tmp_path / "out"), "--bundle", "hippocampus_mri_cbo"]) == 2
+    err = capsys.readouterr().err
+    assert "hippocampus_mri_cbo/models/adapter.pt" in err and "corrupt" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
