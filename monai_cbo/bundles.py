@@ -18,7 +18,7 @@ from typing import Any
 
 from .inferers.volume import Preprocess
 
-__all__ = ["BundleInfo", "bundle_model", "bundle_preprocess", "list_bundles", "load_bundle"]
+__all__ = ["BundleInfo", "bundle_auto_defaults", "bundle_model", "bundle_preprocess", "list_bundles", "load_bundle"]
 
 #: the shipped bundles, beside the package in a source checkout (``pip install -e .``)
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -88,6 +88,13 @@ def bundle_preprocess(info: BundleInfo) -> Preprocess:
     if not isinstance(pre, Preprocess):
         raise ValueError(f"{info.path / 'configs' / 'inference.json'}: 'preprocess' is not a Preprocess")
     return pre
+
+
+def bundle_auto_defaults(info: BundleInfo) -> dict[str, bool]:
+    """The bundle's automatic-mode defaults (``configs/inference.json``'s plain ``largest_component`` value)."""
+    config = json.loads((info.path / "configs" / "inference.json").read_text())
+    value = config.get("largest_component", False)
+    return {"largest_component": value if isinstance(value, bool) else False}
 
 
 def bundle_model(info: BundleInfo, checkpoint: str | Path | None = None):

@@ -111,7 +111,7 @@ def _bundle_for_segment(args: argparse.Namespace):
     """``segment --bundle NAME``: the bundle's preprocessing, and its adapter as ``args.adapter`` unless one is
     given. Fails before any volume is read (unknown bundle, preprocessing options given too, no adapter and no
     prompt)."""
-    from .bundles import bundle_model, bundle_preprocess, load_bundle
+    from .bundles import bundle_auto_defaults, bundle_model, bundle_preprocess, load_bundle
     from .inferers import Preprocess
 
     default = Preprocess()
@@ -128,6 +128,7 @@ def _bundle_for_segment(args: argparse.Namespace):
     if given:
         raise ValueError(f"--bundle {args.bundle} sets the preprocessing it was trained with; drop {', '.join(given)}")
     info = load_bundle(args.bundle)
+    args.bundle_auto = bundle_auto_defaults(info)
     if not args.adapter:
         prompted = args.label is not None or args.prompts is not None or args.key_box is not None
         if info.adapter is not None:
@@ -164,7 +165,9 @@ def _auto_mode(args: argparse.Namespace):
             "nothing tells monai-cbo segment where to look: give a prompt or an automatic adapter: "
             f"{PROMPT_OPTIONS} with --adapter A trained with automatic steps"
         )
-    return AutoConfig(refine=args.auto_refine, largest_component=args.largest_component)
+    defaults = getattr(args, "bundle_auto", None) or {}
+    largest = args.largest_component if args.largest_component is not None else defaults.get("largest_component")
+    return AutoConfig(refine=args.auto_refine, largest_component=bool(largest))
 
 
 def _cmd_bundles(args: argparse.Namespace) -> int:
@@ -529,8 +532,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--largest-component",
-        action="store_true",
-        help="with --auto: keep each class's largest 3D connected component",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --auto: keep each class's largest 3D connected component (default off; with --bundle, the "
+        "bundle's own default, on for the hippocampus)",
     )
     p.add_argument(
         "--classes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -72,3 +73,15 @@ def test_corrupt_bundle_adapter_names_the_file(shipped, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "hippocampus_mri_cbo/models/adapter.pt" in err and "corrupt" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bundle_sets_the_automatic_defaults_it_was_measured_with(shipped, tmp_path):
+    from monai_cbo.cli import _auto_mode, _bundle_for_segment, _parser
+
+    real = Path(bundles.__file__).parents[1] / "bundles"
+    spleen = bundles.BundleInfo("spleen_ct_cbo", real / "spleen_ct_cbo", {}, [])
+    assert bundles.bundle_auto_defaults(spleen) == {"largest_component": False}  # multi-part organs elsewhere
+    for flags, expected in (([], True), (["--no-largest-component"], False)):
+        args = _parser().parse_args(["segment", "x.nii.gz", "-o", "o", "--bundle", "hippocampus_mri_cbo", *flags])
+        _bundle_for_segment(args)
+        assert _auto_mode(args).largest_component is expected
