@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Events
 from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from torch import nn
 
@@ -75,8 +76,10 @@ class PreparePromptBatch(PrepareBatchExtraInput):
     hashable name per image, for :class:`CachedFrontSegmenter`) as its ``slice_keys`` keyword, unchanged; without,
     they are dropped.
 
-    Automatic steps: with probability ``auto_share`` per batch (a generator seeded with ``seed``; a batch's own
-    ``auto_step`` entry, when present, decides instead) the batch trains the class prompts: the target is
+    Automatic steps: with probability ``auto_share`` per batch the batch trains the class prompts (a batch's own
+    ``auto_step`` entry, when present, decides instead). The draw depends only on ``seed`` and :attr:`step` (the
+    trainer's iteration, which :func:`build_trainer` keeps up to date), so a resumed run draws the same steps as
+    an uninterrupted one; without a step (standalone use) a generator seeded with ``seed`` draws. The target is
     ``batch[auto_label_key]`` [B, K, S, S] (every class, empty where absent) and the network gets
     ``classes`` [B, K] = 0..K-1 instead of ``boxes``.
 
@@ -91,15 +94,20 @@ class PreparePromptBatch(PrepareBatchExtraInput):
         super().__init__(extra_keys={"boxes": "boxes", **({"slice_keys": "slice_keys"} if slice_keys else {})})
         if not 0.0 <= auto_share <= 1.0:
             raise ValueError(f"auto_share is the share of automatic training steps, in [0, 1]; got {auto_share}")
-        self.auto_share, self.auto_label_key = float(auto_share), auto_label_key
+        self.auto_share, self.auto_label_key, self.seed = float(auto_share), auto_label_key, int(seed)
         self.rng = np.random.default_rng(seed)
+        #: the trainer iteration being prepared (set by build_trainer's handler); None: draw from ``rng``
+        self.step: int | None = None
 
     def is_auto(self, batchdata: dict) -> bool:
-        """Whether ``batchdata`` is an automatic step (draws from the generator unless the batch says)."""
+        """Whether ``batchdata`` is an automatic step (the batch's ``auto_step`` flag, else a seeded draw)."""
         flag = batchdata.get("auto_step")
         if flag is not None:
             return bool(torch.as_tensor(flag).any())
-        return self.auto_share > 0 and bool(self.rng.random() < self.auto_share)
+        if self.auto_share <= 0:
+            return False
+        draw = self.rng.random() if self.step is None else np.random.default_rng([self.seed, self.step]).random()
+        return bool(draw < self.auto_share)
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any) -> tuple:
         image, label, args, kw = super().__call__(batchdata, device, non_blocking, **kwargs)
@@ -195,7 +203,8 @@ def build_trainer(
     device = torch.device(device)
     if feature_cache is not None:
         network = CachedFrontSegmenter(network, feature_cache)
-    return SupervisedTrainer(
+    prepare = PreparePromptBatch(slice_keys=feature_cache is not None, auto_share=auto_share, seed=seed)
+    trainer = SupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
         train_data_loader=train_data_loader,
@@ -203,12 +212,19 @@ def build_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=loss_function if loss_function is not None else PromptDiceBCELoss(),
-        prepare_batch=PreparePromptBatch(slice_keys=feature_cache is not None, auto_share=auto_share, seed=seed),
+        prepare_batch=prepare,
         amp=bool(amp) and device.type == "cuda",
         decollate=False,
         optim_set_to_none=True,
         train_handlers=list(handlers) or None,
     )
+    if auto_share > 0:  # automatic steps drawn from (seed, iteration): a resumed run draws what it would have
+
+        def _track_step(engine: SupervisedTrainer) -> None:
+            prepare.step = engine.state.iteration
+
+        trainer.add_event_handler(Events.ITERATION_STARTED, _track_step)
+    return trainer
 
 
 def train_step(trainer: SupervisedTrainer, batch: dict[str, Any]) -> dict[str, Any]:

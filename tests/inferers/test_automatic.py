@@ -62,7 +62,7 @@ def _batches(n: int, seed: int, batch: int = 4):
     return out
 
 
-def _train(auto_share: float, steps: int = 300, seed: int = 0):
+def _train(auto_share: float, steps: int = 450, seed: int = 0):
     # the tiny model's encoder is random, so it trains too ("full"): a PEFT preset on random features learns
     # too little in seconds; the preset does not change the class-prompt code path
     model = build_segmenter("tiny", preset="full", seed=seed, class_names=["square", "disk"])
@@ -75,7 +75,8 @@ def _train(auto_share: float, steps: int = 300, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny model trained for about ten seconds on mixed steps (60 % automatic, 40 % box-prompted)."""
+    """A tiny model trained for about 15 s on mixed steps (60 % automatic, 40 % box-prompted); at 450 steps
+    seeds 0-2 all segmented both test volumes at Dice >= 0.86 with absent classes empty (300 steps left specks)."""
     return _train(auto_share=0.6)
 
 
@@ -194,6 +195,27 @@ def test_auto_share_sets_the_share_of_automatic_steps():
     assert torch.equal(target, batch["auto_label"]) and "boxes" not in kwargs
     assert kwargs["classes"].tolist() == [[0, 1]] * 4
     assert "classes" not in PreparePromptBatch(auto_share=1.0)({**batch, "auto_step": False})[3]
+
+
+def test_automatic_steps_follow_the_iteration_so_a_resumed_run_draws_the_same():
+    from monai_cbo.training import PreparePromptBatch
+
+    batch = _batches(1, 0)[0]
+
+    def kinds(prepare, steps):
+        out = []
+        for step in steps:
+            prepare.step = step
+            out.append("classes" in prepare(batch)[3])
+        return out
+
+    whole = kinds(PreparePromptBatch(auto_share=0.5, seed=3), range(1, 41))
+    resumed = kinds(PreparePromptBatch(auto_share=0.5, seed=3), range(21, 41))  # a new process from step 21
+    assert resumed == whole[20:] and 10 < sum(whole) < 30
+    model = build_segmenter("tiny", preset="lora_cbo", class_names=["square", "disk"])
+    trainer = build_trainer(model, build_optimizer(model, 1e-3), _batches(3, 0), auto_share=0.5, seed=3)
+    trainer.run()
+    assert trainer.prepare_batch.step == 3  # the trainer keeps the step up to date
 
 
 # --- the command line ---------------------------------------------------------------------------------------
