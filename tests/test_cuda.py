@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_runs import run_bundle
 from realdata import shared_data
 
 from monai_cbo.inferers import Preprocess, SliceWiseInferer, load_volume, prepare_volume
@@ -151,26 +150,8 @@ def test_cuda_inference_matches_cpu_on_a_hippocampus_volume(record_property):
 
 
 def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None, **env: str) -> str:
-    cmd = [
-        *(launcher or [sys.executable]),
-        "-m",
-        "monai.bundle",
-        "run",
-        *args,
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--slices_per_volume",
-        "2",
-        "--val_interval",
-        "1",
-    ]
-    result = subprocess.run(
-        cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, encoding="utf-8", errors="replace", timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
+    options = ["--dataset_dir", str(data), "--output_dir", str(out), "--slices_per_volume", "2", "--val_interval", "1"]
+    return run_bundle(args, options, launcher, env=env, timeout=300)
 
 
 def _state(out: Path) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import configparser
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_runs import run_bundle
 from monai.bundle import ConfigParser
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.transforms import Invertd
@@ -352,27 +352,9 @@ def test_config_builder_merges_like_monai_and_reports_stale_files(tmp_path, monk
 
 
 def _run(args: list[str], data: Data, out: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        *args,
-        "--dataset_dir",
-        str(data.dataset_dir),
-        "--datalist",
-        str(data.datalist),
-        "--output_dir",
-        str(out),
-        "--model#name",
-        "tiny",
-    ]
+    options = ["--dataset_dir", str(data.dataset_dir), "--datalist", str(data.datalist), "--output_dir", str(out)]
     # one thread: on 2 shared cores, 2 OpenMP threads can spin against each other and a run takes minutes
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_bundle(args, [*options, "--model#name", "tiny"], env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize(

@@ -10,18 +10,13 @@ import time
 from pathlib import Path
 
 import torch
+from bundle_runs import REPO, bundle_command, run_bundle
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "spleen_ct_cbo" / "configs"
 
 
-def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None) -> str:
-    cmd = [
-        *(launcher or [sys.executable]),
-        "-m",
-        "monai.bundle",
-        "run",
-        *args,
+def _options(out: Path, data: Path) -> list[str]:
+    return [
         "--dataset_dir",
         str(data),
         "--output_dir",
@@ -33,12 +28,11 @@ def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None =
         "--val_interval",
         "1",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes x 2 threads on 2 cores would spin against each other
-    result = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
+
+
+def _bundle(args: list[str], out: Path, data: Path, launcher: list[str] | None = None) -> str:
+    # 2 processes x 2 threads on 2 cores would spin against each other
+    return run_bundle(args, _options(out, data), launcher, env={"OMP_NUM_THREADS": "1"})
 
 
 def _state(out: Path) -> dict:
@@ -101,23 +95,7 @@ def test_same_seed_gives_bitwise_identical_weights_on_the_cpu(demo_data, tmp_pat
 def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(demo_data, tmp_path):
     out = tmp_path / "killed"
     train = ["training", "--config_file", str(CONFIGS / "train.json"), "--max_epochs", "4"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        *train,
-        "--dataset_dir",
-        str(demo_data),
-        "--output_dir",
-        str(out),
-        "--model#name",
-        "tiny",
-        "--slices_per_volume",
-        "2",
-        "--val_interval",
-        "1",
-    ]
+    cmd = bundle_command(train, _options(out, demo_data))
     state = out / "models" / "training_state.pt"
     process = subprocess.Popen(
         cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
