@@ -37,7 +37,16 @@ def _simpleitk(path: str | Path):
 def is_dicom_folder(path: str | Path) -> bool:
     """True for a directory holding a DICOM series (files SimpleITK's GDCM reader recognises)."""
     path = Path(path)
-    return path.is_dir() and bool(_simpleitk(path).ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    if not path.is_dir():
+        return False
+    sitk = _simpleitk(path)
+    # GDCM prints "No Series were found" for every folder of NIfTI files it is asked about: a question, not an error
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 class SimpleITKReader(ImageReader):
