@@ -42,7 +42,11 @@ def test_bundle_without_adapter_fails_before_reading_and_names_the_file(tmp_path
 def shipped(tmp_path, monkeypatch):
     """A copy of the hippocampus bundle that ships a (tiny, untrained) automatic adapter."""
     root = tmp_path / "bundles"
-    shutil.copytree(bundles.BUNDLES_DIR / "hippocampus_mri_cbo", root / "hippocampus_mri_cbo")
+    shutil.copytree(
+        bundles.BUNDLES_DIR / "hippocampus_mri_cbo",
+        root / "hippocampus_mri_cbo",
+        ignore=shutil.ignore_patterns("models"),
+    )
     model = build_segmenter("tiny", preset="lora_cbo", class_names=["anterior", "posterior"])
     (root / "hippocampus_mri_cbo" / "models").mkdir()
     save_adapter(model, root / "hippocampus_mri_cbo" / "models" / "adapter.pt")
