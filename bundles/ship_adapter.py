@@ -1,0 +1,134 @@
+"""Ship a bundle's trained adapter: copy it into ``bundles/<bundle>/models/`` with the record of how it was made.
+
+Run after the bundle's own ``training`` and evaluation (``train.json`` + ``evaluate.json``) on a datalist::
+
+    python bundles/ship_adapter.py hippocampus_mri_cbo runs/ship/hippocampus --datalist runs/hippocampus.json \\
+        --data "MSD Task04_Hippocampus, 208 cases in ../shared/data" --command "python -m monai.bundle run ..."
+
+It writes ``models/adapter.pt`` (the run's ``models/best_adapter.pt`` with its float tensors stored as float16:
+half the size, about 8 MB for LiteMedSAM, whose mask decoder trains in full; loading casts them back to the
+model's float32, and the recorded Dice is reproduced from this file by the tests) and ``models/adapter.json``:
+what it was trained on (case counts, the datalist's split), the training command, seed, epochs and time (from the
+run's log), the machine, the held-out cases (the datalist's test split: the cases a demo or a test may score
+without having trained on them), the mean test Dice per class with box prompts (``eval/``) and with none
+(``eval/auto/``), and every test case's Dice. ``monai-cbo bundles`` prints this record, the real-data demo takes
+its held-out cases, and ``tests/test_shipped_adapters.py`` reproduces its per-case Dice.
+
+An existing adapter is replaced only with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _dice(path: Path) -> dict[str, dict[str, float]]:
+    """case -> class -> Dice of a bundle evaluation's ``metrics_per_case.csv``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the bundle's evaluate.json on the run first")
+    out: dict[str, dict[str, float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["case"], {})[row["class"]] = round(float(row["dice"]), 4)
+    return out
+
+
+def _means(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    classes = sorted({c for d in per_case.values() for c in d})
+    means = {
+        c: sum(d[c] for d in per_case.values() if c in d) / sum(c in d for d in per_case.values()) for c in classes
+    }
+    means["mean"] = sum(means.values()) / len(means)
+    return {k: round(v, 4) for k, v in means.items()}
+
+
+def _training_time(log: Path | None) -> dict[str, object]:
+    """Epochs and wall time of the training run, from its log (ignite's "Epoch[k] Complete" lines)."""
+    if log is None or not log.is_file():
+        return {}
+    text = log.read_text(errors="replace").replace("\r", "\n")
+    taken = re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):(\d+)", text)
+    if not taken:
+        return {}
+    seconds = sum(int(h) * 3600 + int(m) * 60 + int(s) for _, h, m, s in taken)
+    return {"epochs": max(int(e) for e, *_ in taken), "training_seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", help="bundle name under bundles/")
+    parser.add_argument("run", type=Path, help="the training run's output_dir (models/, eval/, eval/auto/)")
+    parser.add_argument("--datalist", type=Path, required=True, help="the datalist it was trained and tested on")
+    parser.add_argument("--data", required=True, help="what the data is, in words (origin, case count, licence)")
+    parser.add_argument("--command", required=True, help="the training command, as run")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed (default 0, the bundles' default)")
+    parser.add_argument("--log", type=Path, default=None, help="the training log (for epochs and time)")
+    parser.add_argument("--machine", default=None, help="the machine, in words (default: platform and CPU count)")
+    parser.add_argument("--note", default=None, help="anything a user must know (for example: a smoke model)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a shipped adapter")
+    args = parser.parse_args(argv)
+
+    models = ROOT / args.bundle / "models"
+    if not (ROOT / args.bundle / "configs" / "metadata.json").is_file():
+        parser.error(f"no bundle {args.bundle} under {ROOT}")
+    adapter = args.run / "models" / "best_adapter.pt"
+    if not adapter.is_file():
+        parser.error(f"{adapter} does not exist: train the bundle into {args.run} first")
+    if (models / "adapter.pt").exists() and not args.overwrite:
+        parser.error(f"{models / 'adapter.pt'} exists; pass --overwrite to replace it")
+    datalist = json.loads(args.datalist.read_text())
+    boxes, auto = _dice(args.run / "eval" / "metrics_per_case.csv"), {}
+    if (args.run / "eval" / "auto").is_dir():
+        auto = _dice(args.run / "eval" / "auto" / "metrics_per_case.csv")
+    meta = torch.load(adapter, map_location="cpu", weights_only=True)
+    record = {
+        "trained_on": (
+            f"{args.data}: trained on the {len(datalist['training'])} training cases, validated on "
+            f"{len(datalist.get('validation', []))}, tested on {len(datalist.get('test', []))} held out"
+        ),
+        "note": args.note,
+        "command": args.command,
+        "seed": args.seed,
+        "split": datalist.get("split"),
+        "model": meta.get("model_name"),
+        "preset": (meta.get("peft_config") or {}).get("preset"),
+        "classes": (meta.get("class_prompts") or {}).get("names"),
+        **_training_time(args.log),
+        "machine": args.machine or f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "stored": "float16 (trained in float32)",
+        "sha256": None,
+        "held_out_cases": [e.get("case") or Path(e["image"]).name.split(".")[0] for e in datalist.get("test", [])],
+        "test_dice": {**({"automatic": _means(auto)} if auto else {}), "boxes": _means(boxes)},
+        "test_cases": {"automatic": auto, "boxes": boxes} if auto else {"boxes": boxes},
+    }
+    models.mkdir(exist_ok=True)
+    meta["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in meta["state_dict"].items()}
+    tmp = models / ".adapter.pt.tmp"
+    torch.save(meta, tmp)
+    os.replace(tmp, models / "adapter.pt")
+    record["sha256"] = hashlib.sha256((models / "adapter.pt").read_bytes()).hexdigest()
+    (models / "adapter.json").write_text(
+        json.dumps({k: v for k, v in record.items() if v is not None}, indent=2) + "\n"
+    )
+    print(f"shipped {models / 'adapter.pt'} ({(models / 'adapter.pt').stat().st_size / 1e6:.1f} MB) with its record")
+    for mode, dice in record["test_dice"].items():
+        print(f"  test Dice ({mode}): " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
