@@ -186,6 +186,8 @@ def _cmd_bundles(args: argparse.Namespace) -> int:
             continue
         record = info.record
         print(f"  adapter: {info.adapter} ({record.get('trained_on', 'training data not recorded')})")
+        if record.get("note"):
+            print(f"  note: {record['note']}")
         for mode, dice in (record.get("test_dice") or {}).items():
             scores = ", ".join(f"{k} {v:.3f}" for k, v in dice.items())
             print(f"  test Dice ({mode}): {scores}")
