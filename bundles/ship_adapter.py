@@ -56,7 +56,8 @@ def _means(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def _training_time(log: Path | None) -> dict[str, object]:
-    """Epochs and wall time of the training run, from its log (ignite's "Epoch[k] Complete" lines)."""
+    """Epochs and wall time of the training run, from its log: the trainer's "Epoch[k] Complete" lines, whose
+    times include the validation run at the end of an epoch."""
     if log is None or not log.is_file():
         return {}
     text = log.read_text(errors="replace").replace("\r", "\n")

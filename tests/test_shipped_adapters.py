@@ -1,0 +1,68 @@
+"""The adapters the bundles ship: they load, fit their bundle, and reproduce the Dice their records and docs state.
+
+The per-case figures in ``models/adapter.json`` were measured by the bundle's evaluation (``evaluate.json``); here
+the same cases go through ``monai-cbo segment --bundle NAME`` (the user's path), read from ../shared/data.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from monai_cbo.bundles import bundle_model, list_bundles, load_bundle
+from monai_cbo.cli import main
+from tests.realdata import shared_data
+
+SHIPPED = [b.name for b in list_bundles() if b.adapter is not None]
+#: the real data each shipped bundle's reference cases are read from, and the file name of a case's image / label
+#: (the BraTS smoke adapter's one test case is a 240 x 240 x 155 two-file volume: minutes on a CPU, not a test)
+DATA = {"hippocampus_mri_cbo": ("Task04_Hippocampus", "imagesTr/{}.nii.gz", "labelsTr/{}.nii.gz")}
+#: per-case Dice through ``monai-cbo segment`` against the bundle evaluation's, same adapter and preprocessing
+TOLERANCE = 0.01
+
+
+def test_the_hippocampus_bundle_ships_an_adapter():
+    assert "hippocampus_mri_cbo" in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_adapter_loads_with_its_bundles_classes_and_a_complete_record(name):
+    info = load_bundle(name)
+    model = bundle_model(info)
+    assert model.class_prompts is not None and list(model.class_prompts.class_names) == info.class_names
+    record = info.record
+    assert hashlib.sha256(info.adapter.read_bytes()).hexdigest() == record["sha256"], "adapter replaced, not recorded"
+    for key in ("trained_on", "command", "seed", "machine", "training_seconds", "sha256", "held_out_cases"):
+        assert record.get(key) not in (None, "", []), f"{info.path}/models/adapter.json has no {key}"
+    assert set(record["test_dice"]) >= {"automatic", "boxes"}
+    for mode, dice in record["test_dice"].items():
+        assert set(dice) == {*info.class_names, "mean"}, mode
+        assert set(record["test_cases"][mode]) == set(record["held_out_cases"])
+    readme = (info.path / "docs" / "README.md").read_text()
+    for mode, dice in record["test_dice"].items():  # the bundle's docs state the record's figures
+        assert f"{dice['mean']:.3f}" in readme, f"{info.path}/docs/README.md does not state its {mode} test Dice"
+
+
+@pytest.mark.parametrize("name", sorted(DATA))
+def test_shipped_adapter_reproduces_its_recorded_dice_on_held_out_cases(name, tmp_path):
+    folder, image, label = DATA[name]
+    root = shared_data(folder)
+    record = load_bundle(name).record
+    cases = sorted(record["held_out_cases"])[:2]
+    for sub, pattern in (("images", image), ("labels", label)):
+        (tmp_path / sub).mkdir()
+        for case in cases:
+            shutil.copyfile(root / pattern.format(case), tmp_path / sub / Path(pattern.format(case)).name)
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "images"), "-o", str(out), "--bundle", name, "--label", str(tmp_path / "labels")]
+    assert main([*args, "--auto"]) == 0
+    with (out / "metrics.csv").open(newline="") as f:
+        measured = {(r["case"], r["class"]): float(r["dice"]) for r in csv.DictReader(f)}
+    expected = {(c, k): v for c in cases for k, v in record["test_cases"]["automatic"][c].items()}
+    assert measured.keys() == expected.keys()
+    for key, value in expected.items():
+        assert measured[key] == pytest.approx(value, abs=TOLERANCE), key
