@@ -593,7 +593,7 @@ def _parser() -> argparse.ArgumentParser:
         "needs no data and no internet, about 5 minutes on 2 CPU cores. With --data DIR (an MSD "
         "Task04_Hippocampus folder): segments cases the shipped hippocampus adapter never saw with no prompt, "
         "beside zero-shot LiteMedSAM with label boxes, writes masks and PNG overlays, then fine-tunes a short "
-        "lora_cbo run on two of them and scores it on the others; about 7 minutes on 2 CPU cores. The output "
+        "lora_cbo run on two of them and scores it on the others; minutes on 2 CPU cores. The output "
         "folder is the demo's own: a second run replaces it.",
     )
     p.add_argument("--data", default=None, help="an MSD Task04_Hippocampus folder: run the real-data demo on it")
