@@ -60,7 +60,7 @@ def _training_time(log: Path | None) -> dict[str, object]:
     times include the validation run at the end of an epoch."""
     if log is None or not log.is_file():
         return {}
-    text = log.read_text(errors="replace").replace("\r", "\n")
+    text = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
     taken = re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):(\d+)", text)
     if not taken:
         return {}
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{adapter} does not exist: train the bundle into {args.run} first")
     if (models / "adapter.pt").exists() and not args.overwrite:
         parser.error(f"{models / 'adapter.pt'} exists; pass --overwrite to replace it")
-    datalist = json.loads(args.datalist.read_text())
+    datalist = json.loads(args.datalist.read_text(encoding="utf-8"))
     boxes, auto = _dice(args.run / "eval" / "metrics_per_case.csv"), {}
     if (args.run / "eval" / "auto").is_dir():
         auto = _dice(args.run / "eval" / "auto" / "metrics_per_case.csv")

@@ -62,14 +62,14 @@ def load_bundle(name: str) -> BundleInfo:
     if name not in names:
         raise FileNotFoundError(f"no bundle named {name!r}; the bundles are {', '.join(names)} (monai-cbo bundles)")
     path = BUNDLES_DIR / name
-    metadata = json.loads((path / "configs" / "metadata.json").read_text())
-    train = json.loads((path / "configs" / "train.json").read_text())
+    metadata = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    train = json.loads((path / "configs" / "train.json").read_text(encoding="utf-8"))
     info = BundleInfo(name, path, metadata, list(train.get("class_names") or []))
     if info.adapter_path.exists():
         info.adapter = info.adapter_path
     record = path / "models" / "adapter.json"
     if record.is_file():
-        info.record = json.loads(record.read_text())
+        info.record = json.loads(record.read_text(encoding="utf-8"))
     return info
 
 
@@ -92,7 +92,7 @@ def bundle_preprocess(info: BundleInfo) -> Preprocess:
 
 def bundle_auto_defaults(info: BundleInfo) -> dict[str, bool]:
     """The bundle's automatic-mode defaults (``configs/inference.json``'s plain ``largest_component`` value)."""
-    config = json.loads((info.path / "configs" / "inference.json").read_text())
+    config = json.loads((info.path / "configs" / "inference.json").read_text(encoding="utf-8"))
     value = config.get("largest_component", False)
     return {"largest_component": value if isinstance(value, bool) else False}
 

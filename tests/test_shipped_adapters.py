@@ -42,7 +42,7 @@ def test_shipped_adapter_loads_with_its_bundles_classes_and_a_complete_record(na
     for mode, dice in record["test_dice"].items():
         assert set(dice) == {*info.class_names, "mean"}, mode
         assert set(record["test_cases"][mode]) == set(record["held_out_cases"])
-    readme = (info.path / "docs" / "README.md").read_text()
+    readme = (info.path / "docs" / "README.md").read_text(encoding="utf-8")
     for mode, dice in record["test_dice"].items():  # the bundle's docs state the record's figures
         assert f"{dice['mean']:.3f}" in readme, f"{info.path}/docs/README.md does not state its {mode} test Dice"
 
