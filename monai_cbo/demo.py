@@ -157,20 +157,13 @@ def _read_dice(path: Path, names: dict[str, str]) -> dict[tuple[str, str], float
 def _overlay(image_path: Path, label_path: Path, masks: Sequence[Path], pre, out: Path) -> None:
     """One PNG per case: a row per mask (slice | ground truth | prediction) on the slice where the label is
     largest, in the view the model saw."""
-    from .bench.images import encode_png, overlay_panels
+    from .bench.images import encode_png, largest_slice_overlay
     from .inferers.volume import load_volume, prepare_volume
     from .utils import write_atomic
 
     volume, geometry = prepare_volume(load_volume(str(image_path)), pre)
     sliced = lambda p: geometry.to_sliced(np.rint(load_volume(str(p))[0].numpy()).astype(np.int64)) > 0  # noqa: E731
-    gt = sliced(label_path)
-    z = int(np.argmax(gt.reshape(-1, gt.shape[-1]).sum(0)))
-    view = lambda a: np.flipud(np.asarray(a).T)  # noqa: E731  rows = anterior/superior up
-    rows = [overlay_panels(view(volume[0, ..., z].numpy()), view(gt[..., z]), view(sliced(m)[..., z])) for m in masks]
-    gap = np.full((6, rows[0].shape[1], 3), 255, np.uint8)
-    stacked = rows[0]
-    for row in rows[1:]:
-        stacked = np.concatenate([stacked, gap, row], axis=0)
+    stacked, _ = largest_slice_overlay(volume[0].numpy(), sliced(label_path), [sliced(m) for m in masks])
     png = encode_png(stacked)
     write_atomic(out, lambda tmp: tmp.write_bytes(png), overwrite=True)
 

@@ -9,7 +9,7 @@ from html import escape
 
 import numpy as np
 
-__all__ = ["box_plot_svg", "encode_png", "overlay_panels"]
+__all__ = ["box_plot_svg", "encode_png", "largest_slice_overlay", "overlay_panels"]
 
 _COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
@@ -51,6 +51,26 @@ def overlay_panels(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, scale: i
     gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
     row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     return np.kron(row, np.ones((scale, scale, 1), np.uint8))
+
+
+def largest_slice_overlay(image: np.ndarray, gt: np.ndarray, preds: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Overlay rows (slice | ground truth | prediction), one per prediction, on the slice where ``gt`` is
+    largest; arrays are sliced volumes [H, W, D] (slices last, as the model saw them). Shown with the
+    first axis across and the second up (anterior / superior at the top). Returns (RGB, slice index)."""
+    if not preds:
+        raise ValueError("largest_slice_overlay needs at least one prediction")
+    gt = np.asarray(gt).astype(bool)
+    z = int(np.argmax(gt.reshape(-1, gt.shape[-1]).sum(0)))
+
+    def view(a: np.ndarray) -> np.ndarray:
+        return np.flipud(np.asarray(a)[..., z].T)
+
+    rows = [overlay_panels(view(image), view(gt), view(np.asarray(p).astype(bool))) for p in preds]
+    gap = np.full((6, rows[0].shape[1], 3), 255, np.uint8)
+    stacked = rows[0]
+    for row in rows[1:]:
+        stacked = np.concatenate([stacked, gap, row], axis=0)
+    return stacked, z
 
 
 def box_plot_svg(

@@ -25,7 +25,7 @@ import numpy as np
 from ..metrics import MetricsTable
 from ..peft.config import PRESETS
 from ..utils import check_overwrite, write_atomic
-from .images import box_plot_svg, encode_png, overlay_panels
+from .images import box_plot_svg, encode_png, largest_slice_overlay
 from .runner import BenchConfig, collect_results, entry_name
 
 __all__ = ["build_report", "write_report"]
@@ -325,10 +325,8 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
             except (OSError, ValueError, RuntimeError) as err:
                 return figures, f"overlays incomplete: {case} cannot be read ({err})"
             ids = class_ids[cls]
-            g, p = np.isin(gt, ids), np.isin(pred, ids)
-            z = int(np.argmax(g.reshape(-1, g.shape[-1]).sum(0)))
-            view = lambda a: np.flipud(np.asarray(a).T)  # noqa: E731  rows = anterior/superior up
-            png = encode_png(overlay_panels(view(volume[0, ..., z].numpy()), view(g[..., z]), view(p[..., z])))
+            rgb, z = largest_slice_overlay(volume[0].numpy(), np.isin(gt, ids), [np.isin(pred, ids)])
+            png = encode_png(rgb)
             figures.append(
                 (
                     f"{kind}: {case}, {cls}, Dice {dice[case]:.3f} ({best_preset}, seed {run['seed']}, "

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from monai_cbo.bench import BenchConfig, BenchData, run_bench, train_and_evaluate
-from monai_cbo.bench.images import box_plot_svg, encode_png, overlay_panels
+from monai_cbo.bench.images import box_plot_svg, encode_png, largest_slice_overlay, overlay_panels
 from monai_cbo.bench.report import write_report
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
@@ -232,6 +232,29 @@ def test_png_and_svg():
     svg = box_plot_svg({"a": [0.1, 0.5, 0.9, 0.95], "b": [float("nan")]}, "t")
     assert svg.startswith("<svg") and svg.count("<rect") == 1 and "n=4" in svg
 
+
+
+def test_largest_slice_overlay_picks_the_slice_and_stacks_one_row_per_prediction():
+    """The slice shown is the one where the label is largest; each prediction gets a row, in the view
+    (first axis across, second up), so a mask in the volume's first row appears at the panel's left edge."""
+    gt = np.zeros((6, 5, 4), bool)
+    gt[1:3, 1:3, 1] = True  # 4 voxels on slice 1
+    gt[0:4, 0:4, 2] = True  # 16 voxels on slice 2: the largest
+    pred = np.zeros_like(gt)
+    pred[0, 4, 2] = True  # first axis 0 (left), second axis 4 (top after the flip)
+    image = np.full(gt.shape, 0.5, np.float32)
+    one, z = largest_slice_overlay(image, gt, [pred])
+    two, _ = largest_slice_overlay(image, gt, [pred, np.zeros_like(gt)])
+    assert z == 2
+    scale = max(1, 192 // 6)
+    assert one.shape == (5 * scale, 3 * 6 * scale + 4 * scale, 3)
+    assert two.shape == (2 * one.shape[0] + 6, one.shape[1], 3)
+    prediction_panel = one[:, 2 * (6 + 2) * scale :]
+    red = prediction_panel[..., 0].astype(int) - prediction_panel[..., 1] > 30
+    rows, cols = np.nonzero(red)
+    assert rows.max() < scale and cols.max() < scale  # the top-left pixel of the panel
+    with pytest.raises(ValueError, match="at least one prediction"):
+        largest_slice_overlay(image, gt, [])
 
 def test_speedups_keep_outputs_and_report_ratios(capsys):
     """Each kept CPU speed-up must leave outputs unchanged: the caches and inference_mode bitwise."""
