@@ -233,7 +233,6 @@ def test_png_and_svg():
     assert svg.startswith("<svg") and svg.count("<rect") == 1 and "n=4" in svg
 
 
-
 def test_largest_slice_overlay_picks_the_slice_and_stacks_one_row_per_prediction():
     """The slice shown is the one where the label is largest; each prediction gets a row, in the view
     (first axis across, second up), so a mask in the volume's first row appears at the panel's left edge."""
@@ -255,6 +254,7 @@ def test_largest_slice_overlay_picks_the_slice_and_stacks_one_row_per_prediction
     assert rows.max() < scale and cols.max() < scale  # the top-left pixel of the panel
     with pytest.raises(ValueError, match="at least one prediction"):
         largest_slice_overlay(image, gt, [])
+
 
 def test_speedups_keep_outputs_and_report_ratios(capsys):
     """Each kept CPU speed-up must leave outputs unchanged: the caches and inference_mode bitwise."""
