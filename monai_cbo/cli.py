@@ -133,6 +133,7 @@ def _bundle_for_segment(args: argparse.Namespace):
         prompted = args.label is not None or args.prompts is not None or args.key_box is not None
         if info.adapter is not None:
             args.adapter = str(info.adapter)
+            args.bundle_record = info.record
         elif not prompted or args.auto or args.auto_refine or args.largest_component:
             bundle_model(info)  # raises: no adapter, so nothing to segment without a prompt
     return bundle_preprocess(info)
@@ -194,6 +195,22 @@ def _cmd_bundles(args: argparse.Namespace) -> int:
     return 0
 
 
+#: below this recorded automatic test Dice, segment --bundle warns before running a bundle's adapter without a prompt
+WEAK_AUTOMATIC_DICE = 0.5
+
+
+def _warn_weak_automatic(args: argparse.Namespace, auto) -> None:
+    """A bundle's adapter whose record says its automatic mode fails (a smoke model) still runs, with a warning."""
+    record = getattr(args, "bundle_record", None) or {}
+    mean = (record.get("test_dice") or {}).get("automatic", {}).get("mean")
+    if auto is not None and mean is not None and mean < WEAK_AUTOMATIC_DICE:
+        print(
+            f"monai-cbo segment: warning: {args.bundle}'s adapter scored automatic Dice {mean:.3f} on its test cases "
+            f"({record.get('note') or 'see its models/adapter.json'}); give a prompt instead: {PROMPT_OPTIONS}",
+            file=sys.stderr,
+        )
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .inferers import KeyPrompt, Preprocess, SliceWiseInferer, find_cases, segment_cases
     from .inferers.segment import report
@@ -205,6 +222,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.bundle:
         pre = _bundle_for_segment(args)
     auto = _auto_mode(args)
+    _warn_weak_automatic(args, auto)
     key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
     cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes, auto=auto)
     pre = pre or Preprocess(args.modality, tuple(args.ct_window), args.channels, args.view)
@@ -294,6 +312,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return hippocampus_demo(
         args.data, args.out or "runs/demo_hippocampus", args.samples, args.epochs or 10, args.preset, args.seed
     )
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from .label.server import serve
+
+    return serve(args.studies, args.work, args.host, args.port, args.bundle, args.adapter, args.device, args.modality)
 
 
 def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -606,6 +630,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="lora_cbo", choices=list(PRESETS), help="PEFT preset (default lora_cbo)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "label",
+        help="serve a folder of volumes to 3D Slicer / OHIF through MONAI Label (optional extra: [label])",
+        description="Starts MONAI Label's own server with the monai_cbo app on a local folder of NIfTI / NRRD "
+        "volumes: a prompted task (ROI box and clicks -> propagated 3D mask), an automatic task (every class of "
+        "the adapter) and, with --bundle, a train task that fine-tunes an adapter on the labels saved so far; "
+        "the infer tasks use the newest adapter without a restart. Needs the label extra: "
+        'pip install -e ".[label]" && pip install --no-deps monailabel==0.8.5. Steps for 3D Slicer: '
+        "docs/label.md.",
+    )
+    p.add_argument("--studies", required=True, help="folder of volumes to label (labels go to its labels/final/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--bundle", default=None, help="a shipped bundle: its adapter, classes, preprocessing, training"
+    )
+    source.add_argument("--adapter", default=None, help="an adapter file instead of a bundle (no train task)")
+    p.add_argument("--modality", default="ct", choices=["ct", "mri"], help="without --bundle: intensity scaling (ct)")
+    p.add_argument("--work", default="runs/label", help="work folder: the app, fine-tuned adapters (runs/label)")
+    p.add_argument("--device", default=None, help="torch device for inference (default CUDA when present)")
+    p.set_defaults(func=_cmd_label)
 
     from .timing.gpu_check import add_gpu_check_parser
 

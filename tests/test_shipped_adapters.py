@@ -66,3 +66,21 @@ def test_shipped_adapter_reproduces_its_recorded_dice_on_held_out_cases(name, tm
     assert measured.keys() == expected.keys()
     for key, value in expected.items():
         assert measured[key] == pytest.approx(value, abs=TOLERANCE), key
+
+
+def test_segment_warns_before_running_a_bundle_adapter_whose_automatic_mode_failed(tmp_path, capsys):
+    """A smoke adapter whose record says its automatic mode fails still runs without a prompt, but says so first;
+    a bundle whose automatic mode works gets no warning."""
+    from monai_cbo.cli import WEAK_AUTOMATIC_DICE
+
+    weak = [n for n in SHIPPED if load_bundle(n).record["test_dice"]["automatic"]["mean"] < WEAK_AUTOMATIC_DICE]
+    if not weak:
+        pytest.skip("no shipped adapter records a failing automatic mode")
+    missing = str(tmp_path / "missing.nii.gz")  # the warning comes before any volume is read
+    assert main(["segment", missing, "-o", str(tmp_path / "a"), "--bundle", weak[0]]) == 2
+    err = capsys.readouterr().err
+    assert f"{weak[0]}'s adapter scored automatic Dice" in err and "--key-box" in err
+    assert main(["segment", missing, "-o", str(tmp_path / "b"), "--bundle", weak[0], "--key-box", "1,1,1,5,5,1"]) == 2
+    assert "warning" not in capsys.readouterr().err
+    assert main(["segment", missing, "-o", str(tmp_path / "c"), "--bundle", "hippocampus_mri_cbo"]) == 2
+    assert "warning" not in capsys.readouterr().err
