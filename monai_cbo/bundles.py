@@ -90,11 +90,15 @@ def bundle_preprocess(info: BundleInfo) -> Preprocess:
     return pre
 
 
-def bundle_auto_defaults(info: BundleInfo) -> dict[str, bool]:
-    """The bundle's automatic-mode defaults (``configs/inference.json``'s plain ``largest_component`` value)."""
+def bundle_auto_defaults(info: BundleInfo) -> dict[str, bool | float]:
+    """The bundle's automatic-mode defaults: ``configs/inference.json``'s plain ``largest_component`` and
+    ``z_smooth`` values (an expression there counts as the library default)."""
     config = json.loads((info.path / "configs" / "inference.json").read_text(encoding="utf-8"))
-    value = config.get("largest_component", False)
-    return {"largest_component": value if isinstance(value, bool) else False}
+    largest, smooth = config.get("largest_component", False), config.get("z_smooth", 0.0)
+    return {
+        "largest_component": largest if isinstance(largest, bool) else False,
+        "z_smooth": float(smooth) if isinstance(smooth, (int, float)) and not isinstance(smooth, bool) else 0.0,
+    }
 
 
 def bundle_model(info: BundleInfo, checkpoint: str | Path | None = None):

@@ -134,7 +134,7 @@ def _bundle_for_segment(args: argparse.Namespace):
         if info.adapter is not None:
             args.adapter = str(info.adapter)
             args.bundle_record = info.record
-        elif not prompted or args.auto or args.auto_refine or args.largest_component:
+        elif not prompted or args.auto or args.auto_refine or args.largest_component or args.z_smooth is not None:
             bundle_model(info)  # raises: no adapter, so nothing to segment without a prompt
     return bundle_preprocess(info)
 
@@ -149,9 +149,11 @@ def _auto_mode(args: argparse.Namespace):
     from .peft import adapter_class_prompts, read_adapter
 
     prompted = args.prompts is not None or args.key_box is not None
-    wants_auto = args.auto or args.auto_refine or args.largest_component
+    wants_auto = args.auto or args.auto_refine or args.largest_component or args.z_smooth is not None
     if wants_auto and prompted:
-        raise ValueError("--auto (and --auto-refine, --largest-component) take no prompt: drop --prompts / --key-box")
+        raise ValueError(
+            "--auto (and --auto-refine, --largest-component, --z-smooth) take no prompt: drop --prompts / --key-box"
+        )
     if not wants_auto and (prompted or args.label is not None):
         return None
     has_prompts = bool(args.adapter) and adapter_class_prompts(read_adapter(args.adapter)) is not None
@@ -168,7 +170,8 @@ def _auto_mode(args: argparse.Namespace):
         )
     defaults = getattr(args, "bundle_auto", None) or {}
     largest = args.largest_component if args.largest_component is not None else defaults.get("largest_component")
-    return AutoConfig(refine=args.auto_refine, largest_component=bool(largest))
+    smooth = args.z_smooth if args.z_smooth is not None else defaults.get("z_smooth", 0.0)
+    return AutoConfig(refine=args.auto_refine, largest_component=bool(largest), z_smooth=smooth)
 
 
 def _cmd_bundles(args: argparse.Namespace) -> int:
@@ -476,6 +479,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --auto: keep each class's largest 3D connected component (default off; with --bundle, the "
         "bundle's own default, on for the hippocampus)",
+    )
+    p.add_argument(
+        "--z-smooth",
+        type=float,
+        default=None,
+        metavar="W",
+        help="with --auto: average each slice's probabilities with its two neighbours' at weight W (default 0, "
+        "off; with --bundle, the bundle's own default, 0.5 for the hippocampus)",
     )
     p.add_argument(
         "--classes",

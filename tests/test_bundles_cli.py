@@ -84,8 +84,14 @@ def test_bundle_sets_the_automatic_defaults_it_was_measured_with(shipped, tmp_pa
 
     real = Path(bundles.__file__).parents[1] / "bundles"
     spleen = bundles.BundleInfo("spleen_ct_cbo", real / "spleen_ct_cbo", {}, [])
-    assert bundles.bundle_auto_defaults(spleen) == {"largest_component": False}  # multi-part organs elsewhere
-    for flags, expected in (([], True), (["--no-largest-component"], False)):
+    # multi-part organs elsewhere; smoothing swept on the hippocampus only
+    assert bundles.bundle_auto_defaults(spleen) == {"largest_component": False, "z_smooth": 0.0}
+    for flags, largest, smooth in (
+        ([], True, 0.5),
+        (["--no-largest-component"], False, 0.5),
+        (["--z-smooth", "0"], True, 0.0),
+    ):
         args = _parser().parse_args(["segment", "x.nii.gz", "-o", "o", "--bundle", "hippocampus_mri_cbo", *flags])
         _bundle_for_segment(args)
-        assert _auto_mode(args).largest_component is expected
+        auto = _auto_mode(args)
+        assert auto.largest_component is largest and auto.z_smooth == smooth

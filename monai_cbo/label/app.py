@@ -210,7 +210,9 @@ class PromptTask(_Segment):
 class AutoTask(_Segment):
     """No input -> every class of the current adapter (its learned class prompts)."""
 
-    def __init__(self, store: AdapterStore, pre: Preprocess, labels: dict[str, int], largest: bool) -> None:
+    def __init__(
+        self, store: AdapterStore, pre: Preprocess, labels: dict[str, int], largest: bool, z_smooth: float = 0.0
+    ) -> None:
         super().__init__(
             store,
             pre,
@@ -218,7 +220,7 @@ class AutoTask(_Segment):
             labels,
             "monai_cbo: automatic segmentation of every class of the adapter, no prompt",
         )
-        self.largest = largest
+        self.largest, self.z_smooth = largest, z_smooth
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         spec = self.store.class_prompts()
@@ -231,7 +233,7 @@ class AutoTask(_Segment):
         names = dict(zip(spec["names"], spec.get("values") or range(1, len(spec["names"]) + 1), strict=True))
         largest = request.get("largest_cc", self.largest)
         largest = largest if isinstance(largest, bool) else str(largest).lower() in ("1", "true", "yes")
-        case = Case(request["image"], auto=AutoConfig(largest_component=largest))
+        case = Case(request["image"], auto=AutoConfig(largest_component=largest, z_smooth=self.z_smooth))
         return self._run(case, {str(k): int(v) for k, v in names.items()})
 
 
@@ -435,9 +437,11 @@ class MonaiCboApp(MONAILabelApp):
         if spec or self.bundle:  # a bundle's train task gives the adapter class prompts, even if none ships
             names = spec["names"] if spec else list(self.bundle.class_names)
             values = (spec.get("values") if spec else None) or range(1, len(names) + 1)
-            largest = bundle_auto_defaults(self.bundle)["largest_component"] if self.bundle else False
+            defaults = bundle_auto_defaults(self.bundle) if self.bundle else {}
             labels = {str(n): int(v) for n, v in zip(names, values, strict=True)}
-            tasks[AUTO_TASK] = AutoTask(self.store, self.pre, labels, largest)
+            tasks[AUTO_TASK] = AutoTask(
+                self.store, self.pre, labels, bool(defaults.get("largest_component")), defaults.get("z_smooth", 0.0)
+            )
         return tasks
 
     def init_trainers(self) -> dict[str, TrainTask]:

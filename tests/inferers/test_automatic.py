@@ -134,6 +134,38 @@ def test_refinement_and_largest_component_keep_the_structure_and_drop_an_island(
     assert _dice(cleaned.sliced_labels[..., 1:4] == 1, gt[..., 1:4]) > 0.7
 
 
+def test_z_smooth_averages_each_slice_with_its_neighbours_and_keeps_what_crosses_the_threshold(trained):
+    """The streaming smoothing (one slice held back) equals the direct formula on every slice, the volume's two
+    end slices included (a missing neighbour counts as the slice itself)."""
+    from monai_cbo.inferers.automatic import segment_automatic, smooth_across_slices
+
+    volume, _ = _volume()
+    inferer = SliceWiseInferer(trained)
+    size, depth = tuple(volume.shape[1:3]), volume.shape[-1]
+    raw = {z: [r.prob for r in inferer.decode_classes(emb, size)] for z, emb in inferer.encode(volume, range(depth))}
+    w = 0.5
+    results, slices = segment_automatic(inferer, volume, AutoConfig(z_smooth=w))
+    assert slices == depth
+    kept = 0
+    for c, value in enumerate((1, 2)):
+        for z in range(depth):
+            before, after = raw[max(z - 1, 0)][c], raw[min(z + 1, depth - 1)][c]
+            expected = (raw[z][c] + w * before + w * after) / (1 + 2 * w)
+            assert torch.allclose(smooth_across_slices(raw[z][c], before, after, w), expected)
+            if (expected > inferer.threshold).any():
+                assert torch.allclose(results[value][z].prob, expected, atol=1e-6), (value, z)
+                kept += 1
+            else:
+                assert z not in results[value], (value, z)
+    assert kept >= 4
+    plain, _ = segment_automatic(inferer, volume, AutoConfig())
+    for c, value in enumerate((1, 2)):  # off: the raw probabilities
+        for z, res in plain[value].items():
+            assert torch.equal(res.prob, raw[z][c])
+    with pytest.raises(ValueError, match="z_smooth"):
+        AutoConfig(z_smooth=-1)
+
+
 def test_adapter_round_trips_class_prompts_names_and_values(trained, tmp_path):
     path = save_adapter(trained, tmp_path / "auto.pt")
     payload = read_adapter(path)
