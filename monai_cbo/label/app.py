@@ -179,6 +179,9 @@ class _Segment(InferTask):
         except (ValueError, FileNotFoundError) as err:
             os.unlink(out)
             raise _bad(422, str(err)) from err
+        except BaseException:  # nothing is left behind in the temporary folder, whatever failed
+            os.unlink(out)
+            raise
         return out, {
             "label_names": names,
             "adapter": str(adapter) if adapter else "zero-shot LiteMedSAM",

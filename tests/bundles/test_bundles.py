@@ -314,10 +314,11 @@ def test_inference_config_resolves_with_the_training_preprocessing(bundle, data,
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_inference_without_a_prompt_runs_automatically(bundle, data, tmp_path):
-    overrides = {"model#name": "tiny", "input": str(data[bundle].image), "largest_component": True}
+    overrides = {"model#name": "tiny", "input": str(data[bundle].image), "largest_component": True, "z_smooth": 0.25}
     parser = _parser(bundle, "inference.json", adapter=None, **overrides)
     (case,) = parser.get_parsed_content("cases")
-    assert case.auto == AutoConfig(largest_component=True) and case.key is None and case.prompt_file is None
+    assert case.auto == AutoConfig(largest_component=True, z_smooth=0.25)
+    assert case.key is None and case.prompt_file is None
 
 
 def test_written_configs_are_the_shared_base_plus_each_task():
