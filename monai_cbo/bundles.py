@@ -12,13 +12,24 @@ configs hold code), so a name never reaches a file outside the project.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .inferers.volume import Preprocess
 
-__all__ = ["BundleInfo", "bundle_auto_defaults", "bundle_model", "bundle_preprocess", "list_bundles", "load_bundle"]
+__all__ = [
+    "BundleInfo",
+    "bundle_auto_defaults",
+    "bundle_command",
+    "bundle_flags",
+    "bundle_model",
+    "bundle_preprocess",
+    "list_bundles",
+    "load_bundle",
+]
 
 #: the shipped bundles, beside the package in a source checkout (``pip install -e .``)
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -120,3 +131,28 @@ def bundle_model(info: BundleInfo, checkpoint: str | Path | None = None):
             "and pass --adapter, or segment with a prompt (--key-box, --prompts) on the zero-shot model"
         )
     return load_segmenter(info.adapter, checkpoint)
+
+
+def bundle_command(configs: Path, config_files: Sequence[str], options: Sequence[str], workflow: str | None) -> list:
+    """``python -m monai.bundle run [workflow] --config_file ...`` with ``options``, as a user would type it: the
+    demo and the MONAI Label train task run the bundles this way."""
+    files = [str(configs / f) for f in config_files]
+    config = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        *([workflow] if workflow else []),
+        "--config_file",
+        config,
+        *options,
+    ]
+
+
+def bundle_flags(**values: object) -> list[str]:
+    """Bundle command-line overrides: ``--key value`` for each, ``preset`` as ``--peft#preset``."""
+    out = []
+    for key, value in values.items():
+        out += [f"--{'peft#preset' if key == 'preset' else key}", str(value)]
+    return out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundles import bundle_preprocess, load_bundle
+from .bundles import bundle_command, bundle_flags, bundle_preprocess, load_bundle
 
 __all__ = ["hippocampus_demo", "pick_held_out", "synthetic_demo"]
 
@@ -41,29 +41,6 @@ def _checkout(*parts: str) -> Path:
     if not path.exists() or not (REPO / "data_prep").is_dir():
         raise FileNotFoundError(f"{path} not found: run the demo from a source checkout (pip install -e .)")
     return path
-
-
-def _bundle_cmd(configs: Path, config_files: Sequence[str], options: Sequence[str], workflow: str | None) -> list:
-    files = [str(configs / f) for f in config_files]
-    config = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
-    return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        *([workflow] if workflow else []),
-        "--config_file",
-        config,
-        *options,
-    ]
-
-
-def _flags(**values: object) -> list[str]:
-    """Bundle command-line overrides: ``--key value`` for each, ``preset`` as ``--peft#preset``."""
-    out = []
-    for key, value in values.items():
-        out += [f"--{'peft#preset' if key == 'preset' else key}", str(value)]
-    return out
 
 
 def synthetic_demo(out: str | Path, cases: int = 6, epochs: int = 4, preset: str = "lora_cbo", seed: int = 0) -> int:
@@ -93,7 +70,7 @@ def synthetic_demo(out: str | Path, cases: int = 6, epochs: int = 4, preset: str
     )
     # a short CPU schedule: one volume per step, 2 slices each (batches of 2D slices are not faster per slice
     # on a CPU, and a smaller step shows progress sooner)
-    common = _flags(
+    common = bundle_flags(
         dataset_dir=data,
         output_dir=out,
         preset=preset,
@@ -108,11 +85,11 @@ def synthetic_demo(out: str | Path, cases: int = 6, epochs: int = 4, preset: str
     )
     _step(
         f"2/3 train the spleen bundle: LiteMedSAM + {preset}, {epochs} epochs",
-        _bundle_cmd(configs, ["train.json"], common, "training"),
+        bundle_command(configs, ["train.json"], common, "training"),
     )
     _step(
         "3/3 evaluate the best adapter on the held-out case: NIfTI masks + Dice table",
-        _bundle_cmd(configs, ["train.json", "evaluate.json"], [*common, "--overwrite", "true"], None),
+        bundle_command(configs, ["train.json", "evaluate.json"], [*common, "--overwrite", "true"], None),
     )
     print(
         f"\ndone in {time.perf_counter() - start:.0f} s. Outputs in {out}:\n"
@@ -239,7 +216,7 @@ def hippocampus_demo(
         "3/5 for comparison, zero-shot LiteMedSAM with a box on every slice taken from the label",
         [*cli, "-o", str(out / "zeroshot_boxes"), "--modality", "mri"],
     )
-    options = _flags(
+    options = bundle_flags(
         dataset_dir=data,
         output_dir=out / "finetune",
         preset=preset,
@@ -251,11 +228,11 @@ def hippocampus_demo(
     )
     _step(
         f"4/5 fine-tune {preset} from scratch on {', '.join(train)} (box prompts, {epochs} epochs)",
-        _bundle_cmd(configs, ["train.json"], options, "training"),
+        bundle_command(configs, ["train.json"], options, "training"),
     )
     _step(
         f"5/5 score that adapter with box prompts on {', '.join(test)}",
-        _bundle_cmd(configs, ["train.json", "evaluate.json"], [*options, "--overwrite", "true"], None),
+        bundle_command(configs, ["train.json", "evaluate.json"], [*options, "--overwrite", "true"], None),
     )
 
     names = {str(k): v for k, v in datalist["labels"].items()}

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,7 +34,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ..bundles import BundleInfo, bundle_auto_defaults, bundle_preprocess, load_bundle
+from ..bundles import BundleInfo, bundle_auto_defaults, bundle_command, bundle_flags, bundle_preprocess, load_bundle
 from ..inferers import AutoConfig, Case, KeyPrompt, Preprocess, SliceWiseInferer, segment_case
 from ..inferers.segment import check_label
 from ..inferers.volume import load_volume
@@ -171,8 +170,9 @@ class _Segment(InferTask):
     def is_valid(self) -> bool:
         return True
 
-    def _run(self, case: Case, names: dict[str, int]) -> tuple[str, dict[str, Any]]:
-        inferer, adapter = self.store.inferer()
+    def _run(
+        self, case: Case, names: dict[str, int], inferer: SliceWiseInferer, adapter: Path | None
+    ) -> tuple[str, dict[str, Any]]:
         out = _output_file()
         try:
             result = segment_case(inferer, case, out, self.pre, overwrite=True)
@@ -207,7 +207,7 @@ class PromptTask(_Segment):
         image = request["image"]
         key = parse_prompt(request, _volume_shape(image))
         name = str(request.get("label_name") or "object")  # "label" is an uploaded label file in MONAI Label
-        return self._run(Case(image, key=key), {name: 1})
+        return self._run(Case(image, key=key), {name: 1}, *self.store.inferer())
 
 
 class AutoTask(_Segment):
@@ -226,18 +226,19 @@ class AutoTask(_Segment):
         self.largest, self.z_smooth = largest, z_smooth
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        spec = self.store.class_prompts()
-        if not spec:
+        inferer, adapter = self.store.inferer()  # one model for the check and the run, read once
+        spec = getattr(inferer.model, "class_prompts", None)
+        if spec is None:
             raise _bad(
                 409,
-                f"the current adapter ({self.store.current_path() or 'zero-shot LiteMedSAM'}) has no class prompts, "
+                f"the current adapter ({adapter or 'zero-shot LiteMedSAM'}) has no class prompts, "
                 f"so it cannot segment without a prompt: use {PROMPT_TASK} with an ROI box",
             )
-        names = dict(zip(spec["names"], spec.get("values") or range(1, len(spec["names"]) + 1), strict=True))
+        names = {str(n): int(v) for n, v in zip(spec.class_names, spec.class_values, strict=True)}
         largest = request.get("largest_cc", self.largest)
         largest = largest if isinstance(largest, bool) else str(largest).lower() in ("1", "true", "yes")
         case = Case(request["image"], auto=AutoConfig(largest_component=largest, z_smooth=self.z_smooth))
-        return self._run(case, {str(k): int(v) for k, v in names.items()})
+        return self._run(case, names, inferer, adapter)
 
 
 class StudiesDatastore(LocalDatastore):
@@ -343,22 +344,19 @@ class FineTune(TrainTask):
         items = lambda ps: [{"image": i, "label": lab} for i, lab in ps]  # noqa: E731
         datalist.write_text(json.dumps({"training": items(train), "validation": items(val)}, indent=1))
         epochs = options["max_epochs"]
-        flags = {
-            "datalist": datalist,
-            "dataset_dir": run,
-            "output_dir": run,
-            "max_epochs": epochs,
-            "val_interval": epochs,
-            "slices_per_volume": options["slices_per_volume"],
-            "auto_share": options["auto_share"],
-            "learning_rate": options["learning_rate"],
-            "seed": options["seed"],
-            "peft#preset": options["preset"],
-        }
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file"]
-        cmd += [str(self.bundle.path / "configs" / "train.json")]
-        for key, value in flags.items():
-            cmd += [f"--{key}", str(value)]
+        options_cli = bundle_flags(
+            datalist=datalist,
+            dataset_dir=run,
+            output_dir=run,
+            max_epochs=epochs,
+            val_interval=epochs,
+            slices_per_volume=options["slices_per_volume"],
+            auto_share=options["auto_share"],
+            learning_rate=options["learning_rate"],
+            seed=options["seed"],
+            preset=options["preset"],
+        )
+        cmd = bundle_command(self.bundle.path / "configs", ["train.json"], options_cli, "training")
         stats = {
             "status": "RUNNING",
             "epoch": 0,
