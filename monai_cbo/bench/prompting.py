@@ -14,7 +14,9 @@ Each is scored by 3D Dice of the target alone, and by how many slices it predict
 extent (and how far). ``--sweep`` tunes :class:`~monai_cbo.inferers.PropagationConfig` on the tune part: each
 setting that changes a slice's prompt (:data:`TRAJECTORY_GRID`) is recorded once with the stop rules off, and
 every combination of the stop rules (:data:`STOP_GRID`) is scored by truncating the recordings where
-:func:`~monai_cbo.inferers.propagation.stops` would stop; then every part is scored with the chosen settings.
+:func:`~monai_cbo.inferers.propagation.stops` would stop, the open objects' rules on one key box and three key
+boxes, the z-ranged objects' (``range_``) rules on the 3D box; then every part is scored with the chosen
+settings.
 Validation cases never influence a choice.
 
 Embeddings of the slices visited are stored per case under ``--cache-dir`` (4 MiB a slice), so a sweep encodes
@@ -71,7 +73,7 @@ PROTOCOLS = ("per_slice", "one_key", "box3d", "three_keys")
 
 #: settings that change which prompt each slice gets: one recorded propagation per combination
 TRAJECTORY_GRID: dict[str, list] = {
-    "margin": [0.0, 0.05, 0.1],
+    "margin": [0.0, 0.05, 0.1, 0.15, 0.2],
     "min_margin": [0.0, 2.0],
 }
 #: then also recorded with the previous slice's logits as a mask prompt, for the best trajectory setting
@@ -84,16 +86,29 @@ STOP_GRID: dict[str, list] = {
     "min_iou": [0.0, 0.5, 0.7, 0.8],
     "min_confidence": [0.0, 0.7, 0.8, 0.9],
     "min_similarity": [-1.0, 0.5, 0.7, 0.8, 0.9],
-    "max_key_area": [1.0, 1.5, 2.0, 1e9],
-    "stop_in_range": [False, True],
+    "max_key_area": [1.0, 1.5, 2.0, 3.0, 1e9],
+}
+#: the protocols whose objects are open (judged by the plain rules) and z-ranged (by the ``range_`` rules): each
+#: rule set is chosen on its own protocols, the settings that change a slice's prompt on all three
+OPEN_PROTOCOLS = ("one_key", "three_keys")
+RANGED_PROTOCOLS = ("box3d",)
+#: every stop rule at its most lenient value: how a recording is made
+RULES_OFF = {
+    "max_growth": 1e9,
+    "min_shrink": 0.0,
+    "min_overlap": 0.0,
+    "min_iou": 0.0,
+    "min_confidence": 0.0,
+    "min_similarity": -1.0,
+    "max_key_area": 1e9,
 }
 #: objectives this close to the best count as a tie, settled in favour of the most lenient stop rules
 TIE = 1e-3
 #: between keys only (three_keys), tried last with the chosen settings
 NEIGHBOUR_WEIGHTS = [0.0, 0.5, 1.0]
-#: how far past a target's true extent a recorded propagation may run (any stop rule that lets it run further
-#: scores worse anyway)
-RECORD_BEYOND = 8
+#: how far past a target's true extent a recorded propagation may run; None: to the volume's ends, so that the
+#: sweep sees the whole cost of a rule that does not stop (a cap of 8 slices hid part of it on the hippocampus)
+RECORD_BEYOND: int | None = None
 
 
 @dataclass
@@ -284,17 +299,9 @@ def _record(
     present = np.nonzero(mask.any(axis=(0, 1)))[0]
     depth = mask.shape[-1]
     ranged = prompt.z_range is not None
-    span = prompt.z_range or (max(0, int(present[0]) - RECORD_BEYOND), min(depth - 1, int(present[-1]) + RECORD_BEYOND))
-    open_rules = config.replace(
-        max_growth=1e9,
-        min_shrink=0.0,
-        min_overlap=0.0,
-        min_iou=0.0,
-        min_confidence=0.0,
-        min_similarity=-1.0,
-        max_key_area=1e9,
-        stop_in_range=False,
-    )
+    beyond = depth if RECORD_BEYOND is None else RECORD_BEYOND
+    span = prompt.z_range or (max(0, int(present[0]) - beyond), min(depth - 1, int(present[-1]) + beyond))
+    open_rules = config.replace(**_rules(RULES_OFF, ranged=False), **_rules(RULES_OFF, ranged=True))
     results = propagate(
         inferer, loaded.volume, ObjectPrompt(prompt.keys, span, prompt.points), open_rules, loaded.cache
     )
@@ -341,10 +348,17 @@ def _record(
     )
 
 
+def _rules(combo: dict, ranged: bool) -> dict:
+    """A stop-rule combination as :class:`PropagationConfig` settings for open or z-ranged objects."""
+    return {("range_" if ranged else "") + name: value for name, value in combo.items()}
+
+
 def _stop_grid() -> tuple[list[dict], SimpleNamespace]:
+    """Every combination of :data:`STOP_GRID`, and the same as arrays ([1, combinations]) under both the plain
+    and the ``range_`` names, so that :func:`stops` scores open and ranged recordings alike."""
     combos = [dict(zip(STOP_GRID, values, strict=True)) for values in product(*STOP_GRID.values())]
-    arrays = SimpleNamespace(**{k: np.array([c[k] for c in combos])[None] for k in STOP_GRID})
-    return combos, arrays
+    arrays = {k: np.array([c[k] for c in combos])[None] for k in STOP_GRID}
+    return combos, SimpleNamespace(**arrays, **{f"range_{k}": v for k, v in arrays.items()})
 
 
 def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarray:
@@ -371,6 +385,24 @@ def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarr
         inter += np.concatenate([[0.0], np.cumsum(d["inter"])])[kept]
         area += np.concatenate([[0.0], np.cumsum(d["area"])])[kept]
     return 2 * inter / np.maximum(area + track.target_area, 1e-9)
+
+
+def _ceiling_dice(track: _Track) -> float:
+    """3D Dice of ``track`` with a perfect stop rule: each direction cut where the Dice is highest (the ceiling of
+    any stop rule on this recording; what is left below it is lost inside the extent, not at its ends)."""
+    parts = []
+    for d in track.directions:
+        parts.append(
+            (
+                np.concatenate([[0.0], np.cumsum(d["inter"])]),
+                np.concatenate([[0.0], np.cumsum(d["area"])]),
+            )
+        )
+    inter, area = np.array([track.fixed_inter]), np.array([track.fixed_area])
+    for more_inter, more_area in parts:
+        inter = (inter[:, None] + more_inter[None]).ravel()
+        area = (area[:, None] + more_area[None]).ravel()
+    return float(np.max(2 * inter / np.maximum(area + track.target_area, 1e-9)))
 
 
 def _objective(dice: dict[tuple[str, str], np.ndarray], reference: dict[str, float]) -> np.ndarray:
@@ -408,23 +440,32 @@ def objective(rows: list[dict]) -> float:
     return float(np.mean([np.mean([v["ratio"] for p, v in s.items() if p != "per_slice"]) for s in summary.values()]))
 
 
+def _lenient_best(scores: np.ndarray, lenient: np.ndarray) -> int:
+    """The best combination, near-ties (within :data:`TIE`) going to the most lenient stop rules: a rule that does
+    not help on the tune part is not switched on, so that what the defaults do is what the tune data asked for."""
+    rank = np.where(scores >= scores.max() - TIE, -lenient + 1e-3 * scores, -np.inf)
+    return int(np.argmax(rank))
+
+
 def _sweep(
     inferer, tune: list[SuiteCase], start: PropagationConfig, cache_path, tag: str, out: Path, log, evaluate
 ) -> PropagationConfig:
     """Choose the propagation settings on the tune cases: every trajectory setting recorded once, every stop-rule
-    combination scored by truncation, the neighbour weight last; ``sweep.csv`` and ``sweep.md`` record it."""
+    combination scored by truncation, for open objects (one key box, three key boxes) and z-ranged ones (3D box)
+    apart, the neighbour weight last; ``sweep.csv`` and ``sweep.md`` record it."""
     reference_rows = evaluate(start, tune, ["per_slice"])
     reference = {k: v["per_slice"]["dice"] for k, v in summarise(reference_rows).items()}
     combos, grid = _stop_grid()
     trajectories = [
         {**dict(zip(TRAJECTORY_GRID, v, strict=True)), "mask_prompt": False} for v in product(*TRAJECTORY_GRID.values())
     ]
-    scores = np.zeros((0, len(combos)))
     per_protocol: list[dict[tuple[str, str], np.ndarray]] = []  # per trajectory: (set, protocol) -> mean Dice
+    ceilings: list[dict[tuple[str, str], float]] = []  # per trajectory: the same with a perfect stop rule
 
-    def record(setting: dict) -> np.ndarray:
-        log(f"sweep: recording {setting} ({len(scores) + 1}/{len(trajectories) + int(MASK_PROMPT)})")
+    def record(setting: dict) -> None:
+        log(f"sweep: recording {setting} ({len(per_protocol) + 1}/{len(trajectories) + int(MASK_PROMPT)})")
         dice: dict[tuple[str, str], list[np.ndarray]] = {}
+        ceiling: dict[tuple[str, str], list[float]] = {}
         for case in tune:
             loaded = _load(case, cache_path, tag)
             inferer.memo.clear()
@@ -432,57 +473,79 @@ def _sweep(
                 for protocol in PROTOCOLS[1:]:
                     track = _record(inferer, loaded, target_mask, protocol, start.replace(**setting))
                     dice.setdefault((case.set, protocol), []).append(_track_dice(track, grid, start.min_area))
+                    ceiling.setdefault((case.set, protocol), []).append(_ceiling_dice(track))
             loaded.save()
         per_protocol.append({k: np.mean(v, axis=0) for k, v in dice.items()})
-        return _objective(per_protocol[-1], reference)[None]
+        ceilings.append({k: float(np.mean(v)) for k, v in ceiling.items()})
+
+    def family(protocols: tuple[str, ...]) -> np.ndarray:
+        """[trajectories, combinations]: the objective over ``protocols`` alone."""
+        return np.stack(
+            [_objective({k: v for k, v in p.items() if k[1] in protocols}, reference) for p in per_protocol]
+        )
+
+    def combined(open_scores: np.ndarray, ranged_scores: np.ndarray) -> np.ndarray:
+        """The objective over all three protocols (each trajectory with its best combinations)."""
+        n_open, n_ranged = len(OPEN_PROTOCOLS), len(RANGED_PROTOCOLS)
+        return (n_open * open_scores + n_ranged * ranged_scores) / (n_open + n_ranged)
 
     for setting in trajectories:
-        scores = np.concatenate([scores, record(setting)])
+        record(setting)
     if MASK_PROMPT:
-        best = trajectories[int(np.argmax(scores.max(axis=1)))]
-        trajectories.append({**best, "mask_prompt": True})
-        scores = np.concatenate([scores, record(trajectories[-1])])
-    # near-ties (within TIE of the best) go to the most lenient stop rules: a rule that does not help on the tune
-    # part is not switched on, so that what the defaults do is what the tune data asked for
+        best = combined(family(OPEN_PROTOCOLS).max(axis=1), family(RANGED_PROTOCOLS).max(axis=1))
+        trajectories.append({**trajectories[int(np.argmax(best))], "mask_prompt": True})
+        record(trajectories[-1])
+    open_scores, ranged_scores = family(OPEN_PROTOCOLS), family(RANGED_PROTOCOLS)
+    overall = combined(open_scores.max(axis=1), ranged_scores.max(axis=1))
+    t = int(np.argmax(overall))
     lenient = np.array([_strictness(combo) for combo in combos])
-    near = scores >= scores.max() - TIE
-    rank = np.where(near, -lenient[None] + 1e-3 * scores, -np.inf)
-    t, c = np.unravel_index(int(np.argmax(rank)), scores.shape)
-    chosen = start.replace(**trajectories[t], **combos[c])
-    log(f"sweep: chose objective {scores[t, c]:.4f} (best {scores.max():.4f}) with {trajectories[t]} {combos[c]}")
+    c_open, c_ranged = _lenient_best(open_scores[t], lenient), _lenient_best(ranged_scores[t], lenient)
+    chosen = start.replace(**trajectories[t], **_rules(combos[c_open], False), **_rules(combos[c_ranged], True))
+    log(
+        f"sweep: chose {trajectories[t]}; open objects {open_scores[t, c_open]:.4f} (best {open_scores.max():.4f}) "
+        f"with {combos[c_open]}; 3D boxes {ranged_scores[t, c_ranged]:.4f} (best {ranged_scores.max():.4f}) "
+        f"with {combos[c_ranged]}"
+    )
 
     def matching(options: list[dict], chosen: dict, name: str, value, alone: bool) -> list[int]:
-        """Indices of ``options`` where ``name`` is ``value`` (a setting they lack matches any); with ``alone``,
-        only those equal to ``chosen`` in every other setting."""
+        """Indices of ``options`` where ``name`` is ``value``; with ``alone``, only those equal to ``chosen`` in
+        every other setting."""
         return [
             i
             for i, o in enumerate(options)
-            if o.get(name, value) == value and (not alone or all(o[k] == chosen[k] for k in o if k != name))
+            if o[name] == value and (not alone or all(o[k] == chosen[k] for k in o if k != name))
         ]
 
     rows = []
-    for name, values in {**TRAJECTORY_GRID, "mask_prompt": [False, True], **STOP_GRID}.items():  # one at a time
+
+    def row(setting: str, value, alone: np.ndarray, best: np.ndarray) -> None:
+        rows.append(
+            {
+                "setting": setting,
+                "value": _fmt(value),
+                "objective": round(float(alone.max()), 4) if alone.size else "",  # "": not recorded
+                "best_with_this_value": round(float(best.max()), 4) if best.size else "",
+            }
+        )
+
+    at_chosen = combined(open_scores[:, c_open], ranged_scores[:, c_ranged])
+    for name, values in {**TRAJECTORY_GRID, "mask_prompt": [False, True]}.items():  # one at a time, all protocols
         for value in values:
-            alone = scores[
-                np.ix_(
-                    matching(trajectories, trajectories[t], name, value, True),
-                    matching(combos, combos[c], name, value, True),
-                )
-            ]
-            best = scores[
-                np.ix_(
-                    matching(trajectories, trajectories[t], name, value, False),
-                    matching(combos, combos[c], name, value, False),
-                )
-            ]
-            rows.append(
-                {
-                    "setting": name,
-                    "value": _fmt(value),  # "": that combination was not recorded
-                    "objective": round(float(alone.max()), 4) if alone.size else "",
-                    "best_with_this_value": round(float(best.max()), 4) if best.size else "",
-                }
+            row(
+                name,
+                value,
+                at_chosen[matching(trajectories, trajectories[t], name, value, True)],
+                overall[matching(trajectories, trajectories[t], name, value, False)],
             )
+    for prefix, scores, c in (("", open_scores, c_open), ("range_", ranged_scores, c_ranged)):
+        for name, values in STOP_GRID.items():
+            for value in values:
+                row(
+                    prefix + name,
+                    value,
+                    scores[t, matching(combos, combos[c], name, value, True)],
+                    scores[:, matching(combos, combos[c], name, value, False)],
+                )
     neighbour = []
     for weight in NEIGHBOUR_WEIGHTS:
         trial = chosen.replace(neighbour_weight=weight)
@@ -501,19 +564,41 @@ def _sweep(
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    top = np.argsort(scores, axis=None)[::-1][:15]
-    lines = [
-        "| rank | objective | " + " | ".join([*trajectories[0], *STOP_GRID]) + " |",
-        "|---:|---:|" + "---:|" * (len(trajectories[0]) + len(STOP_GRID)),
+    lines = []
+    for title, scores in (("Open objects (one key box, three key boxes)", open_scores), ("3D boxes", ranged_scores)):
+        lines += [
+            f"{title}: the best combinations",
+            "",
+            "| rank | objective | " + " | ".join([*trajectories[0], *STOP_GRID]) + " |",
+            "|---:|---:|" + "---:|" * (len(trajectories[0]) + len(STOP_GRID)),
+        ]
+        for rank, flat in enumerate(np.argsort(scores, axis=None)[::-1][:10], 1):
+            ti, ci = np.unravel_index(int(flat), scores.shape)
+            values = [*trajectories[ti].values(), *combos[ci].values()]
+            lines.append(f"| {rank} | {scores[ti, ci]:.4f} | " + " | ".join(_fmt(v) for v in values) + " |")
+        lines.append("")
+    lines += [
+        "Tune part, chosen settings against a perfect stop rule (each direction cut where the Dice is highest):",
+        "Dice ratio to per-slice boxes, chosen / perfect.",
+        "",
+        "| set | " + " | ".join(PROTOCOLS[1:]) + " |",
+        "|---|" + "---:|" * len(PROTOCOLS[1:]),
     ]
-    for rank, flat in enumerate(top, 1):
-        ti, ci = np.unravel_index(int(flat), scores.shape)
-        values = [*trajectories[ti].values(), *combos[ci].values()]
-        lines.append(f"| {rank} | {scores[ti, ci]:.4f} | " + " | ".join(_fmt(v) for v in values) + " |")
+    for set_name in reference:
+        cells = []
+        for protocol in PROTOCOLS[1:]:
+            c = c_open if protocol in OPEN_PROTOCOLS else c_ranged
+            chosen_value = per_protocol[t][(set_name, protocol)][c] / reference[set_name]
+            cells.append(f"{chosen_value:.2f} / {ceilings[t][(set_name, protocol)] / reference[set_name]:.2f}")
+        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
-    unchanged = {k: v[c : c + 1] for k, v in per_protocol[t].items() if k[1] != "three_keys"}  # not the weight
+    chosen_dice = {  # what the chosen rules give one key box and the 3D box (the neighbour weight changes neither)
+        k: v[[c_open] if k[1] in OPEN_PROTOCOLS else [c_ranged]]
+        for k, v in per_protocol[t].items()
+        if k[1] in ("one_key", "box3d")
+    }
     (out / "sweep_predicted.json").write_text(
-        json.dumps({"objective_without_three_keys": float(_objective(unchanged, reference)[0])})
+        json.dumps({"objective_one_key_and_box3d": float(_objective(chosen_dice, reference)[0])})
     )
     return chosen
 
@@ -572,7 +657,7 @@ def run_prompts_bench(
     rows = evaluate(config, cases, PROTOCOLS)
     if sweep:  # the truncated recordings must predict what the real propagation does
         measured = objective([r for r in rows if r["part"] == "tune" and r["protocol"] != "three_keys"])
-        predicted = json.loads((out / "sweep_predicted.json").read_text())["objective_without_three_keys"]
+        predicted = json.loads((out / "sweep_predicted.json").read_text())["objective_one_key_and_box3d"]
         log(
             f"sweep check (one key box and 3D box): objective predicted from the truncated recordings "
             f"{predicted:.4f}, measured by propagating with the chosen settings {measured:.4f}"

@@ -15,7 +15,9 @@ How an object is grown from its key boxes (:func:`propagate`):
    prompt. A direction stops at the first slice whose mask vanishes, jumps in area against the previous
    slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, does
    not look like the key slice's object in the image embedding, or outgrows a multiple of its key box's
-   area (:class:`PropagationConfig` names each threshold). That slice is not kept.
+   area (:class:`PropagationConfig` names each threshold). That slice is not kept. An object with a z range
+   (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said the object
+   is on every slice of the range, so what should end a walk there is not what should end an open one.
 
 The defaults were chosen by ``monai-cbo prompts-bench --sweep`` on shared volumes of several kinds with a
 validation part held back; see ``docs/benchmarks/propagation.md`` for the sweep and its table.
@@ -37,6 +39,7 @@ __all__ = [
     "KeyBox",
     "ObjectPrompt",
     "PropagationConfig",
+    "STOP_RULES",
     "feature_similarity",
     "mask_feature",
     "propagate",
@@ -68,8 +71,9 @@ class PropagationConfig:
         neighbour_weight: between two keys, how far (0..1) the interpolated box moves towards the box of the
             neighbouring prediction.
         point_reach: correction points on slice k also prompt slices k - reach .. k + reach.
-        stop_in_range: apply the stop rules inside the z range of a 3D box too (without it, a z-ranged object
-            is followed to both ends of its range unless its mask vanishes or outgrows ``max_key_area``).
+        range_max_growth, range_min_shrink, range_min_overlap, range_min_iou, range_min_confidence,
+        range_min_similarity, range_max_key_area: the same rules for an object with a z range (a 3D box), inside
+            its range; swept separately on the 3D-box protocol.
         min_area: fewer foreground pixels than this is an empty mask.
     """
 
@@ -85,19 +89,32 @@ class PropagationConfig:
     max_key_area: float = 1.0
     neighbour_weight: float = 1.0
     point_reach: int = 2
-    stop_in_range: bool = True
+    range_max_growth: float = math.inf
+    range_min_shrink: float = 0.0
+    range_min_overlap: float = 0.0
+    range_min_iou: float = 0.7
+    range_min_confidence: float = 0.0
+    range_min_similarity: float = 0.5
+    range_max_key_area: float = 1.0
     min_area: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("margin", "min_margin", "min_shrink", "min_overlap", "min_iou", "min_confidence"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"propagation {name} must be >= 0, got {getattr(self, name)}")
-        if self.max_growth <= 1 or self.max_key_area <= 0:
-            raise ValueError(
-                f"max_growth must be > 1 and max_key_area > 0, got {self.max_growth} and {self.max_key_area}"
-            )
-        if not -1 <= self.min_similarity <= 1:
-            raise ValueError(f"min_similarity is a cosine similarity in [-1, 1], got {self.min_similarity}")
+        for prefix in ("", "range_"):
+            for name in ("min_shrink", "min_overlap", "min_iou", "min_confidence"):
+                if getattr(self, prefix + name) < 0:
+                    raise ValueError(f"propagation {prefix + name} must be >= 0, got {getattr(self, prefix + name)}")
+            growth, key_area = getattr(self, prefix + "max_growth"), getattr(self, prefix + "max_key_area")
+            if growth <= 1 or key_area <= 0:
+                raise ValueError(
+                    f"{prefix}max_growth must be > 1 and {prefix}max_key_area > 0, got {growth} and {key_area}"
+                )
+            if not -1 <= getattr(self, prefix + "min_similarity") <= 1:
+                raise ValueError(
+                    f"{prefix}min_similarity is a cosine similarity in [-1, 1], got "
+                    f"{getattr(self, prefix + 'min_similarity')}"
+                )
+        if self.margin < 0 or self.min_margin < 0:
+            raise ValueError(f"propagation margin and min_margin must be >= 0, got {self.margin}, {self.min_margin}")
         if not 0 <= self.neighbour_weight <= 1:
             raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
         if self.point_reach < 0 or self.min_area < 1:
@@ -158,6 +175,10 @@ class ObjectPrompt:
             self.z_range = (lo, hi)
 
 
+#: the rules that end a walk, each with an open-object and a z-ranged (``range_``) threshold in the config
+STOP_RULES = ("max_growth", "min_shrink", "min_overlap", "min_iou", "min_confidence", "min_similarity", "max_key_area")
+
+
 def stops(config, area, before_area, key_area, overlap, iou, confidence, similarity, ranged: bool):
     """Whether propagation stops at a slice whose mask has ``area`` pixels, after a slice of ``before_area``:
     the one statement of the stop rules (see :class:`PropagationConfig`). The thresholds of ``config`` and the
@@ -165,18 +186,20 @@ def stops(config, area, before_area, key_area, overlap, iou, confidence, similar
 
     ``overlap``: the fraction of the mask on the previous slice's mask; ``iou``: SAM's estimate; ``confidence``:
     the mean probability inside the mask; ``similarity``: the cosine similarity of the mask's mean embedding to
-    the key slice's (see :func:`mask_feature`); ``ranged``: the object has a z range (a 3D box)."""
-    rules = (
-        (area > config.max_growth * before_area)
-        | (area < config.min_shrink * before_area)
-        | (overlap < config.min_overlap)
-        | (iou < config.min_iou)
-        | (confidence < config.min_confidence)
-        | (similarity < config.min_similarity)
+    the key slice's (see :func:`mask_feature`); ``ranged``: the object has a z range (a 3D box), so the
+    ``range_`` thresholds apply."""
+    prefix = "range_" if ranged else ""
+    rule = {name: getattr(config, prefix + name) for name in STOP_RULES}
+    return (
+        (area < config.min_area)
+        | (area > rule["max_key_area"] * key_area)
+        | (area > rule["max_growth"] * before_area)
+        | (area < rule["min_shrink"] * before_area)
+        | (overlap < rule["min_overlap"])
+        | (iou < rule["min_iou"])
+        | (confidence < rule["min_confidence"])
+        | (similarity < rule["min_similarity"])
     )
-    if ranged:
-        rules = rules & config.stop_in_range
-    return (area < config.min_area) | (area > config.max_key_area * key_area) | rules
 
 
 def mask_feature(embedding: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor | None:
@@ -231,7 +254,7 @@ def propagate(
         logits = previous.low_res if (config.mask_prompt and previous is not None) else None
         _, emb = next(inferer.encode(volume, [z], cache))
         res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
-        if config.min_similarity > -1:
+        if max(config.min_similarity, config.range_min_similarity) > -1:
             features[z] = mask_feature(emb, res.low_res)
         return res
 

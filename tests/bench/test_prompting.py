@@ -11,6 +11,7 @@ import pytest
 
 import monai_cbo.bench.prompting as prompting
 from monai_cbo.bench.prompting import (
+    _ceiling_dice,
     _load,
     _record,
     _score,
@@ -68,9 +69,11 @@ def test_truncated_recordings_score_every_stop_rule_as_the_real_propagation_does
     rng = np.random.default_rng(0)
     picks = rng.choice(len(combos), 6, replace=False)
     for protocol in ("one_key", "box3d", "three_keys"):
-        predicted = _track_dice(_record(inferer, loaded, mask, protocol, start), grid, start.min_area)
-        for i in picks:
-            config = start.replace(**combos[i])
+        track = _record(inferer, loaded, mask, protocol, start)
+        predicted = _track_dice(track, grid, start.min_area)
+        assert predicted.max() <= _ceiling_dice(track) + 1e-12  # no rule beats a perfect stop
+        for i in picks:  # the open rules and the 3D box's range_ rules set to the same combination
+            config = start.replace(**combos[i], **{f"range_{k}": v for k, v in combos[i].items()})
             [row] = [r for r in _score(inferer, loaded, [protocol], config) if r["target"] == "organ"]
             assert predicted[i] == pytest.approx(row["dice"], abs=1e-9), (protocol, combos[i])
 
@@ -93,7 +96,11 @@ def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_pa
     for name in ("rows.csv", "summary.json", "summary.md", "sweep.csv", "sweep.md"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     sweep = (tmp_path / "out" / "sweep.csv").read_text()
-    assert "min_overlap" in sweep and "neighbour_weight" in sweep
+    assert "min_overlap" in sweep and "range_min_overlap" in sweep and "neighbour_weight" in sweep
+    tables = (tmp_path / "out" / "sweep.md").read_text()
+    assert "3D boxes: the best combinations" in tables and "perfect stop rule" in tables
+    config = result["config"]
+    assert {"min_iou", "range_min_iou"} <= set(config) and "stop_in_range" not in config
     assert list((tmp_path / "emb").glob("c0__*.pt")) and list((tmp_path / "emb").glob("c1__*.pt"))
 
 

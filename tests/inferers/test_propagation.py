@@ -116,6 +116,23 @@ def test_a_3d_box_never_leaves_its_z_range_and_starts_on_the_key_slice():
     assert sorted(results) == list(range(9, 19))
 
 
+def test_a_3d_box_is_judged_by_its_own_range_rules_and_an_open_object_by_the_plain_ones():
+    """A key box on a small slice of a growing object: the plain key-area rule ends an open walk as soon as the
+    object outgrows the key box, while a 3D box whose range rule is off follows the object to its range's ends."""
+    scene = _blob_scene(first=2, last=27)
+    key = KeyBox(5, _box(scene[..., 5]))
+    config = PropagationConfig(max_key_area=1.0, range_max_key_area=1e9)
+    inferer = SceneInferer(scene)
+    open_walk = propagate(inferer, VOLUME, ObjectPrompt([key]), config)
+    assert 2 <= min(open_walk) and max(open_walk) < 9  # stopped where the cross-section outgrew the key box
+    ranged = propagate(inferer, VOLUME, ObjectPrompt([key], z_range=(3, 20)), config)
+    assert sorted(ranged) == list(range(3, 21))
+    strict = propagate(inferer, VOLUME, ObjectPrompt([key], z_range=(3, 20)), config.replace(range_max_key_area=1.0))
+    assert sorted(strict) == sorted(z for z in open_walk if 3 <= z <= 20)
+    with pytest.raises(ValueError, match="range_max_growth must be > 1"):
+        PropagationConfig(range_max_growth=0.5)
+
+
 def test_slices_between_keys_are_prompted_from_both_keys_and_key_order_changes_nothing():
     scene = _blob_scene(first=2, last=27)
     keys = [KeyBox(z, _box(scene[..., z])) for z in (4, 14, 24)]
