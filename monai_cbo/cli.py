@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -265,7 +266,10 @@ def _cmd_prompts_bench(args: argparse.Namespace) -> int:
 
     config = PropagationConfig().replace(**dict(args.set_option or []))
     model = _load_model(args)
-    tag = args.adapter and f"{model.model_name}+{Path(args.adapter).name}" or (args.model or "litemedsam")
+    tag = args.model or "litemedsam"
+    for weights in (args.checkpoint, args.adapter):  # the embedding cache is keyed by the weights' content
+        if weights:
+            tag += f"+{Path(weights).name}:{hashlib.sha1(Path(weights).read_bytes()).hexdigest()[:12]}"
     result = run_prompts_bench(
         args.suite,
         args.data_root,

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 import monai_cbo.bench.prompting as prompting
 from monai_cbo.bench.prompting import (
@@ -113,6 +114,25 @@ def test_the_command_scores_a_suite_with_given_settings(suite, tmp_path, capsys)
     assert "one key box" in capsys.readouterr().out
     assert main([*base, "--set", "min_overlapp=0.3"]) == 2
     assert "unknown propagation setting" in capsys.readouterr().err
+
+
+def test_two_adapters_of_the_same_file_name_never_share_cached_embeddings(suite, tmp_path):
+    """The embedding cache is keyed by the adapter's content, not its name: adapter.pt from two trainings."""
+    from monai_cbo.models import build_segmenter
+    from monai_cbo.peft import save_adapter
+
+    adapters = []
+    for shift in (0.1, 0.2):
+        trained = build_segmenter("tiny", preset="lora_cbo")
+        with torch.no_grad():
+            for p in trained.parameters():
+                if p.requires_grad:
+                    p.add_(shift)
+        adapters.append(save_adapter(trained, tmp_path / f"run{shift}" / "adapter.pt"))
+    for n, adapter in enumerate(adapters):
+        base = ["prompts-bench", str(suite), "-o", str(tmp_path / f"out{n}"), "--data-root", str(suite.parent)]
+        assert main([*base, "--model", "tiny", "--adapter", str(adapter), "--cache-dir", str(tmp_path / "emb")]) == 0
+    assert len(list((tmp_path / "emb").glob("c0__*.pt"))) == 2
 
 
 def test_a_suite_whose_files_are_missing_names_the_data_root(suite, tmp_path):
