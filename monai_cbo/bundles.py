@@ -27,6 +27,7 @@ __all__ = [
     "bundle_flags",
     "bundle_model",
     "bundle_preprocess",
+    "bundle_propagation",
     "list_bundles",
     "load_bundle",
 ]
@@ -110,6 +111,30 @@ def bundle_auto_defaults(info: BundleInfo) -> dict[str, bool | float]:
         "largest_component": largest if isinstance(largest, bool) else False,
         "z_smooth": float(smooth) if isinstance(smooth, (int, float)) and not isinstance(smooth, bool) else 0.0,
     }
+
+
+def bundle_propagation(info: BundleInfo):
+    """The bundle's propagation settings (:class:`~monai_cbo.inferers.PropagationConfig`): the plain values of
+    ``configs/inference.json``'s ``propagation`` over the library defaults. A bundle whose shipped adapter had its
+    settings swept (``monai-cbo prompts-bench --adapter ... --sweep``) records them there, so that ``monai-cbo
+    segment --bundle`` and the label app propagate as its own inference does.
+
+    Raises:
+        ValueError: a setting there is not a propagation setting (the message names the file).
+    """
+    from .inferers import PropagationConfig
+
+    path = info.path / "configs" / "inference.json"
+    node = json.loads(path.read_text(encoding="utf-8")).get("propagation") or {}
+    values = {
+        k: v
+        for k, v in node.items()
+        if not k.startswith("_") and not (isinstance(v, str) and v.startswith(("$", "@", "%")))
+    }
+    try:
+        return PropagationConfig().replace(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: 'propagation': {err}") from err
 
 
 def bundle_model(info: BundleInfo, checkpoint: str | Path | None = None):

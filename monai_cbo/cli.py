@@ -112,7 +112,7 @@ def _bundle_for_segment(args: argparse.Namespace):
     """``segment --bundle NAME``: the bundle's preprocessing, and its adapter as ``args.adapter`` unless one is
     given. Fails before any volume is read (unknown bundle, preprocessing options given too, no adapter and no
     prompt)."""
-    from .bundles import bundle_auto_defaults, bundle_model, bundle_preprocess, load_bundle
+    from .bundles import bundle_auto_defaults, bundle_model, bundle_preprocess, bundle_propagation, load_bundle
     from .inferers import Preprocess
 
     default = Preprocess()
@@ -130,6 +130,7 @@ def _bundle_for_segment(args: argparse.Namespace):
         raise ValueError(f"--bundle {args.bundle} sets the preprocessing it was trained with; drop {', '.join(given)}")
     info = load_bundle(args.bundle)
     args.bundle_auto = bundle_auto_defaults(info)
+    args.bundle_propagation = bundle_propagation(info)
     if not args.adapter:
         prompted = args.label is not None or args.prompts is not None or args.key_box is not None
         if info.adapter is not None:
@@ -232,7 +233,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     pre = pre or Preprocess(args.modality, tuple(args.ct_window), args.channels, args.view)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
     out_dir = Path(args.output)
-    results = segment_cases(inferer, cases, out_dir, pre, overwrite=args.overwrite, verbose=True)
+    propagation = getattr(args, "bundle_propagation", None)  # a bundle's own settings; else the library's
+    results = segment_cases(inferer, cases, out_dir, pre, args.overwrite, propagation=propagation, verbose=True)
     scored = [r for r in results if r.metrics]
     if scored:
         table = MetricsTable()

@@ -95,3 +95,33 @@ def test_bundle_sets_the_automatic_defaults_it_was_measured_with(shipped, tmp_pa
         _bundle_for_segment(args)
         auto = _auto_mode(args)
         assert auto.largest_component is largest and auto.z_smooth == smooth
+
+
+def test_a_bundle_propagates_with_the_settings_swept_for_its_adapter(shipped, tmp_path, monkeypatch):
+    """The hippocampus bundle records the propagation settings swept with its shipped adapter: its inference
+    config, segment --bundle and the library read the same values; other bundles keep the library defaults; a
+    wrong name in the config is an error naming the file."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from monai_cbo.cli import _bundle_for_segment, _parser
+    from monai_cbo.inferers import PropagationConfig
+
+    info = bundles.load_bundle("hippocampus_mri_cbo")
+    swept = bundles.bundle_propagation(info)
+    assert swept != PropagationConfig() and swept.margin == 0.0  # the shipped adapter's own sweep
+    parser = ConfigParser()
+    parser.read_config(shipped / "configs" / "inference.json")
+    assert parser.get_parsed_content("propagation") == swept  # what the bundle's own inference uses
+    args = _parser().parse_args(["segment", "x.nii.gz", "-o", "o", "--bundle", "hippocampus_mri_cbo"])
+    _bundle_for_segment(args)
+    assert args.bundle_propagation == swept
+    real = Path(bundles.__file__).parents[1] / "bundles"
+    spleen = bundles.BundleInfo("spleen_ct_cbo", real / "spleen_ct_cbo", {}, [])
+    assert bundles.bundle_propagation(spleen) == PropagationConfig()
+    config = json.loads((shipped / "configs" / "inference.json").read_text())
+    config["propagation"]["min_ioou"] = 0.5
+    (shipped / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="hippocampus_mri_cbo/configs/inference.json.*min_ioou"):
+        bundles.bundle_propagation(bundles.load_bundle("hippocampus_mri_cbo"))

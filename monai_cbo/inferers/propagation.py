@@ -52,6 +52,8 @@ class PropagationConfig:
     """The rules of :func:`propagate`; every threshold is named here with its default, chosen by the sweep in
     ``docs/benchmarks/propagation.md`` (``point_reach`` and ``min_area`` were not swept). A rule at its most
     lenient value (0, -1 or infinity) is off: the sweep switched on only those that helped on its tune part.
+    These defaults were swept on zero-shot LiteMedSAM; a bundle whose adapter was swept records its own in its
+    ``inference.json`` (:func:`monai_cbo.bundles.bundle_propagation`).
 
     Args:
         margin: a propagated box is the previous mask's tight box grown on each side by this fraction of its
@@ -92,10 +94,10 @@ class PropagationConfig:
     range_max_growth: float = math.inf
     range_min_shrink: float = 0.0
     range_min_overlap: float = 0.0
-    range_min_iou: float = 0.7
-    range_min_confidence: float = 0.0
+    range_min_iou: float = 0.0
+    range_min_confidence: float = 0.8
     range_min_similarity: float = 0.5
-    range_max_key_area: float = 1.0
+    range_max_key_area: float = 1.5
     min_area: int = 4
 
     def __post_init__(self) -> None:

@@ -34,8 +34,16 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ..bundles import BundleInfo, bundle_auto_defaults, bundle_command, bundle_flags, bundle_preprocess, load_bundle
-from ..inferers import AutoConfig, Case, KeyPrompt, Preprocess, SliceWiseInferer, segment_case
+from ..bundles import (
+    BundleInfo,
+    bundle_auto_defaults,
+    bundle_command,
+    bundle_flags,
+    bundle_preprocess,
+    bundle_propagation,
+    load_bundle,
+)
+from ..inferers import AutoConfig, Case, KeyPrompt, Preprocess, PropagationConfig, SliceWiseInferer, segment_case
 from ..inferers.segment import check_label
 from ..inferers.volume import load_volume
 
@@ -171,11 +179,16 @@ class _Segment(InferTask):
         return True
 
     def _run(
-        self, case: Case, names: dict[str, int], inferer: SliceWiseInferer, adapter: Path | None
+        self,
+        case: Case,
+        names: dict[str, int],
+        inferer: SliceWiseInferer,
+        adapter: Path | None,
+        propagation: PropagationConfig | None = None,
     ) -> tuple[str, dict[str, Any]]:
         out = _output_file()
         try:
-            result = segment_case(inferer, case, out, self.pre, overwrite=True)
+            result = segment_case(inferer, case, out, self.pre, overwrite=True, propagation=propagation)
         except (ValueError, FileNotFoundError) as err:
             os.unlink(out)
             raise _bad(422, str(err)) from err
@@ -193,7 +206,8 @@ class _Segment(InferTask):
 class PromptTask(_Segment):
     """ROI box (+ clicks) -> the propagated 3D mask of one object (value 1)."""
 
-    def __init__(self, store: AdapterStore, pre: Preprocess) -> None:
+    def __init__(self, store: AdapterStore, pre: Preprocess, propagation: PropagationConfig | None = None) -> None:
+        self.propagation = propagation  # a bundle's own settings, else the library's defaults
         super().__init__(
             store,
             pre,
@@ -207,7 +221,7 @@ class PromptTask(_Segment):
         image = request["image"]
         key = parse_prompt(request, _volume_shape(image))
         name = str(request.get("label_name") or "object")  # "label" is an uploaded label file in MONAI Label
-        return self._run(Case(image, key=key), {name: 1}, *self.store.inferer())
+        return self._run(Case(image, key=key), {name: 1}, *self.store.inferer(), self.propagation)
 
 
 class AutoTask(_Segment):
@@ -433,7 +447,8 @@ class MonaiCboApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        tasks: dict[str, InferTask] = {PROMPT_TASK: PromptTask(self.store, self.pre)}
+        propagation = bundle_propagation(self.bundle) if self.bundle else None
+        tasks: dict[str, InferTask] = {PROMPT_TASK: PromptTask(self.store, self.pre, propagation)}
         spec = self.store.class_prompts()
         if spec or self.bundle:  # a bundle's train task gives the adapter class prompts, even if none ships
             names = spec["names"] if spec else list(self.bundle.class_names)
