@@ -90,22 +90,29 @@ def list_bundles() -> list[BundleInfo]:
     return [load_bundle(p.name) for p in _bundle_dirs()]
 
 
+def _inference_config(info: BundleInfo) -> tuple[Path, dict]:
+    """The bundle's ``configs/inference.json``: its path and its raw JSON (no MONAI parsing: plain values only)."""
+    path = info.path / "configs" / "inference.json"
+    return path, json.loads(path.read_text(encoding="utf-8"))
+
+
 def bundle_preprocess(info: BundleInfo) -> Preprocess:
     """The bundle's inference preprocessing (``configs/inference.json``'s ``preprocess``), as it trains."""
     from monai.bundle import ConfigParser
 
+    path, config = _inference_config(info)
     parser = ConfigParser()
-    parser.read_config(str(info.path / "configs" / "inference.json"))
+    parser.read_config(config)
     pre = parser.get_parsed_content("preprocess")
     if not isinstance(pre, Preprocess):
-        raise ValueError(f"{info.path / 'configs' / 'inference.json'}: 'preprocess' is not a Preprocess")
+        raise ValueError(f"{path}: 'preprocess' is not a Preprocess")
     return pre
 
 
 def bundle_auto_defaults(info: BundleInfo) -> dict[str, bool | float]:
     """The bundle's automatic-mode defaults: ``configs/inference.json``'s plain ``largest_component`` and
     ``z_smooth`` values (an expression there counts as the library default)."""
-    config = json.loads((info.path / "configs" / "inference.json").read_text(encoding="utf-8"))
+    _, config = _inference_config(info)
     largest, smooth = config.get("largest_component", False), config.get("z_smooth", 0.0)
     return {
         "largest_component": largest if isinstance(largest, bool) else False,
@@ -124,8 +131,8 @@ def bundle_propagation(info: BundleInfo):
     """
     from .inferers import PropagationConfig
 
-    path = info.path / "configs" / "inference.json"
-    node = json.loads(path.read_text(encoding="utf-8")).get("propagation") or {}
+    path, config = _inference_config(info)
+    node = config.get("propagation") or {}
     values = {
         k: v
         for k, v in node.items()
