@@ -390,18 +390,10 @@ def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarr
 def _ceiling_dice(track: _Track) -> float:
     """3D Dice of ``track`` with a perfect stop rule: each direction cut where the Dice is highest (the ceiling of
     any stop rule on this recording; what is left below it is lost inside the extent, not at its ends)."""
-    parts = []
-    for d in track.directions:
-        parts.append(
-            (
-                np.concatenate([[0.0], np.cumsum(d["inter"])]),
-                np.concatenate([[0.0], np.cumsum(d["area"])]),
-            )
-        )
     inter, area = np.array([track.fixed_inter]), np.array([track.fixed_area])
-    for more_inter, more_area in parts:
-        inter = (inter[:, None] + more_inter[None]).ravel()
-        area = (area[:, None] + more_area[None]).ravel()
+    for d in track.directions:  # every pair of cuts: what each direction adds up to each of its slices
+        inter = (inter[:, None] + np.concatenate([[0.0], np.cumsum(d["inter"])])[None]).ravel()
+        area = (area[:, None] + np.concatenate([[0.0], np.cumsum(d["area"])])[None]).ravel()
     return float(np.max(2 * inter / np.maximum(area + track.target_area, 1e-9)))
 
 
