@@ -92,6 +92,14 @@ def _list_of(kind: Callable[[str], Any], n: int | None = None, what: str = "valu
     return parse
 
 
+def _adapters(args: argparse.Namespace) -> list[str]:
+    """The adapter files of a command: ``segment`` takes ``--adapter`` repeated (an ensemble), the others one."""
+    adapters = getattr(args, "adapters", None)
+    if adapters:
+        return list(adapters)
+    return [args.adapter] if getattr(args, "adapter", None) else []
+
+
 def _absolute(path: str) -> str:
     return str(Path(path).resolve())
 
@@ -100,6 +108,14 @@ def _load_model(args: argparse.Namespace):
     from .models import load_segmenter
     from .networks import build_model
 
+    adapters = _adapters(args)
+    if len(adapters) > 1:  # segment --adapter A --adapter B: a mean-probability ensemble
+        from .models import load_ensemble
+
+        model = load_ensemble(adapters, checkpoint=args.checkpoint)
+        if args.model and args.model != model.model_name:
+            raise ValueError(f"--model {args.model} but adapter {adapters[0]} was trained on {model.model_name}")
+        return model
     if args.adapter:
         model = load_segmenter(args.adapter, checkpoint=args.checkpoint)
         if args.model and args.model != model.model_name:
@@ -135,6 +151,7 @@ def _bundle_for_segment(args: argparse.Namespace):
         prompted = args.label is not None or args.prompts is not None or args.key_box is not None
         if info.adapter is not None:
             args.adapter = str(info.adapter)
+            args.adapters = [args.adapter]
             args.bundle_record = info.record
         elif not prompted or args.auto or args.auto_refine or args.largest_component or args.z_smooth is not None:
             bundle_model(info)  # raises: no adapter, so nothing to segment without a prompt
@@ -158,10 +175,10 @@ def _auto_mode(args: argparse.Namespace):
         )
     if not wants_auto and (prompted or args.label is not None):
         return None
-    has_prompts = bool(args.adapter) and adapter_class_prompts(read_adapter(args.adapter)) is not None
-    if not has_prompts:
+    without = [a for a in _adapters(args) if adapter_class_prompts(read_adapter(a)) is None]
+    if without or not _adapters(args):
         if wants_auto:
-            what = f"adapter {args.adapter} has no class prompts" if args.adapter else "no --adapter was given"
+            what = f"adapter {without[0]} has no class prompts" if without else "no --adapter was given"
             raise ValueError(
                 f"automatic segmentation needs an adapter trained with automatic steps, and {what}; train one "
                 f"(bundle training, or monai-cbo bench --auto-share 0.5) or give a prompt: {PROMPT_OPTIONS}"
@@ -223,6 +240,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if (args.key_slice is not None or args.point) and args.key_box is None:
         raise ValueError("--key-slice and --point go with --key-box (points in a prompt file go with its key boxes)")
+    args.adapters = list(args.adapter or [])  # repeated: an ensemble of adapters
+    args.adapter = args.adapters[0] if args.adapters else None
     pre = None
     if args.bundle:
         pre = _bundle_for_segment(args)
@@ -502,7 +521,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
-    p.add_argument("--adapter", help="adapter checkpoint written by training")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        help="adapter checkpoint written by training; repeat it for an ensemble that averages the adapters' "
+        "probabilities (same base model and classes; each slice is encoded once per adapter)",
+    )
     p.add_argument(
         "--bundle",
         help="a shipped bundle by name (monai-cbo bundles): its trained adapter, classes and preprocessing",

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from .networks import SamSegmenter, add_class_prompts, build_model
+from .networks import SamSegmenter, SegmenterEnsemble, add_class_prompts, build_model
 from .peft import PeftConfig, adapter_class_prompts, apply_peft, load_adapter, read_adapter
 
-__all__ = ["build_segmenter", "load_segmenter"]
+__all__ = ["build_segmenter", "load_ensemble", "load_segmenter"]
 
 
 def build_segmenter(
@@ -66,3 +66,22 @@ def load_segmenter(path: str | Path, checkpoint: str | Path | None = None) -> Sa
     if spec:
         add_class_prompts(model, spec["names"], class_values=spec.get("values"), exclusive=spec.get("exclusive", True))
     return load_adapter(model, path, payload=payload)
+
+
+def load_ensemble(
+    paths: Sequence[str | Path], checkpoint: str | Path | None = None
+) -> SamSegmenter | SegmenterEnsemble:
+    """Load each adapter of ``paths`` (:func:`load_segmenter`); one path gives that model, several a
+    :class:`~monai_cbo.networks.SegmenterEnsemble` that averages their probabilities (members named by file).
+
+    Raises:
+        ValueError: no path, or adapters that cannot be ensembled (different input sizes or classes; the
+            message names both files).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("give at least one adapter file")
+    models = [load_segmenter(p, checkpoint=checkpoint) for p in paths]
+    if len(models) == 1:
+        return models[0]
+    return SegmenterEnsemble(models, names=[str(p) for p in paths])

@@ -206,7 +206,10 @@ def stops(config, area, before_area, key_area, overlap, iou, confidence, similar
 
 def mask_feature(embedding: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor | None:
     """The image embedding ``[1, C, h, w]`` averaged over a mask given by its low-resolution logits ``[L, L]``
-    (model-input space, L a multiple of h), unit length; None for an empty mask."""
+    (model-input space, L a multiple of h), unit length; None for an empty mask. An ensemble's embedding
+    ``[1, M, C, h, w]`` (:class:`~monai_cbo.networks.SegmenterEnsemble`) counts as ``M * C`` channels."""
+    if embedding.ndim == 5:
+        embedding = embedding.flatten(1, 2)
     h = embedding.shape[-1]
     inside = torch.nn.functional.avg_pool2d((low_res > 0).float()[None, None], low_res.shape[-1] // h)[0, 0] > 0.5
     if not inside.any():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .builders import MODELS, build_model, load_checkpoint_file
 from .class_prompts import ClassPrompts, add_class_prompts
+from .ensemble import SegmenterEnsemble
 from .segmenter import SamSegmenter, SegmenterOutput
 from .stages import FeatureCache, encoder_stages, frozen_prefix, run_stages
 
@@ -12,6 +13,7 @@ __all__ = [
     "ClassPrompts",
     "FeatureCache",
     "SamSegmenter",
+    "SegmenterEnsemble",
     "SegmenterOutput",
     "add_class_prompts",
     "build_model",
