@@ -31,7 +31,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import product
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,7 +55,7 @@ from ..inferers import (
     propagate,
 )
 from ..inferers.prompts import prompts_from_mask
-from ..inferers.propagation import feature_similarity, mask_feature, stops
+from ..inferers.propagation import feature_similarity, mask_feature, matching_classes, stops
 from ..metrics import dice_3d
 from ..utils import write_atomic
 
@@ -87,6 +87,7 @@ STOP_GRID: dict[str, list] = {
     "min_confidence": [0.0, 0.7, 0.8, 0.9],
     "min_similarity": [-1.0, 0.5, 0.7, 0.8, 0.9],
     "max_key_area": [1.0, 1.5, 2.0, 3.0, 1e9],
+    "min_class_overlap": [0.0, 0.3, 0.5, 0.7, 0.9],  # a model without class prompts: never stops (all ties)
 }
 #: the protocols whose objects are open (judged by the plain rules) and z-ranged (by the ``range_`` rules): each
 #: rule set is chosen on its own protocols, the settings that change a slice's prompt on all three
@@ -101,6 +102,7 @@ RULES_OFF = {
     "min_confidence": 0.0,
     "min_similarity": -1.0,
     "max_key_area": 1e9,
+    "min_class_overlap": 0.0,
 }
 #: objectives this close to the best count as a tie, settled in favour of the most lenient stop rules
 TIE = 1e-3
@@ -210,6 +212,7 @@ class _Loaded:
     masks: dict[str, np.ndarray]  # target -> [H, W, D] bool, sliced view
     cache: EmbeddingCache
     file: Path | None = None
+    auto: dict[int, list[np.ndarray]] = field(default_factory=dict)  # slice -> the model's automatic class masks
 
     def save(self) -> None:
         """Keep the embeddings encoded since loading for the next run."""
@@ -293,7 +296,11 @@ class _Track:
 
 
 def _record(
-    inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protocol: str, config: PropagationConfig
+    inferer: SliceWiseInferer,
+    loaded: _Loaded,
+    mask: np.ndarray,
+    protocol: str,
+    config: PropagationConfig,
 ) -> _Track:
     prompt = protocol_prompt(mask, protocol)
     present = np.nonzero(mask.any(axis=(0, 1)))[0]
@@ -312,6 +319,23 @@ def _record(
 
     def feature(z: int) -> torch.Tensor | None:
         return mask_feature(loaded.cache[z], results[z].low_res)
+
+    def automatic(z: int) -> list[np.ndarray]:  # the model's own mask of each class, decoded once per slice
+        if z not in loaded.auto:
+            per_class = inferer.decode_classes(loaded.cache[z], tuple(mask.shape[:2]))
+            loaded.auto[z] = [(r.prob > thr).numpy() for r in per_class]
+        return loaded.auto[z]
+
+    classes: set[int] = set()  # as propagate finds them: the classes matching the object on its key slices
+    if getattr(inferer.model, "class_prompts", None) is not None:
+        for key in prompt.keys:
+            classes |= matching_classes(automatic(key.slice), masks[key.slice])
+
+    def class_overlap(z: int) -> float:  # the learned stop's measure; 1 (never stops) without a matching class
+        if not classes:
+            return 1.0
+        own = np.any([automatic(z)[i] for i in sorted(classes)], axis=0)
+        return float((masks[z] & own).sum()) / max(int(masks[z].sum()), 1)
 
     directions = []
     for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):
@@ -335,6 +359,7 @@ def _record(
                 ),
                 "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
                 "similarity": np.array([feature_similarity(feature(z), feature(key.slice)) for z in zs]),
+                "class_overlap": np.array([class_overlap(z) for z in zs]),
             }
         )
     return _Track(
@@ -380,6 +405,7 @@ def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarr
             d["confidence"][:, None],
             d["similarity"][:, None],
             track.ranged,
+            class_overlap=d["class_overlap"][:, None],
         )
         kept = np.where(stop.any(axis=0), stop.argmax(axis=0), n)
         inter += np.concatenate([[0.0], np.cumsum(d["inter"])])[kept]

@@ -15,7 +15,8 @@ How an object is grown from its key boxes (:func:`propagate`):
    prompt. A direction stops at the first slice whose mask vanishes, jumps in area against the previous
    slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, does
    not look like the key slice's object in the image embedding, or outgrows a multiple of its key box's
-   area (:class:`PropagationConfig` names each threshold). That slice is not kept. An object with a z range
+   area, or (with a trained adapter's learned class prompts) lies too little on what the adapter segments
+   there on its own (:class:`PropagationConfig` names each threshold). That slice is not kept. An object with a z range
    (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said the object
    is on every slice of the range, so what should end a walk there is not what should end an open one.
 
@@ -26,7 +27,7 @@ validation part held back; see ``docs/benchmarks/propagation.md`` for the sweep 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -41,6 +42,7 @@ __all__ = [
     "PropagationConfig",
     "STOP_RULES",
     "feature_similarity",
+    "matching_classes",
     "mask_feature",
     "propagate",
     "stops",
@@ -70,11 +72,18 @@ class PropagationConfig:
             key slice's than this: the box caught tissue that does not look like the object (-1: off).
         max_key_area: stop where the mask's area exceeds this multiple of its key box's area (w x h): a
             propagated mask never grows beyond it.
+        min_class_overlap: stop where less than this fraction of the mask lies on the model's own automatic
+            mask of the object's class on that slice (its learned class prompts, decoded from the same
+            embedding): a learned stop signal, for an adapter trained with automatic steps. The object's classes
+            are those whose automatic masks match the key slices' masks (:func:`matching_classes`), whatever
+            label value the prompt writes. 0: off; it never applies to a model without class prompts (zero-shot
+            LiteMedSAM) or to an object the adapter does not segment on its key slices.
         neighbour_weight: between two keys, how far (0..1) the interpolated box moves towards the box of the
             neighbouring prediction.
         point_reach: correction points on slice k also prompt slices k - reach .. k + reach.
         range_max_growth, range_min_shrink, range_min_overlap, range_min_iou, range_min_confidence,
-        range_min_similarity, range_max_key_area: the same rules for an object with a z range (a 3D box), inside
+        range_min_similarity, range_max_key_area, range_min_class_overlap: the same rules for an object with a z
+            range (a 3D box), inside
             its range; swept separately on the 3D-box protocol.
         min_area: fewer foreground pixels than this is an empty mask.
     """
@@ -98,11 +107,13 @@ class PropagationConfig:
     range_min_confidence: float = 0.8
     range_min_similarity: float = 0.5
     range_max_key_area: float = 1.5
+    min_class_overlap: float = 0.0
+    range_min_class_overlap: float = 0.0
     min_area: int = 4
 
     def __post_init__(self) -> None:
         for prefix in ("", "range_"):
-            for name in ("min_shrink", "min_overlap", "min_iou", "min_confidence"):
+            for name in ("min_shrink", "min_overlap", "min_iou", "min_confidence", "min_class_overlap"):
                 if getattr(self, prefix + name) < 0:
                     raise ValueError(f"propagation {prefix + name} must be >= 0, got {getattr(self, prefix + name)}")
             growth, key_area = getattr(self, prefix + "max_growth"), getattr(self, prefix + "max_key_area")
@@ -178,10 +189,19 @@ class ObjectPrompt:
 
 
 #: the rules that end a walk, each with an open-object and a z-ranged (``range_``) threshold in the config
-STOP_RULES = ("max_growth", "min_shrink", "min_overlap", "min_iou", "min_confidence", "min_similarity", "max_key_area")
+STOP_RULES = (
+    "max_growth",
+    "min_shrink",
+    "min_overlap",
+    "min_iou",
+    "min_confidence",
+    "min_similarity",
+    "max_key_area",
+    "min_class_overlap",
+)
 
 
-def stops(config, area, before_area, key_area, overlap, iou, confidence, similarity, ranged: bool):
+def stops(config, area, before_area, key_area, overlap, iou, confidence, similarity, ranged: bool, class_overlap=1.0):
     """Whether propagation stops at a slice whose mask has ``area`` pixels, after a slice of ``before_area``:
     the one statement of the stop rules (see :class:`PropagationConfig`). The thresholds of ``config`` and the
     measures may be NumPy arrays (the sweep evaluates many settings at once); the result then is one too.
@@ -189,7 +209,8 @@ def stops(config, area, before_area, key_area, overlap, iou, confidence, similar
     ``overlap``: the fraction of the mask on the previous slice's mask; ``iou``: SAM's estimate; ``confidence``:
     the mean probability inside the mask; ``similarity``: the cosine similarity of the mask's mean embedding to
     the key slice's (see :func:`mask_feature`); ``ranged``: the object has a z range (a 3D box), so the
-    ``range_`` thresholds apply."""
+    ``range_`` thresholds apply; ``class_overlap``: the fraction of the mask on the model's automatic mask of the
+    object's class (1 where there is none to compare with)."""
     prefix = "range_" if ranged else ""
     rule = {name: getattr(config, prefix + name) for name in STOP_RULES}
     return (
@@ -201,6 +222,7 @@ def stops(config, area, before_area, key_area, overlap, iou, confidence, similar
         | (iou < rule["min_iou"])
         | (confidence < rule["min_confidence"])
         | (similarity < rule["min_similarity"])
+        | (class_overlap < rule["min_class_overlap"])
     )
 
 
@@ -229,6 +251,24 @@ def _grow(box: np.ndarray, config: PropagationConfig, size: tuple[int, int]) -> 
     return np.concatenate([np.maximum(box[:2] - grow, 0), np.minimum(box[2:] + grow, limit)]).astype(np.float32)
 
 
+#: a class prompt's automatic mask matches an object's key-slice mask when their overlap is at least this share of
+#: the smaller of the two (a class of the object, or one part of an object that is a union of classes)
+CLASS_MATCH = 0.5
+
+
+def matching_classes(automatic: Sequence[np.ndarray | torch.Tensor], key_mask: np.ndarray | torch.Tensor) -> set[int]:
+    """The class prompts (indices into ``automatic``, one mask per class on a key slice) whose automatic mask
+    matches ``key_mask``, the object's mask on that slice: what the adapter calls this object."""
+    key = torch.as_tensor(key_mask).bool()
+    found = set()
+    for i, auto in enumerate(automatic):
+        auto = torch.as_tensor(auto).bool()
+        smaller = min(int(auto.sum()), int(key.sum()))
+        if smaller and int((auto & key).sum()) >= CLASS_MATCH * smaller:
+            found.add(i)
+    return found
+
+
 def propagate(
     inferer: SliceWiseInferer,
     volume: torch.Tensor,
@@ -251,6 +291,10 @@ def propagate(
     thr = inferer.threshold
     point_slices = sorted(prompt.points)
     features: dict[int, torch.Tensor | None] = {}  # per slice, for the similarity rule
+    ranged = prompt.z_range is not None
+    learned = (config.range_min_class_overlap if ranged else config.min_class_overlap) > 0
+    learned = learned and getattr(inferer.model, "class_prompts", None) is not None
+    automatic: dict[int, list[torch.Tensor]] = {}  # per slice, the model's automatic mask of each class
 
     def run(z: int, box: np.ndarray, previous: SliceResult | None = None) -> SliceResult:
         near = [k for k in point_slices if abs(k - z) <= config.point_reach]
@@ -261,6 +305,8 @@ def propagate(
         res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
         if max(config.min_similarity, config.range_min_similarity) > -1:
             features[z] = mask_feature(emb, res.low_res)
+        if learned:
+            automatic[z] = [r.prob > thr for r in inferer.decode_classes(emb, size)]
         return res
 
     def area(res: SliceResult) -> int:
@@ -283,7 +329,9 @@ def propagate(
                 previous = results[z]
                 z += step
 
-    ranged = prompt.z_range is not None
+    classes = set()  # what the adapter calls this object, on any of its key slices
+    for key in prompt.keys if learned else []:
+        classes |= matching_classes(automatic[key.slice], results[key.slice].prob > thr)
     for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):  # beyond the outermost keys, with stop rules
         previous = results[key.slice]
         z = key.slice + step
@@ -298,7 +346,12 @@ def propagate(
             overlap = float((mask & before).sum()) / max(now, 1)
             confidence = float(res.prob[mask].mean()) if now else 0.0
             similarity = feature_similarity(features.get(z), features.get(key.slice))
-            if stops(config, now, before_area, key.area, overlap, res.iou, confidence, similarity, ranged):
+            learned_overlap = 1.0
+            if classes:
+                own = torch.stack([automatic[z][i] for i in sorted(classes)]).any(0)
+                learned_overlap = float((mask & own).sum()) / max(now, 1)
+            measures = (now, before_area, key.area, overlap, res.iou, confidence, similarity)
+            if stops(config, *measures, ranged, class_overlap=learned_overlap):
                 break
             results[z] = res
             previous = res

@@ -25,7 +25,8 @@ from monai_cbo.bench.prompting import (
 )
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
-from monai_cbo.inferers import ObjectPrompt, PropagationConfig
+from monai_cbo.inferers import ObjectPrompt, PropagationConfig, SliceResult
+from monai_cbo.models import build_segmenter
 from monai_cbo.networks import build_model
 
 
@@ -74,6 +75,56 @@ def test_truncated_recordings_score_every_stop_rule_as_the_real_propagation_does
         predicted = _track_dice(track, grid, start.min_area)
         assert predicted.max() <= _ceiling_dice(track) + 1e-12  # no rule beats a perfect stop
         for i in picks:  # the open rules and the 3D box's range_ rules set to the same combination
+            config = start.replace(**combos[i], **{f"range_{k}": v for k, v in combos[i].items()})
+            [row] = [r for r in _score(inferer, loaded, [protocol], config) if r["target"] == "organ"]
+            assert predicted[i] == pytest.approx(row["dice"], abs=1e-9), (protocol, combos[i])
+
+
+def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_applies_it(suite):
+    """With a model that has class prompts, the recordings carry the learned stop's measure and truncating them
+    at ``min_class_overlap`` gives the real propagation's Dice. The decoder is replaced by the label (inside the
+    prompt's box for a box, on the interior slices only for the class prompt): the logic alone, no network."""
+    inferer = _StoredInferer(build_segmenter("tiny", preset="full", class_names=["organ", "other"]).eval())
+    [case, _] = read_suite(suite, suite.parent)
+    loaded = _load(case, None, "tiny+classes")
+    mask = loaded.masks["organ"]
+    present = np.nonzero(mask.any(axis=(0, 1)))[0]
+    seen = set(range(int(present[0]) + 1, int(present[-1])))  # the 'adapter' misses the object's end slices
+    slice_of = {}
+    low = inferer.model.low_res_size
+
+    def decode(embedding, prompts, size):
+        z = slice_of[id(embedding)]
+        out = []
+        for p in prompts:
+            x0, y0, x1, y1 = (int(round(v)) for v in p.box)
+            prob = torch.zeros(size)
+            prob[y0 : y1 + 1, x0 : x1 + 1] = torch.as_tensor(mask[y0 : y1 + 1, x0 : x1 + 1, z]).float()
+            out.append(SliceResult(prob, 0.9, torch.zeros(low, low)))
+        return out
+
+    def decode_classes(embedding, size):  # class 1 is the organ on the slices it sees; class 0 is never there
+        z = slice_of[id(embedding)]
+        organ = torch.as_tensor(mask[..., z] if z in seen else np.zeros(size, dtype=bool)).float()
+        return [
+            SliceResult(torch.zeros(size), 0.1, torch.zeros(low, low)),
+            SliceResult(organ, 0.9, torch.zeros(low, low)),
+        ]
+
+    inferer.decode, inferer.decode_classes = decode, decode_classes
+    for z, _ in inferer.encode(loaded.volume, range(mask.shape[-1]), loaded.cache):
+        slice_of[id(loaded.cache[z])] = z
+    combos, grid = _stop_grid()
+    start = PropagationConfig(margin=0.1, min_margin=1.0)
+    lenient = [i for i, c in enumerate(combos) if c["min_similarity"] == -1 and c["max_key_area"] > 100]
+    learned = [i for i in lenient if combos[i]["min_class_overlap"] >= 0.5][:3]
+    off = [i for i in lenient if combos[i]["min_class_overlap"] == 0][:2]
+    for protocol in ("one_key", "box3d"):
+        track = _record(inferer, loaded, mask, protocol, start)
+        assert any((d["class_overlap"] < 1).any() for d in track.directions)  # measured, not the default 1
+        predicted = _track_dice(track, grid, start.min_area)
+        assert predicted[learned[0]] < predicted[off[0]]  # the 'adapter' cuts the ends off: the rule bites
+        for i in learned + off:
             config = start.replace(**combos[i], **{f"range_{k}": v for k, v in combos[i].items()})
             [row] = [r for r in _score(inferer, loaded, [protocol], config) if r["target"] == "organ"]
             assert predicted[i] == pytest.approx(row["dice"], abs=1e-9), (protocol, combos[i])

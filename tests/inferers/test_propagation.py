@@ -13,6 +13,7 @@ from monai_cbo.inferers import (
     SliceWiseInferer,
     propagate,
 )
+from monai_cbo.inferers.propagation import matching_classes
 from monai_cbo.networks import build_model
 
 
@@ -93,6 +94,50 @@ def test_a_leak_past_the_end_stops_the_direction():
     config = PropagationConfig(margin=0.1, min_margin=3, max_key_area=1e9, max_growth=1.5)  # the area-jump rule
     results = propagate(inferer, VOLUME, ObjectPrompt([KeyBox(12, _box(scene[..., 12]))]), config)
     assert max(results) == 20
+
+
+class LearnedInferer(SceneInferer):
+    """A scene inferer whose model also has learned class prompts that segment ``automatic`` (one [H, W, D] mask
+    per class) on each slice: what an adapter trained with automatic steps would see on its own."""
+
+    def __init__(self, scene: np.ndarray, automatic: list[np.ndarray]) -> None:
+        super().__init__(scene)
+        self.automatic = [torch.as_tensor(a).float() for a in automatic]
+        self.model = type("Model", (), {"class_prompts": object()})()
+
+    def decode_classes(self, embedding, size):
+        z = int(embedding[0, 0, 0, 0])
+        return [SliceResult(a[..., z], 0.9, torch.zeros(16, 16)) for a in self.automatic]
+
+
+def test_the_learned_stop_ends_a_leak_where_the_adapters_own_mask_of_the_object_ends():
+    scene = _blob_scene()
+    scene[..., 21:] = _disc((64, 64), (32, 32), 3)[..., None]  # a look-alike that the box follows past the end
+    elsewhere = np.zeros_like(scene)
+    elsewhere[5:15, 5:15] = True  # another class, away from the object, on every slice
+    key = ObjectPrompt([KeyBox(12, _box(scene[..., 12]))])
+    config = PropagationConfig(max_key_area=1e9, min_iou=0.0, min_similarity=-1.0)
+    learned = config.replace(min_class_overlap=0.5)
+    # the adapter's second class is the object (it does not see the look-alike): found on the key slice, whatever
+    # order its classes come in
+    inferer = LearnedInferer(scene, [elsewhere, _blob_scene()])
+    assert max(propagate(inferer, VOLUME, key, config)) == 29  # the plain rules miss the end
+    assert sorted(propagate(inferer, VOLUME, key, learned)) == list(range(5, 21))
+    # an adapter none of whose classes is the object: nothing to compare with, so the rule does not apply
+    assert max(propagate(LearnedInferer(scene, [elsewhere]), VOLUME, key, learned)) == 29
+    ranged = ObjectPrompt([KeyBox(12, _box(scene[..., 12]))], z_range=(0, 25))  # a 3D box: the range_ rule
+    assert max(propagate(inferer, VOLUME, ranged, learned)) == 25
+    assert max(propagate(inferer, VOLUME, ranged, learned.replace(range_min_class_overlap=0.5))) == 20
+
+
+def test_matching_classes_finds_the_classes_of_an_object_or_of_its_parts():
+    key = np.zeros((20, 20), dtype=bool)
+    key[5:15, 5:15] = True
+    part_a, part_b, away = np.zeros_like(key), np.zeros_like(key), np.zeros_like(key)
+    part_a[5:15, 5:10], part_b[5:15, 10:15], away[0:3, 0:3] = True, True, True
+    assert matching_classes([part_a, part_b, away], key) == {0, 1}  # an object that is the union of two classes
+    assert matching_classes([key, away], part_a) == {0}  # a class larger than the object's mask still matches
+    assert matching_classes([away, np.zeros_like(key)], key) == set()
 
 
 def test_a_propagated_mask_never_outgrows_its_key_box_by_more_than_max_key_area():
