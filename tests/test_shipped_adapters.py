@@ -86,23 +86,31 @@ def test_segment_warns_before_running_a_bundle_adapter_whose_automatic_mode_fail
     assert "warning" not in capsys.readouterr().err
 
 
+def _held_back_hippocampus(*names: str):
+    """Cases of the propagation suite's validation part (never tuned on), the hippocampus bundle and an inferer of
+    its shipped adapter; skips where ../shared/data lacks the suite's files."""
+    from monai_cbo.bench.prompting import _StoredInferer, read_suite
+
+    root = shared_data("Task04_Hippocampus").parent
+    suite = Path(__file__).parents[1] / "docs" / "benchmarks" / "propagation" / "suite.json"
+    try:
+        cases = [c for c in read_suite(suite, root) if c.name in names]
+    except FileNotFoundError as err:  # a partial copy of ../shared/data (the suite names every set's files)
+        pytest.skip(f"real data not available: {err}")
+    assert len(cases) == len(names) and all(c.part == "validation" for c in cases)
+    info = load_bundle("hippocampus_mri_cbo")
+    return cases, info, _StoredInferer(bundle_model(info).eval())
+
+
 def test_hippocampus_adapter_with_its_swept_propagation_keeps_three_key_boxes_near_per_slice_boxes():
     """The hippocampus bundle's propagation settings, swept with its adapter (docs/benchmarks/propagation.md),
     on two held-back cases of the propagation suite's validation part (both classes): three key boxes keep >= 0.9
     of the per-slice-box Dice on each target and >= 0.94 on average (0.965 measured; the library defaults, swept on
     zero-shot outputs, give 0.92 and 0.87 on one target), and a 3D box predicts nothing outside its z range."""
-    from monai_cbo.bench.prompting import _load, _score, _StoredInferer, read_suite
+    from monai_cbo.bench.prompting import _load, _score
     from monai_cbo.bundles import bundle_propagation
 
-    root = shared_data("Task04_Hippocampus").parent
-    suite = Path(__file__).parents[1] / "docs" / "benchmarks" / "propagation" / "suite.json"
-    try:
-        cases = [c for c in read_suite(suite, root) if c.name in ("hippocampus_038", "hippocampus_057")]
-    except FileNotFoundError as err:  # a partial copy of ../shared/data (the suite names every set's files)
-        pytest.skip(f"real data not available: {err}")
-    assert len(cases) == 2 and all(c.part == "validation" for c in cases)
-    info = load_bundle("hippocampus_mri_cbo")
-    inferer = _StoredInferer(bundle_model(info).eval())
+    cases, info, inferer = _held_back_hippocampus("hippocampus_038", "hippocampus_057")
     ratios = []
     for case in cases:
         rows = _score(
@@ -122,18 +130,10 @@ def test_hippocampus_adapter_learned_stop_ends_one_key_box_where_the_structure_e
     (``min_class_overlap``), the propagation ran past the structure's end (14 and 5 slices outside measured): the
     adapter's own automatic mask ends it there, no slice is predicted outside the true extent, and one key box
     keeps >= 0.8 of the per-slice-box Dice on each target (0.83-0.90 measured, docs/benchmarks/propagation.md)."""
-    from monai_cbo.bench.prompting import _load, _score, _StoredInferer, read_suite
+    from monai_cbo.bench.prompting import _load, _score
     from monai_cbo.bundles import bundle_propagation
 
-    root = shared_data("Task04_Hippocampus").parent
-    suite = Path(__file__).parents[1] / "docs" / "benchmarks" / "propagation" / "suite.json"
-    try:
-        cases = [c for c in read_suite(suite, root) if c.name in ("hippocampus_014", "hippocampus_045")]
-    except FileNotFoundError as err:  # a partial copy of ../shared/data (the suite names every set's files)
-        pytest.skip(f"real data not available: {err}")
-    assert len(cases) == 2 and all(c.part == "validation" for c in cases)
-    info = load_bundle("hippocampus_mri_cbo")
-    inferer = _StoredInferer(bundle_model(info).eval())
+    cases, info, inferer = _held_back_hippocampus("hippocampus_014", "hippocampus_045")
     settings = bundle_propagation(info)
     assert settings.min_class_overlap > 0
     leaked = 0
