@@ -296,11 +296,7 @@ class _Track:
 
 
 def _record(
-    inferer: SliceWiseInferer,
-    loaded: _Loaded,
-    mask: np.ndarray,
-    protocol: str,
-    config: PropagationConfig,
+    inferer: SliceWiseInferer, loaded: _Loaded, mask: np.ndarray, protocol: str, config: PropagationConfig
 ) -> _Track:
     prompt = protocol_prompt(mask, protocol)
     present = np.nonzero(mask.any(axis=(0, 1)))[0]

@@ -16,8 +16,8 @@ How an object is grown from its key boxes (:func:`propagate`):
    slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, does
    not look like the key slice's object in the image embedding, or outgrows a multiple of its key box's
    area, or (with a trained adapter's learned class prompts) lies too little on what the adapter segments
-   there on its own (:class:`PropagationConfig` names each threshold). That slice is not kept. An object with a z range
-   (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said the object
+   there on its own (:class:`PropagationConfig` names each threshold). That slice is not kept. An object with
+   a z range (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said the object
    is on every slice of the range, so what should end a walk there is not what should end an open one.
 
 The defaults were chosen by ``monai-cbo prompts-bench --sweep`` on shared volumes of several kinds with a
@@ -82,9 +82,8 @@ class PropagationConfig:
             neighbouring prediction.
         point_reach: correction points on slice k also prompt slices k - reach .. k + reach.
         range_max_growth, range_min_shrink, range_min_overlap, range_min_iou, range_min_confidence,
-        range_min_similarity, range_max_key_area, range_min_class_overlap: the same rules for an object with a z
-            range (a 3D box), inside
-            its range; swept separately on the 3D-box protocol.
+        range_min_similarity, range_max_key_area, range_min_class_overlap: the same rules for an object with a
+            z range (a 3D box), inside its range; swept separately on the 3D-box protocol.
         min_area: fewer foreground pixels than this is an empty mask.
     """
 
