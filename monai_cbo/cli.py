@@ -105,21 +105,14 @@ def _absolute(path: str) -> str:
 
 
 def _load_model(args: argparse.Namespace):
-    from .models import load_segmenter
+    from .models import load_ensemble
     from .networks import build_model
 
     adapters = _adapters(args)
-    if len(adapters) > 1:  # segment --adapter A --adapter B: a mean-probability ensemble
-        from .models import load_ensemble
-
+    if adapters:  # one file: that adapter's model; segment --adapter A --adapter B: a mean-probability ensemble
         model = load_ensemble(adapters, checkpoint=args.checkpoint)
         if args.model and args.model != model.model_name:
             raise ValueError(f"--model {args.model} but adapter {adapters[0]} was trained on {model.model_name}")
-        return model
-    if args.adapter:
-        model = load_segmenter(args.adapter, checkpoint=args.checkpoint)
-        if args.model and args.model != model.model_name:
-            raise ValueError(f"--model {args.model} but adapter {args.adapter} was trained on {model.model_name}")
         return model
     return build_model(args.model or "litemedsam", checkpoint=args.checkpoint)
 
@@ -303,7 +296,7 @@ def _cmd_prompts_bench(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         log=lambda line: print(line, flush=True),
     )
-    print((Path(args.out) / "summary.md").read_text())
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     print(
         f"settings used: {json.dumps(result['config'])}\nresults in {args.out} (rows.csv, summary.json, summary.md"
         f"{', sweep.csv' if args.sweep else ''})"
