@@ -89,13 +89,13 @@ def dumps(value: object, indent: int = 0, column: int | None = None) -> str:
 def build(bundle: str) -> dict[str, str]:
     """The text of each config of ``bundle`` (kind -> JSON text), from ``common/`` and its task file."""
     task_file = COMMON / "tasks" / f"{bundle}.json"
-    task = json.loads(task_file.read_text())
+    task = json.loads(task_file.read_text(encoding="utf-8"))
     extra = sorted(set(task) - set(KINDS))
     if extra:
         raise KeyError(f"{task_file}: sections {extra} are not configs; use {list(KINDS)}")
     texts = {}
     for kind in KINDS:
-        base = json.loads((COMMON / f"{kind}.json").read_text())
+        base = json.loads((COMMON / f"{kind}.json").read_text(encoding="utf-8"))
         merged = merge(base, task.get(kind, {}), ANCHORS.get(kind), where=f"{task_file} [{kind}]")
         texts[kind] = dumps(merged) + "\n"
     return texts
@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     for bundle in bundles():
         for kind, text in build(bundle).items():
             path = ROOT / bundle / "configs" / f"{kind}.json"
-            if path.exists() and path.read_text() == text:
+            if path.exists() and path.read_text(encoding="utf-8") == text:
                 continue
             stale.append(path)
             if not args.check:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".json.tmp")
-                tmp.write_text(text)
+                tmp.write_text(text, encoding="utf-8")
                 tmp.replace(path)
                 print(f"wrote {path.relative_to(ROOT.parent)}")
     if args.check and stale:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, models / "adapter.pt")
     record["sha256"] = hashlib.sha256((models / "adapter.pt").read_bytes()).hexdigest()
     (models / "adapter.json").write_text(
-        json.dumps({k: v for k, v in record.items() if v is not None}, indent=2) + "\n"
+        json.dumps({k: v for k, v in record.items() if v is not None}, indent=2) + "\n", encoding="utf-8"
     )
     print(f"shipped {models / 'adapter.pt'} ({(models / 'adapter.pt').stat().st_size / 1e6:.1f} MB) with its record")
     for mode, dice in record["test_dice"].items():

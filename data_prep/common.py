@@ -144,7 +144,7 @@ def find_pairs(
 def read_dataset_json(dataset_dir: Path) -> dict:
     """The folder's MSD-style ``dataset.json`` as a dict, or ``{}`` when there is none."""
     path = dataset_dir / "dataset.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def parse_label_names(text: str) -> dict[str, str]:
@@ -217,7 +217,9 @@ def make_datalist(
 
 def write_datalist(path: str | Path, datalist: Mapping, overwrite: bool = False) -> Path:
     """Write ``datalist`` as JSON atomically (temporary file + ``os.replace``); FileExistsError if it exists."""
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(datalist, indent=2) + "\n"), overwrite)
+    return write_atomic(
+        path, lambda tmp: tmp.write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8"), overwrite
+    )
 
 
 def save(datalist: Mapping, args: argparse.Namespace) -> int:

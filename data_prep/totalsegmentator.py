@@ -57,7 +57,7 @@ def load_class_map(dataset_dir: Path, path: Path | None, task: str) -> dict[str,
         if not found:
             return None
         path = found[0]
-    data = json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     mapping = data if all(isinstance(v, str) for v in data.values()) else data.get(task)
     if not isinstance(mapping, dict):
         raise ValueError(f"class map {path} has no task {task!r}; pass --task with one of {', '.join(data)}")

@@ -127,7 +127,7 @@ def pick_held_out(data_dir: str | Path, held_out: Sequence[str], count: int) -> 
 
 def _read_dice(path: Path, names: dict[str, str]) -> dict[tuple[str, str], float]:
     """(case, class name) -> Dice of a metrics CSV; ``names`` renames label values (prompted runs score by value)."""
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         return {(r["case"], names.get(r["class"], r["class"])): float(r["dice"]) for r in csv.DictReader(f)}
 
 
@@ -196,7 +196,7 @@ def hippocampus_demo(
         "validation": [entry(c) for c in val],
         "test": [entry(c) for c in test],
     }
-    (data / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n")
+    (data / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8")
 
     cli = [
         sys.executable,
@@ -258,7 +258,7 @@ def hippocampus_demo(
         ]
         lines.append(f"{title:<29}" + "".join(f"{v:>22}" for v in cells))
     table = "\n".join(lines)
-    (out / "dice.txt").write_text(table + "\n")
+    (out / "dice.txt").write_text(table + "\n", encoding="utf-8")
 
     pre = bundle_preprocess(info)
     overlays = out / "overlays"

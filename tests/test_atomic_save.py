@@ -56,7 +56,7 @@ def stall(real):
             f.write(data[: len(data) // 2])
             f.flush()
             os.fsync(f.fileno())
-        (scratch / "inside_save").write_text(f"{path}\\n{len(data)}")
+        (scratch / "inside_save").write_text(f"{path}\\n{len(data)}", encoding="utf-8")
         time.sleep(600)
 
     return write
@@ -123,7 +123,7 @@ def _kill_inside_save(kind: str, tmp_path: Path) -> tuple[Path, Path, int]:
     output = log.read_text(encoding="utf-8", errors="replace")[-3000:]
     assert alive and marker.exists(), f"the subprocess never reached the stalled save:\n{output}"
     assert process.returncode == -signal.SIGKILL
-    temporary, size = marker.read_text().splitlines()
+    temporary, size = marker.read_text(encoding="utf-8").splitlines()
     return out / FINAL[kind], Path(temporary), int(size)
 
 

@@ -80,7 +80,7 @@ class Files:
         if isinstance(data, bytes):
             path.write_bytes(data)
         else:
-            path.write_text(data if isinstance(data, str) else json.dumps(data))
+            path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
         return path
 
     def segment(self, pre: Preprocess | None = None, **case):

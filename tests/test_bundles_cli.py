@@ -120,8 +120,8 @@ def test_a_bundle_propagates_with_the_settings_swept_for_its_adapter(shipped, tm
     real = Path(bundles.__file__).parents[1] / "bundles"
     spleen = bundles.BundleInfo("spleen_ct_cbo", real / "spleen_ct_cbo", {}, [])
     assert bundles.bundle_propagation(spleen) == PropagationConfig()
-    config = json.loads((shipped / "configs" / "inference.json").read_text())
+    config = json.loads((shipped / "configs" / "inference.json").read_text(encoding="utf-8"))
     config["propagation"]["min_ioou"] = 0.5
-    (shipped / "configs" / "inference.json").write_text(json.dumps(config))
+    (shipped / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ValueError, match="hippocampus_mri_cbo/configs/inference.json.*min_ioou"):
         bundles.bundle_propagation(bundles.load_bundle("hippocampus_mri_cbo"))

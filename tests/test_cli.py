@@ -34,7 +34,7 @@ def test_folder_run_continues_past_a_bad_case_and_fails_at_the_end(tmp_path, cap
     written = nib.load(out / "case_a_seg.nii.gz")
     assert written.shape == (24, 20, 6) and np.allclose(written.affine, np.diag([1.5, 1.5, 3.0, 1.0]))
     assert set(np.unique(written.get_fdata())) <= {0, 1, 2}
-    csv = (out / "metrics.csv").read_text().splitlines()
+    csv = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert len(csv) == 1 + 4  # header + 2 cases x 2 classes
 
 
@@ -56,7 +56,7 @@ def test_prompt_file_and_key_slice_sources(tmp_path):
     _case(tmp_path, "case_a")
     image = str(tmp_path / "images" / "case_a.nii.gz")
     prompts = tmp_path / "case_a.json"
-    prompts.write_text(json.dumps({"prompts": [{"label": 3, "box3d": [5, 4, 1, 14, 11, 4]}]}))
+    prompts.write_text(json.dumps({"prompts": [{"label": 3, "box3d": [5, 4, 1, 14, 11, 4]}]}), encoding="utf-8")
     assert main(["segment", image, "-o", str(tmp_path / "p"), "--prompts", str(prompts), "--model", "tiny"]) == 0
     assert nib.load(tmp_path / "p" / "case_a_seg.nii.gz").shape == (24, 20, 6)
     key = ["segment", image, "-o", str(tmp_path / "k"), "--model", "tiny", "--class", "4"]

@@ -108,7 +108,7 @@ def server(tmp_path_factory):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"the server did not start: {(root / 'server.log').read_text()[-3000:]}")
+            pytest.fail(f"the server did not start: {(root / 'server.log').read_text(encoding='utf-8')[-3000:]}")
         time.sleep(1)
     yield {"url": url, "studies": studies, "root": root, "requests": requests, "digest": _digest(studies)}
     proc.terminate()

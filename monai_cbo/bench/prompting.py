@@ -132,7 +132,7 @@ class SuiteCase:
 def read_suite(path: str | Path, data_root: str | Path) -> list[SuiteCase]:
     """The cases of a suite file, their paths resolved under ``data_root``."""
     path, root = Path(path), Path(data_root)
-    suite = json.loads(path.read_text())
+    suite = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(suite.get("sets"), dict) or not suite["sets"]:
         raise ValueError(f"suite {path} needs a non-empty 'sets' object (see monai_cbo.bench.prompting)")
     cases = []
@@ -574,7 +574,7 @@ def _sweep(
             }
         )
     chosen = chosen.replace(neighbour_weight=NEIGHBOUR_WEIGHTS[int(np.argmax(neighbour))])
-    with open(out / "sweep.csv", "w", newline="") as f:
+    with open(out / "sweep.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -605,14 +605,14 @@ def _sweep(
             chosen_value = per_protocol[t][(set_name, protocol)][c] / reference[set_name]
             cells.append(f"{chosen_value:.2f} / {ceilings[t][(set_name, protocol)] / reference[set_name]:.2f}")
         lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    (out / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     chosen_dice = {  # what the chosen rules give one key box and the 3D box (the neighbour weight changes neither)
         k: v[[c_open] if k[1] in OPEN_PROTOCOLS else [c_ranged]]
         for k, v in per_protocol[t].items()
         if k[1] in ("one_key", "box3d")
     }
     (out / "sweep_predicted.json").write_text(
-        json.dumps({"objective_one_key_and_box3d": float(_objective(chosen_dice, reference)[0])})
+        json.dumps({"objective_one_key_and_box3d": float(_objective(chosen_dice, reference)[0])}), encoding="utf-8"
     )
     return chosen
 
@@ -671,12 +671,14 @@ def run_prompts_bench(
     rows = evaluate(config, cases, PROTOCOLS)
     if sweep:  # the truncated recordings must predict what the real propagation does
         measured = objective([r for r in rows if r["part"] == "tune" and r["protocol"] != "three_keys"])
-        predicted = json.loads((out / "sweep_predicted.json").read_text())["objective_one_key_and_box3d"]
+        predicted = json.loads((out / "sweep_predicted.json").read_text(encoding="utf-8"))[
+            "objective_one_key_and_box3d"
+        ]
         log(
             f"sweep check (one key box and 3D box): objective predicted from the truncated recordings "
             f"{predicted:.4f}, measured by propagating with the chosen settings {measured:.4f}"
         )
-    with open(out / "rows.csv", "w", newline="") as f:
+    with open(out / "rows.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -686,8 +688,8 @@ def run_prompts_bench(
         "seconds": round(time.perf_counter() - start, 1),
         "parts": {part: summarise([r for r in rows if r["part"] == part]) for part in ("tune", "validation")},
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=1))
-    (out / "summary.md").write_text(summary_markdown(result))
+    (out / "summary.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(result), encoding="utf-8")
     return result
 
 

@@ -339,7 +339,7 @@ def _overlays(runs: _Runs, config: BenchConfig, count: int) -> tuple[list[tuple[
 
 def _classes_from_datalist(config: BenchConfig, names: Sequence[str]) -> dict[str, list[int]]:
     """Label values of each scored class, for results written before ``result.json`` recorded them."""
-    meta = json.loads(Path(config.datalist).read_text())
+    meta = json.loads(Path(config.datalist).read_text(encoding="utf-8"))
     known = {v: [int(k)] for k, v in (meta.get("labels") or {}).items()}
     known.update({k: [int(i) for i in v] for k, v in (meta.get("regions") or {}).items() if k not in known})
     return {n: known.get(n) or ([int(n)] if str(n).isdigit() else []) for n in names}
@@ -351,7 +351,7 @@ def build_report(run_dir: str | Path, overlays: int = 2) -> dict:
     config_path = run_dir / "bench.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; RUN_DIR must be a folder written by monai-cbo bench")
-    saved = json.loads(config_path.read_text())
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
     config = BenchConfig(**{k: v for k, v in saved.items() if k in BenchConfig.__dataclass_fields__})
     runs = _Runs(run_dir)
     cbo, notes = _cbo_table(runs)
@@ -512,7 +512,7 @@ def write_report(run_dir: str | Path, overlays: int = 2, overwrite: bool = False
     written = []
     for cls, svg in report["box_plots"].items():
         name = f"boxplot_{''.join(ch if ch.isalnum() else '_' for ch in cls)}.svg"
-        written.append(write_atomic(fig_dir / name, lambda p, s=svg: p.write_text(s), overwrite=True))
+        written.append(write_atomic(fig_dir / name, lambda p, s=svg: p.write_text(s, encoding="utf-8"), overwrite=True))
         files[f"box_{cls}"] = f"report_files/{name}"
     for i, (_, png) in enumerate(report["figures"]):
         name = f"overlay_{i}.png"

@@ -172,7 +172,7 @@ class BenchData:
 
     def __init__(self, config: BenchConfig, log: Callable[[str], None] = print) -> None:
         self.config = config
-        meta = json.loads(Path(config.datalist).read_text())
+        meta = json.loads(Path(config.datalist).read_text(encoding="utf-8"))
         names = {int(k): v for k, v in (meta.get("labels") or {}).items() if int(k) != 0}
         train = load_datalist(config.datalist, config.train_split, config.dataset_dir)[: config.max_train_cases]
         evals = load_datalist(config.datalist, config.eval_split, config.dataset_dir)[: config.max_eval_cases]
@@ -489,7 +489,7 @@ def _evaluate(
 
 
 def _check_config(config: BenchConfig, path: Path) -> None:
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     budget = config.budget()
 
     def same(key: str, old: object, new: object) -> bool:
@@ -522,7 +522,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
     config_path = out / "bench.json"
     if config_path.exists():
         _check_config(config, config_path)
-        saved = json.loads(config_path.read_text())
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
         saved.update({k: getattr(config, k) for k in _RESUMABLE})
         payload = saved
     else:
@@ -532,7 +532,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
     device = config.torch_device
     payload["command"] = command or payload.get("command")
     payload["machine"] = {**machine_summary(device), "cpus": os.cpu_count()}
-    write_atomic(config_path, lambda p: p.write_text(json.dumps(payload, indent=2)), overwrite=True)
+    write_atomic(config_path, lambda p: p.write_text(json.dumps(payload, indent=2), encoding="utf-8"), overwrite=True)
 
     runs = config.runs()
     todo = [(p, s) for p, s in runs if not (out / "runs" / p / f"seed{s}" / "result.json").exists()]
@@ -566,7 +566,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
             log(f"  failed: {failures[-1]}")
             continue
         result["seconds"] = time.perf_counter() - start
-        write_atomic(run_dir / "result.json", lambda p, r=result: p.write_text(json.dumps(r, indent=1)), True)
+        write_atomic(
+            run_dir / "result.json", lambda p, r=result: p.write_text(json.dumps(r, indent=1), encoding="utf-8"), True
+        )
         durations.setdefault(preset, []).append(result["seconds"])
         dice = ", ".join(f"{k} {v:.3f}" for k, v in _mean_dice(run_dir / "metrics.csv").items())
         log(f"  done in {_eta(result['seconds'])}: mean Dice {dice}")
@@ -592,7 +594,7 @@ def collect_results(out: str | Path) -> list[dict]:
     """The ``result.json`` of every finished run under ``out``, in preset then seed order."""
     found = []
     for path in sorted(Path(out).glob("runs/*/seed*/result.json")):
-        result = json.loads(path.read_text())
+        result = json.loads(path.read_text(encoding="utf-8"))
         result["dir"] = str(path.parent)
         found.append(result)
     return found

@@ -25,7 +25,7 @@ def load_datalist(path: str | Path, key: str = "training", base_dir: str | Path 
     if not path.is_file():
         raise FileNotFoundError(f"datalist {path} does not exist; write one with a data_prep/ script")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         problem = "is empty (0 bytes)" if not path.stat().st_size else f"is not valid JSON: {err}"
         raise ValueError(f"datalist {path} {problem}; fix it or write it again with a data_prep/ script") from err

@@ -76,5 +76,7 @@ def write_demo_dataset(out_dir: str | Path, num_cases: int = 6, seed: int = 0, o
         "numTraining": num_cases,
         "training": training,
     }
-    write_atomic(out / "dataset.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)), overwrite=True)
+    write_atomic(
+        out / "dataset.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8"), overwrite=True
+    )
     return out

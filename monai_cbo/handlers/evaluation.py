@@ -83,7 +83,7 @@ class CaseMetricsWriter:
         self.table.write_csv(self.output_dir / "metrics_per_case.csv", overwrite=self.overwrite)
         self.table.write_summary(self.output_dir / "metrics_summary.csv", overwrite=self.overwrite)
         markdown = self.table.to_markdown()
-        (self.output_dir / "metrics_summary.md").write_text(markdown + "\n")
+        (self.output_dir / "metrics_summary.md").write_text(markdown + "\n", encoding="utf-8")
         print(f"evaluation summary ({self.output_dir}):\n{markdown}", flush=True)
 
 

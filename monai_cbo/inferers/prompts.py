@@ -251,7 +251,7 @@ def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeomet
     if path.is_dir():
         raise ValueError(f"prompt file {path} is a folder; give a JSON file ({fmt})")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"prompt file {path} does not exist; check the path or write one ({fmt})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -356,7 +356,9 @@ class FineTune(TrainTask):
         run.mkdir(parents=True, exist_ok=False)
         datalist = run / "datalist.json"
         items = lambda ps: [{"image": i, "label": lab} for i, lab in ps]  # noqa: E731
-        datalist.write_text(json.dumps({"training": items(train), "validation": items(val)}, indent=1))
+        datalist.write_text(
+            json.dumps({"training": items(train), "validation": items(val)}, indent=1), encoding="utf-8"
+        )
         epochs = options["max_epochs"]
         options_cli = bundle_flags(
             datalist=datalist,

@@ -27,7 +27,7 @@ def _mean_std(key: str, values: np.ndarray) -> dict[str, float]:
 
 
 def _write_csv(path: Path, fields: tuple[str, ...], rows: Iterable[Mapping]) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -63,7 +63,7 @@ class MetricsTable:
     @classmethod
     def read_csv(cls, path: str | Path) -> MetricsTable:
         """Load a per-case CSV written by :meth:`write_csv`."""
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if tuple(reader.fieldnames or ()) != CASE_FIELDS:
                 raise ValueError(f"{path} has columns {reader.fieldnames}, expected {list(CASE_FIELDS)}")
@@ -103,7 +103,7 @@ class MetricsTable:
         if suffix == ".json":
             rows = [{k: None if v != v else v for k, v in r.items()} for r in self.summary()]  # NaN -> null
             text = json.dumps(rows, indent=2, allow_nan=False) + "\n"
-            return write_atomic(path, lambda tmp: tmp.write_text(text), overwrite)
+            return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite)
         raise ValueError(f"summary path {path} must end in .csv or .json")
 
     def to_markdown(self, digits: int = 3) -> str:

@@ -126,7 +126,7 @@ class _Log:
     def __call__(self, line: str) -> None:
         stamped = f"[{datetime.now(timezone.utc).strftime('%H:%M:%S')}] {line}"
         print(stamped, flush=True)
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(stamped + "\n")
 
 
@@ -180,7 +180,7 @@ def _run_capped(
     if dry_run:
         env["OMP_NUM_THREADS"] = "1"
     start = time.monotonic()
-    with log_path.open("w") as out:
+    with log_path.open("w", encoding="utf-8") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -494,7 +494,8 @@ def _dry_data(root: Path) -> tuple[Path, Path]:
         cases.append({"image": f"imagesTr/dry_{i}.nii.gz", "label": f"labelsTr/dry_{i}.nii.gz"})
     datalist = root / "datalist.json"
     datalist.write_text(
-        json.dumps({"labels": {"0": "background", "1": "one", "2": "two"}, "training": cases[:1], "test": cases[1:]})
+        json.dumps({"labels": {"0": "background", "1": "one", "2": "two"}, "training": cases[:1], "test": cases[1:]}),
+        encoding="utf-8",
     )
     return datalist, root
 
@@ -505,10 +506,10 @@ def _relocate(bench_dir: Path, datalist: Path, dataset_dir: Path) -> None:
     path = bench_dir / "bench.json"
     if not path.is_file():
         return
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     if saved.get("datalist") and not Path(saved["datalist"]).exists() and Path(saved["datalist"]).name == datalist.name:
         saved.update(datalist=str(datalist.resolve()), dataset_dir=str(dataset_dir.resolve()))
-        path.write_text(json.dumps(saved, indent=2))
+        path.write_text(json.dumps(saved, indent=2), encoding="utf-8")
 
 
 def _bench_summary(bench_dir: Path) -> list[dict]:
@@ -683,8 +684,8 @@ def _markdown(check: GpuCheck) -> str:
 
 def _write(check: GpuCheck) -> None:
     check.out_dir.mkdir(parents=True, exist_ok=True)
-    (check.out_dir / "gpu_check.json").write_text(json.dumps(check.results, indent=2))
-    (check.out_dir / "gpu_check.md").write_text(_markdown(check))
+    (check.out_dir / "gpu_check.json").write_text(json.dumps(check.results, indent=2), encoding="utf-8")
+    (check.out_dir / "gpu_check.md").write_text(_markdown(check), encoding="utf-8")
 
 
 def run_gpu_check(check: GpuCheck) -> int:

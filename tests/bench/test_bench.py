@@ -45,7 +45,8 @@ def datalist(tmp_path_factory) -> Path:
                 "training": entries[:3],
                 "test": entries[3:],
             }
-        )
+        ),
+        encoding="utf-8",
     )
     return path
 
@@ -78,7 +79,7 @@ def test_feature_cache_changes_nothing_but_time(datalist, tmp_path):
             results[name, preset] = (
                 result,
                 read_adapter(run_dir / "adapter.pt")["state_dict"],
-                (run_dir / "metrics.csv").read_text(),
+                (run_dir / "metrics.csv").read_text(encoding="utf-8"),
             )
         if cache is not None:  # lora reuses what lora_cbo computed for the same slices
             assert cache.hits > 0 and len(cache) > 0
@@ -103,7 +104,7 @@ def test_bench_resumes_without_redoing_runs_and_refuses_another_budget(datalist,
     logs: list[str] = []
     results = run_bench(_config(datalist, out), log=logs.append)
     assert [(r["preset"], r["seed"]) for r in results] == [("freeze", 0), ("lora_cbo", 0)]
-    freeze = json.loads((out / "runs/freeze/seed0/result.json").read_text())
+    freeze = json.loads((out / "runs/freeze/seed0/result.json").read_text(encoding="utf-8"))
     assert freeze["params"]["total_trainable"] == 0 and freeze["train"]["slices"] == 0
     assert not (out / "runs/freeze/seed0/adapter.pt").exists()
     assert (out / "runs/lora_cbo/seed0/adapter.pt").is_file()
@@ -115,7 +116,7 @@ def test_bench_resumes_without_redoing_runs_and_refuses_another_budget(datalist,
 
     # an interrupted run (folder without result.json) is redone; finished ones are not; freeze runs once
     (out / "runs/lora_cbo/seed1").mkdir(parents=True)
-    (out / "runs/lora_cbo/seed1/partial").write_text("x")
+    (out / "runs/lora_cbo/seed1/partial").write_text("x", encoding="utf-8")
     logs.clear()
     results = run_bench(_config(datalist, out, seeds=[0, 1]), log=logs.append)
     assert any("3 runs (2 done, 1 to do)" in line for line in logs)
@@ -140,12 +141,12 @@ def test_automatic_steps_train_class_prompts_and_score_every_automatic_mode(data
     }
     assert result["params"]["class_prompts"] == 2 * 2 * 256  # two tokens of 256 per class
     for mode in ("auto", "auto_refine", "auto_lcc"):
-        rows = (run / f"metrics_{mode}.csv").read_text().splitlines()
+        rows = (run / f"metrics_{mode}.csv").read_text(encoding="utf-8").splitlines()
         assert len(rows) == 1 + 2 * 3  # header + 2 cases x (2 classes + the "both" region)
         assert sorted(p.name for p in (run / f"masks_{mode}").iterdir()) == ["case3_seg.nii.gz", "case4_seg.nii.gz"]
     assert set(result["automatic"]) == {"auto", "auto_refine", "auto_lcc"}
     paths = write_report(out)
-    text = next(p for p in paths if p.suffix == ".md").read_text()
+    text = next(p for p in paths if p.suffix == ".md").read_text(encoding="utf-8")
     assert "## Automatic segmentation" in text and "| automatic Dice |" in text
     # the same seed draws the same steps: automatic and box steps alternate as drawn, identically on a rerun
     again = run_bench(_config(datalist, tmp_path / "again", presets=["lora_cbo"], auto_share=0.5, steps=4))
@@ -155,10 +156,10 @@ def test_automatic_steps_train_class_prompts_and_score_every_automatic_mode(data
 def test_a_bench_made_before_automatic_steps_resumes_with_their_defaults(datalist, tmp_path):
     out = tmp_path / "bench"
     run_bench(_config(datalist, out, presets=["freeze"]), log=lambda _: None)
-    saved = json.loads((out / "bench.json").read_text())
+    saved = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     for key in ("auto_share", "background_ratio"):
         del saved[key]
-    (out / "bench.json").write_text(json.dumps(saved))
+    (out / "bench.json").write_text(json.dumps(saved), encoding="utf-8")
     run_bench(_config(datalist, out, presets=["freeze"]), log=lambda _: None)  # no "another budget" error
     with pytest.raises(ValueError, match="auto_share: 0.0 there, 0.5 now"):
         run_bench(_config(datalist, out, presets=["freeze"], auto_share=0.5), log=lambda _: None)
@@ -168,14 +169,14 @@ def test_report_tables_plots_and_overlays(datalist, tmp_path):
     out = tmp_path / "bench"
     run_bench(_config(datalist, out, presets=["freeze", "lora", "lora_cbo"], seeds=[0, 1]), log=lambda _: None)
     paths = write_report(out, overlays=1)
-    md = paths[0].read_text()
+    md = paths[0].read_text(encoding="utf-8")
     for preset in ("freeze", "lora", "lora_cbo"):
         assert re.search(rf"^\| {preset} \|", md, re.M), preset
     assert "| lora_cbo − lora | left |" in md and "Pooled 2D Dice (the paper's metric)" in md
     assert "Dice left" in md and "Dice right" in md and "Dice both" in md and "right (region)" not in md
     figures = sorted(p.name for p in (out / "report_files").iterdir())
     assert "boxplot_left.svg" in figures and any(f.startswith("overlay_") for f in figures)
-    html = paths[1].read_text()
+    html = paths[1].read_text(encoding="utf-8")
     assert html.count("<svg") == 3 and "data:image/png;base64," in html  # box plots: left, right, both
     assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # self-contained
     with pytest.raises(FileExistsError, match="--overwrite"):

@@ -41,7 +41,9 @@ def suite(tmp_path_factory) -> Path:
         nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), root / f"lab{i}.nii.gz")
         cases.append({"case": f"c{i}", "image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz", "part": part})
     path = root / "suite.json"
-    path.write_text(json.dumps({"sets": {"demo": {"modality": "ct", "targets": {"organ": [1]}, "cases": cases}}}))
+    path.write_text(
+        json.dumps({"sets": {"demo": {"modality": "ct", "targets": {"organ": [1]}, "cases": cases}}}), encoding="utf-8"
+    )
     return path
 
 
@@ -147,9 +149,9 @@ def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_pa
     assert {"one_key", "box3d", "three_keys", "per_slice"} <= set(result["parts"]["validation"]["demo"])
     for name in ("rows.csv", "summary.json", "summary.md", "sweep.csv", "sweep.md"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    sweep = (tmp_path / "out" / "sweep.csv").read_text()
+    sweep = (tmp_path / "out" / "sweep.csv").read_text(encoding="utf-8")
     assert "min_overlap" in sweep and "range_min_overlap" in sweep and "neighbour_weight" in sweep
-    tables = (tmp_path / "out" / "sweep.md").read_text()
+    tables = (tmp_path / "out" / "sweep.md").read_text(encoding="utf-8")
     assert "3D boxes: the best combinations" in tables and "perfect stop rule" in tables
     config = result["config"]
     assert {"min_iou", "range_min_iou"} <= set(config) and "stop_in_range" not in config
@@ -160,7 +162,7 @@ def test_the_command_scores_a_suite_with_given_settings(suite, tmp_path, capsys)
     out = tmp_path / "cli"
     base = ["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny"]
     assert main([*base, "--set", "min_overlap=0.3", "--set", "mask_prompt=true"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["config"]["min_overlap"] == 0.3 and summary["config"]["mask_prompt"] is True
     assert "one key box" in capsys.readouterr().out
     assert main([*base, "--set", "min_overlapp=0.3"]) == 2

@@ -63,7 +63,9 @@ def _configs(bundle: str) -> Path:
 
 
 def _one_case_datalist(case: dict, path: Path, **extra) -> Path:
-    path.write_text(json.dumps({**extra, "training": [case], "validation": [case], "test": [case]}, indent=2))
+    path.write_text(
+        json.dumps({**extra, "training": [case], "validation": [case], "test": [case]}, indent=2), encoding="utf-8"
+    )
     return path
 
 
@@ -76,7 +78,7 @@ def data(tmp_path_factory) -> dict[str, Data]:
     ct_datalist = _one_case_datalist(ct_case, root / "ct.json")
     brats_dir = shared_data("BraTS2015_deepmedic")
     assert brats.main([str(brats_dir), "-o", str(root / "brats_all.json"), "--modalities", "Flair,T1c"]) == 0
-    written = json.loads((root / "brats_all.json").read_text())
+    written = json.loads((root / "brats_all.json").read_text(encoding="utf-8"))
     cases = written["training"] + written["validation"] + written["test"]
     case = next(c for c in cases if c["label"].startswith(f"{BRATS_CASE}/"))
     brats_datalist = _one_case_datalist(case, root / "brats.json", label_convention=written["label_convention"])
@@ -140,7 +142,7 @@ def test_bundle_has_the_model_zoo_file_set(bundle):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_metadata_has_the_monai_fields(bundle):
-    meta = json.loads((_configs(bundle) / "metadata.json").read_text())
+    meta = json.loads((_configs(bundle) / "metadata.json").read_text(encoding="utf-8"))
     for key in (
         "schema",
         "version",
@@ -198,8 +200,8 @@ def test_every_referenced_id_exists(bundle, files):
 @pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize("override", OVERRIDE_FILES)
 def test_override_files_replace_train_keys_instead_of_copying(bundle, override):
-    train = json.loads((_configs(bundle) / "train.json").read_text())
-    keys = json.loads((_configs(bundle) / override).read_text())
+    train = json.loads((_configs(bundle) / "train.json").read_text(encoding="utf-8"))
+    keys = json.loads((_configs(bundle) / override).read_text(encoding="utf-8"))
     parser = _parser(bundle, "train.json")
     for key in keys:
         assert key not in ("train", "validate", "network_def"), f"{override} copies the whole {key!r} section"
@@ -231,7 +233,9 @@ def test_train_config_resolves_trainer_and_evaluator(bundle, data, tmp_path):
         assert names == ["WT", "TC", "ET"] and parser["exclusive_classes"] is False
         assert parser.get_parsed_content("tumour_labels") == BRATS_LABELS
         assert parser["channels"] == [0, 1] and parser["label_convention"] == "2015"
-        assert json.loads(data[bundle].datalist.read_text())["label_convention"] == "2015"  # data_prep/brats.py's
+        assert (
+            json.loads(data[bundle].datalist.read_text(encoding="utf-8"))["label_convention"] == "2015"
+        )  # data_prep/brats.py's
     else:
         assert len(names) == len(parser["classes"]) and parser["exclusive_classes"] is True
 

@@ -22,7 +22,9 @@ def test_inference_bundle_segments_each_case_from_its_prompt_file(tmp_path):
     for name in ("a", "b"):
         volume = np.random.default_rng(0).normal(40, 20, size=(32, 28, 6)).astype(np.int16)
         nib.save(nib.Nifti1Image(volume, affine), images / f"{name}.nii.gz")
-        (prompts / f"{name}.json").write_text(json.dumps({"prompts": [{"label": 1, "box3d": [4, 4, 1, 20, 18, 4]}]}))
+        (prompts / f"{name}.json").write_text(
+            json.dumps({"prompts": [{"label": 1, "box3d": [4, 4, 1, 20, 18, 4]}]}), encoding="utf-8"
+        )
     (images / "broken.nii.gz").write_bytes(b"not a nifti")
     cmd = [
         sys.executable,

@@ -10,7 +10,7 @@ from monai_cbo.data import load_datalist
 
 def _write(folder: Path, payload: dict) -> Path:
     path = folder / "datalist.json"
-    path.write_text(json.dumps(payload))
+    path.write_text(json.dumps(payload), encoding="utf-8")
     return path
 
 
@@ -48,6 +48,6 @@ def test_bad_datalists_are_refused_before_training_starts(tmp_path, payload, key
 def test_missing_or_broken_datalist_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json does not exist; write one with a data_prep/ script"):
         load_datalist(tmp_path / "nope.json")
-    (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         load_datalist(tmp_path / "bad.json")

@@ -14,13 +14,13 @@ def _amos(root, write_nifti, meta: dict | None = None):
         write_nifti(root / "imagesTr" / f"{case}.nii.gz")
         write_nifti(root / "labelsTr" / f"{case}.nii.gz", value=1)
     if meta is not None:
-        (root / "dataset.json").write_text(json.dumps(meta))
+        (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     return root
 
 
 def _run(data, out, *extra: str) -> dict:
     assert amos.main([str(data), "-o", str(out), *NO_SPLIT, *extra]) == 0
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def test_amos_uses_dataset_json_labels_and_keeps_ct(tmp_path, write_nifti):

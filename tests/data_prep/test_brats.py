@@ -27,7 +27,7 @@ def _layout(root: Path, layout: str, drop: str | None = None) -> Path:
 
 def _run(dataset, out, *extra: str) -> dict:
     assert brats.main([str(dataset), "-o", str(out), "--val-fraction", "0", "--test-fraction", "0", *extra]) == 0
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def test_2015_folder_gives_four_cases_flair_then_t1c(brats2015, tmp_path):
@@ -92,7 +92,7 @@ def test_missing_modality_names_case_and_file(tmp_path, capsys):
 
 
 def test_existing_output_is_kept_without_overwrite(brats2015, tmp_path):
-    (tmp_path / "d.json").write_text("{}")
+    (tmp_path / "d.json").write_text("{}", encoding="utf-8")
     with pytest.raises(FileExistsError, match="--overwrite"):
         _run(brats2015, tmp_path / "d.json")
     assert len(_run(brats2015, tmp_path / "d.json", "--overwrite")["training"]) == 4

@@ -20,7 +20,7 @@ def _btcv(root, write_nifti, n: int = 5):
 def test_btcv_pairs_images_with_labels_and_names_13_organs(tmp_path, write_nifti):
     data = _btcv(tmp_path / "BTCV", write_nifti)
     assert btcv.main([str(data), "-o", str(tmp_path / "d.json"), "--seed", "1"]) == 0
-    datalist = json.loads((tmp_path / "d.json").read_text())
+    datalist = json.loads((tmp_path / "d.json").read_text(encoding="utf-8"))
     assert len(datalist["labels"]) == 14 and datalist["labels"]["1"] == "spleen"
     assert datalist["labels"]["13"] == "adrenal_gland_left" and datalist["channels"] == ["CT"]
     cases = [c for k in ("training", "validation", "test") for c in datalist[k]]
@@ -46,7 +46,11 @@ def test_btcv_classes_keep_their_ids(tmp_path, write_nifti):
         )
         == 0
     )
-    assert json.loads((tmp_path / "d.json").read_text())["labels"] == {"0": "background", "1": "spleen", "6": "liver"}
+    assert json.loads((tmp_path / "d.json").read_text(encoding="utf-8"))["labels"] == {
+        "0": "background",
+        "1": "spleen",
+        "6": "liver",
+    }
 
 
 def test_btcv_missing_label_is_named(tmp_path, write_nifti):

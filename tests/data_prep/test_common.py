@@ -36,9 +36,9 @@ def test_write_datalist_is_atomic_and_refuses_to_overwrite(tmp_path):
     path = write_datalist(tmp_path / "datalist.json", {"training": [1]})
     with pytest.raises(FileExistsError, match=r"datalist\.json.*--overwrite"):
         write_datalist(path, {"training": [2]})
-    assert json.loads(path.read_text()) == {"training": [1]}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"training": [1]}
     write_datalist(path, {"training": [2]}, overwrite=True)
-    assert json.loads(path.read_text()) == {"training": [2]}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"training": [2]}
     assert [p.name for p in tmp_path.iterdir()] == ["datalist.json"]  # no temporary file left behind
 
 

@@ -18,7 +18,7 @@ NAMES = ["--labels", "0:background,1:anterior,2:posterior"]
 
 def _run(dataset, out, *extra: str) -> dict:
     assert msd.main([str(dataset), "-o", str(out), *SPLIT, *extra]) == 0
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def test_hippocampus_gives_208_cases_with_named_labels(hippocampus, tmp_path):
@@ -53,7 +53,7 @@ def test_dataset_json_names_and_macos_files_skipped(tmp_path, write_nifti):
         write_nifti(tmp_path / "Task09_Spleen" / "labelsTr" / f"spleen_{i}.nii.gz")
     (tmp_path / "Task09_Spleen" / "imagesTr" / "._spleen_0.nii.gz").write_bytes(b"\0")
     meta = {"name": "Spleen", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"}}
-    (tmp_path / "Task09_Spleen" / "dataset.json").write_text(json.dumps(meta))
+    (tmp_path / "Task09_Spleen" / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     datalist = _run(tmp_path / "Task09_Spleen", tmp_path / "d.json", "--test-fraction", "0")
     assert datalist["name"] == "Spleen" and datalist["channels"] == ["CT"]
     assert datalist["labels"] == {"0": "background", "1": "spleen"}
@@ -72,10 +72,10 @@ def test_missing_label_names_the_image(tmp_path, write_nifti):
 
 def test_existing_output_is_kept_without_overwrite(hippocampus, tmp_path):
     out = tmp_path / "d.json"
-    out.write_text("{}")
+    out.write_text("{}", encoding="utf-8")
     with pytest.raises(FileExistsError, match="--overwrite"):
         msd.main([str(hippocampus), "-o", str(out), *NAMES])
-    assert out.read_text() == "{}"
+    assert out.read_text(encoding="utf-8") == "{}"
     assert len(_run(hippocampus, out, "--overwrite", *NAMES)["training"]) == 124
 
 

@@ -17,7 +17,7 @@ PAIR = ["--image-pattern", "example_ct_sm.nii.gz", "--label-pattern", "example_s
 def _run(dataset, out, *extra: str) -> dict:
     argv = [str(dataset), "-o", str(out), "--val-fraction", "0", "--test-fraction", "0", *extra]
     assert totalsegmentator.main(argv) == 0
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def test_examples_spleen_maps_to_id_1(totalseg_examples, tmp_path):
@@ -42,7 +42,7 @@ def test_star_patterns_pair_images_with_label_maps(tmp_path, write_nifti):
     for case in ("a", "b"):
         write_nifti(tmp_path / "imagesTr" / f"{case}_ct.nii.gz")
         write_nifti(tmp_path / "labelsTr" / f"{case}_seg.nii.gz")
-    (tmp_path / "map.json").write_text(json.dumps({"1": "liver", "2": "spleen"}))
+    (tmp_path / "map.json").write_text(json.dumps({"1": "liver", "2": "spleen"}), encoding="utf-8")
     argv = ["--image-pattern", "imagesTr/*_ct.nii.gz", "--label-pattern", "labelsTr/*_seg.nii.gz"]
     datalist = _run(tmp_path, tmp_path / "d.json", *argv, "--class-map", str(tmp_path / "map.json"))
     assert datalist["training"][1] == {"image": "imagesTr/b_ct.nii.gz", "label": "labelsTr/b_seg.nii.gz"}

@@ -14,7 +14,7 @@ AXIAL = SliceGeometry.from_affine(AFFINE, SHAPE)
 
 def _write(tmp_path, payload) -> str:
     path = tmp_path / "prompts.json"
-    path.write_text(json.dumps(payload))
+    path.write_text(json.dumps(payload), encoding="utf-8")
     return str(path)
 
 
@@ -108,7 +108,7 @@ def test_bad_prompt_files_name_the_file_and_the_problem(tmp_path, payload, messa
 
 def test_unreadable_prompt_file(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
+    bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         read_prompt_file(bad, AFFINE, AXIAL)
     with pytest.raises(FileNotFoundError, match="missing.json does not exist"):

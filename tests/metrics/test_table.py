@@ -63,7 +63,7 @@ def test_writers_refuse_to_overwrite_and_leave_no_temporary_files(tmp_path: Path
 
 def test_summary_json_is_strict_json_with_null_for_nan(tmp_path: Path) -> None:
     path = filled().write_summary(tmp_path / "summary.json")
-    wt, et = json.loads(path.read_text())
+    wt, et = json.loads(path.read_text(encoding="utf-8"))
     assert wt["hd95_nan"] == 1 and et["dice_std"] is None and et["hd95_mean"] == 1.0
 
 

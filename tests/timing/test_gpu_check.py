@@ -33,7 +33,7 @@ def test_dry_run_without_cuda_runs_every_step_and_writes_the_returned_files(tmp_
     assert first.startswith("gpu-check: no CUDA device here: dry run")
     # what a lent machine sends back: at most 8 plain files, no folder
     assert {p.name for p in out.iterdir()} == RETURNED and all(p.is_file() for p in out.iterdir())
-    result = json.loads((out / "gpu_check.json").read_text())
+    result = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))
     assert result["mode"] == "dry-run"
     steps = result["steps"]
     assert {k: v["status"] for k, v in steps.items()} == {"tests": "skipped", "throughput": "done", "bench": "done"}
@@ -56,11 +56,11 @@ def test_dry_run_without_cuda_runs_every_step_and_writes_the_returned_files(tmp_
     with tarfile.open(out / "bench.tar.gz") as tar:
         names = tar.getnames()
     assert "bench/runs/lora_cbo/seed0/result.json" in names and not [n for n in names if n.endswith(".pt")]
-    summary = (out / "gpu_check.md").read_text()
+    summary = (out / "gpu_check.md").read_text(encoding="utf-8")
     assert "dry run on the CPU" in summary and "| tiny | train | bf16 | 1 |" in summary
     # a second call continues the bench instead of redoing it
     assert main(["gpu-check", str(out), "--bench-dir", str(bench), "--steps", "bench"]) == 0
-    assert "(1 done, 0 to do)" in (out / "bench.log").read_text()
+    assert "(1 done, 0 to do)" in (out / "bench.log").read_text(encoding="utf-8")
 
 
 def test_unknown_step_is_refused(tmp_path):
@@ -70,7 +70,9 @@ def test_unknown_step_is_refused(tmp_path):
 
 def _alive(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status")
-    return status.exists() and "\tZ" not in next(x for x in status.read_text().splitlines() if x.startswith("State"))
+    return status.exists() and "\tZ" not in next(
+        x for x in status.read_text(encoding="utf-8").splitlines() if x.startswith("State")
+    )
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see whether the child process is gone")
@@ -84,7 +86,7 @@ def test_a_step_past_its_cap_is_stopped_with_its_children(tmp_path):
     start = time.monotonic()
     code, seconds = _run_capped([sys.executable, "-c", program], tmp_path / "log", timeout=3)
     assert code is None and seconds < 20 and time.monotonic() - start < 20
-    log = (tmp_path / "log").read_text()
+    log = (tmp_path / "log").read_text(encoding="utf-8")
     assert "stopped at its time cap of 3 s" in log
     child = int(next(line for line in log.splitlines() if line.startswith("child ")).split()[1])
     time.sleep(0.5)
