@@ -55,7 +55,7 @@ from ..inferers import (
     propagate,
 )
 from ..inferers.prompts import prompts_from_mask
-from ..inferers.propagation import feature_similarity, mask_feature, matching_classes, stops
+from ..inferers.propagation import class_overlap, feature_similarity, mask_feature, matching_classes, stops
 from ..metrics import dice_3d
 from ..utils import write_atomic
 
@@ -327,12 +327,6 @@ def _record(
         for key in prompt.keys:
             classes |= matching_classes(automatic(key.slice), masks[key.slice])
 
-    def class_overlap(z: int) -> float:  # the learned stop's measure; 1 (never stops) without a matching class
-        if not classes:
-            return 1.0
-        own = np.any([automatic(z)[i] for i in sorted(classes)], axis=0)
-        return float((masks[z] & own).sum()) / max(int(masks[z].sum()), 1)
-
     directions = []
     for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):
         zs = []
@@ -355,7 +349,9 @@ def _record(
                 ),
                 "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
                 "similarity": np.array([feature_similarity(feature(z), feature(key.slice)) for z in zs]),
-                "class_overlap": np.array([class_overlap(z) for z in zs]),
+                "class_overlap": np.array(
+                    [class_overlap(masks[z], automatic(z), classes) if classes else 1.0 for z in zs]
+                ),
             }
         )
     return _Track(

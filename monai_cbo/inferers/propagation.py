@@ -17,8 +17,9 @@ How an object is grown from its key boxes (:func:`propagate`):
    not look like the key slice's object in the image embedding, or outgrows a multiple of its key box's
    area, or (with a trained adapter's learned class prompts) lies too little on what the adapter segments
    there on its own (:class:`PropagationConfig` names each threshold). That slice is not kept. An object with
-   a z range (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said the object
-   is on every slice of the range, so what should end a walk there is not what should end an open one.
+   a z range (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said
+   the object is on every slice of the range, so what should end a walk there is not what should end an open
+   one.
 
 The defaults were chosen by ``monai-cbo prompts-bench --sweep`` on shared volumes of several kinds with a
 validation part held back; see ``docs/benchmarks/propagation.md`` for the sweep and its table.
@@ -41,6 +42,7 @@ __all__ = [
     "ObjectPrompt",
     "PropagationConfig",
     "STOP_RULES",
+    "class_overlap",
     "feature_similarity",
     "matching_classes",
     "mask_feature",
@@ -268,6 +270,16 @@ def matching_classes(automatic: Sequence[np.ndarray | torch.Tensor], key_mask: n
     return found
 
 
+def class_overlap(mask, automatic: Sequence, classes: set[int]) -> float:
+    """The learned stop's measure: the fraction of ``mask`` on the union of the ``classes``' automatic masks
+    (``automatic``: one per class on the same slice; NumPy or torch); 1 when no class matched the object."""
+    if not classes:
+        return 1.0
+    mask = torch.as_tensor(mask).bool()
+    own = torch.stack([torch.as_tensor(automatic[i]).bool() for i in sorted(classes)]).any(0)
+    return float((mask & own).sum()) / max(int(mask.sum()), 1)
+
+
 def propagate(
     inferer: SliceWiseInferer,
     volume: torch.Tensor,
@@ -345,12 +357,9 @@ def propagate(
             overlap = float((mask & before).sum()) / max(now, 1)
             confidence = float(res.prob[mask].mean()) if now else 0.0
             similarity = feature_similarity(features.get(z), features.get(key.slice))
-            learned_overlap = 1.0
-            if classes:
-                own = torch.stack([automatic[z][i] for i in sorted(classes)]).any(0)
-                learned_overlap = float((mask & own).sum()) / max(now, 1)
+            own = class_overlap(mask, automatic[z], classes) if classes else 1.0  # no decode without a class
             measures = (now, before_area, key.area, overlap, res.iou, confidence, similarity)
-            if stops(config, *measures, ranged, class_overlap=learned_overlap):
+            if stops(config, *measures, ranged, class_overlap=own):
                 break
             results[z] = res
             previous = res

@@ -70,7 +70,6 @@ class SegmenterEnsemble(nn.Module):
                     "members must be trained for the same classes (same names, label values and order)"
                 )
         self.members = nn.ModuleList(members)
-        self.member_names = names
         self.img_size = first.img_size
         self.model_name = first.model_name
 
@@ -82,10 +81,6 @@ class SegmenterEnsemble(nn.Module):
     def class_prompts(self):
         """The first member's class prompts (every member's have the same names, values and exclusivity)."""
         return self.members[0].class_prompts
-
-    @property
-    def peft_config(self):
-        return self.members[0].peft_config
 
     def train(self, mode: bool = True) -> SegmenterEnsemble:
         if mode:
