@@ -111,6 +111,12 @@ def test_a_bundle_propagates_with_the_settings_swept_for_its_adapter(shipped, tm
     info = bundles.load_bundle("hippocampus_mri_cbo")
     swept = bundles.bundle_propagation(info)
     assert swept != PropagationConfig() and swept.margin == 0.0  # the shipped adapter's own sweep
+    # every swept setting is written out, so that a later change of the library defaults leaves it alone
+    from monai_cbo.bench.prompting import STOP_GRID, TRAJECTORY_GRID
+
+    written = json.loads((shipped / "configs" / "inference.json").read_text(encoding="utf-8"))["propagation"]
+    swept_names = {*TRAJECTORY_GRID, "mask_prompt", "neighbour_weight", *STOP_GRID, *(f"range_{k}" for k in STOP_GRID)}
+    assert swept_names <= set(written), sorted(swept_names - set(written))
     parser = ConfigParser()
     parser.read_config(shipped / "configs" / "inference.json")
     assert parser.get_parsed_content("propagation") == swept  # what the bundle's own inference uses

@@ -87,7 +87,8 @@ STOP_GRID: dict[str, list] = {
     "min_confidence": [0.0, 0.7, 0.8, 0.9],
     "min_similarity": [-1.0, 0.5, 0.7, 0.8, 0.9],
     "max_key_area": [1.0, 1.5, 2.0, 3.0, 1e9],
-    "min_class_overlap": [0.0, 0.3, 0.5, 0.7, 0.9],  # a model without class prompts: never stops (all ties)
+    "min_class_overlap": [0.0, 0.3, 0.5, 0.7, 0.9],  # swept only for a model with class prompts
+    "patience": [1, 2, 3],  # not a threshold: how many slices in a row must break the rules above
 }
 #: the protocols whose objects are open (judged by the plain rules) and z-ranged (by the ``range_`` rules): each
 #: rule set is chosen on its own protocols, the settings that change a slice's prompt on all three
@@ -103,6 +104,7 @@ RULES_OFF = {
     "min_similarity": -1.0,
     "max_key_area": 1e9,
     "min_class_overlap": 0.0,
+    "patience": 1,
 }
 #: objectives this close to the best count as a tie, settled in favour of the most lenient stop rules
 TIE = 1e-3
@@ -370,10 +372,12 @@ def _rules(combo: dict, ranged: bool) -> dict:
     return {("range_" if ranged else "") + name: value for name, value in combo.items()}
 
 
-def _stop_grid() -> tuple[list[dict], SimpleNamespace]:
+def _stop_grid(learned: bool = True) -> tuple[list[dict], SimpleNamespace]:
     """Every combination of :data:`STOP_GRID`, and the same as arrays ([1, combinations]) under both the plain
-    and the ``range_`` names, so that :func:`stops` scores open and ranged recordings alike."""
-    combos = [dict(zip(STOP_GRID, values, strict=True)) for values in product(*STOP_GRID.values())]
+    and the ``range_`` names, so that :func:`stops` scores open and ranged recordings alike. Without ``learned``
+    (a model with no class prompts, where the learned stop cannot fire) ``min_class_overlap`` stays 0."""
+    values = {k: v if learned or k != "min_class_overlap" else [0.0] for k, v in STOP_GRID.items()}
+    combos = [dict(zip(values, v, strict=True)) for v in product(*values.values())]
     arrays = {k: np.array([c[k] for c in combos])[None] for k in STOP_GRID}
     return combos, SimpleNamespace(**arrays, **{f"range_{k}": v for k, v in arrays.items()})
 
@@ -399,10 +403,26 @@ def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarr
             track.ranged,
             class_overlap=d["class_overlap"][:, None],
         )
-        kept = np.where(stop.any(axis=0), stop.argmax(axis=0), n)
+        kept = _kept(stop, grid.range_patience if track.ranged else grid.patience)
         inter += np.concatenate([[0.0], np.cumsum(d["inter"])])[kept]
         area += np.concatenate([[0.0], np.cumsum(d["area"])])[kept]
     return 2 * inter / np.maximum(area + track.target_area, 1e-9)
+
+
+def _kept(stop: np.ndarray, patience: np.ndarray) -> np.ndarray:
+    """How many slices a direction keeps ([combinations]) from whether each of its ``n`` recorded slices breaks a
+    rule (``stop`` [n, combinations]): up to the first run of ``patience`` slices in a row that break one, as
+    :func:`~monai_cbo.inferers.propagation.propagate` walks. The walk's end counts as breaking (a run cut short
+    by the volume's end, or by an empty mask, which ends the recording, is dropped too)."""
+    n = stop.shape[0]
+    longest = int(patience.max())
+    padded = np.concatenate([stop, np.ones((longest - 1, stop.shape[1]), dtype=bool)])
+    starts = np.zeros_like(stop)
+    run = np.ones_like(stop)  # run[i]: slices i .. i + p - 1 all break a rule
+    for p in range(1, longest + 1):
+        run &= padded[p - 1 : p - 1 + n]
+        starts |= run & (patience == p)
+    return np.where(starts.any(axis=0), starts.argmax(axis=0), n)
 
 
 def _ceiling_dice(track: _Track) -> float:
@@ -465,7 +485,7 @@ def _sweep(
     apart, the neighbour weight last; ``sweep.csv`` and ``sweep.md`` record it."""
     reference_rows = evaluate(start, tune, ["per_slice"])
     reference = {k: v["per_slice"]["dice"] for k, v in summarise(reference_rows).items()}
-    combos, grid = _stop_grid()
+    combos, grid = _stop_grid(learned=getattr(inferer.model, "class_prompts", None) is not None)
     trajectories = [
         {**dict(zip(TRAJECTORY_GRID, v, strict=True)), "mask_prompt": False} for v in product(*TRAJECTORY_GRID.values())
     ]
@@ -619,7 +639,8 @@ def _strictness(combo: dict) -> float:
     for name, value in combo.items():
         grid = STOP_GRID[name]
         index = grid.index(value) / max(1, len(grid) - 1)
-        total += 1 - index if name in ("max_growth", "max_key_area") else index  # upper bounds: larger is lenient
+        lenient_up = name in ("max_growth", "max_key_area", "patience")  # larger is more lenient
+        total += 1 - index if lenient_up else index
     return total
 
 

@@ -16,7 +16,9 @@ How an object is grown from its key boxes (:func:`propagate`):
    slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, does
    not look like the key slice's object in the image embedding, or outgrows a multiple of its key box's
    area, or (with a trained adapter's learned class prompts) lies too little on what the adapter segments
-   there on its own (:class:`PropagationConfig` names each threshold). That slice is not kept. An object with
+   there on its own (:class:`PropagationConfig` names each threshold). That slice is not kept. With
+   ``patience`` above 1, a direction ends only after that many slices in a row break a rule (all of them
+   dropped); a slice that breaks one is kept when a later slice holds again. An object with
    a z range (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said
    the object is on every slice of the range, so what should end a walk there is not what should end an open
    one.
@@ -82,20 +84,23 @@ class PropagationConfig:
             LiteMedSAM) or to an object the adapter does not segment on its key slices.
         neighbour_weight: between two keys, how far (0..1) the interpolated box moves towards the box of the
             neighbouring prediction.
+        patience: a direction ends after this many slices in a row break a rule, and those slices are dropped;
+            a slice that breaks one is kept when a later slice holds before that (1: end at the first slice that
+            breaks one). An empty mask always ends it.
         point_reach: correction points on slice k also prompt slices k - reach .. k + reach.
         range_max_growth, range_min_shrink, range_min_overlap, range_min_iou, range_min_confidence,
-        range_min_similarity, range_max_key_area, range_min_class_overlap: the same rules for an object with a
-            z range (a 3D box), inside its range; swept separately on the 3D-box protocol.
+        range_min_similarity, range_max_key_area, range_min_class_overlap, range_patience: the same rules for an
+            object with a z range (a 3D box), inside its range; swept separately on the 3D-box protocol.
         min_area: fewer foreground pixels than this is an empty mask.
     """
 
     margin: float = 0.1
     min_margin: float = 2.0
     mask_prompt: bool = False
-    max_growth: float = math.inf
+    max_growth: float = 1.2
     min_shrink: float = 0.0
     min_overlap: float = 0.0
-    min_iou: float = 0.7
+    min_iou: float = 0.8
     min_confidence: float = 0.0
     min_similarity: float = 0.5
     max_key_area: float = 1.0
@@ -110,6 +115,8 @@ class PropagationConfig:
     range_max_key_area: float = 1.5
     min_class_overlap: float = 0.0
     range_min_class_overlap: float = 0.0
+    patience: int = 3
+    range_patience: int = 1
     min_area: int = 4
 
     def __post_init__(self) -> None:
@@ -131,6 +138,10 @@ class PropagationConfig:
             raise ValueError(f"propagation margin and min_margin must be >= 0, got {self.margin}, {self.min_margin}")
         if not 0 <= self.neighbour_weight <= 1:
             raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
+        if min(self.patience, self.range_patience) < 1:
+            raise ValueError(
+                f"patience and range_patience are counts of slices, >= 1; got {self.patience}, {self.range_patience}"
+            )
         if self.point_reach < 0 or self.min_area < 1:
             raise ValueError(f"point_reach must be >= 0 and min_area >= 1, got {self.point_reach}, {self.min_area}")
 
@@ -346,6 +357,8 @@ def propagate(
     for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):  # beyond the outermost keys, with stop rules
         previous = results[key.slice]
         z = key.slice + step
+        patience = config.range_patience if ranged else config.patience
+        pending: dict[int, SliceResult] = {}  # slices that broke a rule: kept only if a later slice holds
         while lo <= z <= hi:
             before = previous.prob > thr
             before_area = int(before.sum())
@@ -360,8 +373,13 @@ def propagate(
             own = class_overlap(mask, automatic[z], classes) if classes else 1.0  # no decode without a class
             measures = (now, before_area, key.area, overlap, res.iou, confidence, similarity)
             if stops(config, *measures, ranged, class_overlap=own):
-                break
-            results[z] = res
-            previous = res
+                pending[z] = res
+                if len(pending) >= patience:  # `patience` slices in a row broke a rule: the object has ended
+                    break
+            else:
+                results.update(pending)  # a slice that holds keeps the ones before it
+                pending.clear()
+                results[z] = res
+            previous = res  # the next slice is prompted from this one, kept or pending (as the sweep records)
             z += step
     return results

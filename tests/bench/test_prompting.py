@@ -71,7 +71,9 @@ def test_truncated_recordings_score_every_stop_rule_as_the_real_propagation_does
     combos, grid = _stop_grid()
     start = PropagationConfig(margin=0.1, min_margin=1.0)
     rng = np.random.default_rng(0)
-    picks = rng.choice(len(combos), 6, replace=False)
+    picks = list(rng.choice(len(combos), 6, replace=False))
+    waiting = [i for i, c in enumerate(combos) if c["patience"] > 1 and c["min_iou"] == 0.8 and c["max_growth"] < 2]
+    picks += list(rng.choice(waiting, 4, replace=False))  # patience: a run of broken slices, not the first one
     for protocol in ("one_key", "box3d", "three_keys"):
         track = _record(inferer, loaded, mask, protocol, start)
         predicted = _track_dice(track, grid, start.min_area)
@@ -120,6 +122,7 @@ def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_appl
     start = PropagationConfig(margin=0.1, min_margin=1.0)
     lenient = [i for i, c in enumerate(combos) if c["min_similarity"] == -1 and c["max_key_area"] > 100]
     learned = [i for i in lenient if combos[i]["min_class_overlap"] >= 0.5][:3]
+    learned += [i for i in lenient if combos[i]["min_class_overlap"] == 0.5 and combos[i]["patience"] > 1][:2]
     off = [i for i in lenient if combos[i]["min_class_overlap"] == 0][:2]
     for protocol in ("one_key", "box3d"):
         track = _record(inferer, loaded, mask, protocol, start)
@@ -130,6 +133,25 @@ def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_appl
             config = start.replace(**combos[i], **{f"range_{k}": v for k, v in combos[i].items()})
             [row] = [r for r in _score(inferer, loaded, [protocol], config) if r["target"] == "organ"]
             assert predicted[i] == pytest.approx(row["dice"], abs=1e-9), (protocol, combos[i])
+
+
+def test_truncation_keeps_the_slices_before_the_first_run_of_patience_broken_slices():
+    """``_kept``: how many recorded slices a direction keeps under each patience, as ``propagate`` walks."""
+    from monai_cbo.bench.prompting import _kept
+
+    broken = np.array([0, 1, 0, 1, 1, 0, 1], dtype=bool)  # slice 1 alone, 3-4 in a pair, 6 at the walk's end
+    stop = np.repeat(broken[:, None], 3, axis=1)
+    assert _kept(stop, np.array([[1, 2, 3]])).tolist() == [1, 3, 6]
+    assert _kept(np.zeros((4, 2), dtype=bool), np.array([[1, 3]])).tolist() == [4, 4]  # nothing breaks
+    assert _kept(np.ones((2, 1), dtype=bool), np.array([[3]])).tolist() == [0]  # a run cut short by the end
+
+
+def test_without_class_prompts_the_sweep_does_not_vary_the_learned_stop():
+    full, _ = _stop_grid()
+    plain, grid = _stop_grid(learned=False)
+    assert {c["min_class_overlap"] for c in plain} == {0.0}
+    assert len(full) == len(plain) * len(prompting.STOP_GRID["min_class_overlap"])
+    assert grid.patience.shape == grid.range_patience.shape == (1, len(plain))
 
 
 def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_path, monkeypatch):

@@ -130,6 +130,28 @@ def test_the_learned_stop_ends_a_leak_where_the_adapters_own_mask_of_the_object_
     assert max(propagate(inferer, VOLUME, ranged, learned.replace(range_min_class_overlap=0.5))) == 20
 
 
+def test_patience_walks_past_one_slice_that_breaks_a_rule_and_still_stops_at_the_end():
+    """A slice where the rules fire once inside the object (here the adapter misses the object on slice 16) ends
+    the walk with patience 1; with patience 2 that slice is kept because slice 17 holds again, and the two
+    look-alike slices that break the rule in a row past the end are dropped."""
+    scene = _blob_scene()
+    scene[..., 21:] = _disc((64, 64), (32, 32), 3)[..., None]  # the look-alike past the end
+    own = _blob_scene()
+    own[..., 16] = False  # one slice the adapter misses inside the object
+    inferer = LearnedInferer(scene, [own])
+    key = ObjectPrompt([KeyBox(12, _box(scene[..., 12]))])
+    config = PropagationConfig(max_key_area=1e9, min_iou=0.0, min_similarity=-1.0, min_class_overlap=0.5)
+    assert sorted(propagate(inferer, VOLUME, key, config)) == list(range(5, 16))
+    assert sorted(propagate(inferer, VOLUME, key, config.replace(patience=2))) == list(range(5, 21))
+    ranged = ObjectPrompt(key.keys, z_range=(0, 29))  # a 3D box waits by its own range_patience, not patience
+    rules = config.replace(range_min_class_overlap=0.5, patience=3)
+    assert sorted(propagate(inferer, VOLUME, ranged, rules)) == list(range(5, 16))
+    rules = rules.replace(range_patience=3)
+    assert sorted(propagate(inferer, VOLUME, ranged, rules)) == list(range(5, 21))
+    with pytest.raises(ValueError, match="patience"):
+        PropagationConfig(patience=0)
+
+
 def test_matching_classes_finds_the_classes_of_an_object_or_of_its_parts():
     key = np.zeros((20, 20), dtype=bool)
     key[5:15, 5:15] = True
