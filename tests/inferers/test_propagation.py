@@ -140,7 +140,9 @@ def test_patience_walks_past_one_slice_that_breaks_a_rule_and_still_stops_at_the
     own[..., 16] = False  # one slice the adapter misses inside the object
     inferer = LearnedInferer(scene, [own])
     key = ObjectPrompt([KeyBox(12, _box(scene[..., 12]))])
-    config = PropagationConfig(max_key_area=1e9, min_iou=0.0, min_similarity=-1.0, min_class_overlap=0.5)
+    config = PropagationConfig(
+        max_key_area=1e9, max_growth=1e9, min_iou=0.0, min_similarity=-1.0, min_class_overlap=0.5, patience=1
+    )
     assert sorted(propagate(inferer, VOLUME, key, config)) == list(range(5, 16))
     assert sorted(propagate(inferer, VOLUME, key, config.replace(patience=2))) == list(range(5, 21))
     ranged = ObjectPrompt(key.keys, z_range=(0, 29))  # a 3D box waits by its own range_patience, not patience
