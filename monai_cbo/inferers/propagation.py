@@ -314,6 +314,7 @@ def propagate(
     point_slices = sorted(prompt.points)
     features: dict[int, torch.Tensor | None] = {}  # per slice, for the similarity rule
     ranged = prompt.z_range is not None
+    patience = config.range_patience if ranged else config.patience
     learned = (config.range_min_class_overlap if ranged else config.min_class_overlap) > 0
     learned = learned and getattr(inferer.model, "class_prompts", None) is not None
     automatic: dict[int, list[torch.Tensor]] = {}  # per slice, the model's automatic mask of each class
@@ -357,7 +358,6 @@ def propagate(
     for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):  # beyond the outermost keys, with stop rules
         previous = results[key.slice]
         z = key.slice + step
-        patience = config.range_patience if ranged else config.patience
         pending: dict[int, SliceResult] = {}  # slices that broke a rule: kept only if a later slice holds
         while lo <= z <= hi:
             before = previous.prob > thr
