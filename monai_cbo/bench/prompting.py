@@ -57,6 +57,7 @@ from ..inferers import (
 from ..inferers.prompts import prompts_from_mask
 from ..inferers.propagation import class_overlap, feature_similarity, mask_feature, matching_classes, stops
 from ..metrics import dice_3d
+from ..networks import class_prompts_of
 from ..utils import write_atomic
 
 __all__ = [
@@ -325,7 +326,7 @@ def _record(
         return loaded.auto[z]
 
     classes: set[int] = set()  # as propagate finds them: the classes matching the object on its key slices
-    if getattr(inferer.model, "class_prompts", None) is not None:
+    if class_prompts_of(inferer.model) is not None:
         for key in prompt.keys:
             classes |= matching_classes(automatic(key.slice), masks[key.slice])
 
@@ -485,7 +486,7 @@ def _sweep(
     apart, the neighbour weight last; ``sweep.csv`` and ``sweep.md`` record it."""
     reference_rows = evaluate(start, tune, ["per_slice"])
     reference = {k: v["per_slice"]["dice"] for k, v in summarise(reference_rows).items()}
-    combos, grid = _stop_grid(learned=getattr(inferer.model, "class_prompts", None) is not None)
+    combos, grid = _stop_grid(learned=class_prompts_of(inferer.model) is not None)
     trajectories = [
         {**dict(zip(TRAJECTORY_GRID, v, strict=True)), "mask_prompt": False} for v in product(*TRAJECTORY_GRID.values())
     ]

@@ -55,7 +55,7 @@ from ..inferers.slicewise import SliceWiseInferer
 from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
 from ..metrics import MetricsTable, PooledDice, case_metrics
 from ..models import build_segmenter
-from ..networks import FeatureCache, SamSegmenter, frozen_prefix
+from ..networks import FeatureCache, SamSegmenter, class_prompts_of, frozen_prefix
 from ..peft import count_parameters, save_adapter
 from ..peft.config import ABLATION_PRESETS, PRESETS
 from ..training import build_optimizer, build_trainer
@@ -425,7 +425,7 @@ def _train(
         amp=amp,
         epoch_length=config.steps,
         feature_cache=features,
-        auto_share=config.auto_share if getattr(model, "class_prompts", None) is not None else 0.0,
+        auto_share=config.auto_share if class_prompts_of(model) is not None else 0.0,
         seed=seed,
         handlers=[LrScheduleHandler(schedule, print_lr=False, epoch_level=False)],
     )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..networks import class_prompts_of
 from .embeddings import EmbeddingCache
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
@@ -77,7 +78,7 @@ def segment_automatic(
         ValueError: the model has no class prompts (an adapter trained without automatic steps).
     """
     config = config or AutoConfig()
-    prompts = getattr(inferer.model, "class_prompts", None)
+    prompts = class_prompts_of(inferer.model)
     if prompts is None:
         raise ValueError(
             "this model has no class prompts, so it cannot segment without a prompt: use an adapter trained with "

@@ -9,6 +9,7 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
+from ..networks import class_prompts_of
 from .automatic import AutoConfig
 from .prompts import prompts_from_mask
 from .segment import segment_volume
@@ -82,7 +83,7 @@ class AutoVolumeInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, prompt_label: torch.Tensor | None = None):
         model = getattr(network, "module", network)  # DistributedDataParallel
-        prompts = getattr(model, "class_prompts", None)
+        prompts = class_prompts_of(model)
         if prompts is None:
             raise ValueError(
                 "automatic evaluation needs a network with class prompts: train with auto_share > 0 (and load its "

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
+from ..networks import class_prompts_of
 from .embeddings import EmbeddingCache
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
@@ -316,7 +317,7 @@ def propagate(
     ranged = prompt.z_range is not None
     patience = config.range_patience if ranged else config.patience
     learned = (config.range_min_class_overlap if ranged else config.min_class_overlap) > 0
-    learned = learned and getattr(inferer.model, "class_prompts", None) is not None
+    learned = learned and class_prompts_of(inferer.model) is not None
     automatic: dict[int, list[torch.Tensor]] = {}  # per slice, the model's automatic mask of each class
 
     def run(z: int, box: np.ndarray, previous: SliceResult | None = None) -> SliceResult:

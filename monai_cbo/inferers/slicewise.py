@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..networks import SamSegmenter
+from ..networks import SamSegmenter, class_prompts_of
 from ..transforms.resize import ResizeLongestSidePad, restore_slice, scale_coords
 from .embeddings import EmbeddingCache
 
@@ -176,7 +176,8 @@ class SliceWiseInferer:
     def decode_classes(self, embedding: torch.Tensor, size: tuple[int, int]) -> list[SliceResult]:
         """Decode every learned class prompt of the model on one slice of ``size`` (H, W): one decoder call,
         one result per class in the class prompts' order (see :mod:`~monai_cbo.inferers.automatic`)."""
-        n = len(self.model.class_prompts) if getattr(self.model, "class_prompts", None) is not None else 0
+        prompts = class_prompts_of(self.model)
+        n = 0 if prompts is None else len(prompts)
         classes = torch.arange(n, device=self.device)[None]
         with torch.inference_mode(), self._autocast():
             out = self.model.decode(embedding, output_size=self.model.low_res_size, classes=classes)

@@ -46,6 +46,7 @@ from ..bundles import (
 from ..inferers import AutoConfig, Case, KeyPrompt, Preprocess, PropagationConfig, SliceWiseInferer, segment_case
 from ..inferers.segment import check_label
 from ..inferers.volume import load_volume
+from ..networks import class_prompts_of
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class AutoTask(_Segment):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         inferer, adapter = self.store.inferer()  # one model for the check and the run, read once
-        spec = getattr(inferer.model, "class_prompts", None)
+        spec = class_prompts_of(inferer.model)
         if spec is None:
             raise _bad(
                 409,

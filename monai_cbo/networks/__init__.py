@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .builders import MODELS, build_model, load_checkpoint_file
-from .class_prompts import ClassPrompts, add_class_prompts
+from .class_prompts import ClassPrompts, add_class_prompts, class_prompts_of
 from .ensemble import SegmenterEnsemble
 from .segmenter import SamSegmenter, SegmenterOutput
 from .stages import FeatureCache, encoder_stages, frozen_prefix, run_stages
@@ -17,6 +17,7 @@ __all__ = [
     "SegmenterOutput",
     "add_class_prompts",
     "build_model",
+    "class_prompts_of",
     "encoder_stages",
     "frozen_prefix",
     "load_checkpoint_file",

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ClassPrompts", "add_class_prompts"]
+__all__ = ["ClassPrompts", "add_class_prompts", "class_prompts_of"]
+
+
+def class_prompts_of(model: nn.Module) -> ClassPrompts | None:
+    """``model``'s learned class prompts, or None where it has none (an adapter trained without automatic steps,
+    or a model that is not a :class:`~monai_cbo.networks.SamSegmenter`)."""
+    return getattr(model, "class_prompts", None)
 
 
 class ClassPrompts(nn.Module):
@@ -89,7 +95,7 @@ def add_class_prompts(
     Raises:
         ValueError: the model already has class prompts, or the names are empty or repeat.
     """
-    if getattr(model, "class_prompts", None) is not None:
+    if class_prompts_of(model) is not None:
         raise ValueError(f"the model already has class prompts {list(model.class_prompts.class_names)}")
     size = model.img_size
     device = next(model.prompt_encoder.parameters()).device

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .class_prompts import class_prompts_of
 from .segmenter import SamSegmenter, SegmenterOutput
 
 __all__ = ["SegmenterEnsemble"]
@@ -30,7 +31,7 @@ EPS = 1e-6
 
 
 def _classes(model: SamSegmenter) -> tuple | None:
-    spec = getattr(model, "class_prompts", None)
+    spec = class_prompts_of(model)
     if spec is None:
         return None
     return tuple(spec.class_names), tuple(spec.class_values), bool(spec.exclusive)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..networks.class_prompts import class_prompts_of
 from .config import PeftConfig
 from .layers import AdapterMLP, LoraQKV, PeftLayer
 from .orchestration import CBOSlot, CrossBlockOrchestrator
@@ -169,7 +170,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             peft |= {id(p) for p in module.adapter_parameters()} - cbo
     base_encoder = {id(p) for p in model.image_encoder.parameters()} - peft - cbo
     params = {id(p): p for p in model.parameters()}
-    prompts = getattr(model, "class_prompts", None)
+    prompts = class_prompts_of(model)
 
     def trainable(ids: set[int]) -> int:
         return sum(params[i].numel() for i in ids if params[i].requires_grad)

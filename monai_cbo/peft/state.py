@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..networks.class_prompts import class_prompts_of
 from ..utils import load_weights_only, write_atomic
 from .config import PeftConfig
 
@@ -49,7 +50,7 @@ def save_adapter(
     config: PeftConfig | None = getattr(model, "peft_config", None)
     if config is None:
         raise ValueError("the model has no peft_config; apply a preset with monai_cbo.peft.apply_peft first")
-    prompts = getattr(model, "class_prompts", None)
+    prompts = class_prompts_of(model)
     payload = {
         "format": FORMAT,
         "format_version": 1 if prompts is None else 2,
@@ -88,7 +89,7 @@ def _config_mismatch(saved: PeftConfig, current: PeftConfig) -> list[str]:
 
 
 def _check_class_prompts(model: nn.Module, path: str | Path, saved: list[str] | None) -> None:
-    prompts = getattr(model, "class_prompts", None)
+    prompts = class_prompts_of(model)
     built = None if prompts is None else list(prompts.class_names)
     if saved is None and built is None:
         return

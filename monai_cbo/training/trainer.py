@@ -35,7 +35,7 @@ from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from torch import nn
 
 from ..losses import PromptDiceBCELoss
-from ..networks import FeatureCache, SamSegmenter, SegmenterOutput, frozen_prefix
+from ..networks import FeatureCache, SamSegmenter, SegmenterOutput, class_prompts_of, frozen_prefix
 from ..peft import optimizer_param_groups
 from ..utils import check_option
 
@@ -195,7 +195,7 @@ def build_trainer(
     Raises:
         ValueError: ``auto_share > 0`` for a network without class prompts (build it with ``class_names``).
     """
-    if auto_share > 0 and getattr(_unwrap(network), "class_prompts", None) is None:
+    if auto_share > 0 and class_prompts_of(_unwrap(network)) is None:
         raise ValueError(
             f"auto_share {auto_share} trains class prompts, but the network has none: build it with class_names "
             "(monai_cbo.models.build_segmenter(..., class_names=[...])), or set auto_share to 0"
