@@ -99,8 +99,9 @@ class _Runs:
         rows = self.auto_rows.get(mode, []) if mode else self.rows
         return np.array([r[key] for r in rows if r["preset"] == preset and r["class"] == cls], dtype=float)
 
-    def by_seed_case(self, preset: str, cls: str) -> dict[tuple[int, str], float]:
-        return {(r["seed"], r["case"]): r["dice"] for r in self.rows if r["preset"] == preset and r["class"] == cls}
+    def by_seed_case(self, preset: str, cls: str, mode: str = "") -> dict[tuple[int, str], float]:
+        rows = self.auto_rows.get(mode, []) if mode else self.rows
+        return {(r["seed"], r["case"]): r["dice"] for r in rows if r["preset"] == preset and r["class"] == cls}
 
     def of(self, preset: str) -> list[dict]:
         return [r for r in self.results if r["preset"] == preset]
@@ -166,7 +167,7 @@ def _auto_mean(runs: _Runs, preset: str, mode: str) -> float:
 def _auto_table(runs: _Runs) -> _Table:
     """Automatic segmentation (no prompt) beside box prompts, per preset and class, for runs with class prompts."""
     modes = list(runs.auto_rows)
-    table = _Table(["preset", "class", "box prompts", *[m.replace("_", " + ") for m in modes]])
+    table = _Table(["preset", "class", *[_mode_name(m) for m in ["", *modes]]])
     for preset in runs.presets:
         if not any(runs.values(preset, runs.classes[0], mode=m).size for m in modes):
             continue
@@ -187,35 +188,48 @@ def _auto_table(runs: _Runs) -> _Table:
     return table
 
 
+def _mode_name(mode: str) -> str:
+    """A metrics mode as the tables name it: box prompts (``""``), auto, auto + refine, auto + lcc."""
+    return mode.replace("_", " + ") if mode else "box prompts"
+
+
 def _cbo_table(runs: _Runs) -> tuple[_Table, list[str]]:
+    """Each CBO preset against its base, paired by (seed, case), per class and per mode: box prompts, and each
+    automatic mode both presets were scored in (CBO can matter more without a prompt than with one)."""
     table = _Table(
-        ["comparison", "class", "pairs", "Δ Dice (mean)", "95 % interval of the mean", "CBO better"], "llrrrr"
+        ["comparison", "class", "mode", "pairs", "Δ Dice (mean)", "95 % interval of the mean", "CBO better"],
+        "lllrrrr",
     )
     notes = []
     for cbo, base in _CBO_PAIRS:
         if cbo not in runs.presets or base not in runs.presets:
             continue
-        for cls in runs.classes:
-            a, b = runs.by_seed_case(cbo, cls), runs.by_seed_case(base, cls)
-            keys = sorted(set(a) & set(b))
-            if not keys:
-                continue
-            diff = np.array([a[k] - b[k] for k in keys])
-            mean = float(diff.mean())
-            half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
-            better = int((diff > 0).sum())
-            table.add(
-                f"{cbo} − {base}",
-                cls,
-                len(keys),
-                f"{mean:+.4f}",
-                f"[{mean - half:+.4f}, {mean + half:+.4f}]" if math.isfinite(half) else "–",
-                f"{better}/{len(keys)}",
-            )
-            if math.isfinite(half) and mean + half < 0:
-                notes.append(f"{cbo} is worse than {base} on {cls} (Δ {mean:+.4f}, interval below 0).")
-            elif math.isfinite(half) and mean - half <= 0:
-                notes.append(f"{cbo} does not beat {base} on {cls} beyond noise (Δ {mean:+.4f}, interval spans 0).")
+        for mode in ["", *runs.auto_rows]:
+            for cls in runs.classes:
+                a, b = runs.by_seed_case(cbo, cls, mode), runs.by_seed_case(base, cls, mode)
+                keys = sorted(set(a) & set(b))
+                if not keys:
+                    continue
+                diff = np.array([a[k] - b[k] for k in keys])
+                mean = float(diff.mean())
+                half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+                better = int((diff > 0).sum())
+                table.add(
+                    f"{cbo} − {base}",
+                    cls,
+                    _mode_name(mode),
+                    len(keys),
+                    f"{mean:+.4f}",
+                    f"[{mean - half:+.4f}, {mean + half:+.4f}]" if math.isfinite(half) else "–",
+                    f"{better}/{len(keys)}",
+                )
+                where = f"{cls}, {_mode_name(mode)}"
+                if math.isfinite(half) and mean + half < 0:
+                    notes.append(f"{cbo} is worse than {base} on {where} (Δ {mean:+.4f}, interval below 0).")
+                elif math.isfinite(half) and mean - half <= 0:
+                    notes.append(
+                        f"{cbo} does not beat {base} on {where} beyond noise (Δ {mean:+.4f}, interval spans 0)."
+                    )
     return table, notes
 
 
@@ -427,7 +441,8 @@ _SECTIONS = (
     (
         "CBO against its base",
         "cbo",
-        "Paired by (seed, case); the interval is ±1.96 standard errors of the mean difference.",
+        "Paired by (seed, case), with box prompts and in each automatic mode both presets were scored in; the "
+        "interval is ±1.96 standard errors of the mean difference.",
     ),
     ("Per class", "per_class", "HD95 undefined: cases where exactly one of prediction and ground truth is empty."),
     (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import struct
@@ -131,8 +132,8 @@ def test_bench_resumes_without_redoing_runs_and_refuses_another_budget(datalist,
 
 def test_automatic_steps_train_class_prompts_and_score_every_automatic_mode(datalist, tmp_path):
     out = tmp_path / "bench"
-    config = _config(datalist, out, presets=["lora_cbo"], auto_share=0.5, steps=4)
-    (result,) = run_bench(config, log=lambda _: None)
+    config = _config(datalist, out, presets=["lora", "lora_cbo"], auto_share=0.5, steps=4)
+    base, result = run_bench(config, log=lambda _: None)
     run = out / "runs/lora_cbo/seed0"
     assert read_adapter(run / "adapter.pt")["class_prompts"] == {
         "names": ["left", "right"],
@@ -148,6 +149,26 @@ def test_automatic_steps_train_class_prompts_and_score_every_automatic_mode(data
     paths = write_report(out)
     text = next(p for p in paths if p.suffix == ".md").read_text(encoding="utf-8")
     assert "## Automatic segmentation" in text and "| automatic Dice |" in text
+    # CBO against its base, paired per case, with box prompts and in every automatic mode: give lora_cbo known
+    # gains over lora in each mode's file (a different one per mode), then each row must show its own mode's gain
+    modes = {"": "box prompts", "auto": "auto", "auto_refine": "auto + refine", "auto_lcc": "auto + lcc"}
+    for i, mode in enumerate(modes):
+        name = f"metrics_{mode}.csv" if mode else "metrics.csv"
+        with open(Path(base["dir"]) / name, encoding="utf-8") as f:
+            ref = {(r["case"], r["class"]): float(r["dice"]) for r in csv.DictReader(f)}
+        with open(Path(result["dir"]) / name, encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            r["dice"] = ref[r["case"], r["class"]] + (i + 1) * (0.01 if r["case"] == "case3" else 0.03)
+        with open(Path(result["dir"]) / name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    text = next(p for p in write_report(out, overwrite=True) if p.suffix == ".md").read_text(encoding="utf-8")
+    for i, name in enumerate(modes.values()):
+        gain, half = 0.02 * (i + 1), 1.96 * 0.01 * (i + 1)  # per-case gains 0.01 k and 0.03 k: sd 0.01 k * sqrt(2)
+        row = f"| lora_cbo − lora | left | {name} | 2 | {gain:+.4f} | [{gain - half:+.4f}, {gain + half:+.4f}] | 2/2 |"
+        assert row in text, row
     # the same seed draws the same steps: automatic and box steps alternate as drawn, identically on a rerun
     again = run_bench(_config(datalist, tmp_path / "again", presets=["lora_cbo"], auto_share=0.5, steps=4))
     assert again[0]["train"]["loss"] == result["train"]["loss"]
