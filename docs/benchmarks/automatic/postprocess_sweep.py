@@ -31,7 +31,7 @@ from scipy import ndimage
 from monai_cbo.bundles import bundle_model, bundle_preprocess, load_bundle
 from monai_cbo.data import load_datalist
 from monai_cbo.inferers import SliceWiseInferer
-from monai_cbo.inferers.volume import load_volume, prepare_volume
+from monai_cbo.inferers.volume import Preprocess, load_volume, prepare_volume
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SMOOTHING = (0.0, 0.25, 0.5, 1.0)
@@ -77,19 +77,36 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments every sweep in this folder takes: datalist, split, ``-o`` CSV, ``--bundle``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datalist")
     parser.add_argument("split", help="the datalist's list to score (validation to tune, test to confirm)")
     parser.add_argument("-o", "--out", required=True, help="CSV: setting, case, class, Dice")
     parser.add_argument("--bundle", default="hippocampus_mri_cbo")
-    parser.add_argument("--only", default=None, help="settings to score, threshold:w,... (default: the whole grid)")
-    args = parser.parse_args()
-    info = load_bundle(args.bundle)
-    pre = bundle_preprocess(info)
+    return parser
+
+
+def bundle_inferer(bundle: str) -> tuple[Preprocess, SliceWiseInferer, list[int], list[str]]:
+    """A bundle's preprocessing, an inferer with its shipped adapter, and its classes' label values and names."""
+    info = load_bundle(bundle)
     inferer = SliceWiseInferer(bundle_model(info))
     spec = inferer.model.class_prompts
-    values, names = [int(v) for v in spec.class_values], list(spec.class_names)
+    return bundle_preprocess(info), inferer, [int(v) for v in spec.class_values], list(spec.class_names)
+
+
+def load_case(entry: dict, pre: Preprocess) -> tuple[torch.Tensor, np.ndarray, str]:
+    """A datalist entry -> (model input ``[3, H, W, D]``, its label in the sliced view, the case name)."""
+    volume, geometry = prepare_volume(load_volume(entry["image"]), pre)
+    gt = geometry.to_sliced(np.rint(load_volume(entry["label"])[0].numpy()).astype(np.int64))
+    return volume, gt, entry.get("case") or Path(entry["image"]).name
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--only", default=None, help="settings to score, threshold:w,... (default: the whole grid)")
+    args = parser.parse_args()
+    pre, inferer, values, names = bundle_inferer(args.bundle)
     if args.only:
         grid = [tuple(float(x) for x in item.split(":")) for item in args.only.split(",")]
     else:
@@ -98,11 +115,8 @@ def main() -> None:
     start = time.perf_counter()
     entries = load_datalist(args.datalist, args.split)
     for i, entry in enumerate(entries):
-        image = load_volume(entry["image"])
-        volume, geometry = prepare_volume(image, pre)
-        gt = geometry.to_sliced(np.rint(load_volume(entry["label"])[0].numpy()).astype(np.int64))
+        volume, gt, case = load_case(entry, pre)
         prob = probabilities(inferer, volume)
-        case = entry.get("case") or Path(entry["image"]).name
         for t, w in grid:
             labels = label_map(prob, t, w, values)
             for v, n in zip(values, names, strict=True):

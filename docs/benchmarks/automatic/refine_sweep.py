@@ -20,18 +20,14 @@ score to a CSV file. Score the validation split (the adapter never trained on it
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
-from pathlib import Path
 
 import numpy as np
-from postprocess_sweep import dice, label_map
+from postprocess_sweep import arguments, bundle_inferer, dice, label_map, load_case
 
-from monai_cbo.bundles import bundle_model, bundle_preprocess, load_bundle
 from monai_cbo.data import load_datalist
-from monai_cbo.inferers import EmbeddingCache, Prompt2D, SliceWiseInferer, mask_box
-from monai_cbo.inferers.volume import load_volume, prepare_volume
+from monai_cbo.inferers import EmbeddingCache, Prompt2D, mask_box
 
 MARGINS = (0, 1, 2, 3, 5)
 Z_SMOOTH = 0.5  # the hippocampus bundle's
@@ -45,25 +41,15 @@ def widened(box: np.ndarray, margin: int, size: tuple[int, int]) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("datalist")
-    parser.add_argument("split", help="the datalist's list to score (validation: cases the adapter never saw)")
-    parser.add_argument("-o", "--out", required=True, help="CSV: setting, case, class, Dice")
-    parser.add_argument("--bundle", default="hippocampus_mri_cbo")
+    parser = arguments(__doc__)
     parser.add_argument("--max-cases", type=int, default=0, help="score the first N cases of the split (0: all)")
     args = parser.parse_args()
-    info = load_bundle(args.bundle)
-    pre = bundle_preprocess(info)
-    inferer = SliceWiseInferer(bundle_model(info))
-    spec = inferer.model.class_prompts
-    values, names = [int(v) for v in spec.class_values], list(spec.class_names)
+    pre, inferer, values, names = bundle_inferer(args.bundle)
     entries = load_datalist(args.datalist, args.split)[: args.max_cases or None]
     rows: list[dict] = []
     start = time.perf_counter()
     for i, entry in enumerate(entries):
-        volume, geometry = prepare_volume(load_volume(entry["image"]), pre)
-        gt = geometry.to_sliced(np.rint(load_volume(entry["label"])[0].numpy()).astype(np.int64))
-        case = entry.get("case") or Path(entry["image"]).name
+        volume, gt, case = load_case(entry, pre)
         size, depth = tuple(volume.shape[1:3]), volume.shape[-1]
         cache = EmbeddingCache(max_mib=None)
         prob = np.zeros((len(values), *size, depth), np.float32)
