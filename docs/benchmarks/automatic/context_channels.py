@@ -1,0 +1,64 @@
+"""Neighbouring slices as the encoder's three input channels (2.5D): an experiment on the bench, not a feature.
+
+A benchmark, not a test. Each slice is segmented alone, and the automatic mode's errors are at the structure's
+boundary and ends, which the slices above and below would show. The cheapest way to give the model that context
+is the input itself: a one-channel volume enters the encoder as three copies of slice z; here it enters as
+slices z-1, z and z+1 (the volume's end slices repeated at its ends), in training and in scoring alike. No
+weight is added, so the adapters must learn to use what the frozen patch embedding passes on.
+
+It runs ``monai-cbo bench`` with that input (the bench's ``prepare_volume`` wrapped, nothing else changed) at
+the budget of the mix measurement in ``automatic.md``, whose ``--auto-share 0.75`` run is the reference:
+
+    python docs/benchmarks/automatic/context_channels.py runs/hippocampus.json -o runs/context_1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import monai_cbo.bench.runner as runner
+from monai_cbo.bench.runner import BenchConfig, run_bench
+
+_prepare = runner.prepare_volume
+
+
+def with_neighbours(image, pre):
+    """``prepare_volume``, then channels (z-1, z, z+1) of its one input channel."""
+    volume, geometry = _prepare(image, pre)
+    if not (torch.equal(volume[0], volume[1]) and torch.equal(volume[1], volume[2])):
+        raise ValueError("neighbouring slices as channels need a one-channel image")
+    c = volume[1].numpy()
+    before = np.concatenate([c[..., :1], c[..., :-1]], axis=-1)
+    after = np.concatenate([c[..., 1:], c[..., -1:]], axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(np.stack([before, c, after]))), geometry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datalist")
+    parser.add_argument("-o", "--out", required=True)
+    args = parser.parse_args()
+    runner.prepare_volume = with_neighbours
+    config = BenchConfig(
+        datalist=args.datalist,
+        out=args.out,
+        presets=["adapter_cbo"],
+        seeds=[0],
+        model="litemedsam",
+        steps=200,
+        batch=2,
+        lr=3e-4,
+        modality="mri",
+        max_eval_cases=12,
+        auto_share=0.75,
+    )
+    run_bench(
+        config, command="docs/benchmarks/automatic/context_channels.py " + " ".join([args.datalist, "-o", args.out])
+    )
+
+
+if __name__ == "__main__":
+    main()
