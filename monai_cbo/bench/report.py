@@ -95,13 +95,16 @@ class _Runs:
                     self.auto_rows.setdefault(mode, []).append({**row, "preset": r["preset"], "seed": r["seed"]})
         self.classes = list(dict.fromkeys(row["class"] for row in self.rows))
 
-    def values(self, preset: str, cls: str, key: str = "dice", mode: str = "") -> np.ndarray:
+    def _of(self, preset: str, cls: str, mode: str) -> list[dict]:
+        """Rows of one preset and class: box prompts (``mode`` ``""``) or one automatic mode."""
         rows = self.auto_rows.get(mode, []) if mode else self.rows
-        return np.array([r[key] for r in rows if r["preset"] == preset and r["class"] == cls], dtype=float)
+        return [r for r in rows if r["preset"] == preset and r["class"] == cls]
+
+    def values(self, preset: str, cls: str, key: str = "dice", mode: str = "") -> np.ndarray:
+        return np.array([r[key] for r in self._of(preset, cls, mode)], dtype=float)
 
     def by_seed_case(self, preset: str, cls: str, mode: str = "") -> dict[tuple[int, str], float]:
-        rows = self.auto_rows.get(mode, []) if mode else self.rows
-        return {(r["seed"], r["case"]): r["dice"] for r in rows if r["preset"] == preset and r["class"] == cls}
+        return {(r["seed"], r["case"]): r["dice"] for r in self._of(preset, cls, mode)}
 
     def of(self, preset: str) -> list[dict]:
         return [r for r in self.results if r["preset"] == preset]
@@ -195,7 +198,7 @@ def _mode_name(mode: str) -> str:
 
 def _cbo_table(runs: _Runs) -> tuple[_Table, list[str]]:
     """Each CBO preset against its base, paired by (seed, case), per class and per mode: box prompts, and each
-    automatic mode both presets were scored in (CBO can matter more without a prompt than with one)."""
+    automatic mode both presets were scored in (what CBO adds with a prompt and without one can differ)."""
     table = _Table(
         ["comparison", "class", "mode", "pairs", "Δ Dice (mean)", "95 % interval of the mean", "CBO better"],
         "lllrrrr",
