@@ -36,12 +36,30 @@ def with_neighbours(image, pre):
     return torch.from_numpy(np.ascontiguousarray(np.stack([before, c, after]))), geometry
 
 
+_build = runner.build_segmenter
+
+
+def with_trainable_stem(*args, **kwargs):
+    """``build_segmenter``, then the convolutions of the encoder's patch embedding trainable (its batch norms stay
+    frozen, so in evaluation mode: see ``SamSegmenter.train``)."""
+    model = _build(*args, **kwargs)
+    for name, p in model.image_encoder.patch_embed.named_parameters():
+        if name.endswith(".c.weight"):
+            p.requires_grad_(True)
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datalist")
     parser.add_argument("-o", "--out", required=True)
+    parser.add_argument(
+        "--train-stem", action="store_true", help="also train the patch embedding's convolutions (LiteMedSAM only)"
+    )
     args = parser.parse_args()
     runner.prepare_volume = with_neighbours
+    if args.train_stem:
+        runner.build_segmenter = with_trainable_stem
     config = BenchConfig(
         datalist=args.datalist,
         out=args.out,
@@ -55,9 +73,8 @@ def main() -> None:
         max_eval_cases=12,
         auto_share=0.75,
     )
-    run_bench(
-        config, command="docs/benchmarks/automatic/context_channels.py " + " ".join([args.datalist, "-o", args.out])
-    )
+    command = f"docs/benchmarks/automatic/context_channels.py {args.datalist} -o {args.out}"
+    run_bench(config, command=command + (" --train-stem" if args.train_stem else ""))
 
 
 if __name__ == "__main__":
