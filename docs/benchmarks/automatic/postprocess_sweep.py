@@ -58,11 +58,17 @@ def largest(mask: np.ndarray) -> np.ndarray:
     return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
 
 
-def label_map(prob: np.ndarray, threshold: float, w: float, values: list[int]) -> np.ndarray:
+def smoothed(prob: np.ndarray, w: float) -> np.ndarray:
+    """``[C, H, W, D]`` probabilities averaged across slices as the pipeline's ``z_smooth`` w does (float32)."""
     p = prob.astype(np.float32)
     if w > 0:
         padded = np.pad(p, ((0, 0), (0, 0), (0, 0), (1, 1)), mode="edge")
         p = (p + w * padded[..., :-2] + w * padded[..., 2:]) / (1 + 2 * w)
+    return p
+
+
+def label_map(prob: np.ndarray, threshold: float, w: float, values: list[int]) -> np.ndarray:
+    p = smoothed(prob, w)
     masks = np.stack([largest(p[c] > threshold) for c in range(len(values))])
     best = np.where(masks, p, -1.0)
     top = best.argmax(0)

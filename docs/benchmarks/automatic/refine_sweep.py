@@ -24,7 +24,7 @@ import csv
 import time
 
 import numpy as np
-from postprocess_sweep import arguments, bundle_inferer, dice, label_map, load_case
+from postprocess_sweep import arguments, bundle_inferer, dice, label_map, load_case, smoothed
 
 from monai_cbo.data import load_datalist
 from monai_cbo.inferers import EmbeddingCache, Prompt2D, mask_box
@@ -56,8 +56,7 @@ def main() -> None:
         for z, emb in inferer.encode(volume, range(depth), cache):
             for c, res in enumerate(inferer.decode_classes(emb, size)):
                 prob[c, ..., z] = res.prob.numpy()
-        padded = np.pad(prob, ((0, 0), (0, 0), (0, 0), (1, 1)), mode="edge")
-        prob = (prob + Z_SMOOTH * (padded[..., :-2] + padded[..., 2:])) / (1 + 2 * Z_SMOOTH)
+        prob = smoothed(prob, Z_SMOOTH)
         base = label_map(prob, THRESHOLD, 0.0, values)
 
         def score(setting: str, labels: np.ndarray, case: str = case, gt: np.ndarray = gt) -> None:
