@@ -594,6 +594,20 @@ def _parser() -> argparse.ArgumentParser:
         default=0.1,
         help="in automatic steps, the share of slices drawn from slices without any class (default 0.1)",
     )
+    p.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=0,
+        help="after the steps, this many more with the whole image encoder frozen (its PEFT weights as trained): "
+        "the mask decoder and class prompts train on, each slice encoded once (kept within --cache-mib), so a "
+        "step costs the decoder only. Default 0: none",
+    )
+    p.add_argument(
+        "--decoder-lr",
+        type=float,
+        default=None,
+        help="peak LR of the decoder steps, cosine to 0 (default a third of --lr)",
+    )
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser(

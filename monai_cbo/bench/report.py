@@ -26,7 +26,7 @@ from ..metrics import MetricsTable
 from ..peft.config import PRESETS
 from ..utils import check_overwrite, write_atomic
 from .images import box_plot_svg, encode_png, largest_slice_overlay
-from .runner import BenchConfig, collect_results, entry_name
+from .runner import BenchConfig, collect_results, decoder_lr, entry_name
 
 __all__ = ["build_report", "write_report"]
 
@@ -406,8 +406,13 @@ def _intro(r: dict) -> list[str]:
         f"`{c.eval_split}`, {c.max_eval_cases or 'all'} cases). Model: `{c.model}`"
         + (f" with `{c.checkpoint}`" if c.checkpoint else "")
         + ".",
-        f"Budget per run: {c.steps} steps × {c.batch} slices, AdamW, LR {c.lr} cosine to 0, box jitter {c.jitter} px; "
-        f"seeds {', '.join(map(str, c.seeds))}"
+        f"Budget per run: {c.steps} steps × {c.batch} slices, AdamW, LR {c.lr} cosine to 0, box jitter {c.jitter} px"
+        + (
+            f", then {c.decoder_steps} decoder steps with the encoder frozen, LR {decoder_lr(c):.3g} cosine to 0"
+            if c.decoder_steps
+            else ""
+        )
+        + f"; seeds {', '.join(map(str, c.seeds))}"
         + (
             f"; automatic steps {c.auto_share:.0%} (learned class prompts, background slices {c.background_ratio:.0%})"
             if c.auto_share

@@ -25,6 +25,10 @@ What the frozen model computes identically in every epoch is computed once and k
 :class:`~monai_cbo.training.CachedFrontSegmenter`): the encoder stages before the first trainable one, per slice,
 shared by all presets and seeds; for ``freeze`` and ``decoder_only`` that is the whole image embedding. The
 results are the same as without the cache (tested); only the time changes.
+
+With ``decoder_steps`` (``--decoder-steps``) a run continues after its steps with the whole encoder frozen, its
+PEFT weights as trained (:func:`_frozen_encoder`): only the mask decoder and class prompts train, and the cache
+then holds each slice's whole embedding, so those steps cost the decoder only.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +111,8 @@ class BenchConfig:
     cache_mib: float = 6144.0
     auto_share: float = 0.0
     background_ratio: float = 0.1
+    decoder_steps: int = 0
+    decoder_lr: float | None = None
 
     def __post_init__(self) -> None:
         for preset in self.presets:
@@ -116,6 +123,11 @@ class BenchConfig:
             raise ValueError(f"presets {self.presets} and seeds {self.seeds} must not repeat")
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be >= 1")
+        if self.decoder_steps < 0 or (self.decoder_lr is not None and self.decoder_lr <= 0):
+            raise ValueError(
+                f"decoder_steps ({self.decoder_steps}) must be >= 0 and decoder_lr ({self.decoder_lr}) > 0; "
+                "0 decoder steps: no decoder stage"
+            )
         if not (0 <= self.auto_share <= 1 and 0 <= self.background_ratio <= 1):
             raise ValueError(
                 f"auto_share ({self.auto_share}) and background_ratio ({self.background_ratio}) are shares in [0, 1]"
@@ -313,13 +325,42 @@ def train_and_evaluate(
     start = time.perf_counter()
     losses: list[float] = []
     slices_seen = 0
+    decoder_stage = None
     if counts["total_trainable"]:
         losses, slices_seen = _train(config, data, model, seed, device, amp, features, log, f"{preset} seed {seed}")
+        if config.decoder_steps:  # the decoder stage: the same slices, jitter and automatic share, decoder only
+            stage = dataclasses.replace(config, steps=config.decoder_steps, lr=decoder_lr(config))
+            left = config.cache_mib - (features.bytes / 2**20 if features is not None else 0.0)
+            stage_start = time.perf_counter()
+            with _frozen_encoder(model):  # its own cache (whole embeddings), in what the shared one leaves
+                stage_losses, stage_slices = _train(
+                    stage,
+                    data,
+                    model,
+                    seed,
+                    device,
+                    amp,
+                    FeatureCache(left) if left > 0 else None,
+                    log,
+                    f"{preset} seed {seed} decoder stage",
+                )
+            decoder_stage = {
+                "steps": config.decoder_steps,
+                "lr": stage.lr,
+                "slices": stage_slices,
+                "seconds": time.perf_counter() - stage_start,
+                "loss": stage_losses,
+            }
         save_adapter(
             model,
             run_dir / "adapter.pt",
             overwrite=True,
-            metadata={"bench": str(Path(config.out).name), "seed": seed, "steps": config.steps},
+            metadata={
+                "bench": str(Path(config.out).name),
+                "seed": seed,
+                "steps": config.steps,
+                "decoder_steps": config.decoder_steps,
+            },
         )
     train_seconds = time.perf_counter() - start
     eval_start = time.perf_counter()
@@ -348,6 +389,7 @@ def train_and_evaluate(
             "slices": slices_seen,
             "seconds": train_seconds,
             "loss": losses,
+            "decoder_stage": decoder_stage,
         },
         "eval": {
             "cases": len(data.eval),
@@ -446,6 +488,27 @@ def _train(
 
     trainer.run()
     return losses, len(losses) * config.batch
+
+
+def decoder_lr(config: BenchConfig) -> float:
+    """The decoder stage's peak LR: ``config.decoder_lr``, else a third of ``config.lr`` (the measured setting)."""
+    return config.decoder_lr if config.decoder_lr is not None else config.lr / 3
+
+
+@contextmanager
+def _frozen_encoder(model: SamSegmenter) -> Iterator[None]:
+    """The decoder stage: every encoder weight frozen inside the block (its PEFT weights as trained so far),
+    trainable again after it, so that the adapter saves them. With the whole encoder frozen,
+    :func:`~monai_cbo.networks.frozen_prefix` covers every stage: the cache then keeps each slice's embedding and a
+    step costs the decoder only."""
+    thawed = [p for p in model.image_encoder.parameters() if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in thawed:
+            p.requires_grad_(True)
 
 
 def _evaluate(

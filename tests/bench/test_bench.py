@@ -19,7 +19,8 @@ from monai_cbo.bench.images import box_plot_svg, encode_png, largest_slice_overl
 from monai_cbo.bench.report import write_report
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
-from monai_cbo.networks import FeatureCache
+from monai_cbo.models import load_segmenter
+from monai_cbo.networks import FeatureCache, class_prompts_of
 from monai_cbo.peft import read_adapter
 
 
@@ -172,6 +173,38 @@ def test_automatic_steps_train_class_prompts_and_score_every_automatic_mode(data
     # the same seed draws the same steps: automatic and box steps alternate as drawn, identically on a rerun
     again = run_bench(_config(datalist, tmp_path / "again", presets=["lora_cbo"], auto_share=0.5, steps=4))
     assert again[0]["train"]["loss"] == result["train"]["loss"]
+
+
+def test_decoder_stage_trains_the_decoder_on_a_frozen_encoder_and_saves_a_whole_adapter(datalist, tmp_path):
+    kw = dict(presets=["lora_cbo"], auto_share=0.75, steps=2)  # seed 0 draws automatic and box steps among 4
+    plain = run_bench(_config(datalist, tmp_path / "plain", **kw), log=lambda _: None)[0]
+    logs: list[str] = []
+    staged = run_bench(_config(datalist, tmp_path / "staged", decoder_steps=4, **kw), log=logs.append)[0]
+    a = read_adapter(tmp_path / "plain/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
+    b = read_adapter(tmp_path / "staged/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
+    assert a.keys() == b.keys()  # the frozen encoder's LoRA and CBO are saved too: the adapter loads as any other
+    encoder = [k for k in a if k.startswith("image_encoder.")]
+    rest = [k for k in a if not k.startswith("image_encoder.")]
+    assert encoder and rest
+    # the first stage is the same run; the decoder stage leaves every encoder weight as it found it ...
+    assert plain["train"]["loss"] == staged["train"]["loss"]
+    assert all(torch.equal(a[k], b[k]) for k in encoder)
+    # ... and trains the decoder and the class prompts on
+    assert any(not torch.equal(a[k], b[k]) for k in rest if k.startswith("mask_decoder."))
+    assert any(not torch.equal(a[k], b[k]) for k in rest if "class_prompts" in k)
+    stage = staged["train"]["decoder_stage"]
+    assert stage["steps"] == 4 and stage["slices"] == 4 and len(stage["loss"]) == 4
+    assert stage["lr"] == pytest.approx(1e-4 / 3)  # a third of --lr unless --decoder-lr
+    assert plain["train"]["decoder_stage"] is None
+    assert any("decoder stage: step 4/4" in line for line in logs)
+    report = next(p for p in write_report(tmp_path / "staged") if p.suffix == ".md").read_text(encoding="utf-8")
+    assert "then 4 decoder steps with the encoder frozen, LR 3.33e-05 cosine to 0" in report
+    model = load_segmenter(tmp_path / "staged/runs/lora_cbo/seed0/adapter.pt")
+    assert class_prompts_of(model) is not None
+    with pytest.raises(ValueError, match="decoder_steps"):
+        _config(datalist, tmp_path, decoder_steps=-1)
+    with pytest.raises(ValueError, match="decoder_lr"):
+        _config(datalist, tmp_path, decoder_steps=1, decoder_lr=0.0)
 
 
 def test_a_bench_made_before_automatic_steps_resumes_with_their_defaults(datalist, tmp_path):
