@@ -203,9 +203,9 @@ class _StoredInferer(SliceWiseInferer):
             parts.append(None if value is None else np.asarray(value).tobytes())
         parts.append(None if p.mask_logits is None else hashlib.sha1(p.mask_logits.numpy().tobytes()).hexdigest())
         key = tuple(parts)
-        if key not in self.memo:
-            self.memo[key] = super().decode(embedding, prompts, size)[0]
-        return [self.memo[key]]
+        if key not in self.memo:  # the entry holds the embedding: its id cannot pass to another tensor meanwhile
+            self.memo[key] = (embedding, super().decode(embedding, prompts, size)[0])
+        return [self.memo[key][1]]
 
 
 @dataclass
