@@ -259,6 +259,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_bench
 
+    if args.init_adapter:  # its preset and rank unless given: the file says how it was built
+        from .peft import read_adapter
+
+        saved = read_adapter(args.init_adapter)["peft_config"]
+        args.presets = args.presets or [saved["preset"]]
+        if args.rank is None and args.presets == [saved["preset"]]:
+            args.rank = saved["rank"]
+    args.presets = args.presets or list(ABLATION_PRESETS)
     # every BenchConfig field is an option whose dest is the field's name (the parser below)
     config = BenchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)})
     import shlex
@@ -547,8 +555,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--presets",
         type=_list_of(str, what="--presets"),
-        default=list(ABLATION_PRESETS),
-        help=f"comma-separated presets (default {','.join(ABLATION_PRESETS)}; add 'full' for full fine-tuning)",
+        default=None,
+        help=f"comma-separated presets (default {','.join(ABLATION_PRESETS)}, or --init-adapter's preset; add "
+        "'full' for full fine-tuning)",
     )
     p.add_argument(
         "--seeds", type=_list_of(int, what="--seeds"), default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)"
@@ -607,6 +616,14 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="peak LR of the decoder steps, cosine to 0 (default a third of --lr)",
+    )
+    p.add_argument(
+        "--init-adapter",
+        default=None,
+        metavar="ADAPTER",
+        help="start every run from this trained adapter (for example a bundle's models/adapter.pt) instead of the "
+        "preset's initial weights: bench its one preset; --steps 0 runs only the decoder stage, or scores the "
+        "adapter as it is",
     )
     p.set_defaults(func=_cmd_bench)
 

@@ -406,7 +406,9 @@ def _intro(r: dict) -> list[str]:
         f"`{c.eval_split}`, {c.max_eval_cases or 'all'} cases). Model: `{c.model}`"
         + (f" with `{c.checkpoint}`" if c.checkpoint else "")
         + ".",
-        f"Budget per run: {c.steps} steps × {c.batch} slices, AdamW, LR {c.lr} cosine to 0, box jitter {c.jitter} px"
+        "Budget per run: "
+        + (f"from the trained adapter `{c.init_adapter}`, " if c.init_adapter else "")
+        + f"{c.steps} steps × {c.batch} slices, AdamW, LR {c.lr} cosine to 0, box jitter {c.jitter} px"
         + (
             f", then {c.decoder_steps} decoder steps with the encoder frozen, LR {decoder_lr(c):.3g} cosine to 0"
             if c.decoder_steps

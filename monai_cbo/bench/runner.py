@@ -29,11 +29,16 @@ results are the same as without the cache (tested); only the time changes.
 With ``decoder_steps`` (``--decoder-steps``) a run continues after its steps with the whole encoder frozen, its
 PEFT weights as trained (:func:`_frozen_encoder`): only the mask decoder and class prompts train, and the cache
 then holds each slice's whole embedding, so those steps cost the decoder only.
+
+With ``init_adapter`` (``--init-adapter``) each run starts from a trained adapter instead of the preset's initial
+weights (checked against the bench first: :func:`check_init_adapter`); ``steps`` may then be 0, for a decoder
+stage alone or to score the adapter as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -61,8 +66,9 @@ from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume,
 from ..metrics import MetricsTable, PooledDice, case_metrics
 from ..models import build_segmenter
 from ..networks import FeatureCache, SamSegmenter, class_prompts_of, frozen_prefix
-from ..peft import count_parameters, save_adapter
-from ..peft.config import ABLATION_PRESETS, PRESETS
+from ..peft import adapter_class_prompts, count_parameters, load_adapter, read_adapter, save_adapter
+from ..peft.config import ABLATION_PRESETS, PRESETS, PeftConfig
+from ..peft.state import _config_mismatch
 from ..training import build_optimizer, build_trainer
 from ..transforms.training import SlicePromptsd
 from ..utils import check_option, write_atomic
@@ -113,6 +119,7 @@ class BenchConfig:
     background_ratio: float = 0.1
     decoder_steps: int = 0
     decoder_lr: float | None = None
+    init_adapter: str | None = None
 
     def __post_init__(self) -> None:
         for preset in self.presets:
@@ -121,8 +128,16 @@ class BenchConfig:
             raise ValueError("give at least one preset and one seed")
         if len(set(self.presets)) != len(self.presets) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"presets {self.presets} and seeds {self.seeds} must not repeat")
-        if self.steps < 1 or self.batch < 1:
-            raise ValueError(f"steps ({self.steps}) and batch ({self.batch}) must be >= 1")
+        if self.init_adapter is not None and (len(self.presets) != 1 or self.presets[0] == "freeze"):
+            raise ValueError(
+                f"init_adapter {self.init_adapter} holds one preset's weights: bench exactly that preset "
+                f"(--presets <its preset>), not {','.join(self.presets)}"
+            )
+        if self.steps < (0 if self.init_adapter else 1) or self.batch < 1:
+            raise ValueError(
+                f"steps ({self.steps}) and batch ({self.batch}) must be >= 1 (steps may be 0 with an init_adapter: "
+                "its decoder stage only, or the adapter scored as it is)"
+            )
         if self.decoder_steps < 0 or (self.decoder_lr is not None and self.decoder_lr <= 0):
             raise ValueError(
                 f"decoder_steps ({self.decoder_steps}) must be >= 0 and decoder_lr ({self.decoder_lr}) > 0; "
@@ -321,13 +336,15 @@ def train_and_evaluate(
         class_names=list(data.class_names.values()) if auto else None,
         class_values=data.classes if auto else None,
     ).to(device)
+    init = _load_init_adapter(config, model) if config.init_adapter else None
     counts = count_parameters(model)
     start = time.perf_counter()
     losses: list[float] = []
     slices_seen = 0
     decoder_stage = None
     if counts["total_trainable"]:
-        losses, slices_seen = _train(config, data, model, seed, device, amp, features, log, f"{preset} seed {seed}")
+        if config.steps:
+            losses, slices_seen = _train(config, data, model, seed, device, amp, features, log, f"{preset} seed {seed}")
         if config.decoder_steps:  # the decoder stage: the same slices, jitter and automatic share, decoder only
             stage = dataclasses.replace(config, steps=config.decoder_steps, lr=decoder_lr(config))
             left = config.cache_mib - (features.bytes / 2**20 if features is not None else 0.0)
@@ -360,6 +377,7 @@ def train_and_evaluate(
                 "seed": seed,
                 "steps": config.steps,
                 "decoder_steps": config.decoder_steps,
+                **({"init_adapter": init} if init else {}),
             },
         )
     train_seconds = time.perf_counter() - start
@@ -390,6 +408,7 @@ def train_and_evaluate(
             "seconds": train_seconds,
             "loss": losses,
             "decoder_stage": decoder_stage,
+            "init_adapter": init,
         },
         "eval": {
             "cases": len(data.eval),
@@ -490,6 +509,65 @@ def _train(
     return losses, len(losses) * config.batch
 
 
+def check_init_adapter(config: BenchConfig) -> dict:
+    """Read ``config.init_adapter`` and check that it can start a run of ``config``: the same model, the PEFT
+    config of ``config``'s preset and rank, and class prompts exactly when the bench trains automatic steps.
+    Runs before any data is loaded; returns the read checkpoint. Raises ``ValueError`` naming the file and the fix."""
+    path = config.init_adapter
+    payload = read_adapter(path)
+    preset = config.presets[0]
+    if payload["model_name"] != config.model:
+        raise ValueError(
+            f"--init-adapter {path} was trained on model {payload['model_name']!r}, the bench builds "
+            f"{config.model!r}: pass --model {payload['model_name']}"
+        )
+    saved = PeftConfig.from_dict(payload["peft_config"])
+    diff = _config_mismatch(saved, PeftConfig.from_preset(preset, rank=config.rank))
+    if diff:
+        raise ValueError(
+            f"--init-adapter {path} is a {saved.preset} adapter that does not match preset {preset}"
+            f"{'' if config.rank is None else f' rank {config.rank}'} ({'; '.join(diff)}): pass "
+            f"--presets {saved.preset}"
+            + (
+                f" --rank {saved.rank}"
+                if config.rank is not None or saved.rank != PeftConfig.from_preset(saved.preset).rank
+                else ""
+            )
+        )
+    names = (adapter_class_prompts(payload) or {}).get("names")
+    if names and not config.auto_share:
+        raise ValueError(
+            f"--init-adapter {path} holds class prompts ({', '.join(names)}): keep training them with --auto-share "
+            "(its automatic mode is scored too); without them the bench builds no class prompts to load them into"
+        )
+    if config.auto_share and not names:
+        raise ValueError(
+            f"--init-adapter {path} has no class prompts, so it cannot start automatic steps: pass --auto-share 0, "
+            "or start from an adapter trained with automatic steps"
+        )
+    return payload
+
+
+def _load_init_adapter(config: BenchConfig, model: SamSegmenter) -> dict:
+    """Load ``config.init_adapter`` into the freshly built ``model``; return its provenance for the run's
+    records (path, SHA-256, the checkpoint's own metadata)."""
+    path = Path(config.init_adapter)
+    payload = check_init_adapter(config)
+    prompts = class_prompts_of(model)
+    names = (adapter_class_prompts(payload) or {}).get("names")
+    if prompts is not None and names and list(names) != list(prompts.class_names):
+        raise ValueError(
+            f"--init-adapter {path} has class prompts for {list(names)}, the datalist's classes are "
+            f"{list(prompts.class_names)}: start from an adapter of these classes (or pass --classes to pick them)"
+        )
+    load_adapter(model, path, payload)
+    return {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "metadata": payload.get("metadata", {}),
+    }
+
+
 def decoder_lr(config: BenchConfig) -> float:
     """The decoder stage's peak LR: ``config.decoder_lr``, else a third of ``config.lr`` (the measured setting)."""
     return config.decoder_lr if config.decoder_lr is not None else config.lr / 3
@@ -500,15 +578,20 @@ def _frozen_encoder(model: SamSegmenter) -> Iterator[None]:
     """The decoder stage: every encoder weight frozen inside the block (its PEFT weights as trained so far),
     trainable again after it, so that the adapter saves them. With the whole encoder frozen,
     :func:`~monai_cbo.networks.frozen_prefix` covers every stage: the cache then keeps each slice's embedding and a
-    step costs the decoder only."""
+    step costs the decoder only. The encoder stays in evaluation mode meanwhile (``SamSegmenter.encoder_eval``):
+    the adapter presets' dropout would otherwise make every step's embedding differ and rule the cache out."""
     thawed = [p for p in model.image_encoder.parameters() if p.requires_grad]
     for p in thawed:
         p.requires_grad_(False)
+    model.encoder_eval = True  # an adapter's dropout off: the encoder's output is then fixed, and cached
+    model.train(model.training)
     try:
         yield
     finally:
         for p in thawed:
             p.requires_grad_(True)
+        model.encoder_eval = False
+        model.train(model.training)
 
 
 def _evaluate(
@@ -556,7 +639,7 @@ def _check_config(config: BenchConfig, path: Path) -> None:
     budget = config.budget()
 
     def same(key: str, old: object, new: object) -> bool:
-        if key in ("datalist", "dataset_dir") and old and new:  # relative or absolute, the same file
+        if key in ("datalist", "dataset_dir", "init_adapter") and old and new:  # relative or absolute, the same file
             return Path(str(old)).resolve() == Path(str(new)).resolve()
         return old == new
 
@@ -580,6 +663,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
     read back). A failing run is reported and the others still run; raises at the end if any failed.
     ``command`` (the command line) and the machine are recorded in ``bench.json`` for the report."""
     log = log or (lambda line: print(line, flush=True))
+    if config.init_adapter:
+        check_init_adapter(config)  # before anything is written or minutes of data are loaded
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "bench.json"

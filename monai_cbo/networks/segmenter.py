@@ -73,19 +73,25 @@ class SamSegmenter(nn.Module):
         self.model_name = model_name
         self.peft_config = None
         self.class_prompts = None  # ClassPrompts: see monai_cbo.networks.add_class_prompts
+        #: keep the whole image encoder in evaluation mode in ``train()`` (set while it is frozen as a whole, as in
+        #: the bench's decoder stage: its dropout would only add noise, and would keep its output from being cached)
+        self.encoder_eval = False
         self.normalize = pixel_mean is not None
         if self.normalize:
             self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1) / 255.0, False)
             self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1) / 255.0, False)
 
     def train(self, mode: bool = True) -> SamSegmenter:
-        """Set training mode, except that frozen batch-norm layers (TinyViT's) stay in evaluation mode.
+        """Set training mode, except that frozen batch-norm layers (TinyViT's) stay in evaluation mode, and the
+        whole image encoder does while ``encoder_eval`` is set.
 
         A PEFT preset freezes the pretrained encoder; letting its batch norms use batch statistics (and drift
         their running statistics, which an adapter checkpoint does not save) would train the adapter on
         features that evaluation never sees. Batch norms with trainable parameters (``full``) train normally.
         """
         super().train(mode)
+        if mode and self.encoder_eval:
+            self.image_encoder.eval()
         if mode:
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(

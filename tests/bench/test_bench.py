@@ -17,10 +17,11 @@ import torch
 from monai_cbo.bench import BenchConfig, BenchData, run_bench, train_and_evaluate
 from monai_cbo.bench.images import box_plot_svg, encode_png, largest_slice_overlay, overlay_panels
 from monai_cbo.bench.report import write_report
+from monai_cbo.bench.runner import BenchFailed, _frozen_encoder
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
-from monai_cbo.models import load_segmenter
-from monai_cbo.networks import FeatureCache, class_prompts_of
+from monai_cbo.models import build_segmenter, load_segmenter
+from monai_cbo.networks import FeatureCache, class_prompts_of, encoder_stages, frozen_prefix
 from monai_cbo.peft import read_adapter
 
 
@@ -205,6 +206,76 @@ def test_decoder_stage_trains_the_decoder_on_a_frozen_encoder_and_saves_a_whole_
         _config(datalist, tmp_path, decoder_steps=-1)
     with pytest.raises(ValueError, match="decoder_lr"):
         _config(datalist, tmp_path, decoder_steps=1, decoder_lr=0.0)
+
+
+def test_the_decoder_stage_turns_a_frozen_adapters_dropout_off_so_its_embeddings_are_cached():
+    """adapter_cbo's adapters have dropout 0.1: while they train, the encoder's output differs every step and
+    only the stages before them are cached; in the decoder stage they are frozen, the encoder runs in evaluation
+    mode, and the whole embedding is cached. Training mode comes back after the stage."""
+    model = build_segmenter("tiny_tinyvit", preset="adapter_cbo", seed=0).train()
+    stages = len(encoder_stages(model.image_encoder))
+    dropouts = [m for m in model.image_encoder.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert dropouts and all(m.training for m in dropouts)
+    assert frozen_prefix(model.image_encoder) < stages
+    with _frozen_encoder(model):
+        model.train()  # as the trainer does every iteration
+        assert frozen_prefix(model.image_encoder) == stages
+        assert not any(m.training for m in dropouts) and model.mask_decoder.training
+    assert frozen_prefix(model.image_encoder) < stages and all(m.training for m in dropouts)
+
+
+def test_a_run_started_from_a_trained_adapter_continues_it(datalist, tmp_path, capsys):
+    """--init-adapter: steps 0 scores the adapter as it is; a decoder stage from it gives the very adapter that
+    the stage gives at the end of the run that made it; a file that cannot start the run is refused before any
+    data is read, saying what to pass."""
+    kw = dict(presets=["lora_cbo"], auto_share=0.75, steps=2)
+    whole = run_bench(_config(datalist, tmp_path / "whole", decoder_steps=3, **kw), log=lambda _: None)[0]
+    run_bench(_config(datalist, tmp_path / "first", **kw), log=lambda _: None)
+    init = tmp_path / "first/runs/lora_cbo/seed0/adapter.pt"
+    as_is = run_bench(_config(datalist, tmp_path / "as_is", init_adapter=str(init), **{**kw, "steps": 0}))[0]
+    for name in ("metrics.csv", "metrics_auto.csv"):
+        first = (tmp_path / "first/runs/lora_cbo/seed0" / name).read_text(encoding="utf-8")
+        assert (tmp_path / "as_is/runs/lora_cbo/seed0" / name).read_text(encoding="utf-8") == first
+    assert as_is["train"]["slices"] == 0 and as_is["train"]["init_adapter"]["path"] == str(init)
+    saved = read_adapter(tmp_path / "as_is/runs/lora_cbo/seed0/adapter.pt")
+    assert saved["metadata"]["init_adapter"]["sha256"] == as_is["train"]["init_adapter"]["sha256"]
+    assert all(torch.equal(v, read_adapter(init)["state_dict"][k]) for k, v in saved["state_dict"].items())
+
+    stage = dict(init_adapter=str(init), decoder_steps=3, decoder_lr=1e-4 / 3, **{**kw, "steps": 0})
+    staged = run_bench(_config(datalist, tmp_path / "staged", **stage), log=lambda _: None)[0]
+    assert staged["train"]["decoder_stage"]["loss"] == whole["train"]["decoder_stage"]["loss"]
+    a = read_adapter(tmp_path / "whole/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
+    b = read_adapter(tmp_path / "staged/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    report = next(p for p in write_report(tmp_path / "staged") if p.suffix == ".md").read_text(encoding="utf-8")
+    assert f"from the trained adapter `{init}`, 0 steps" in report
+
+    def refused(match, **change):
+        with pytest.raises(ValueError, match=match):
+            run_bench(_config(datalist, tmp_path / "refused", **{**stage, **change}), log=lambda _: None)
+        assert not (tmp_path / "refused").exists()
+
+    refused(r"adapter that does not match preset lora .*pass --presets lora_cbo", presets=["lora"])
+    refused("pass --presets lora_cbo --rank 4", rank=8)
+    refused("holds class prompts .*--auto-share", auto_share=0.0)
+    refused("pass --model tiny_tinyvit", model="litemedsam")
+    other = read_adapter(init)
+    other["class_prompts"]["names"] = ["lower", "upper"]
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(BenchFailed, match=r"class prompts for \['lower', 'upper'\], the datalist's classes are"):
+        run_bench(_config(datalist, tmp_path / "other", **{**stage, "init_adapter": str(tmp_path / "other.pt")}))
+    with pytest.raises(ValueError, match="bench exactly that preset"):
+        _config(datalist, tmp_path, **{**stage, "presets": ["lora", "lora_cbo"]})
+    with pytest.raises(ValueError, match="steps may be 0 with an init_adapter"):
+        _config(datalist, tmp_path, **{**kw, "steps": 0})
+    # the command line takes the preset from the file
+    out = tmp_path / "cli"
+    args = ["bench", str(datalist), "-o", str(out), "--model", "tiny_tinyvit", "--seeds", "0", "--modality", "ct"]
+    args += ["--window=-160,240", "--batch", "1", "--device", "cpu", "--auto-share", "0.75", "--steps", "0"]
+    assert main([*args, "--init-adapter", str(init)]) == 0
+    first = (tmp_path / "first/runs/lora_cbo/seed0/metrics.csv").read_text(encoding="utf-8")
+    assert (out / "runs/lora_cbo/seed0/metrics.csv").read_text(encoding="utf-8") == first
+    assert json.loads((out / "bench.json").read_text(encoding="utf-8"))["init_adapter"] == str(init)
 
 
 def test_a_bench_made_before_automatic_steps_resumes_with_their_defaults(datalist, tmp_path):
