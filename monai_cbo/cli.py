@@ -618,6 +618,14 @@ def _parser() -> argparse.ArgumentParser:
         help="peak LR of the decoder steps, cosine to 0 (default a third of --lr)",
     )
     p.add_argument(
+        "--auto-z-smooth",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="also score the automatic mode with cross-slice smoothing W and the largest component (column "
+        "auto_lcc_smooth; the hippocampus bundle's steps at 0.5). Default 0: not scored",
+    )
+    p.add_argument(
         "--init-adapter",
         default=None,
         metavar="ADAPTER",

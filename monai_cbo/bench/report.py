@@ -446,7 +446,9 @@ _SECTIONS = (
         "automatic",
         "Dice with no prompt at all (the adapter's learned class prompts, every slice), mean ± sd over every "
         "(seed, case) pair, beside box prompts from the label. auto + refine: each automatic mask re-prompted "
-        "with its box, kept where both agree (IoU >= 0.5); auto + lcc: each class's largest 3D connected component.",
+        "with its box, kept where both agree (IoU >= 0.5); auto + lcc: each class's largest 3D connected component; "
+        "auto + lcc + smooth (with --auto-z-smooth): each slice's probabilities averaged with its neighbours' "
+        "first.",
     ),
     (
         "CBO against its base",

@@ -120,6 +120,7 @@ class BenchConfig:
     decoder_steps: int = 0
     decoder_lr: float | None = None
     init_adapter: str | None = None
+    auto_z_smooth: float = 0.0
 
     def __post_init__(self) -> None:
         for preset in self.presets:
@@ -148,6 +149,7 @@ class BenchConfig:
                 f"auto_share ({self.auto_share}) and background_ratio ({self.background_ratio}) are shares in [0, 1]"
             )
         Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)  # validates
+        AutoConfig(z_smooth=self.auto_z_smooth)  # validates
 
     @property
     def torch_device(self) -> torch.device:
@@ -383,6 +385,8 @@ def train_and_evaluate(
     train_seconds = time.perf_counter() - start
     eval_start = time.perf_counter()
     modes: dict[str, AutoConfig | None] = {"": None, **(AUTO_MODES if auto else {})}
+    if auto and config.auto_z_smooth:  # a bundle's post-processing: largest component after smoothing
+        modes["auto_lcc_smooth"] = AutoConfig(largest_component=True, z_smooth=config.auto_z_smooth)
     scores = _evaluate(config, data, model, device, amp, features, run_dir, modes)
     for mode, (table, *_) in scores.items():
         table.write_csv(run_dir / f"metrics{'_' + mode if mode else ''}.csv", overwrite=True)

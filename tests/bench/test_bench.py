@@ -232,7 +232,18 @@ def test_a_run_started_from_a_trained_adapter_continues_it(datalist, tmp_path, c
     whole = run_bench(_config(datalist, tmp_path / "whole", decoder_steps=3, **kw), log=lambda _: None)[0]
     run_bench(_config(datalist, tmp_path / "first", **kw), log=lambda _: None)
     init = tmp_path / "first/runs/lora_cbo/seed0/adapter.pt"
-    as_is = run_bench(_config(datalist, tmp_path / "as_is", init_adapter=str(init), **{**kw, "steps": 0}))[0]
+    as_is = run_bench(
+        _config(datalist, tmp_path / "as_is", init_adapter=str(init), auto_z_smooth=0.5, **{**kw, "steps": 0})
+    )[0]
+    # --auto-z-smooth: one more automatic mode, the bundles' post-processing
+    assert as_is["automatic"]["auto_lcc_smooth"]["config"] == {
+        **as_is["automatic"]["auto_lcc"]["config"],
+        "z_smooth": 0.5,
+    }
+    assert (tmp_path / "as_is/runs/lora_cbo/seed0/metrics_auto_lcc_smooth.csv").is_file()
+    assert "| auto + lcc + smooth |" in next(
+        p for p in write_report(tmp_path / "as_is") if p.suffix == ".md"
+    ).read_text(encoding="utf-8")
     for name in ("metrics.csv", "metrics_auto.csv"):
         first = (tmp_path / "first/runs/lora_cbo/seed0" / name).read_text(encoding="utf-8")
         assert (tmp_path / "as_is/runs/lora_cbo/seed0" / name).read_text(encoding="utf-8") == first
