@@ -557,14 +557,10 @@ def _load_init_adapter(config: BenchConfig, model: SamSegmenter) -> dict:
     records (path, SHA-256, the checkpoint's own metadata)."""
     path = Path(config.init_adapter)
     payload = check_init_adapter(config)
-    prompts = class_prompts_of(model)
-    names = (adapter_class_prompts(payload) or {}).get("names")
-    if prompts is not None and names and list(names) != list(prompts.class_names):
-        raise ValueError(
-            f"--init-adapter {path} has class prompts for {list(names)}, the datalist's classes are "
-            f"{list(prompts.class_names)}: start from an adapter of these classes (or pass --classes to pick them)"
-        )
-    load_adapter(model, path, payload)
+    try:
+        load_adapter(model, path, payload)  # class prompts for other classes than the datalist's fail here
+    except ValueError as err:
+        raise ValueError(f"--init-adapter: {err}") from None
     return {
         "path": str(path),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),

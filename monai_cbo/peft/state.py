@@ -101,12 +101,18 @@ def _check_class_prompts(model: nn.Module, path: str | Path, saved: list[str] | 
     if built is None:
         raise ValueError(
             f"adapter {path} holds class prompts for {len(saved)} classes ({saved}) but the model was built without "
-            "class prompts; load it with load_segmenter (or monai-cbo segment --adapter), which adds them"
+            "class prompts; load it with load_segmenter (or monai-cbo segment --adapter), which adds them, or build "
+            "the model with its class names (a bundle's training: auto_share > 0)"
         )
     if len(saved) != len(built):
         raise ValueError(
             f"adapter {path} has class prompts for {len(saved)} classes ({saved}) but the model was built for "
             f"{len(built)} ({built}); build the model with the adapter's classes (load_segmenter does)"
+        )
+    if list(saved) != built:  # the same count in another order or meaning: each prompt would segment another class
+        raise ValueError(
+            f"adapter {path} has class prompts for {list(saved)} but the model was built for {built}; build the "
+            "model with the adapter's class names, in its order (load_segmenter does)"
         )
 
 

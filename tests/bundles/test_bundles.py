@@ -30,7 +30,8 @@ from data_prep import brats
 from monai_cbo.handlers import CaseMetricsWriter, LabelMapWriter
 from monai_cbo.inferers import AutoConfig, Preprocess, SliceWiseInferer
 from monai_cbo.inferers.engine import AutoVolumeInferer
-from monai_cbo.peft import read_adapter
+from monai_cbo.models import build_segmenter
+from monai_cbo.peft import read_adapter, save_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("spleen_ct_cbo", "organ_ct_cbo", "brats_mri_cbo", "hippocampus_mri_cbo")
@@ -238,6 +239,46 @@ def test_train_config_resolves_trainer_and_evaluator(bundle, data, tmp_path):
         )  # data_prep/brats.py's
     else:
         assert len(names) == len(parser["classes"]) and parser["exclusive_classes"] is True
+
+
+def test_training_starts_from_a_given_adapter_and_refuses_one_that_does_not_fit(tmp_path):
+    """``--init_adapter``: fine-tune a trained adapter (a shipped one) on new data instead of the preset's
+    initial weights. The network the trainer gets holds the file's weights; a file of another preset or other
+    classes is refused, naming what differs."""
+    bundle = "hippocampus_mri_cbo"  # adapter_cbo, classes anterior / posterior
+    base = _parser(bundle, "train.json", **{"model#name": "tiny", "device": "$torch.device('cpu')"})
+    trained = build_segmenter("tiny", preset="adapter_cbo", seed=0, class_names=["anterior", "posterior"])
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))  # unlike any fresh build
+    path = save_adapter(trained, tmp_path / "adapter.pt")
+    fresh = base.get_parsed_content("network")
+    parser = _parser(bundle, "train.json", **{"model#name": "tiny", "device": "$torch.device('cpu')"})
+    parser["init_adapter"] = str(path)
+    network = parser.get_parsed_content("network")
+    state = read_adapter(path)["state_dict"]
+    params = dict(network.named_parameters())
+    assert state.keys() == {n for n, p in params.items() if p.requires_grad}
+    assert all(torch.equal(params[n], v) for n, v in state.items())
+    assert not torch.equal(
+        dict(fresh.named_parameters())["mask_decoder.iou_token.weight"], state["mask_decoder.iou_token.weight"]
+    )
+    for model, match in (
+        (
+            build_segmenter("tiny", preset="lora_cbo", class_names=["anterior", "posterior"]),
+            "preset: checkpoint has 'lora_cbo'",
+        ),
+        (
+            build_segmenter("tiny", preset="adapter_cbo", class_names=["posterior", "anterior"]),
+            r"class prompts for \['posterior'",
+        ),
+    ):
+        other = _parser(bundle, "train.json", **{"model#name": "tiny", "device": "$torch.device('cpu')"})
+        other["init_adapter"] = str(save_adapter(model, tmp_path / "other.pt", overwrite=True))
+        with pytest.raises(RuntimeError, match="build_segmenter") as failed:
+            other.get_parsed_content("network")
+        assert re.search(match, str(failed.value.__cause__))  # MONAI shows this, the cause, in the traceback
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

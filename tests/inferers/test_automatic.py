@@ -191,6 +191,8 @@ def test_loading_into_another_class_count_names_both_counts(trained, tmp_path):
         build_segmenter("tiny", preset="lora_cbo", class_names=["a", "b", "c"], adapter=path)
     with pytest.raises(ValueError, match="built without class prompts"):
         build_segmenter("tiny", preset="lora_cbo", adapter=path)
+    with pytest.raises(ValueError, match=r"class prompts for \['square', 'disk'\] but the model was built for "):
+        build_segmenter("tiny", preset="lora_cbo", class_names=["disk", "square"], adapter=path)  # swapped
 
 
 def test_model_without_class_prompts_says_so_and_names_the_prompt_options():
