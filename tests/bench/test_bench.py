@@ -176,11 +176,22 @@ def test_automatic_steps_train_class_prompts_and_score_every_automatic_mode(data
     assert again[0]["train"]["loss"] == result["train"]["loss"]
 
 
-def test_decoder_stage_trains_the_decoder_on_a_frozen_encoder_and_saves_a_whole_adapter(datalist, tmp_path):
-    kw = dict(presets=["lora_cbo"], auto_share=0.75, steps=2)  # seed 0 draws automatic and box steps among 4
-    plain = run_bench(_config(datalist, tmp_path / "plain", **kw), log=lambda _: None)[0]
+STAGED = dict(presets=["lora_cbo"], auto_share=0.75, steps=2)  # seed 0 draws automatic and box steps among 4
+
+
+@pytest.fixture(scope="module")
+def staged_runs(datalist, tmp_path_factory):
+    """Two benches of the same run, without and with 4 decoder steps after its 2 steps: (folder, plain result,
+    staged result, the staged bench's log)."""
+    root = tmp_path_factory.mktemp("staged")
+    plain = run_bench(_config(datalist, root / "plain", **STAGED), log=lambda _: None)[0]
     logs: list[str] = []
-    staged = run_bench(_config(datalist, tmp_path / "staged", decoder_steps=4, **kw), log=logs.append)[0]
+    staged = run_bench(_config(datalist, root / "staged", decoder_steps=4, **STAGED), log=logs.append)[0]
+    return root, plain, staged, logs
+
+
+def test_decoder_stage_trains_the_decoder_on_a_frozen_encoder_and_saves_a_whole_adapter(datalist, staged_runs):
+    tmp_path, plain, staged, logs = staged_runs
     a = read_adapter(tmp_path / "plain/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
     b = read_adapter(tmp_path / "staged/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
     assert a.keys() == b.keys()  # the frozen encoder's LoRA and CBO are saved too: the adapter loads as any other
@@ -224,14 +235,13 @@ def test_the_decoder_stage_turns_a_frozen_adapters_dropout_off_so_its_embeddings
     assert frozen_prefix(model.image_encoder) < stages and all(m.training for m in dropouts)
 
 
-def test_a_run_started_from_a_trained_adapter_continues_it(datalist, tmp_path, capsys):
+def test_a_run_started_from_a_trained_adapter_continues_it(datalist, staged_runs, tmp_path):
     """--init-adapter: steps 0 scores the adapter as it is; a decoder stage from it gives the very adapter that
     the stage gives at the end of the run that made it; a file that cannot start the run is refused before any
     data is read, saying what to pass."""
-    kw = dict(presets=["lora_cbo"], auto_share=0.75, steps=2)
-    whole = run_bench(_config(datalist, tmp_path / "whole", decoder_steps=3, **kw), log=lambda _: None)[0]
-    run_bench(_config(datalist, tmp_path / "first", **kw), log=lambda _: None)
-    init = tmp_path / "first/runs/lora_cbo/seed0/adapter.pt"
+    runs, _, whole, _ = staged_runs
+    kw = STAGED
+    init = runs / "plain/runs/lora_cbo/seed0/adapter.pt"
     as_is = run_bench(
         _config(datalist, tmp_path / "as_is", init_adapter=str(init), auto_z_smooth=0.5, **{**kw, "steps": 0})
     )[0]
@@ -245,17 +255,17 @@ def test_a_run_started_from_a_trained_adapter_continues_it(datalist, tmp_path, c
         p for p in write_report(tmp_path / "as_is") if p.suffix == ".md"
     ).read_text(encoding="utf-8")
     for name in ("metrics.csv", "metrics_auto.csv"):
-        first = (tmp_path / "first/runs/lora_cbo/seed0" / name).read_text(encoding="utf-8")
+        first = (runs / "plain/runs/lora_cbo/seed0" / name).read_text(encoding="utf-8")
         assert (tmp_path / "as_is/runs/lora_cbo/seed0" / name).read_text(encoding="utf-8") == first
     assert as_is["train"]["slices"] == 0 and as_is["train"]["init_adapter"]["path"] == str(init)
     saved = read_adapter(tmp_path / "as_is/runs/lora_cbo/seed0/adapter.pt")
     assert saved["metadata"]["init_adapter"]["sha256"] == as_is["train"]["init_adapter"]["sha256"]
     assert all(torch.equal(v, read_adapter(init)["state_dict"][k]) for k, v in saved["state_dict"].items())
 
-    stage = dict(init_adapter=str(init), decoder_steps=3, decoder_lr=1e-4 / 3, **{**kw, "steps": 0})
+    stage = dict(init_adapter=str(init), decoder_steps=4, decoder_lr=1e-4 / 3, **{**kw, "steps": 0})
     staged = run_bench(_config(datalist, tmp_path / "staged", **stage), log=lambda _: None)[0]
     assert staged["train"]["decoder_stage"]["loss"] == whole["train"]["decoder_stage"]["loss"]
-    a = read_adapter(tmp_path / "whole/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
+    a = read_adapter(runs / "staged/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
     b = read_adapter(tmp_path / "staged/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     report = next(p for p in write_report(tmp_path / "staged") if p.suffix == ".md").read_text(encoding="utf-8")
@@ -284,7 +294,7 @@ def test_a_run_started_from_a_trained_adapter_continues_it(datalist, tmp_path, c
     args = ["bench", str(datalist), "-o", str(out), "--model", "tiny_tinyvit", "--seeds", "0", "--modality", "ct"]
     args += ["--window=-160,240", "--batch", "1", "--device", "cpu", "--auto-share", "0.75", "--steps", "0"]
     assert main([*args, "--init-adapter", str(init)]) == 0
-    first = (tmp_path / "first/runs/lora_cbo/seed0/metrics.csv").read_text(encoding="utf-8")
+    first = (runs / "plain/runs/lora_cbo/seed0/metrics.csv").read_text(encoding="utf-8")
     assert (out / "runs/lora_cbo/seed0/metrics.csv").read_text(encoding="utf-8") == first
     assert json.loads((out / "bench.json").read_text(encoding="utf-8"))["init_adapter"] == str(init)
 
