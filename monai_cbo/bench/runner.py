@@ -578,19 +578,18 @@ def _frozen_encoder(model: SamSegmenter) -> Iterator[None]:
     """The decoder stage: every encoder weight frozen inside the block (its PEFT weights as trained so far),
     trainable again after it, so that the adapter saves them. With the whole encoder frozen,
     :func:`~monai_cbo.networks.frozen_prefix` covers every stage: the cache then keeps each slice's embedding and a
-    step costs the decoder only. The encoder stays in evaluation mode meanwhile (``SamSegmenter.encoder_eval``):
-    the adapter presets' dropout would otherwise make every step's embedding differ and rule the cache out."""
+    step costs the decoder only. Training mode is set again on entry and exit: ``SamSegmenter.train`` turns off
+    the dropout of modules with nothing left to train (the adapter presets'), which would otherwise make every
+    step's embedding differ and rule the cache out."""
     thawed = [p for p in model.image_encoder.parameters() if p.requires_grad]
     for p in thawed:
         p.requires_grad_(False)
-    model.encoder_eval = True  # an adapter's dropout off: the encoder's output is then fixed, and cached
-    model.train(model.training)
+    model.train(model.training)  # the frozen adapters' dropout off: the encoder's output is fixed, and cached
     try:
         yield
     finally:
         for p in thawed:
             p.requires_grad_(True)
-        model.encoder_eval = False
         model.train(model.training)
 
 

@@ -73,31 +73,34 @@ class SamSegmenter(nn.Module):
         self.model_name = model_name
         self.peft_config = None
         self.class_prompts = None  # ClassPrompts: see monai_cbo.networks.add_class_prompts
-        #: keep the whole image encoder in evaluation mode in ``train()`` (set while it is frozen as a whole, as in
-        #: the bench's decoder stage: its dropout would only add noise, and would keep its output from being cached)
-        self.encoder_eval = False
         self.normalize = pixel_mean is not None
         if self.normalize:
             self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1) / 255.0, False)
             self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1) / 255.0, False)
 
     def train(self, mode: bool = True) -> SamSegmenter:
-        """Set training mode, except that frozen batch-norm layers (TinyViT's) stay in evaluation mode, and the
-        whole image encoder does while ``encoder_eval`` is set.
+        """Set training mode, except that frozen layers whose output training mode would change stay in
+        evaluation mode: batch norms without trainable parameters (TinyViT's), and dropout inside a module with no
+        trainable parameter.
 
         A PEFT preset freezes the pretrained encoder; letting its batch norms use batch statistics (and drift
         their running statistics, which an adapter checkpoint does not save) would train the adapter on
         features that evaluation never sees. Batch norms with trainable parameters (``full``) train normally.
+        Dropout regularises the module it sits in while that module trains (an adapter's); once the module is
+        frozen (the bench's decoder stage freezes the whole encoder) it would only add noise, and would keep
+        the module's output from being cached (:func:`~monai_cbo.networks.frozen_prefix`).
         """
         super().train(mode)
-        if mode and self.encoder_eval:
-            self.image_encoder.eval()
         if mode:
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
                     p.requires_grad for p in module.parameters(recurse=False)
                 ):
                     module.eval()
+                dropouts = [c for c in module.children() if isinstance(c, nn.Dropout)]
+                if dropouts and not any(p.requires_grad for p in module.parameters()):
+                    for dropout in dropouts:
+                        dropout.eval()
         return self
 
     @property

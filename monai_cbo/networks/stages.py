@@ -59,9 +59,10 @@ def _trains(owner: nn.Module | nn.Parameter) -> bool:
         return owner.requires_grad
     if any(p.requires_grad for p in owner.parameters()):
         return True
-    # a module in training mode whose output is random or batch-dependent is not reusable either
-    return owner.training and any(
-        isinstance(m, nn.Dropout) and m.p > 0 or isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    # a layer in training mode whose output is random or batch-dependent is not reusable either (each layer's own
+    # mode: SamSegmenter.train keeps frozen batch norms and a frozen module's dropout in evaluation mode)
+    return any(
+        (isinstance(m, nn.Dropout) and m.p > 0 or isinstance(m, nn.modules.batchnorm._BatchNorm)) and m.training
         for m in owner.modules()
     )
 

@@ -221,8 +221,8 @@ def test_decoder_stage_trains_the_decoder_on_a_frozen_encoder_and_saves_a_whole_
 
 def test_the_decoder_stage_turns_a_frozen_adapters_dropout_off_so_its_embeddings_are_cached():
     """adapter_cbo's adapters have dropout 0.1: while they train, the encoder's output differs every step and
-    only the stages before them are cached; in the decoder stage they are frozen, the encoder runs in evaluation
-    mode, and the whole embedding is cached. Training mode comes back after the stage."""
+    only the stages before them are cached; in the decoder stage they are frozen, their dropout is off, and the
+    whole embedding is cached. Training mode comes back after the stage."""
     model = build_segmenter("tiny_tinyvit", preset="adapter_cbo", seed=0).train()
     stages = len(encoder_stages(model.image_encoder))
     dropouts = [m for m in model.image_encoder.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
