@@ -14,6 +14,13 @@ without having trained on them), the mean test Dice per class with box prompts (
 (``eval/auto/``), and every test case's Dice. ``monai-cbo bundles`` prints this record, the real-data demo takes
 its held-out cases, and ``tests/test_shipped_adapters.py`` reproduces its per-case Dice.
 
+An adapter trained on from the shipped one by a later stage (``monai-cbo bench --init-adapter
+bundles/<bundle>/models/adapter.pt --steps 0 --decoder-steps N``: the decoder stage, which the bundles' training
+has not) replaces it with ``--stage COMMAND --stage-seconds S --overwrite``, from a folder holding the staged
+adapter as ``models/best_adapter.pt`` with its evaluation. The stage must have started from the shipped file (the
+adapter's ``init_adapter`` SHA-256 is checked against the record); the new record keeps the first run's command,
+epochs and time, adds the stage's command, time and starting SHA-256, and its ``training_seconds`` is the sum.
+
 An existing adapter is replaced only with ``--overwrite``.
 """
 
@@ -68,16 +75,38 @@ def _training_time(log: Path | None) -> dict[str, object]:
     return {"epochs": max(int(e) for e, *_ in taken), "training_seconds": seconds}
 
 
+def _stage_record(models: Path, adapter: Path, meta: dict, command: str, seconds: float, error) -> tuple[dict, dict]:
+    """The shipped record's first run (command, epochs, time) and the stage's record, after checking that the stage
+    started from the shipped file."""
+    shipped = models / "adapter.json"
+    if not shipped.is_file():
+        error(f"--stage trains on a shipped adapter, but {shipped} does not exist: ship the first run first")
+    previous = json.loads(shipped.read_text(encoding="utf-8"))
+    started = ((meta.get("metadata") or {}).get("init_adapter") or {}).get("sha256")
+    if started != previous.get("sha256"):
+        error(
+            f"{adapter} did not start from the shipped {models / 'adapter.pt'} (its init_adapter SHA-256 is "
+            f"{started}, the record's {previous.get('sha256')}): "
+            f"run the stage with --init-adapter {models / 'adapter.pt'}"
+        )
+    first = {k: previous[k] for k in ("command", "epochs", "training_seconds") if k in previous}
+    return first, {"command": command, "seconds": round(seconds), "started_from_sha256": started}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", help="bundle name under bundles/")
     parser.add_argument("run", type=Path, help="the training run's output_dir (models/, eval/, eval/auto/)")
     parser.add_argument("--datalist", type=Path, required=True, help="the datalist it was trained and tested on")
     parser.add_argument("--data", required=True, help="what the data is, in words (origin, case count, licence)")
-    parser.add_argument("--command", required=True, help="the training command, as run")
+    parser.add_argument("--command", help="the training command, as run (with --stage: the shipped record's)")
     parser.add_argument("--seed", type=int, default=0, help="the training seed (default 0, the bundles' default)")
     parser.add_argument("--log", type=Path, default=None, help="the training log (for epochs and time)")
     parser.add_argument("--machine", default=None, help="the machine, in words (default: platform and CPU count)")
+    parser.add_argument(
+        "--stage", default=None, help="the command of a later stage that trained the shipped adapter on into this one"
+    )
+    parser.add_argument("--stage-seconds", type=float, default=None, help="that stage's wall time")
     parser.add_argument("--note", default=None, help="anything a user must know (for example: a smoke model)")
     parser.add_argument("--overwrite", action="store_true", help="replace a shipped adapter")
     args = parser.parse_args(argv)
@@ -90,24 +119,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{adapter} does not exist: train the bundle into {args.run} first")
     if (models / "adapter.pt").exists() and not args.overwrite:
         parser.error(f"{models / 'adapter.pt'} exists; pass --overwrite to replace it")
+    if (args.stage is None) != (args.stage_seconds is None):
+        parser.error("--stage and --stage-seconds go together: the stage's command and its wall time")
+    if args.stage is None and not args.command:
+        parser.error("--command is required: the training command, as run")
     datalist = json.loads(args.datalist.read_text(encoding="utf-8"))
     boxes, auto = _dice(args.run / "eval" / "metrics_per_case.csv"), {}
     if (args.run / "eval" / "auto").is_dir():
         auto = _dice(args.run / "eval" / "auto" / "metrics_per_case.csv")
     meta = torch.load(adapter, map_location="cpu", weights_only=True)
+    first: dict = {"command": args.command, **_training_time(args.log)}
+    stage = None
+    if args.stage is not None:
+        first, stage = _stage_record(models, adapter, meta, args.stage, args.stage_seconds, parser.error)
     record = {
         "trained_on": (
             f"{args.data}: trained on the {len(datalist['training'])} training cases, validated on "
             f"{len(datalist.get('validation', []))}, tested on {len(datalist.get('test', []))} held out"
         ),
         "note": args.note,
-        "command": args.command,
+        "command": first.get("command"),
         "seed": args.seed,
         "split": datalist.get("split"),
         "model": meta.get("model_name"),
         "preset": (meta.get("peft_config") or {}).get("preset"),
         "classes": (meta.get("class_prompts") or {}).get("names"),
-        **_training_time(args.log),
+        **{k: first[k] for k in ("epochs", "training_seconds") if k in first},
+        "stage": stage,
         "machine": args.machine or f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "stored": "float16 (trained in float32)",
@@ -116,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "test_dice": {**({"automatic": _means(auto)} if auto else {}), "boxes": _means(boxes)},
         "test_cases": {"automatic": auto, "boxes": boxes} if auto else {"boxes": boxes},
     }
+    if stage is not None:
+        record["training_seconds"] = first.get("training_seconds", 0) + stage["seconds"]
     models.mkdir(exist_ok=True)
     meta["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in meta["state_dict"].items()}
     tmp = models / ".adapter.pt.tmp"
