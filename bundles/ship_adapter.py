@@ -19,7 +19,8 @@ bundles/<bundle>/models/adapter.pt --steps 0 --decoder-steps N``: the decoder st
 has not) replaces it with ``--stage COMMAND --stage-seconds S --overwrite``, from a folder holding the staged
 adapter as ``models/best_adapter.pt`` with its evaluation. The stage must have started from the shipped file (the
 adapter's ``init_adapter`` SHA-256 is checked against the record); the new record keeps the first run's command,
-epochs and time, adds the stage's command, time and starting SHA-256, and its ``training_seconds`` is the sum.
+epochs and time and any earlier stages, adds this stage's command, time and starting SHA-256 to ``stages``, and
+its ``training_seconds`` is the sum.
 
 An existing adapter is replaced only with ``--overwrite``.
 """
@@ -89,7 +90,7 @@ def _stage_record(models: Path, adapter: Path, meta: dict, command: str, seconds
             f"{started}, the record's {previous.get('sha256')}): "
             f"run the stage with --init-adapter {models / 'adapter.pt'}"
         )
-    first = {k: previous[k] for k in ("command", "epochs", "training_seconds") if k in previous}
+    first = {k: previous[k] for k in ("command", "epochs", "training_seconds", "stages") if k in previous}
     return first, {"command": command, "seconds": round(seconds), "started_from_sha256": started}
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="the training run's output_dir (models/, eval/, eval/auto/)")
     parser.add_argument("--datalist", type=Path, required=True, help="the datalist it was trained and tested on")
     parser.add_argument("--data", required=True, help="what the data is, in words (origin, case count, licence)")
-    parser.add_argument("--command", help="the training command, as run (with --stage: the shipped record's)")
+    parser.add_argument("--command", help="the training command, as run (not with --stage: the record keeps it)")
     parser.add_argument("--seed", type=int, default=0, help="the training seed (default 0, the bundles' default)")
     parser.add_argument("--log", type=Path, default=None, help="the training log (for epochs and time)")
     parser.add_argument("--machine", default=None, help="the machine, in words (default: platform and CPU count)")
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--stage and --stage-seconds go together: the stage's command and its wall time")
     if args.stage is None and not args.command:
         parser.error("--command is required: the training command, as run")
+    if args.stage is not None and args.command:
+        parser.error("--command goes with a first run; with --stage the shipped record's command is kept")
     datalist = json.loads(args.datalist.read_text(encoding="utf-8"))
     boxes, auto = _dice(args.run / "eval" / "metrics_per_case.csv"), {}
     if (args.run / "eval" / "auto").is_dir():
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": (meta.get("peft_config") or {}).get("preset"),
         "classes": (meta.get("class_prompts") or {}).get("names"),
         **{k: first[k] for k in ("epochs", "training_seconds") if k in first},
-        "stage": stage,
+        "stages": None if stage is None else [*first.get("stages", []), stage],
         "machine": args.machine or f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "stored": "float16 (trained in float32)",

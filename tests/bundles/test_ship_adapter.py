@@ -69,7 +69,7 @@ def test_a_staged_adapter_replaces_the_shipped_one_with_both_runs_recorded(ship,
     )
     models = tmp_path / "bundles" / "demo" / "models"
     shipped = json.loads((models / "adapter.json").read_text(encoding="utf-8"))
-    assert shipped["training_seconds"] == 200 and shipped["epochs"] == 2 and "stage" not in shipped
+    assert shipped["training_seconds"] == 200 and shipped["epochs"] == 2 and "stages" not in shipped
     assert shipped["test_dice"]["automatic"]["mean"] == pytest.approx(0.715)
 
     staged = _run(tmp_path / "staged", 0.8, init_sha=shipped["sha256"])
@@ -80,17 +80,29 @@ def test_a_staged_adapter_replaces_the_shipped_one_with_both_runs_recorded(ship,
     assert ship.main([*common[:1], str(staged), *common[1:], *stage, "--overwrite"]) == 0
     record = json.loads((models / "adapter.json").read_text(encoding="utf-8"))
     assert record["command"] == "train it" and record["epochs"] == 2  # the first run's, kept
-    assert record["stage"] == {
-        "command": "monai-cbo bench ... --decoder-steps 9",
-        "seconds": 61,
-        "started_from_sha256": shipped["sha256"],
-    }
+    assert record["stages"] == [
+        {"command": "monai-cbo bench ... --decoder-steps 9", "seconds": 61, "started_from_sha256": shipped["sha256"]}
+    ]
     assert record["training_seconds"] == 261
     assert record["test_dice"]["automatic"]["mean"] == pytest.approx(0.815)
     assert record["test_cases"]["boxes"]["t2"]["x"] == pytest.approx(0.87)
     assert record["sha256"] == hashlib.sha256((models / "adapter.pt").read_bytes()).hexdigest() != shipped["sha256"]
     weights = torch.load(models / "adapter.pt", weights_only=True)["state_dict"]
     assert weights["w"].dtype == torch.float16 and weights["n"].dtype == torch.int64
+
+    # a second stage on the staged file keeps the first one; --command is the first run's, not the stage's
+    again = _run(tmp_path / "again", 0.9, init_sha=record["sha256"])
+    with pytest.raises(SystemExit):
+        ship.main([*common[:1], str(again), *common[1:], *stage, "--overwrite", "--command", "other"])
+    stage2 = ["--stage", "monai-cbo bench ... again", "--stage-seconds", "9"]
+    assert ship.main([*common[:1], str(again), *common[1:], *stage2, "--overwrite"]) == 0
+    last = json.loads((models / "adapter.json").read_text(encoding="utf-8"))
+    assert [s["command"] for s in last["stages"]] == [
+        "monai-cbo bench ... --decoder-steps 9",
+        "monai-cbo bench ... again",
+    ]
+    assert last["stages"][1]["started_from_sha256"] == record["sha256"] and last["training_seconds"] == 270
+    assert last["command"] == "train it"
 
 
 def test_a_stage_that_did_not_start_from_the_shipped_adapter_is_refused(ship, tmp_path, capsys):
