@@ -76,9 +76,9 @@ def _training_time(log: Path | None) -> dict[str, object]:
     return {"epochs": max(int(e) for e, *_ in taken), "training_seconds": seconds}
 
 
-def _stage_record(models: Path, adapter: Path, meta: dict, command: str, seconds: float, error) -> tuple[dict, dict]:
-    """The shipped record's first run (command, epochs, time) and the stage's record, after checking that the stage
-    started from the shipped file."""
+def _stage_record(models: Path, adapter: Path, meta: dict, command: str, seconds: float, error) -> dict:
+    """The training part of the record of a staged adapter: the shipped record's first run (command, epochs) and
+    stages with this one added, and the total time; after checking that the stage started from the shipped file."""
     shipped = models / "adapter.json"
     if not shipped.is_file():
         error(f"--stage trains on a shipped adapter, but {shipped} does not exist: ship the first run first")
@@ -90,8 +90,12 @@ def _stage_record(models: Path, adapter: Path, meta: dict, command: str, seconds
             f"{started}, the record's {previous.get('sha256')}): "
             f"run the stage with --init-adapter {models / 'adapter.pt'}"
         )
-    first = {k: previous[k] for k in ("command", "epochs", "training_seconds", "stages") if k in previous}
-    return first, {"command": command, "seconds": round(seconds), "started_from_sha256": started}
+    stage = {"command": command, "seconds": round(seconds), "started_from_sha256": started}
+    return {
+        **{k: previous[k] for k in ("command", "epochs") if k in previous},
+        "training_seconds": previous.get("training_seconds", 0) + stage["seconds"],
+        "stages": [*previous.get("stages", []), stage],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,24 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     if (args.run / "eval" / "auto").is_dir():
         auto = _dice(args.run / "eval" / "auto" / "metrics_per_case.csv")
     meta = torch.load(adapter, map_location="cpu", weights_only=True)
-    first: dict = {"command": args.command, **_training_time(args.log)}
-    stage = None
-    if args.stage is not None:
-        first, stage = _stage_record(models, adapter, meta, args.stage, args.stage_seconds, parser.error)
+    if args.stage is None:
+        training = {"command": args.command, **_training_time(args.log)}
+    else:
+        training = _stage_record(models, adapter, meta, args.stage, args.stage_seconds, parser.error)
     record = {
         "trained_on": (
             f"{args.data}: trained on the {len(datalist['training'])} training cases, validated on "
             f"{len(datalist.get('validation', []))}, tested on {len(datalist.get('test', []))} held out"
         ),
         "note": args.note,
-        "command": first.get("command"),
+        "command": training.get("command"),
         "seed": args.seed,
         "split": datalist.get("split"),
         "model": meta.get("model_name"),
         "preset": (meta.get("peft_config") or {}).get("preset"),
         "classes": (meta.get("class_prompts") or {}).get("names"),
-        **{k: first[k] for k in ("epochs", "training_seconds") if k in first},
-        "stages": None if stage is None else [*first.get("stages", []), stage],
+        **{k: training[k] for k in ("epochs", "training_seconds", "stages") if k in training},
         "machine": args.machine or f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "stored": "float16 (trained in float32)",
@@ -157,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         "test_dice": {**({"automatic": _means(auto)} if auto else {}), "boxes": _means(boxes)},
         "test_cases": {"automatic": auto, "boxes": boxes} if auto else {"boxes": boxes},
     }
-    if stage is not None:
-        record["training_seconds"] = first.get("training_seconds", 0) + stage["seconds"]
     models.mkdir(exist_ok=True)
     meta["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in meta["state_dict"].items()}
     tmp = models / ".adapter.pt.tmp"
