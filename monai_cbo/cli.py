@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -226,6 +227,37 @@ def _warn_weak_automatic(args: argparse.Namespace, auto) -> None:
         )
 
 
+def _check_output_folder(out_dir: Path) -> None:
+    """Refuse an output that cannot be the masks' folder before any model is loaded."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(
+                    f"-o {out_dir}: {folder} is a file; give a folder for the masks (it is made if missing)"
+                )
+            if not os.access(folder, os.W_OK):
+                raise ValueError(f"-o {out_dir}: {folder} is not writable; give a folder you can write to")
+            return
+
+
+def _check_prompt_files(cases) -> None:
+    """Read every case's prompt file before any model is loaded: a batch whose files are all bad stops here
+    (exit 2); a bad file in a batch is named now, and its case fails while the others run."""
+    from .inferers.prompts import load_prompt_file
+
+    bad = {}
+    for case in cases:
+        if case.prompt_file is not None:
+            try:
+                load_prompt_file(case.prompt_file)
+            except (ValueError, FileNotFoundError) as err:
+                bad[case.name] = err
+    if bad and len(bad) == len(cases):
+        raise ValueError("; ".join(str(err) for err in bad.values()))
+    for name, err in bad.items():
+        print(f"{name} will fail: {err}", file=sys.stderr)
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .inferers import KeyPrompt, Preprocess, SliceWiseInferer, find_cases, segment_cases
     from .inferers.segment import report
@@ -242,6 +274,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _warn_weak_automatic(args, auto)
     key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
     cases = find_cases(args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes, auto=auto)
+    _check_output_folder(Path(args.output))
+    _check_prompt_files(cases)
     pre = pre or Preprocess(args.modality, tuple(args.ct_window), args.channels, args.view)
     inferer = SliceWiseInferer(_load_model(args), batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
     out_dir = Path(args.output)

@@ -173,6 +173,26 @@ def _read_outside_box(f: Files):
     return read_prompt_file(_outside_box(f), affine, SliceGeometry.from_affine(affine, image.shape[1:]))
 
 
+def _zero_affine(f: Files) -> Path:
+    """A NIfTI whose sform is all zeros (a broken header nibabel itself will not write)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(SHAPE)
+    header.set_data_dtype(np.float32)
+    header["srow_x"] = header["srow_y"] = header["srow_z"] = 0
+    header["sform_code"], header["qform_code"] = 1, 0
+    data = f.rng.normal(size=SHAPE).astype(np.float32).tobytes(order="F")
+    return f.write("zero.nii", header.binaryblock + b"\0" * 4 + data)
+
+
+def _prompt_cli(payload: dict | str) -> Callable[[Files], int]:
+    """``monai-cbo segment --prompts`` with a prompt file holding ``payload`` (a dict, or raw JSON text)."""
+
+    def call(f: Files) -> int:
+        return f.cli(f.image(), "--prompts", f.write("prompts.json", payload))
+
+    return call
+
+
 # ---- checks of safe results -------------------------------------------------------------------------------------
 
 
@@ -345,6 +365,26 @@ ROWS = [
     Row("key box outside the volume", "segment_case key", lambda f: f.segment(image=f.image(), key=KeyPrompt(
         [5, 4, 9, 14, 11, 9])), ValueError, "img.nii.gz", r"key box of .*: key_box .* lies outside the volume of shape "
         r"\(24, 20, 6\); give voxel indices"),
+    Row("zero affine", "load_volume", lambda f: load_volume(_zero_affine(f)), ValueError, "zero.nii",
+        r"degenerate affine .*; fix the header \(re-export the image, or set its sform / qform\)"),
+    Row("zero affine", "cli segment", lambda f: f.cli(_zero_affine(f), "--key-box", KEY), 1, "zero.nii",
+        r"degenerate affine"),
+    Row("-o names a file", "cli segment", lambda f: f.write("out", "x") and f.cli(f.image(), "--key-box", KEY), 2,
+        "out", r"is a file; give a folder for the masks"),
+    Row("label id 10**30 in a prompt file", "cli segment --prompts",
+        _prompt_cli({"prompts": [{"label": 10**30, "key_box": [5, 4, 2, 14, 11, 2]}]}), 2, "prompts.json",
+        r"entry 0: label must be 1 \.\. 2147483647"),
+    Row("NaN box in a prompt file", "cli segment --prompts",
+        _prompt_cli('{"prompts": [{"label": 1, "box3d": [NaN, 4, 2, 14, 11, 2]}]}'), 2, "prompts.json",
+        r"holds NaN; every number must be finite"),
+    Row("too many point entries in a prompt file", "cli segment --prompts",
+        _prompt_cli({"prompts": [{"label": 1, "points": [[5, 5, 2]], "point_labels": [1]}] * 5000}), 2,
+        "prompts.json", r"has 5000 entries; give at most 1000"),
+    Row("too many points in one entry", "cli segment --prompts",
+        _prompt_cli({"prompts": [{"label": 1, "points": [[5, 5, 2]] * 5000, "point_labels": [1] * 5000}]}), 2,
+        "prompts.json", r"more than 1000 points \(entry 0 brings 5000\)"),
+    Row("--class 10**11", "cli segment --key-box", lambda f: f.cli(f.image(), "--key-box", KEY, "--class",
+        str(10**11)), 2, "", r"label must be 1 \.\. 2147483647"),
 ]
 # fmt: on
 

@@ -24,6 +24,10 @@ Entries of one label add up: several ``key_box`` entries are several keys of one
 points of a label that has key boxes correct its propagation (a background point where it leaks) and prompt
 the slices near theirs (:class:`~monai_cbo.inferers.propagation.PropagationConfig`.point_reach); the points of
 a label without key boxes prompt their own slices. ``point_labels`` is required: 1 foreground, 0 background.
+
+A file is checked whole before any image is read (:func:`load_prompt_file`): every number finite, labels
+1 .. :data:`MAX_LABEL`, at most :data:`MAX_ENTRIES` entries, :data:`MAX_KEY_BOXES` key boxes and
+:data:`MAX_POINTS` points in all; a file past a limit is refused with the count and the limit.
 """
 
 from __future__ import annotations
@@ -42,13 +46,20 @@ from .slicewise import Prompt2D, mask_box
 from .volume import SliceGeometry
 
 __all__ = [
+    "MAX_ENTRIES",
+    "MAX_KEY_BOXES",
+    "MAX_LABEL",
+    "MAX_POINTS",
     "PromptSpec",
     "VolumePrompts",
+    "check_label_value",
+    "load_prompt_file",
     "prompts_from_label",
     "prompts_from_mask",
     "prompts_from_spec",
     "read_prompt_file",
     "spec_from_boxes",
+    "spec_from_entries",
 ]
 
 
@@ -109,6 +120,106 @@ _HOW = {  # what to do about a prompt outside the volume, per coordinate system 
 }
 
 
+MAX_LABEL = 2**31 - 1  #: the largest label value a mask can hold (int32)
+MAX_ENTRIES = 1000  #: prompt entries in one file
+MAX_KEY_BOXES = 1000  #: key boxes in one file (at most one per slice and class is used)
+MAX_POINTS = 1000  #: points in one file: each slice's points are decoded together, so they cost memory squared
+
+
+def check_label_value(value: object, where: str) -> int:
+    """``value`` as a class label (1 .. :data:`MAX_LABEL`), else ValueError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{where}: label must be an integer class value, got {value!r}")
+    if not 1 <= int(value) <= MAX_LABEL:
+        shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:20]}..."
+        raise ValueError(f"{where}: label must be 1 .. {MAX_LABEL} (0 is background), got {shown}")
+    return int(value)
+
+
+def _finite(values: object, count: int | None, where: str, what: str) -> np.ndarray:
+    """``values`` as a float array (``count`` numbers when given), every one finite; else ValueError."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: {what} must hold numbers, got {str(values)[:80]}") from None
+    if count is not None and array.shape != (count,):
+        raise ValueError(f"{where}: {what} needs {count} numbers, got {str(values)[:80]}")
+    if not np.isfinite(array).all() or (np.abs(array) > 1e9).any():
+        raise ValueError(f"{where}: {what} holds a value that is not a finite coordinate: {str(values)[:80]}")
+    return array
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"holds {name}; every number must be finite (JSON has no NaN or Infinity)")
+
+
+def load_prompt_file(path: str | Path) -> tuple[list[dict], str]:
+    """The checked entries and the ``coordinates`` of a prompt file, read before any image (see the module
+    docstring for the format and the limits). Raises FileNotFoundError / ValueError naming the file, the
+    entry and the fix."""
+    path = Path(path)
+    fmt = "see monai_cbo.inferers.prompts for the format"
+    if path.is_dir():
+        raise ValueError(f"prompt file {path} is a folder; give a JSON file ({fmt})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompt file {path} does not exist; check the path or write one ({fmt})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        empty = "is empty (0 bytes)" if not path.stat().st_size else f"is not valid JSON: {err}"
+        raise ValueError(f"prompt file {path} {empty}; fix or rewrite it ({fmt})") from err
+    except ValueError as err:  # NaN / Infinity
+        raise ValueError(f"prompt file {path} {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
+        raise ValueError(f"prompt file {path} needs a 'prompts' list; {fmt}")
+    coordinates = data.get("coordinates", "voxel")
+    if coordinates not in ("voxel", "world"):
+        raise ValueError(f"prompt file {path}: coordinates must be 'voxel' or 'world', got {coordinates!r}")
+    entries = data["prompts"]
+    if len(entries) > MAX_ENTRIES:
+        raise ValueError(f"prompt file {path} has {len(entries)} entries; give at most {MAX_ENTRIES}")
+    boxes = points = 0
+    for n, entry in enumerate(entries):
+        where = f"prompt file {path}, entry {n}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: each prompt is an object with a 'label'; {fmt}")
+        if "label" not in entry:
+            raise ValueError(f"{where}: needs an integer 'label'")
+        check_label_value(entry["label"], where)
+        kinds = [k for k in ("box3d", "key_box", "points") if k in entry]
+        if len(kinds) != 1:
+            raise ValueError(f"{where}: give exactly one of 'box3d', 'key_box', 'points', got {kinds}")
+        kind = kinds[0]
+        if "key_slice" in entry:
+            if kind != "key_box":
+                raise ValueError(f"{where}: key_slice goes with a key_box")
+            _finite([entry["key_slice"]], 1, where, "key_slice")
+        if kind == "box3d":
+            _finite(entry[kind], 6, where, "box3d (i0, j0, k0, i1, j1, k1)")
+        elif kind == "key_box":
+            keys = _key_boxes(entry[kind])
+            boxes += len(keys)
+            if boxes > MAX_KEY_BOXES:
+                raise ValueError(f"prompt file {path} has more than {MAX_KEY_BOXES} key boxes; give at most that")
+            for box in keys:
+                _finite(box, 6, where, "key_box (i0, j0, k0, i1, j1, k1)")
+        else:
+            value = entry["points"]
+            count = len(value) if isinstance(value, list) else 0
+            points += count
+            if points > MAX_POINTS:
+                raise ValueError(
+                    f"prompt file {path} has more than {MAX_POINTS} points (entry {n} brings {count}); give at most "
+                    f"{MAX_POINTS}: each slice's points are decoded together"
+                )
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"{where}: points must be a non-empty list of [i, j, k] triples")
+            array = _finite(value, None, where, "points")
+            if array.ndim != 2 or array.shape[1] != 3:
+                raise ValueError(f"{where}: points must be a list of [i, j, k] triples, got {str(value)[:80]}")
+    return entries, coordinates
+
+
 def _to_voxels(coords: np.ndarray, coordinates: str, affine: np.ndarray) -> np.ndarray:
     """[N, 3] coordinates -> voxel indices of the stored array (float)."""
     if coordinates == "voxel":
@@ -127,14 +238,17 @@ def _add_box(
     geometry: SliceGeometry,
     where: str,
     key_slice: float | None = None,
+    bounded: bool = False,
 ) -> None:
     """Map a 3D box (6 numbers) into the sliced view, clip it, and add it to ``spec`` as ``box3d`` or key box.
 
     A key box thick along the slicing direction (k0 < k1) is a 3D box: its slices bound the propagation, which
-    starts on ``key_slice`` (in the box's own coordinates) or on its middle slice."""
+    starts on ``key_slice`` (in the box's own coordinates) or on its middle slice. With ``bounded`` a flat key
+    box bounds it too: it is segmented on its one slice and does not propagate."""
     if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 6:
         raise ValueError(f"{where}: {kind} needs 6 numbers (i0, j0, k0, i1, j1, k1), got {box!r}")
-    lo, hi = np.asarray(box[:3], dtype=np.float64), np.asarray(box[3:], dtype=np.float64)
+    numbers = _finite(box, 6, where, kind)
+    lo, hi = numbers[:3], numbers[3:]
     corners = np.array([np.where(np.array(p) == 1, hi, lo) for p in product((0, 1), repeat=3)])
     sliced = geometry.voxels_to_sliced(_to_voxels(corners, coordinates, affine))
     shape = np.asarray(geometry.sliced_shape)
@@ -149,7 +263,7 @@ def _add_box(
     if kind == "box3d":
         spec.boxes3d[cls] = np.concatenate([first, last]).astype(int)
         return
-    z_range = (int(first[2]), int(last[2])) if last[2] > first[2] else None
+    z_range = (int(first[2]), int(last[2])) if last[2] > first[2] or bounded else None
     if key_slice is None:
         k = int(round((first[2] + last[2]) / 2))
     else:  # a voxel index along the stored axis that becomes the slicing direction
@@ -188,13 +302,16 @@ def spec_from_boxes(
     key: bool = False,
     where: str = "box",
     key_slice: float | None = None,
+    bounded: bool = False,
 ) -> PromptSpec:
     """Prompts from per-class stored-voxel 3D boxes: on every slice they span, or (``key``) propagated. With
-    ``key``, a class may have a list of boxes (several keys) and ``key_slice`` chooses where a thick one starts."""
+    ``key``, a class may have a list of boxes (several keys), ``key_slice`` chooses where a thick one starts and
+    ``bounded`` keeps a flat one on its slice."""
     spec = PromptSpec()
+    kind = "key_box" if key else "box3d"
     for cls, value in boxes.items():
         for box in _key_boxes(value) if key else [value]:
-            _add_box(spec, int(cls), box, "key_box" if key else "box3d", "voxel", np.eye(4), geometry, where, key_slice)
+            _add_box(spec, int(cls), box, kind, "voxel", np.eye(4), geometry, where, key_slice, bounded)
     return spec
 
 
@@ -212,7 +329,9 @@ def add_points(
     try:
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: points must be a list of [i, j, k] triples, got {points!r}") from None
+        raise ValueError(f"{where}: points must be a list of [i, j, k] triples, got {str(points)[:80]}") from None
+    if not np.isfinite(pts).all():
+        raise ValueError(f"{where}: points hold a value that is not a finite coordinate: {str(points)[:80]}")
     if labels is None:
         raise ValueError(
             f"{where}: points need 'point_labels', one per point: 1 foreground (include), 0 background (exclude)"
@@ -246,39 +365,19 @@ def read_prompt_file(path: str | Path, affine: np.ndarray, geometry: SliceGeomet
     Boxes are clipped to the volume (a box partly outside it keeps its inside part); a box or point wholly
     outside it is a ValueError naming the file, the entry and the volume's extent.
     """
-    path = Path(path)
-    fmt = "see monai_cbo.inferers.prompts for the format"
-    if path.is_dir():
-        raise ValueError(f"prompt file {path} is a folder; give a JSON file ({fmt})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prompt file {path} does not exist; check the path or write one ({fmt})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        empty = "is empty (0 bytes)" if not path.stat().st_size else f"is not valid JSON: {err}"
-        raise ValueError(f"prompt file {path} {empty}; fix or rewrite it ({fmt})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
-        raise ValueError(f"prompt file {path} needs a 'prompts' list; {fmt}")
-    coordinates = data.get("coordinates", "voxel")
-    if coordinates not in ("voxel", "world"):
-        raise ValueError(f"prompt file {path}: coordinates must be 'voxel' or 'world', got {coordinates!r}")
+    entries, coordinates = load_prompt_file(path)
+    return spec_from_entries(entries, coordinates, affine, geometry, f"prompt file {path}")
+
+
+def spec_from_entries(
+    entries: list[dict], coordinates: str, affine: np.ndarray, geometry: SliceGeometry, source: str
+) -> PromptSpec:
+    """The prompts of checked prompt-file ``entries`` (:func:`load_prompt_file`) in the sliced view."""
     spec = PromptSpec()
-    for n, entry in enumerate(data["prompts"]):
-        where = f"prompt file {path}, entry {n}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: each prompt is an object with a 'label'; {fmt}")
-        try:
-            cls = int(entry["label"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{where}: needs an integer 'label'") from None
-        if cls < 1:
-            raise ValueError(f"{where}: label must be >= 1 (0 is background), got {cls}")
-        kinds = [k for k in ("box3d", "key_box", "points") if k in entry]
-        if len(kinds) != 1:
-            raise ValueError(f"{where}: give exactly one of 'box3d', 'key_box', 'points', got {kinds}")
-        kind = kinds[0]
-        if "key_slice" in entry and kind != "key_box":
-            raise ValueError(f"{where}: key_slice goes with a key_box")
+    for n, entry in enumerate(entries):
+        where = f"{source}, entry {n}"
+        cls = int(entry["label"])
+        kind = next(k for k in ("box3d", "key_box", "points") if k in entry)
         if kind == "box3d":
             _add_box(spec, cls, entry[kind], kind, coordinates, affine, geometry, where)
         elif kind == "key_box":

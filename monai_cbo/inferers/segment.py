@@ -25,10 +25,12 @@ from .prompts import (
     PromptSpec,
     VolumePrompts,
     add_points,
+    check_label_value,
+    load_prompt_file,
     prompts_from_label,
     prompts_from_spec,
-    read_prompt_file,
     spec_from_boxes,
+    spec_from_entries,
 )
 from .propagation import PropagationConfig, propagate
 from .slicewise import SliceResult, SliceWiseInferer
@@ -65,24 +67,27 @@ class KeyPrompt:
     object, e.g. its top, middle and bottom). A flat box (k0 = k1) is drawn on its slice; a thick one (k0 < k1)
     is a 3D box whose slices bound the propagation, which starts on ``key_slice`` (default its middle slice).
     ``points``: [[i, j, k, l], ...] correction points, ``l`` 1 foreground / 0 background (a background point where
-    the mask leaks). ``label`` is the class written.
+    the mask leaks). ``label`` is the class written. With ``bounded``, a box's slices always bound the
+    propagation, a flat box's too: it is segmented on its one slice only (a viewer's one-slice ROI).
     """
 
     box: Sequence[float] | Sequence[Sequence[float]]
     label: int = 1
     key_slice: int | None = None
     points: Sequence[Sequence[float]] | None = None
+    bounded: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.label, (int, np.integer)) or self.label < 1:
-            raise ValueError(f"the key box's class must be an integer >= 1 (0 is background), got {self.label!r}")
+        check_label_value(self.label, "the key box's class")
         for point in self.points or []:
             if len(point) != 4 or point[3] not in (0, 1):
                 raise ValueError(f"a point is i, j, k, label with label 1 (foreground) or 0 (background), got {point}")
 
     def spec(self, geometry: SliceGeometry, where: str) -> PromptSpec:
         """This prompt in the sliced view of ``geometry``."""
-        spec = spec_from_boxes({self.label: self.box}, geometry, key=True, where=where, key_slice=self.key_slice)
+        spec = spec_from_boxes(
+            {self.label: self.box}, geometry, key=True, where=where, key_slice=self.key_slice, bounded=self.bounded
+        )
         if self.points:
             pts = np.asarray(self.points, dtype=np.float64)
             add_points(spec, self.label, pts[:, :3], pts[:, 3].astype(int), "voxel", np.eye(4), geometry, where)
@@ -119,8 +124,8 @@ class Case:
                 f"give exactly one prompt source (label, prompt file or key slice) or automatic mode, got "
                 f"{given or 'none'}"
             )
-        if self.classes is not None and not all(int(c) >= 1 for c in self.classes):
-            raise ValueError(f"classes must be label values >= 1 (0 is background), got {list(self.classes)}")
+        for c in self.classes or []:
+            check_label_value(c, "classes")
         if self.name is None:
             first = self.image[0] if isinstance(self.image, list) else self.image
             self.name = case_name(first)
@@ -273,6 +278,7 @@ def segment_case(
     With a label, ``score`` adds Dice / HD95 / NSD per class to the result."""
     start = time.perf_counter()
     output = check_overwrite(output, overwrite)  # fail before any work
+    entries = None if case.prompt_file is None else load_prompt_file(case.prompt_file)  # checked before reading
     image = load_volume(case.image)
     volume, geometry = prepare_volume(image, pre or Preprocess())
     gt = None
@@ -283,8 +289,9 @@ def segment_case(
     elif case.label is not None:
         gt, present = check_label(load_volume(case.label), image, case.classes)
         prompts = VolumePrompts(prompts_from_label(geometry.to_sliced(gt), present))
-    elif case.prompt_file is not None:
-        prompts = prompts_from_spec(read_prompt_file(case.prompt_file, image.affine.numpy(), geometry))
+    elif entries is not None:
+        where = f"prompt file {case.prompt_file}"
+        prompts = prompts_from_spec(spec_from_entries(*entries, image.affine.numpy(), geometry, where))
     else:
         prompts = prompts_from_spec(case.key.spec(geometry, where=f"key box of {case.image}"))
     seg = segment_volume(inferer, volume, geometry, prompts, propagation, auto=case.auto)

@@ -88,6 +88,13 @@ def load_volume(path: str | Path | Sequence[str | Path]) -> MetaTensor:
             "a 3D volume is needed: give a 3D image, or a 4D file whose last axis holds channels (choose them "
             "with --channels)"
         )
+    linear = np.asarray(image.meta.get("original_affine", image.affine), dtype=np.float64)[:3, :3]
+    if not np.isfinite(linear).all() or abs(np.linalg.det(linear)) < 1e-12:
+        raise ValueError(
+            f"{', '.join(map(str, paths))} has a degenerate affine (voxel-to-world matrix {linear.tolist()}): its "
+            "header's orientation and spacing are broken, so no box, point or mask can be placed in it; fix the "
+            "header (re-export the image, or set its sform / qform) and try again"
+        )
     return image
 
 
