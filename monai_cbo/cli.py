@@ -377,12 +377,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_label(args: argparse.Namespace) -> int:
-    from .label.server import serve
-
-    return serve(args.studies, args.work, args.host, args.port, args.bundle, args.adapter, args.device, args.modality)
-
-
 def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
     """How volumes become model input (:class:`~monai_cbo.inferers.Preprocess`): shared by segment and bench."""
     p.add_argument(
@@ -738,28 +732,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser(
-        "label",
-        help="serve a folder of volumes to 3D Slicer / OHIF through MONAI Label (optional extra: [label])",
-        description="Starts MONAI Label's own server with the monai_cbo app on a local folder of NIfTI / NRRD "
-        "volumes: a prompted task (ROI box and clicks -> propagated 3D mask), an automatic task (every class of "
-        "the adapter) and, with --bundle, a train task that fine-tunes an adapter on the labels saved so far; "
-        "the infer tasks use the newest adapter without a restart. Needs the label extra: "
-        'pip install -e ".[label]" && pip install --no-deps monailabel==0.8.5. Steps for 3D Slicer: '
-        "docs/label.md.",
-    )
-    p.add_argument("--studies", required=True, help="folder of volumes to label (labels go to its labels/final/)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument(
-        "--bundle", default=None, help="a shipped bundle: its adapter, classes, preprocessing, training"
-    )
-    source.add_argument("--adapter", default=None, help="an adapter file instead of a bundle (no train task)")
-    p.add_argument("--modality", default="ct", choices=["ct", "mri"], help="without --bundle: intensity scaling (ct)")
-    p.add_argument("--work", default="runs/label", help="work folder: the app, fine-tuned adapters (runs/label)")
-    p.add_argument("--device", default=None, help="torch device for inference (default CUDA when present)")
-    p.set_defaults(func=_cmd_label)
+    from .label.server import add_parser as add_label_parser
+
+    add_label_parser(sub)
 
     from .timing.gpu_check import add_gpu_check_parser
 

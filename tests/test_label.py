@@ -10,10 +10,12 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +85,38 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
 
 
+def _start(root: Path, options: list[str], env: dict | None = None):
+    """A label server on a free loopback port over ``root/studies``; (process, url, log)."""
+    requests = pytest.importorskip("requests")
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    cmd = [sys.executable, "-m", "monai_cbo.cli", "label", "--studies", str(root / "studies")]
+    cmd += ["--work", str(root / "work"), "--port", str(port), *options]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            if requests.get(f"{url}/auth/", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not start: {(root / 'server.log').read_text(encoding='utf-8')[-3000:]}")
+        time.sleep(1)
+    return proc, url, log
+
+
+def _stop(proc, log) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if SKIP:
@@ -93,30 +127,89 @@ def server(tmp_path_factory):
     studies.mkdir()
     for case in CASES:
         shutil.copy(SHARED / "imagesTr" / f"{case}.nii.gz", studies)
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    cmd = [sys.executable, "-m", "monai_cbo.cli", "label", "--studies", str(studies), "--work", str(root / "work")]
-    cmd += ["--port", str(port), "--bundle", "hippocampus_mri_cbo"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not start: {(root / 'server.log').read_text(encoding='utf-8')[-3000:]}")
-        time.sleep(1)
-    yield {"url": url, "studies": studies, "root": root, "requests": requests, "digest": _digest(studies)}
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    proc, url, log = _start(root, ["--bundle", "hippocampus_mri_cbo"])
+    yield {"url": url, "studies": studies, "root": root, "requests": requests, "digest": _digest(studies), "proc": proc}
+    _stop(proc, log)
+
+
+TOKEN = "a-long-random-token-for-the-tests"
+VIEWER = "http://viewer.example:3000"
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    """A server with a token (from the environment) and one allowed web origin; zero-shot, no bundle."""
+    if SKIP:
+        pytest.skip(SKIP)
+    root = tmp_path_factory.mktemp("label_token")
+    (root / "studies").mkdir()
+    shutil.copy(SHARED / "imagesTr" / f"{CASES[0]}.nii.gz", root / "studies")
+    options = ["--modality", "mri", "--allow-origin", VIEWER]
+    proc, url, log = _start(root, options, env={"MONAI_CBO_LABEL_TOKEN": TOKEN})
+    yield url
+    _stop(proc, log)
+
+
+def test_a_server_with_a_token_serves_only_requests_that_carry_it(token_server):
+    import requests
+
+    url, bearer = token_server, {"Authorization": f"Bearer {TOKEN}"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = requests.get(f"{url}/info/", headers=headers, timeout=30)
+        assert r.status_code == 401 and "Authorization: Bearer" in r.text, headers
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert requests.get(f"{url}/info/", headers=bearer, timeout=30).status_code == 200
+    assert requests.get(f"{url}/datastore/", headers=bearer, timeout=30).json()["total"] == 1
+    # the login MONAI Label's clients (3D Slicer) ask for: any user name, the token as the password
+    assert requests.get(f"{url}/auth/", timeout=30).json()["enabled"] is True
+    login = requests.post(f"{url}/auth/token", data={"username": "me", "password": TOKEN}, timeout=30)
+    assert login.status_code == 200 and login.json() == {"access_token": TOKEN, "token_type": "Bearer"}
+    assert requests.post(f"{url}/auth/token", data={"username": "me", "password": "x"}, timeout=30).status_code == 401
+    assert requests.get(f"{url}/auth/token/valid", headers=bearer, timeout=30).status_code == 200
+
+
+def test_only_the_allowed_origin_gets_cors_answers(token_server):
+    import requests
+
+    url, bearer = token_server, {"Authorization": f"Bearer {TOKEN}"}
+    preflight = requests.options(
+        f"{url}/infer/monai_cbo_prompt",
+        headers={
+            "Origin": VIEWER,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+        timeout=30,
+    )
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == VIEWER
+    assert "access-control-allow-credentials" not in preflight.headers  # no cookies: the token is the credential
+    r = requests.get(f"{url}/info/", headers={**bearer, "Origin": VIEWER}, timeout=30)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == VIEWER
+    r = requests.get(f"{url}/info/", headers={**bearer, "Origin": "http://viewer.example:3001"}, timeout=30)
+    assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
+
+
+def test_the_server_refuses_to_start_open_to_the_network_or_misconfigured(tmp_path, capsys, monkeypatch):
+    """Without a token it listens on the loopback address only; a short token, an origin that is not one or a
+    work folder inside the studies are refused, each with exit code 2 and the reason."""
+    from monai_cbo.cli import main
+
+    monkeypatch.delenv("MONAI_CBO_LABEL_TOKEN", raising=False)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), studies / "a.nii.gz")
+    base = ["label", "--studies", str(studies), "--work", str(tmp_path / "work"), "--port", "1"]
+    cases = {
+        "would let anyone who reaches port 1": ["--host", "0.0.0.0"],
+        "shorter than 16 characters": ["--token", "short"],
+        "is not an origin": ["--allow-origin", "*"],
+        "lies inside the studies folder": ["--work", str(studies / "work")],
+    }
+    for message, options in cases.items():
+        assert main([*base, *options]) == 2, options
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "work").exists()
 
 
 def _infer(server, model: str, image: str, params: dict, output: str = "image"):
@@ -217,6 +310,266 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(
     )
 
 
+def _listing(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file below ``folder`` (relative path -> SHA-256), but those whose relative path starts with ``skip``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not str(p.relative_to(folder)).startswith(skip)
+    }
+
+
+def _bomb(shape: tuple[int, int, int], size: int) -> bytes:
+    """A gzip-compressed NIfTI whose header says ``shape`` (uint8) and whose data decompresses to ``size`` bytes."""
+    import zlib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
+    parts = [packer.compress(header.binaryblock + b"\0" * 4)]
+    chunk = bytes(1 << 24)
+    for _ in range(size // len(chunk)):
+        parts.append(packer.compress(chunk))
+    return b"".join(parts) + packer.flush()
+
+
+#: what MONAI Label may change in the server's own folders: its index of the studies, its lock, the app's logs
+BOOKKEEPING = ("datastore_v2.json", ".lock", "work/app/", "server.log", "studies/datastore_v2.json", "studies/.lock")
+
+
+def test_a_hostile_client_reaches_nothing_outside_the_servers_folders(server, tmp_path):
+    """Each request a hostile client tried against the first label server, answered 4xx with the reason, and
+    nothing on disk changed: not outside the server's folders (a canary volume beside them), not the studies'
+    images, and no upload left in any temporary folder."""
+    import psutil
+
+    requests, url, root = server["requests"], server["url"], server["root"]
+    canary = root / "canary.nii.gz"
+    if not canary.exists():
+        shutil.copy(SHARED / "imagesTr" / f"{CASES[0]}.nii.gz", canary)
+    image = (root / "studies" / f"{CASES[0]}.nii.gz").read_bytes()
+    before = _listing(root, BOOKKEEPING)
+    system_tmp = set(os.listdir(tempfile.gettempdir()))
+
+    def put(kind: str, params: dict | str, files: dict):
+        target = f"{url}/datastore/{kind}" + (f"?{params}" if isinstance(params, str) else "")
+        return requests.put(target, params=params if isinstance(params, dict) else None, files=files, timeout=60)
+
+    def infer(image_id: str, params, files: dict | None = None, raw: str | None = None):
+        text = params if isinstance(params, str) else json.dumps(params)
+        target = f"{url}/infer/monai_cbo_prompt" + (f"?{raw}" if raw else "")
+        return requests.post(
+            target,
+            params=None if raw else {"image": image_id},
+            files={"params": (None, text), **(files or {})},
+            timeout=600,
+        )
+
+    upload = {"file": ("x.nii.gz", image)}
+    attacks = {
+        "image id ../../x": (put("image", {"image": "../../x"}, upload), 422, "path separator"),
+        "image id encoded": (put("image", "image=..%2F..%2Fx", upload), 422, "path separator"),
+        "image id ..": (put("image", {"image": ".."}, upload), 422, "starts with '.'"),
+        "absolute image id, no suffix": (
+            put("image", {"image": str(canary)[:-7]}, {"file": ("a", image)}),
+            415,
+            "NIfTI",
+        ),
+        "upload named by a path, no id": (put("image", {}, {"file": (str(canary)[:-7], image)}), 415, "NIfTI"),
+        "NRRD upload": (put("image", {"image": "new"}, {"file": ("x.nrrd", image)}), 415, "another file"),
+        "existing image": (put("image", {"image": CASES[0]}, upload), 409, "never overwritten"),
+        "label tag ..": (put("label", {"image": CASES[0], "tag": ".."}, {"label": ("l.nii.gz", image)}), 422, "tag"),
+        "label tag path": (
+            put("label", {"image": CASES[0], "tag": "../../x"}, {"label": ("l.nii.gz", image)}),
+            422,
+            "tag",
+        ),
+        "label tag encoded": (put("label", f"image={CASES[0]}&tag=%2E%2E", {"label": ("l.nii.gz", image)}), 422, "tag"),
+        "label of ../image": (
+            put("label", {"image": f"../{CASES[0]}"}, {"label": ("l.nii.gz", image)}),
+            422,
+            "image id",
+        ),
+        "label bomb": (
+            put("label", {"image": CASES[0]}, {"label": ("l.nii.gz", _bomb((1300, 1300, 1300), 2 << 30))}),
+            422,
+            "header says shape [1300, 1300, 1300]",
+        ),
+        "image bomb": (
+            put("image", {"image": "bomb"}, {"file": ("b.nii.gz", _bomb((2048, 2048, 1024), 1 << 28))}),
+            413,
+            "holds 4,294,967,296 bytes",
+        ),
+        "save_label with tag ..": (
+            infer(CASES[0], {"roi": ROI_014, "save_label": True, "label_tag": ".."}),
+            422,
+            "label_tag",
+        ),
+        "infer an absolute path": (infer(str(canary), {"roi": ROI_014}), 422, "path separator"),
+        "infer ../image": (infer(f"../studies/{CASES[0]}", {"roi": ROI_014}), 422, "path separator"),
+        "infer encoded path": (infer("", {"roi": ROI_014}, raw="image=%2Fetc%2Fpasswd"), 422, "path separator"),
+        "infer params.image": (infer(CASES[0], {"roi": ROI_014, "image": str(canary)}), 422, "params.image"),
+        "infer an uploaded file": (infer(CASES[0], {"roi": ROI_014}, {"file": ("x.nii.gz", image)}), 422, "datastore"),
+        "roi Infinity": (infer(CASES[0], '{"roi": [6, 5, 27, 44, 5, Infinity]}'), 422, "Infinity"),
+        "roi NaN": (infer(CASES[0], '{"roi": [NaN, 5, 27, 44, 5, 35]}'), 422, "NaN"),
+        "key_slice huge": (infer(CASES[0], {"roi": ROI_014, "key_slice": 1e300}), 422, "finite"),
+        "params a list": (infer(CASES[0], "[1, 2]"), 422, "JSON object"),
+        "roi zero extent": (infer(CASES[0], {"roi": [6, 5, 6, 44, 5, 35]}), 422, "no extent"),
+        "roi negative extent": (infer(CASES[0], {"roi": [6, 5, 27, 44, 20, 10]}), 422, "no extent"),
+        "too many clicks": (infer(CASES[0], {"roi": ROI_014, "foreground": [[10, 10, 10]] * 101}), 422, "at most 100"),
+        "train 100000 epochs": (
+            requests.post(f"{url}/train/monai_cbo_train", json={"max_epochs": 100000}, timeout=60),
+            422,
+            "outside 1..50",
+        ),
+        "train NaN": (
+            requests.post(
+                f"{url}/train/monai_cbo_train",
+                data='{"learning_rate": NaN}',
+                headers={"content-type": "application/json"},
+                timeout=60,
+            ),
+            422,
+            "learning_rate",
+        ),
+        "train unknown parameter": (
+            requests.post(f"{url}/train/monai_cbo_train", json={"dataset_dir": "/"}, timeout=60),
+            422,
+            "unknown",
+        ),
+        "download ../image": (
+            requests.get(f"{url}/datastore/image", params={"image": "../x"}, timeout=60),
+            422,
+            "image id",
+        ),
+        "label of tag ..": (
+            requests.get(f"{url}/datastore/label", params={"label": CASES[0], "tag": ".."}, timeout=60),
+            422,
+            "tag",
+        ),
+        "image info ../": (
+            requests.put(
+                f"{url}/datastore/image/info", params={"image": "../x"}, files={"info": (None, "{}")}, timeout=60
+            ),
+            422,
+            "image id",
+        ),
+        "model upload": (
+            requests.put(f"{url}/model/monai_cbo_prompt", files={"file": ("m.pt", b"x")}, timeout=60),
+            404,
+            "not served",
+        ),
+        "session upload": (
+            requests.put(f"{url}/session/", files={"files": ("x.nii.gz", image)}, timeout=60),
+            404,
+            "not served",
+        ),
+        "batch infer": (requests.post(f"{url}/batch/infer/monai_cbo_prompt", timeout=60), 404, "not served"),
+        "logs": (requests.get(f"{url}/logs/", timeout=60), 404, "not served"),
+        "foreign origin": (
+            requests.options(
+                f"{url}/info/",
+                headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+                timeout=60,
+            ),
+            403,
+            "--allow-origin",
+        ),
+        "foreign origin, simple POST": (
+            requests.post(f"{url}/train/monai_cbo_train", headers={"Origin": "http://evil.example"}, timeout=60),
+            403,
+            "evil.example",
+        ),
+        "DNS rebinding": (requests.get(f"{url}/info/", headers={"Host": "evil.example"}, timeout=60), 421, "Host"),
+    }
+    wrong = {
+        name: (r.status_code, r.text[:300])
+        for name, (r, status, text) in attacks.items()
+        if r.status_code != status or text not in r.text
+    }
+    assert not wrong, wrong
+    assert "access-control-allow-origin" not in attacks["foreign origin"][0].headers
+    rss = psutil.Process(_server_pid(server)).memory_info().rss
+    assert rss < 3 << 30, f"the server holds {rss >> 20} MiB after the decompression bombs"
+    assert requests.get(f"{url}/info/", timeout=30).status_code == 200  # still serving
+    assert _listing(root, BOOKKEEPING) == before  # nothing changed, inside the folders or beside them
+    assert not any((root / "work" / "tmp").iterdir())  # every upload removed, refused or not
+    leftovers = set(os.listdir(tempfile.gettempdir())) - system_tmp
+    assert not {n for n in leftovers if n.startswith("tmp") or n.endswith(".nii.gz")}, leftovers
+    assert not (server["studies"] / "labels" / "final").exists() or not any(
+        (server["studies"] / "labels" / "final").iterdir()
+    )
+
+
+def _server_pid(server) -> int:
+    return server["proc"].pid
+
+
+def test_a_one_slice_roi_segments_that_slice_only(server, tmp_path):
+    """The ROI's slices bound the prompted task, a one-slice ROI's too (it does not propagate beyond it)."""
+    i0, j0, i1, j1, _, _ = ROI_014
+    params, mask = _infer_all(
+        server, "monai_cbo_prompt", CASES[0], {"roi": [i0, j0, i1, j1, 17, 18]}, tmp_path / "one.nii.gz"
+    )
+    assert params["slices"] == 1
+    assert mask[..., 17].any() and not np.delete(mask, 17, axis=2).any()
+
+
+def test_the_server_answers_while_an_inference_runs(server):
+    """Inference runs off the event loop: /info/ and /datastore/ answer within a second while it runs."""
+    import threading
+
+    requests, url = server["requests"], server["url"]
+    done = threading.Event()
+
+    def run():
+        _infer(server, "monai_cbo_prompt", CASES[2], {"roi": [2, 2, 33, 45, 0, 36]})
+        done.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(1.0)
+    try:
+        for path in ("/info/", "/datastore/", "/train/"):
+            start = time.monotonic()
+            r = requests.get(f"{url}{path}", timeout=30)
+            assert r.status_code in (200, 404), (path, r.text)  # /train/: 404 "no train task found" before any
+            assert time.monotonic() - start < 1.0, path
+        assert not done.is_set(), "the inference finished before the other requests were sent: nothing was shown"
+    finally:
+        worker.join(600)
+
+
+def test_train_status_is_truthful_after_a_stop(server):
+    """A training stopped with DELETE /train/ reads STOPPED in /info/ and /train/, not RUNNING; a second training
+    while one runs is refused with 429 and the way out."""
+    requests, url = server["requests"], server["url"]
+    for case in CASES[:2]:
+        with open(SHARED / "labelsTr" / f"{case}.nii.gz", "rb") as f:
+            r = requests.put(
+                f"{url}/datastore/label", params={"image": case}, files={"label": (f"{case}.nii.gz", f)}, timeout=60
+            )
+        assert r.status_code == 200, r.text
+    r = requests.post(f"{url}/train/monai_cbo_train", json={"max_epochs": 50}, timeout=60)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{url}/train/monai_cbo_train", json={"max_epochs": 1}, timeout=60)
+    assert r.status_code == 429 and "DELETE /train/" in r.text
+    deadline = time.monotonic() + 300
+    while requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["monai_cbo_train"].get("status") != "RUNNING":
+        assert time.monotonic() < deadline, "the training never started"
+        time.sleep(2)
+    assert requests.delete(f"{url}/train/", timeout=60).status_code == 200
+    deadline = time.monotonic() + 60
+    while (stats := requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["monai_cbo_train"])[
+        "status"
+    ] == "RUNNING":
+        assert time.monotonic() < deadline, stats
+        time.sleep(1)
+    assert stats["status"] == "STOPPED"
+    assert requests.get(f"{url}/train/", timeout=30).json()["status"] == "STOPPED"
+
+
 def test_train_on_saved_labels_then_infer_uses_the_new_adapter(server, tmp_path):
     """Save two labels through the API, fine-tune a tiny run, and the next prompted request uses the new
     adapter without a restart: its name is in the answer and the mask changes."""
@@ -253,3 +606,76 @@ def test_train_on_saved_labels_then_infer_uses_the_new_adapter(server, tmp_path)
     saved = server["studies"] / "labels" / "final"
     assert sorted(p.name for p in saved.iterdir()) == [f"{c}.nii.gz" for c in CASES[:2]]
     assert _digest(server["studies"]) == server["digest"]  # the images themselves untouched
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
+def test_train_parameters_are_checked_against_the_operators_limits(tmp_path):
+    from monai_cbo.bundles import load_bundle
+    from monai_cbo.label.app import FineTune
+    from monai_cbo.label.guard import Refused
+
+    task = FineTune(load_bundle("hippocampus_mri_cbo"), tmp_path, max_epochs=10)
+    assert task.validate({"max_epochs": 10, "learning_rate": 1e-4, "preset": "lora"}) == {
+        "max_epochs": 10,
+        "learning_rate": 1e-4,
+        "preset": "lora",
+    }
+    assert task.validate({"max_epochs": 3.0}) == {"max_epochs": 3}
+    refused = {
+        "outside 1..10": {"max_epochs": 11},
+        "is not a finite number": {"learning_rate": float("nan")},
+        "is not an integer": {"seed": 1.5},
+        "is not a number": {"auto_share": True},
+        "is not a preset": {"preset": ["lora"]},
+        "unknown train parameter(s) ['dataset_dir']": {"dataset_dir": "/"},
+        "must be a JSON object": [1],
+    }
+    for message, params in refused.items():
+        with pytest.raises(Refused, match=re.escape(message)) as err:
+            task.validate(params)
+        assert err.value.status == 422
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
+def test_a_running_status_whose_process_has_ended_reads_stopped(tmp_path):
+    from monai_cbo.bundles import load_bundle
+    from monai_cbo.label.app import FineTune
+
+    task = FineTune(load_bundle("hippocampus_mri_cbo"), tmp_path)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    for pid, status in ((os.getpid(), "RUNNING"), (ended.pid, "STOPPED"), (None, "STOPPED")):
+        task._write_stats({"status": "RUNNING", "pid": pid})
+        assert task.stats()["status"] == status, pid
+    task._write_stats({"status": "DONE", "pid": ended.pid})
+    assert task.stats()["status"] == "DONE"
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
+def test_the_inference_queue_answers_503_when_full():
+    import asyncio
+    import threading
+
+    from monai_cbo.label.guard import Refused
+    from monai_cbo.label.routes import InferQueue
+
+    queue, gate, ran = InferQueue(limit=1), threading.Event(), []
+
+    def slow(n):
+        gate.wait(10)
+        ran.append(n)
+        return n
+
+    async def scenario():
+        first = asyncio.create_task(queue.run(slow, 1))
+        second = asyncio.create_task(queue.run(slow, 2))  # waits behind the first
+        await asyncio.sleep(0.2)
+        with pytest.raises(Refused, match="already running or queued") as err:
+            await queue.run(slow, 3)
+        assert err.value.status == 503
+        gate.set()
+        assert (await first, await second) == (1, 2)
+        assert await queue.run(slow, 4) == 4  # room again
+
+    asyncio.run(scenario())
+    assert ran == [1, 2, 4]  # one at a time, in order

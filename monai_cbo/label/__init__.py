@@ -9,6 +9,10 @@ starts (:func:`~monai_cbo.label.server.serve`), so the rest of monai_cbo never n
 - ``monai_cbo_auto`` (infer, *segmentation* type): every class of the loaded adapter, no input;
 - ``monai_cbo_train`` (train): fine-tunes an adapter on the labels saved so far with the bundle's own training,
   writes it atomically, and the infer tasks use the newest adapter from their next request on.
+
+Whatever arrives over HTTP is hostile: :mod:`~monai_cbo.label.guard` holds the one rule for names and paths
+and the request guard (host, origin, token, body size), :mod:`~monai_cbo.label.routes` the cut-down HTTP
+surface (uploads, inference queue, train limits); the threat model is in ``docs/label.md``.
 """
 
 from __future__ import annotations
