@@ -183,7 +183,7 @@ def harden(
         if output not in (None, "image", "json", "all"):
             raise Refused(422, f"output {output!r} is not offered; use image, json or all")
         request = parse_params(params)
-        for key in ("image", "model", "label", "file", "session", "result_extension", "result_dtype"):
+        for key in ("image", "model", "label", "file", "session"):  # what would choose what is read
             if key in request:
                 raise Refused(
                     422,
