@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -742,10 +743,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_VALUE = re.compile(r"-\.?\d[\d.eE+-]*(,[-+]?[\d.eE+-]+)*")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--window -160,240`` as ``--window=-160,240``: argparse takes a value that starts with ``-`` for an
+    option unless it is one plain number, so a list of numbers starting with a negative one needs the ``=``."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_VALUE.fullmatch(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .utils import keep_freed_memory
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     keep_freed_memory()
     try:
         return args.func(args)
