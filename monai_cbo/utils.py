@@ -13,7 +13,15 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output", "check_option", "check_overwrite", "keep_freed_memory", "load_weights_only", "write_atomic"]
+__all__ = [
+    "atomic_output",
+    "check_option",
+    "check_overwrite",
+    "keep_freed_memory",
+    "load_weights_only",
+    "machine_summary",
+    "write_atomic",
+]
 
 
 def check_option(kind: str, value: Any, allowed: Collection) -> Any:
@@ -115,3 +123,22 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def machine_summary(device: Any = "cpu") -> dict[str, str | int]:
+    """What a timing or a benchmark ran on: Python, torch, the CPU, torch's threads, the device (and its GPU)."""
+    import platform
+
+    import torch
+
+    device = torch.device(device)
+    info: dict[str, str | int] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

@@ -71,7 +71,7 @@ from ..peft.config import ABLATION_PRESETS, PRESETS, PeftConfig
 from ..peft.state import _config_mismatch
 from ..training import build_optimizer, build_trainer
 from ..transforms.training import SlicePromptsd
-from ..utils import check_option, write_atomic
+from ..utils import check_option, machine_summary, write_atomic
 
 __all__ = ["BenchConfig", "BenchData", "BenchFailed", "run_bench", "train_and_evaluate"]
 
@@ -674,8 +674,6 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
         payload = saved
     else:
         payload = dataclasses.asdict(config)
-    from ..timing.speed import machine_summary
-
     device = config.torch_device
     payload["command"] = command or payload.get("command")
     payload["machine"] = {**machine_summary(device), "cpus": os.cpu_count()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,9 +17,6 @@ import torch
 from ..networks import SamSegmenter, class_prompts_of
 from ..transforms.resize import ResizeLongestSidePad, restore_slice, scale_coords
 from .embeddings import EmbeddingCache
-
-if TYPE_CHECKING:  # propagation builds on this module
-    from .propagation import ObjectPrompt, PropagationConfig
 
 __all__ = ["Prompt2D", "SliceResult", "SliceWiseInferer", "mask_box"]
 
@@ -205,18 +201,6 @@ class SliceWiseInferer:
             for (cls, _), res in zip(items, self.decode(emb, [p for _, p in items], size), strict=True):
                 results[cls][z] = res
         return results
-
-    def propagate(
-        self,
-        volume: torch.Tensor,
-        prompt: ObjectPrompt,
-        config: PropagationConfig | None = None,
-        cache: EmbeddingCache | None = None,
-    ) -> dict[int, SliceResult]:
-        """Grow one object from its key boxes: see :func:`monai_cbo.inferers.propagation.propagate`."""
-        from .propagation import propagate
-
-        return propagate(self, volume, prompt, config, cache)
 
     def label_map(
         self, results: Mapping[int, Mapping[int, SliceResult]], shape: tuple[int, int, int], exclusive: bool = True

@@ -6,7 +6,6 @@ repeated) and compared by the ratio of their medians; absolute seconds are repor
 
 from __future__ import annotations
 
-import platform
 import resource
 import statistics
 import sys
@@ -20,6 +19,7 @@ from ..models import build_segmenter
 from ..networks import build_model
 from ..peft import count_parameters
 from ..training import build_optimizer, build_trainer, train_step
+from ..utils import machine_summary
 
 __all__ = [
     "DEFAULT_SPEED_PRESETS",
@@ -182,17 +182,3 @@ def volume_time(
 def peak_memory_mib(device: str | torch.device = "cpu") -> float:
     """Peak memory so far: CUDA allocator peak on a GPU, the process's peak resident set on the CPU."""
     return _peak_memory_mib(torch.device(device))
-
-
-def machine_summary(device: str | torch.device = "cpu") -> dict[str, str | int]:
-    device = torch.device(device)
-    info: dict[str, str | int] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
