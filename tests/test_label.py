@@ -611,8 +611,8 @@ def test_train_on_saved_labels_then_infer_uses_the_new_adapter(server, tmp_path)
 @pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
 def test_train_parameters_are_checked_against_the_operators_limits(tmp_path):
     from monai_cbo.bundles import load_bundle
-    from monai_cbo.label.app import FineTune
     from monai_cbo.label.guard import Refused
+    from monai_cbo.label.train import FineTune
 
     task = FineTune(load_bundle("hippocampus_mri_cbo"), tmp_path, max_epochs=10)
     assert task.validate({"max_epochs": 10, "learning_rate": 1e-4, "preset": "lora"}) == {
@@ -639,7 +639,7 @@ def test_train_parameters_are_checked_against_the_operators_limits(tmp_path):
 @pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
 def test_a_running_status_whose_process_has_ended_reads_stopped(tmp_path):
     from monai_cbo.bundles import load_bundle
-    from monai_cbo.label.app import FineTune
+    from monai_cbo.label.train import FineTune
 
     task = FineTune(load_bundle("hippocampus_mri_cbo"), tmp_path)
     ended = subprocess.Popen([sys.executable, "-c", "pass"])

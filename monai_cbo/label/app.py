@@ -2,7 +2,9 @@
 
 MONAI Label loads it from the ``main.py`` that ``monai-cbo label`` writes into its work folder; its settings
 arrive as the app's ``conf`` (strings): ``work`` (the work folder), ``bundle`` (a shipped bundle's name, or
-empty), ``adapter`` (an adapter file, or empty), ``device`` (empty: CUDA when there is one).
+empty), ``adapter`` (an adapter file, or empty), ``device`` (empty: CUDA when there is one), and the operator's
+limits ``max_train_epochs`` and ``allow_image_overwrite``. The datastore is
+:class:`~monai_cbo.label.datastore.StudiesDatastore`, the train task :class:`~monai_cbo.label.train.FineTune`.
 
 What the viewers send, in the volume's voxel indices (i, j, k as the file stores them, which is what 3D
 Slicer's IJK is):
@@ -22,45 +24,34 @@ import json
 import logging
 import math
 import os
-import re
-import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..bundles import (
-    BundleInfo,
     bundle_auto_defaults,
-    bundle_command,
-    bundle_flags,
     bundle_preprocess,
     bundle_propagation,
     load_bundle,
 )
 from ..inferers import AutoConfig, Case, KeyPrompt, Preprocess, PropagationConfig, SliceWiseInferer, segment_case
-from ..inferers.segment import check_label
 from ..inferers.volume import load_volume
 from ..networks import class_prompts_of
-from ..peft import PRESETS
-from .guard import NAME_MAX, Refused, check_finite, inside, plain_name
+from .datastore import StudiesDatastore
+from .guard import NAME_MAX, Refused, plain_name
+from .train import FineTune
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUTO_TASK",
     "MAX_CLICKS",
-    "MAX_VOLUME_BYTES",
     "PROMPT_TASK",
-    "TRAIN_LIMITS",
     "TRAIN_TASK",
     "AdapterStore",
     "MonaiCboApp",
@@ -72,16 +63,6 @@ AUTO_TASK = "monai_cbo_auto"
 TRAIN_TASK = "monai_cbo_train"
 TRAINED_PATTERN = "adapter_*.pt"  # adapters the train task wrote: adapter_<UTC time>.pt, newest last by name
 MAX_CLICKS = 100  #: foreground + background clicks in one prompted request
-MAX_VOLUME_BYTES = 2 << 30  #: an uploaded image's data, decompressed (its header is read first)
-#: what the train task accepts (the operator widens ``max_epochs`` with ``monai-cbo label --max-train-epochs``)
-TRAIN_LIMITS = {
-    "max_epochs": (1, 50),
-    "slices_per_volume": (1, 64),
-    "auto_share": (0.0, 1.0),
-    "learning_rate": (1e-7, 1.0),
-    "val_fraction": (0.01, 0.9),
-    "seed": (0, 2**31 - 1),
-}
 
 
 def _numbers(value: Any, count: int, what: str) -> list[int]:
@@ -291,294 +272,6 @@ class AutoTask(_Segment):
         largest = largest if isinstance(largest, bool) else str(largest).lower() in ("1", "true", "yes")
         case = Case(request["image"], auto=AutoConfig(largest_component=largest, z_smooth=self.z_smooth))
         return self._run(case, names, inferer, adapter)
-
-
-def _nifti_voxels(path: str | Path, what: str) -> tuple[tuple[int, ...], int]:
-    """The shape and the data's size in bytes of a NIfTI file, read from its header alone (nothing is
-    decompressed beyond it), so an upload's size is checked before its data is read."""
-    try:
-        header = nib.load(str(path)).header
-        shape = tuple(int(n) for n in header.get_data_shape())
-        itemsize = np.dtype(header.get_data_dtype()).itemsize
-    except Exception as err:  # nibabel / gzip errors of a corrupt or truncated upload
-        raise Refused(422, f"the {what} was not saved: it is not a readable NIfTI file ({type(err).__name__})") from err
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    return shape, int(np.prod(shape, dtype=np.int64)) * itemsize
-
-
-class StudiesDatastore(LocalDatastore):
-    """MONAI Label's folder datastore under :mod:`~monai_cbo.label.guard`'s rule: every id and tag is a plain
-    name, every path it builds lies inside the studies folder, an existing image is never overwritten (409,
-    unless the server was started with ``--allow-image-overwrite``), a label is checked against its image (its
-    header first, so a decompression bomb is refused before it is read) and saved only under
-    ``labels/<tag>/``, and nothing is deleted."""
-
-    def __init__(self, *args, allow_overwrite: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.allow_overwrite = allow_overwrite
-        self.root = Path(self._datastore_path).resolve()
-        self.images_root = Path(self._datastore.image_path()).resolve()
-        self.labels_root = Path(self._datastore.label_path(None)).resolve()
-
-    def _image(self, image_id: str) -> str:
-        """The path of image ``image_id`` of the datastore; :class:`Refused` 404 if there is none."""
-        path = super().get_image_uri(plain_name(image_id, "the image id"))
-        if not path:
-            raise Refused(404, f"no image {image_id!r} in the studies folder; GET /datastore/?output=all lists them")
-        return str(inside(path, self.root, f"image {image_id!r}"))
-
-    def get_image_uri(self, image_id: str) -> str:
-        if not isinstance(image_id, str) or not image_id:
-            return ""
-        path = super().get_image_uri(plain_name(image_id, "the image id"))
-        return str(inside(path, self.root, f"image {image_id!r}")) if path else ""
-
-    def get_label_uri(self, label_id: str, label_tag: str) -> str:
-        plain_name(label_id, "the label id"), plain_name(label_tag, "the label tag")
-        path = super().get_label_uri(label_id, label_tag)
-        return str(inside(path, self.labels_root, f"label {label_id!r}")) if path else ""
-
-    def get_image_info(self, image_id: str) -> dict[str, Any]:
-        return super().get_image_info(plain_name(image_id, "the image id"))
-
-    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
-        check_finite(info, "info")
-        return super().update_image_info(plain_name(image_id, "the image id"), info)
-
-    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        return super().get_label_info(plain_name(label_id, "the label id"), plain_name(label_tag, "the label tag"))
-
-    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
-        check_finite(info, "info")
-        return super().update_label_info(
-            plain_name(label_id, "the label id"), plain_name(label_tag, "the label tag"), info
-        )
-
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        image = self._image(image_id)
-        label_tag = plain_name(label_tag, "the label tag")
-        inside(self.labels_root / label_tag, self.labels_root, f"label tag {label_tag!r}")
-        shape, _ = _nifti_voxels(label_filename, f"label uploaded for {image_id}")
-        volume = load_volume(image)
-        expected = [int(n) for n in volume.shape[1:4]]
-        if len(shape) != 3 or sorted(shape) != sorted(expected):  # another orientation of the grid is reoriented
-            raise Refused(
-                422,
-                f"the label uploaded for {image_id} was not saved: its header says shape {list(shape)}, the image "
-                f"has {expected}; upload the label made on this image's grid",
-            )
-        try:
-            check_label(load_volume(label_filename), volume)
-        except Exception as err:  # any unreadable or mismatched upload is the client's problem, not the server's
-            detail = str(err).replace(str(label_filename), "the upload")  # the server's own paths stay its own
-            raise Refused(422, f"the label uploaded for {image_id} was not saved: {detail}") from err
-        return super().save_label(image_id, label_filename, label_tag, label_info)
-
-    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        image_id = plain_name(image_id, "the image id")
-        suffix = next((s for s in (".nii.gz", ".nii") if str(image_filename).endswith(s)), None)
-        if suffix is None:
-            raise Refused(415, f"the uploaded image {image_id!r} is not a NIfTI file (.nii.gz, .nii)")
-        dest = inside(self.images_root / f"{image_id}{suffix}", self.images_root, f"image {image_id!r}")
-        if not self.allow_overwrite and (super().get_image_uri(image_id) or dest.exists()):
-            raise Refused(
-                409,
-                f"image {image_id!r} is already in the studies folder and images are never overwritten; upload it "
-                "under another name (or start the server with --allow-image-overwrite)",
-            )
-        shape, size = _nifti_voxels(image_filename, f"uploaded image {image_id!r}")
-        if size > MAX_VOLUME_BYTES:
-            raise Refused(
-                413,
-                f"the uploaded image {image_id!r} holds {size:,} bytes of voxels (shape {list(shape)}); this server "
-                f"takes at most {MAX_VOLUME_BYTES:,}",
-            )
-        try:
-            load_volume(image_filename)
-        except Exception as err:
-            detail = str(err).replace(str(image_filename), "the upload")
-            raise Refused(422, f"the uploaded image {image_id!r} was not saved: it cannot be read: {detail}") from err
-        return super().add_image(image_id, image_filename, image_info)
-
-    def remove_image(self, image_id: str) -> None:
-        raise Refused(403, "monai-cbo label never deletes from the studies folder; remove the file yourself")
-
-    def remove_label(self, label_id: str, label_tag: str) -> None:
-        raise Refused(403, "monai-cbo label never deletes labels; save a corrected label over it instead")
-
-
-def _alive(pid: Any) -> bool:
-    """Whether process ``pid`` still runs (a zombie, ended but not yet reaped, does not)."""
-    import psutil
-
-    try:
-        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
-    except (TypeError, ValueError, psutil.Error):
-        return False
-
-
-class FineTune(TrainTask):
-    """Fine-tune an adapter on the labels saved so far with the bundle's own ``train.json``; the best
-    validation adapter is published atomically as ``<work>/models/adapter_<time>.pt``."""
-
-    def __init__(self, bundle: BundleInfo, work: Path, max_epochs: int | None = None) -> None:
-        super().__init__(
-            f"monai_cbo: fine-tune {bundle.name}'s preset on the labels saved so far (the bundle's own training); "
-            "the infer tasks use the new adapter from their next request on"
-        )
-        self.bundle, self.work = bundle, Path(work)
-        train = json.loads((bundle.path / "configs" / "train.json").read_text(encoding="utf-8"))
-        self.defaults = {
-            "preset": train["peft"]["preset"],
-            "max_epochs": 5,
-            "slices_per_volume": int(train.get("slices_per_volume", 4)),
-            "auto_share": float(train.get("auto_share", 0.5)),
-            "learning_rate": float(train.get("learning_rate", 3e-4)),
-            "val_fraction": 0.2,
-            "seed": 0,
-        }
-        self.limits = dict(TRAIN_LIMITS)
-        if max_epochs is not None:
-            self.limits["max_epochs"] = (1, int(max_epochs))
-
-    def config(self) -> dict[str, Any]:
-        return dict(self.defaults)
-
-    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``params`` of a train request checked against the defaults' types and the operator's limits;
-        :class:`Refused` (422) naming the parameter, the value and what is allowed."""
-        if not isinstance(params, dict):
-            raise Refused(422, f"train parameters must be a JSON object, got {type(params).__name__}")
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise Refused(422, f"unknown train parameter(s) {unknown}; this task takes {sorted(self.defaults)}")
-        checked = {}
-        for key, value in params.items():
-            if key == "preset":
-                if not isinstance(value, str) or value not in PRESETS:
-                    raise Refused(
-                        422, f"train parameter preset={str(value)[:40]!r} is not a preset; one of {sorted(PRESETS)}"
-                    )
-                checked[key] = value
-                continue
-            kind = type(self.defaults[key])
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise Refused(422, f"train parameter {key}={str(value)[:40]!r} is not a number")
-            if not math.isfinite(value):
-                raise Refused(422, f"train parameter {key}={value} is not a finite number")
-            if kind is int and value != int(value):
-                raise Refused(422, f"train parameter {key}={value} is not an integer")
-            lo, hi = self.limits[key]
-            if not lo <= value <= hi:
-                raise Refused(
-                    422,
-                    f"train parameter {key}={value} is outside {lo}..{hi} (the limits this server was started with)",
-                )
-            checked[key] = kind(value)
-        return checked
-
-    @property
-    def stats_file(self) -> Path:
-        return self.work / "train" / "stats.json"
-
-    def stats(self) -> dict[str, Any]:
-        """The last training's status; a run whose process has ended without saying so (stopped with
-        ``DELETE /train/``, or killed) reads STOPPED, not RUNNING."""
-        try:
-            stats = json.loads(self.stats_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return {}
-        if stats.get("status") == "RUNNING" and not _alive(stats.get("pid")):
-            stats["status"] = "STOPPED"
-        return stats
-
-    def _write_stats(self, stats: dict[str, Any]) -> None:
-        self.stats_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.stats_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats, indent=1), encoding="utf-8")
-        os.replace(tmp, self.stats_file)
-
-    def _options(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return {**self.defaults, **self.validate({k: request[k] for k in self.defaults if k in request})}
-        except Refused as err:
-            raise ValueError(err.message) from err
-
-    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
-        options = self._options(request)
-        pairs = sorted((d["image"], d["label"]) for d in datastore.datalist() if d.get("label"))  # a stable split
-        if len(pairs) < 2:
-            raise ValueError(
-                f"fine-tuning needs at least 2 labelled images (one to train on, one to validate on); "
-                f"{len(pairs)} saved so far: save labels in the viewer first"
-            )
-        n_val = min(len(pairs) - 1, max(1, round(len(pairs) * options["val_fraction"])))
-        train, val = pairs[:-n_val], pairs[-n_val:]
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        run = self.work / "train" / stamp
-        run.mkdir(parents=True, exist_ok=False)
-        datalist = run / "datalist.json"
-        items = lambda ps: [{"image": i, "label": lab} for i, lab in ps]  # noqa: E731
-        datalist.write_text(
-            json.dumps({"training": items(train), "validation": items(val)}, indent=1), encoding="utf-8"
-        )
-        epochs = options["max_epochs"]
-        options_cli = bundle_flags(
-            datalist=datalist,
-            dataset_dir=run,
-            output_dir=run,
-            max_epochs=epochs,
-            val_interval=epochs,
-            slices_per_volume=options["slices_per_volume"],
-            auto_share=options["auto_share"],
-            learning_rate=options["learning_rate"],
-            seed=options["seed"],
-            preset=options["preset"],
-        )
-        cmd = bundle_command(self.bundle.path / "configs", ["train.json"], options_cli, "training")
-        stats = {
-            "status": "RUNNING",
-            "epoch": 0,
-            "total_epochs": epochs,
-            "best_metric": 0.0,
-            "start_ts": stamp,
-            "train": [Path(i).name for i, _ in train],
-            "validation": [Path(i).name for i, _ in val],
-            "options": options,
-            "run_dir": str(run),
-            "pid": os.getpid(),
-        }
-        self._write_stats(stats)
-        started = time.perf_counter()
-        log = run / "training.log"
-        with open(log, "w", encoding="utf-8") as sink:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=run)
-            for line in proc.stdout:
-                sink.write(line)
-                print(line, end="", flush=True)  # MONAI Label shows the task's output in its train status
-                if m := re.search(r"Epoch\[(\d+)\] Complete", line):
-                    stats["epoch"] = int(m.group(1))
-                    self._write_stats(stats)
-                if m := re.search(r"val_mean_dice: ([0-9.]+)", line):
-                    stats["best_metric"] = max(stats["best_metric"], float(m.group(1)))
-                    self._write_stats(stats)
-            code = proc.wait()
-        best = run / "models" / "best_adapter.pt"
-        stats["total_time"] = round(time.perf_counter() - started, 1)
-        if code != 0 or not best.is_file():
-            stats["status"] = "ERROR"
-            self._write_stats(stats)
-            raise RuntimeError(f"fine-tuning failed (exit code {code}); its log is {log}")
-        models = self.work / "models"
-        models.mkdir(parents=True, exist_ok=True)
-        target = models / f"adapter_{stamp}.pt"
-        tmp = models / f".{target.name}.partial"
-        tmp.write_bytes(best.read_bytes())
-        os.replace(tmp, target)  # the infer tasks only ever see a complete file
-        stats.update(status="DONE", adapter=str(target))
-        self._write_stats(stats)
-        return stats
 
 
 class MonaiCboApp(MONAILabelApp):
