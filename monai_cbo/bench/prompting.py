@@ -1,9 +1,9 @@
 """``monai-cbo prompts-bench``: how much of per-slice-box Dice a researcher keeps with a few boxes, and the sweep
 that chose the propagation defaults.
 
-A *suite* (JSON) names sets of labelled volumes; each set has a modality, named targets (label values, a region
-is several) and cases, each marked ``"part": "tune"`` or ``"validation"``. For every case and target the label
-gives the prompts of each protocol:
+A *suite* (JSON) names sets of labelled volumes; each set has a modality (and, for CT, an optional
+``ct_window`` [lo, hi] in HU), named targets (label values, a region is several) and cases, each marked
+``"part": "tune"`` or ``"validation"``. For every case and target the label gives the prompts of each protocol:
 
 * ``per_slice``: the tight box on every slice the target occupies (the reference, which needs the answer);
 * ``one_key``: one key box on the slice where the target is largest, propagated;
@@ -126,6 +126,7 @@ class SuiteCase:
     modality: str
     targets: dict[str, list[int]]
     channels: list[int] | None = None
+    ct_window: tuple[float, float] | None = None  # None: Preprocess's default
 
     @property
     def key(self) -> str:
@@ -155,6 +156,7 @@ def read_suite(path: str | Path, data_root: str | Path) -> list[SuiteCase]:
                     spec.get("modality", "auto"),
                     {k: list(v) for k, v in spec["targets"].items()},
                     spec.get("channels"),
+                    tuple(float(v) for v in spec["ct_window"]) if "ct_window" in spec else None,
                 )
             )
     missing = [c.label for c in cases if not Path(c.label).exists()]
@@ -228,7 +230,8 @@ class _Loaded:
 
 def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
     image = load_volume(case.image)
-    volume, geometry = prepare_volume(image, Preprocess(case.modality, channels=case.channels))
+    window = {} if case.ct_window is None else {"ct_window": case.ct_window}
+    volume, geometry = prepare_volume(image, Preprocess(case.modality, channels=case.channels, **window))
     gt, _ = check_label(load_volume(case.label), image)
     sliced = geometry.to_sliced(gt)
     masks = {name: np.isin(sliced, values) for name, values in case.targets.items()}
@@ -238,6 +241,7 @@ def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
     if cache_dir is not None:  # one file per image and model: slices encoded on demand, kept for the next run
         images = case.image if isinstance(case.image, list) else [case.image]
         channels = [] if case.channels is None else [str(case.channels)]
+        channels += [] if case.ct_window is None else [f"window{list(case.ct_window)}"]  # other input, other key
         digest = hashlib.sha1("|".join([tag, case.modality, *channels, *map(str, images)]).encode())
         digest = digest.hexdigest()[:12]
         file = cache_dir / f"{case.name}__{digest}.pt"

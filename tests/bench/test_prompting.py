@@ -214,3 +214,20 @@ def test_a_suite_whose_files_are_missing_names_the_data_root(suite, tmp_path):
     with pytest.raises(FileNotFoundError, match="give --data-root"):
         read_suite(suite, tmp_path)
     assert isinstance(protocol_prompt(np.ones((4, 4, 3), bool), "box3d"), ObjectPrompt)
+
+
+def test_a_sets_ct_window_reaches_the_model_input_and_keys_the_embedding_cache(suite, tmp_path):
+    """Two sets of one case under two CT windows: each is read with its window, and their embeddings are cached
+    apart (the same key for both would answer one window's prompts with the other's embeddings)."""
+    from monai_cbo.bench.prompting import _load
+
+    spec = json.loads(suite.read_text(encoding="utf-8"))["sets"]["demo"]
+    sets = {name: {**spec, "ct_window": window} for name, window in (("soft", [-160, 240]), ("wide", [-1000, 1000]))}
+    windowed = tmp_path / "suite.json"
+    windowed.write_text(json.dumps({"sets": sets}), encoding="utf-8")
+    cases = read_suite(windowed, suite.parent)
+    assert [c.ct_window for c in cases] == [(-160.0, 240.0)] * 2 + [(-1000.0, 1000.0)] * 2
+    soft, wide = (_load(c, tmp_path / "emb", "tiny") for c in (cases[0], cases[2]))
+    assert not torch.equal(soft.volume, wide.volume)  # another window, another input
+    assert soft.file != wide.file
+    assert [c.ct_window for c in read_suite(suite, suite.parent)] == [None, None]  # absent: Preprocess's default
