@@ -235,7 +235,10 @@ class Guard:
         return None
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # the app serves none: refused before any check could be skipped
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan: the app's start and stop
             await self.app(scope, receive, send)
             return
         refused = self.refusal(scope)

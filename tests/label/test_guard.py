@@ -179,3 +179,20 @@ def test_guard_bounds_request_bodies_before_reading_them():
     assert _call(guard, "PUT", "/datastore/label", {"Transfer-Encoding": "chunked"})[0] == 411
     assert _call(guard, "POST", "/infer/m", {"Content-Length": "-5"})[0] == 400
     assert _call(guard, "GET", "/info/")[0] == 200
+
+
+def test_guard_closes_websockets_it_does_not_serve():
+    sent, reached = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope)
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [(b"host", b"127.0.0.1:8000")]}
+    asyncio.run(Guard(app)(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}] and not reached
