@@ -337,7 +337,7 @@ class MonaiCboApp(MONAILabelApp):
         datastore = datastore or self.datastore()
         image_id = plain_name(request.get("image"), "the image id")
         request = copy.deepcopy(request)
-        request.update(description=self._infers[model].description, image=datastore._image(image_id))
+        request.update(description=self._infers[model].description, image=datastore.image_path(image_id))
         save = request.get("save_label", False)
         save = save if isinstance(save, bool) else str(save).lower() in ("1", "true", "yes")
         tag = plain_name(request.get("label_tag") or "original", "label_tag") if save else None

@@ -46,7 +46,7 @@ class StudiesDatastore(LocalDatastore):
         self.images_root = Path(self._datastore.image_path()).resolve()
         self.labels_root = Path(self._datastore.label_path(None)).resolve()
 
-    def _image(self, image_id: str) -> str:
+    def image_path(self, image_id: str) -> str:
         """The path of image ``image_id`` of the datastore; :class:`Refused` 404 if there is none."""
         path = super().get_image_uri(plain_name(image_id, "the image id"))
         if not path:
@@ -81,7 +81,7 @@ class StudiesDatastore(LocalDatastore):
         )
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        image = self._image(image_id)
+        image = self.image_path(image_id)
         label_tag = plain_name(label_tag, "the label tag")
         inside(self.labels_root / label_tag, self.labels_root, f"label tag {label_tag!r}")
         shape, _ = _nifti_voxels(label_filename, f"label uploaded for {image_id}")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from . import INSTALL, monailabel_problem
-from .guard import LOOPBACK_HOSTS, normalise_origin
+from .guard import LOOPBACK_HOSTS, Refused, normalise_origin, plain_name
 
 __all__ = ["TOKEN_ENV", "add_parser", "serve", "write_app"]
 
@@ -47,9 +47,23 @@ def _check_studies(studies: Path) -> None:
 
     if not studies.is_dir():
         raise FileNotFoundError(f"studies folder {studies} does not exist; give a folder of NIfTI / NRRD volumes")
-    if not any(p.is_file() and p.name.lower().endswith(tuple(IMAGE_SUFFIXES)) for p in studies.iterdir()):
+    volumes = [p for p in studies.iterdir() if p.is_file() and p.name.lower().endswith(tuple(IMAGE_SUFFIXES))]
+    if not volumes:
         raise FileNotFoundError(
             f"studies folder {studies} holds no volume ({', '.join(IMAGE_SUFFIXES)}); put the images to label there"
+        )
+    unreachable = []
+    for path in volumes:
+        try:
+            plain_name(next(path.name[: -len(s)] for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), "id")
+        except Refused:
+            unreachable.append(path.name)
+    if unreachable:
+        shown = ", ".join(repr(n) for n in unreachable[:5]) + (" ..." if len(unreachable) > 5 else "")
+        print(
+            f"monai-cbo label: {len(unreachable)} volume(s) cannot be served, their names are not plain names "
+            f"(no leading '.' or white space, at most 128 characters): {shown}; rename them to serve them",
+            file=sys.stderr,
         )
 
 

@@ -1,0 +1,19 @@
+"""``monai-cbo label``'s start-up checks that need no MONAI Label."""
+
+from __future__ import annotations
+
+from monai_cbo.label.server import _check_studies
+
+
+def test_volumes_whose_names_the_server_cannot_serve_are_named_at_start(tmp_path, capsys):
+    for name in ("case_1.nii.gz", ".hidden.nii.gz", " leading.nrrd", "x" * 130 + ".nii", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    _check_studies(tmp_path)
+    err = capsys.readouterr().err
+    assert "3 volume(s) cannot be served" in err and "'.hidden.nii.gz'" in err and "' leading.nrrd'" in err
+    assert "case_1" not in err and "notes.txt" not in err
+    (tmp_path / ".hidden.nii.gz").unlink()
+    (tmp_path / " leading.nrrd").unlink()
+    (tmp_path / ("x" * 130 + ".nii")).unlink()
+    _check_studies(tmp_path)
+    assert capsys.readouterr().err == ""
