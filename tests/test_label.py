@@ -681,3 +681,28 @@ def test_the_inference_queue_answers_503_when_full():
 
     asyncio.run(scenario())
     assert ran == [1, 2, 4]  # one at a time, in order
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
+def test_an_uploads_size_is_read_from_its_header_alone(tmp_path):
+    """The shape and data size come from the header; a file whose data starts far into its compressed stream
+    is refused (it would be decompressed up to there before any check)."""
+    import gzip
+
+    from monai_cbo.label.datastore import _nifti_voxels
+    from monai_cbo.label.guard import Refused
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((4, 5, 6, 1))
+    header.set_data_dtype(np.int16)
+    good = tmp_path / "good.nii.gz"
+    good.write_bytes(gzip.compress(header.binaryblock + bytes(4) + bytes(4 * 5 * 6 * 2)))
+    assert _nifti_voxels(good, "label") == ((4, 5, 6), 240)
+    header["vox_offset"] = 2 << 20
+    far = tmp_path / "far.nii.gz"
+    far.write_bytes(gzip.compress(header.binaryblock + bytes((2 << 20) - 348 + 240)))
+    with pytest.raises(Refused, match="its data starts 2,097,152 bytes in"):
+        _nifti_voxels(far, "label")
+    (tmp_path / "junk.nii.gz").write_bytes(b"\x1f\x8b junk")
+    with pytest.raises(Refused, match="not a readable NIfTI file"):
+        _nifti_voxels(tmp_path / "junk.nii.gz", "label")

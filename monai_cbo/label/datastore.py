@@ -16,17 +16,21 @@ from .guard import Refused, check_finite, inside, plain_name
 __all__ = ["MAX_VOLUME_BYTES", "StudiesDatastore"]
 
 MAX_VOLUME_BYTES = 2 << 30  #: an uploaded image's data, decompressed (its header is read first)
+MAX_HEADER_BYTES = 1 << 20  #: where an upload's voxel data may start (header and extensions)
 
 
 def _nifti_voxels(path: str | Path, what: str) -> tuple[tuple[int, ...], int]:
     """The shape and the data's size in bytes of a NIfTI file, read from its header alone (nothing is
     decompressed beyond it), so an upload's size is checked before its data is read."""
     try:
-        header = nib.load(str(path)).header
-        shape = tuple(int(n) for n in header.get_data_shape())
-        itemsize = np.dtype(header.get_data_dtype()).itemsize
+        image = nib.load(str(path))
+        shape = tuple(int(n) for n in image.header.get_data_shape())
+        itemsize = np.dtype(image.header.get_data_dtype()).itemsize
+        offset = int(getattr(image.dataobj, "offset", 0))  # where the file's voxel data starts
     except Exception as err:  # nibabel / gzip errors of a corrupt or truncated upload
         raise Refused(422, f"the {what} was not saved: it is not a readable NIfTI file ({type(err).__name__})") from err
+    if offset > MAX_HEADER_BYTES:  # data placed far into a compressed stream: a bomb of another shape
+        raise Refused(422, f"the {what} was not saved: its data starts {offset:,} bytes in (a NIfTI header is small)")
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     return shape, int(np.prod(shape, dtype=np.int64)) * itemsize
@@ -60,7 +64,8 @@ class StudiesDatastore(LocalDatastore):
         return str(inside(path, self.root, f"image {image_id!r}")) if path else ""
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
-        plain_name(label_id, "the label id"), plain_name(label_tag, "the label tag")
+        plain_name(label_id, "the label id")
+        plain_name(label_tag, "the label tag")
         path = super().get_label_uri(label_id, label_tag)
         return str(inside(path, self.labels_root, f"label {label_id!r}")) if path else ""
 

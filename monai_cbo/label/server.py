@@ -52,19 +52,24 @@ def _check_studies(studies: Path) -> None:
         raise FileNotFoundError(
             f"studies folder {studies} holds no volume ({', '.join(IMAGE_SUFFIXES)}); put the images to label there"
         )
-    unreachable = []
+    named, linked = [], []
     for path in volumes:
         try:
             plain_name(next(path.name[: -len(s)] for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), "id")
         except Refused:
-            unreachable.append(path.name)
-    if unreachable:
-        shown = ", ".join(repr(n) for n in unreachable[:5]) + (" ..." if len(unreachable) > 5 else "")
-        print(
-            f"monai-cbo label: {len(unreachable)} volume(s) cannot be served, their names are not plain names "
-            f"(no leading '.' or white space, at most 128 characters): {shown}; rename them to serve them",
-            file=sys.stderr,
-        )
+            named.append(path.name)
+        if studies.resolve() not in path.resolve().parents:
+            linked.append(path.name)
+    for found, why, fix in (
+        (named, "their names are not plain names (no leading '.' or white space, at most 128 characters)", "rename"),
+        (linked, "they are links to files outside the studies folder", "copy the files in"),
+    ):
+        if found:
+            shown = ", ".join(repr(n) for n in found[:5]) + (" ..." if len(found) > 5 else "")
+            print(
+                f"monai-cbo label: {len(found)} volume(s) cannot be served, {why}: {shown}; {fix} to serve them",
+                file=sys.stderr,
+            )
 
 
 def _error_answers() -> dict:

@@ -17,3 +17,14 @@ def test_volumes_whose_names_the_server_cannot_serve_are_named_at_start(tmp_path
     (tmp_path / ("x" * 130 + ".nii")).unlink()
     _check_studies(tmp_path)
     assert capsys.readouterr().err == ""
+
+
+def test_links_to_volumes_outside_the_studies_folder_are_named_at_start(tmp_path, capsys):
+    studies, elsewhere = tmp_path / "studies", tmp_path / "elsewhere.nii.gz"
+    studies.mkdir()
+    elsewhere.write_bytes(b"x")
+    (studies / "inside.nii.gz").write_bytes(b"x")
+    (studies / "link.nii.gz").symlink_to(elsewhere)
+    _check_studies(studies)
+    err = capsys.readouterr().err
+    assert "1 volume(s) cannot be served, they are links to files outside the studies folder: 'link.nii.gz'" in err
