@@ -524,7 +524,7 @@ def test_the_server_answers_while_an_inference_runs(server):
     done = threading.Event()
 
     def run():
-        _infer(server, "monai_cbo_prompt", CASES[2], {"roi": [2, 2, 33, 45, 10, 24]})
+        _infer(server, "monai_cbo_prompt", CASES[2], {"roi": [2, 2, 33, 45, 10, 16]})
         done.set()
 
     worker = threading.Thread(target=run)
