@@ -451,3 +451,16 @@ def test_bundle_trains_a_tiny_epoch_and_evaluates_in_the_input_geometry(bundle, 
     assert [r["class"] for r in auto_rows] == train["class_names"]
     auto_seg = nib.load(out / "eval" / "auto" / segs[0].name)
     assert auto_seg.shape == image.shape[:3] and np.allclose(auto_seg.affine, image.affine, atol=1e-4)
+
+
+def test_configs_resolve_to_the_values_recorded_before_the_task_spec():
+    """The bundles' training, evaluation and inference values (classes, label values, transform chains,
+    preprocessing, automatic and propagation settings) are those recorded in ``resolved_configs.json``."""
+    from tests.bundles.resolved import GOLDEN, resolve_all
+
+    recorded = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    resolved = json.loads(json.dumps(resolve_all()))
+    for bundle, kinds in recorded.items():
+        for kind, values in kinds.items():
+            for key, value in values.items():
+                assert resolved[bundle][kind][key] == value, f"{bundle} {kind}.json: {key} changed"
