@@ -1,8 +1,11 @@
 """Write every bundle's configs from one shared base: ``common/<kind>.json`` + ``common/tasks/<bundle>.json``.
 
-The bundles train, evaluate and infer the same way; what differs per task is a handful of values (classes, label
-values, intensity scaling, data and output folders). Those live in one small file per bundle under
-``common/tasks/``, one section per config (``train``, ``evaluate``, ``inference``, ``multi_gpu_train``); the
+The bundles train, evaluate and infer the same way; what differs per bundle is its task and a handful of values
+(data and output folders, a learning rate). Those live in one small file per bundle under ``common/tasks/``: its
+``task`` section (a :class:`monai_cbo.task.TaskSpec`: classes, label values, preprocessing, automatic and
+propagation settings) is written once there and emitted as the ``task`` of every config that reads a task
+(``train.json``, over which ``evaluate.json`` and ``multi_gpu_train.json`` merge, and ``inference.json``); the
+other sections hold each config's own values (``train``, ``evaluate``, ``inference``, ``multi_gpu_train``). The
 wiring lives once, in ``common/``. This script merges them the way MONAI merges a list of config files (a key
 ``a#b#0`` replaces one nested item, any other key a whole top-level item; ``"_remove_": [keys]`` drops base
 items a task does not use) and writes ``bundles/<bundle>/configs/<kind>.json``.
@@ -26,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 COMMON = ROOT / "common"
 KINDS = ("train", "evaluate", "inference", "multi_gpu_train")
+#: the configs that carry the bundle's task (the others are merged over train.json)
+TASK_KINDS = ("train", "inference")
 #: where a task's new top-level keys go in the written config: before this base key (the end if absent)
 ANCHORS = {"train": "network_def", "inference": "device"}
 WIDTH = 120
@@ -90,13 +95,18 @@ def build(bundle: str) -> dict[str, str]:
     """The text of each config of ``bundle`` (kind -> JSON text), from ``common/`` and its task file."""
     task_file = COMMON / "tasks" / f"{bundle}.json"
     task = json.loads(task_file.read_text(encoding="utf-8"))
-    extra = sorted(set(task) - set(KINDS))
+    extra = sorted(set(task) - {"task", *KINDS})
     if extra:
-        raise KeyError(f"{task_file}: sections {extra} are not configs; use {list(KINDS)}")
+        raise KeyError(f"{task_file}: sections {extra} are neither the task nor configs; use 'task' and {list(KINDS)}")
     texts = {}
     for kind in KINDS:
         base = json.loads((COMMON / f"{kind}.json").read_text(encoding="utf-8"))
-        merged = merge(base, task.get(kind, {}), ANCHORS.get(kind), where=f"{task_file} [{kind}]")
+        overrides = dict(task.get(kind, {}))
+        if kind in TASK_KINDS and "task" in task:
+            if "task" in overrides:
+                raise KeyError(f"{task_file}: [{kind}] sets 'task'; write the task once, in the 'task' section")
+            overrides["task"] = task["task"]
+        merged = merge(base, overrides, ANCHORS.get(kind), where=f"{task_file} [{kind}]")
         texts[kind] = dumps(merged) + "\n"
     return texts
 

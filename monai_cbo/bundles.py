@@ -2,8 +2,10 @@
 
 A bundle is a model when it ships ``models/adapter.pt`` (adapter-only checkpoint with class prompts) and
 ``models/adapter.json`` (how it was trained and what it scores: the command, data, seed, steps, time, machine,
-test Dice with and without prompts). ``monai-cbo segment --bundle NAME`` takes the adapter and the
-preprocessing (``configs/inference.json``'s ``preprocess``) from it; ``monai-cbo bundles`` lists them.
+test Dice with and without prompts). Its task (:class:`~monai_cbo.task.TaskSpec`: classes, preprocessing,
+automatic and propagation settings) is ``configs/inference.json``'s ``task``, parsed by MONAI's
+``ConfigParser`` as ``python -m monai.bundle run`` parses it. ``monai-cbo segment --bundle NAME`` and the label
+app take the adapter and the task from it; ``monai-cbo bundles`` lists them.
 
 Only bundles under this checkout's ``bundles/`` folder are loaded by name: their configs are evaluated (MONAI
 configs hold code), so a name never reaches a file outside the project.
@@ -18,34 +20,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .inferers.volume import Preprocess
+from .task import TaskSpec
 
 __all__ = [
+    "WEAK_AUTOMATIC_DICE",
     "BundleInfo",
-    "bundle_auto_defaults",
     "bundle_command",
     "bundle_flags",
     "bundle_model",
-    "bundle_preprocess",
-    "bundle_propagation",
     "list_bundles",
     "load_bundle",
+    "read_task",
 ]
 
+#: below this recorded automatic test Dice, a bundle's adapter is not trusted without a prompt (a warning says so)
+WEAK_AUTOMATIC_DICE = 0.5
 #: the shipped bundles, beside the package in a source checkout (``pip install -e .``)
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
 
 @dataclass
 class BundleInfo:
-    """A shipped bundle: its folder, metadata, classes, and its adapter (None when it ships none)."""
+    """A shipped bundle: its folder, metadata, task, and its adapter (None when it ships none)."""
 
     name: str
     path: Path
     metadata: dict[str, Any]
-    class_names: list[str]
+    task: TaskSpec
     adapter: Path | None = None
     record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.task.class_names)
+
+    def weak_automatic(self) -> str | None:
+        """Why this bundle's adapter should not run without a prompt (its record's automatic test Dice is below
+        :data:`WEAK_AUTOMATIC_DICE`: a smoke model), or None."""
+        mean = (self.record.get("test_dice") or {}).get("automatic", {}).get("mean")
+        if mean is None or mean >= WEAK_AUTOMATIC_DICE:
+            return None
+        why = self.record.get("note") or "see its models/adapter.json"
+        return f"{self.name}'s adapter scored automatic Dice {mean:.3f} on its test cases ({why})"
 
     @property
     def adapter_path(self) -> Path:
@@ -75,8 +91,7 @@ def load_bundle(name: str) -> BundleInfo:
         raise FileNotFoundError(f"no bundle named {name!r}; the bundles are {', '.join(names)} (monai-cbo bundles)")
     path = BUNDLES_DIR / name
     metadata = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    train = json.loads((path / "configs" / "train.json").read_text(encoding="utf-8"))
-    info = BundleInfo(name, path, metadata, list(train.get("class_names") or []))
+    info = BundleInfo(name, path, metadata, read_task(path / "configs" / "inference.json"))
     if info.adapter_path.exists():
         info.adapter = info.adapter_path
     record = path / "models" / "adapter.json"
@@ -85,63 +100,32 @@ def load_bundle(name: str) -> BundleInfo:
     return info
 
 
+def read_task(config_file: str | Path) -> TaskSpec:
+    """The ``task`` of a bundle config, parsed by MONAI's ``ConfigParser`` (expressions and references work).
+
+    Raises:
+        ValueError: the config has no ``task``, or it is not a task (the message names the file).
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    if "task" not in parser.config:
+        raise ValueError(
+            f"{config_file} has no 'task' section (a monai_cbo.task.TaskSpec); see docs/design.md (the task spec)"
+        )
+    try:
+        task = parser.get_parsed_content("task")
+    except Exception as err:  # MONAI wraps a bad value's error in its own
+        raise ValueError(f"{config_file}: 'task': {err}") from err
+    if not isinstance(task, TaskSpec):
+        raise ValueError(f"{config_file}: 'task' is a {type(task).__name__}, not a monai_cbo.task.TaskSpec")
+    return task
+
+
 def list_bundles() -> list[BundleInfo]:
     """Every shipped bundle, by name."""
     return [load_bundle(p.name) for p in _bundle_dirs()]
-
-
-def _inference_config(info: BundleInfo) -> tuple[Path, dict]:
-    """The bundle's ``configs/inference.json``: its path and its raw JSON (no MONAI parsing: plain values only)."""
-    path = info.path / "configs" / "inference.json"
-    return path, json.loads(path.read_text(encoding="utf-8"))
-
-
-def bundle_preprocess(info: BundleInfo) -> Preprocess:
-    """The bundle's inference preprocessing (``configs/inference.json``'s ``preprocess``), as it trains."""
-    from monai.bundle import ConfigParser
-
-    path, config = _inference_config(info)
-    parser = ConfigParser()
-    parser.read_config(config)
-    pre = parser.get_parsed_content("preprocess")
-    if not isinstance(pre, Preprocess):
-        raise ValueError(f"{path}: 'preprocess' is not a Preprocess")
-    return pre
-
-
-def bundle_auto_defaults(info: BundleInfo) -> dict[str, bool | float]:
-    """The bundle's automatic-mode defaults: ``configs/inference.json``'s plain ``largest_component`` and
-    ``z_smooth`` values (an expression there counts as the library default)."""
-    _, config = _inference_config(info)
-    largest, smooth = config.get("largest_component", False), config.get("z_smooth", 0.0)
-    return {
-        "largest_component": largest if isinstance(largest, bool) else False,
-        "z_smooth": float(smooth) if isinstance(smooth, (int, float)) and not isinstance(smooth, bool) else 0.0,
-    }
-
-
-def bundle_propagation(info: BundleInfo):
-    """The bundle's propagation settings (:class:`~monai_cbo.inferers.PropagationConfig`): the plain values of
-    ``configs/inference.json``'s ``propagation`` over the library defaults. A bundle whose shipped adapter had its
-    settings swept (``monai-cbo prompts-bench --adapter ... --sweep``) records them there, so that ``monai-cbo
-    segment --bundle`` and the label app propagate as its own inference does.
-
-    Raises:
-        ValueError: a setting there is not a propagation setting (the message names the file).
-    """
-    from .inferers import PropagationConfig
-
-    path, config = _inference_config(info)
-    node = config.get("propagation") or {}
-    values = {
-        k: v
-        for k, v in node.items()
-        if not k.startswith("_") and not (isinstance(v, str) and v.startswith(("$", "@", "%")))
-    }
-    try:
-        return PropagationConfig().replace(**values)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: 'propagation': {err}") from err
 
 
 def bundle_model(info: BundleInfo, checkpoint: str | Path | None = None):

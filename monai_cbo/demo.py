@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundles import bundle_command, bundle_flags, bundle_preprocess, load_bundle
+from .bundles import bundle_command, bundle_flags, load_bundle
 
 __all__ = ["hippocampus_demo", "pick_held_out", "synthetic_demo"]
 
@@ -260,7 +260,7 @@ def hippocampus_demo(
     table = "\n".join(lines)
     (out / "dice.txt").write_text(table + "\n", encoding="utf-8")
 
-    pre = bundle_preprocess(info)
+    pre = info.task.preprocess
     overlays = out / "overlays"
     overlays.mkdir(exist_ok=True)
     for c in cases:

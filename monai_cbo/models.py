@@ -53,13 +53,16 @@ def build_segmenter(
     return model.train()
 
 
-def load_segmenter(path: str | Path, checkpoint: str | Path | None = None) -> SamSegmenter:
+def load_segmenter(
+    path: str | Path, checkpoint: str | Path | None = None, payload: dict | None = None
+) -> SamSegmenter:
     """Build the pretrained model named in adapter checkpoint ``path``, apply its saved PEFT config, load it.
 
     ``checkpoint`` is the base model's weights file (needed for SAM ViT models; LiteMedSAM's are packaged).
     Unlike :func:`build_segmenter` it needs no preset or rank: the checkpoint says how it was built.
+    ``payload``: the file's contents (:func:`~monai_cbo.peft.read_adapter`) when the caller has read it already.
     """
-    payload = read_adapter(path)
+    payload = payload if payload is not None else read_adapter(path)
     model = build_model(payload["model_name"], checkpoint=checkpoint)
     apply_peft(model, PeftConfig.from_dict(payload["peft_config"]))
     spec = adapter_class_prompts(payload)
@@ -69,10 +72,11 @@ def load_segmenter(path: str | Path, checkpoint: str | Path | None = None) -> Sa
 
 
 def load_ensemble(
-    paths: Sequence[str | Path], checkpoint: str | Path | None = None
+    paths: Sequence[str | Path], checkpoint: str | Path | None = None, payloads: Sequence[dict] | None = None
 ) -> SamSegmenter | SegmenterEnsemble:
     """Load each adapter of ``paths`` (:func:`load_segmenter`); one path gives that model, several a
     :class:`~monai_cbo.networks.SegmenterEnsemble` that averages their probabilities (members named by file).
+    ``payloads``: the files' contents, one per path, when the caller has read them already.
 
     Raises:
         ValueError: no path, or adapters that cannot be ensembled (different input sizes or classes; the
@@ -81,7 +85,9 @@ def load_ensemble(
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("give at least one adapter file")
-    models = [load_segmenter(p, checkpoint=checkpoint) for p in paths]
+    if payloads is not None and len(payloads) != len(paths):
+        raise ValueError(f"{len(payloads)} adapter payloads for {len(paths)} files")
+    models = [load_segmenter(p, checkpoint, payloads[i] if payloads else None) for i, p in enumerate(paths)]
     if len(models) == 1:
         return models[0]
     return SegmenterEnsemble(models, names=[str(p) for p in paths])

@@ -65,7 +65,7 @@ def test_segment_by_bundle_name_runs_automatically_with_its_adapter_and_preproce
     assert main(["segment", str(image), "-o", str(tmp_path / "out"), "--bundle", "hippocampus_mri_cbo"]) == 0
     written = nib.load(tmp_path / "out" / "case_seg.nii.gz")
     assert written.shape == (20, 24, 5) and np.allclose(written.affine, np.diag([1, 1, 1.5, 1]))
-    assert bundles.bundle_preprocess(bundles.load_bundle("hippocampus_mri_cbo")).modality == "mri"
+    assert bundles.load_bundle("hippocampus_mri_cbo").task.preprocess.modality == "mri"
     assert main(["bundles"]) == 0
     assert f"adapter: {shipped / 'models' / 'adapter.pt'}" in capsys.readouterr().out
 
@@ -79,37 +79,39 @@ def test_corrupt_bundle_adapter_names_the_file(shipped, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_bundle_sets_the_automatic_defaults_it_was_measured_with(shipped, tmp_path):
-    from monai_cbo.cli import _auto_mode, _bundle_for_segment, _parser
+def _plan(*flags: str):
+    from monai_cbo.cli import build_parser
+    from monai_cbo.cli.segment import plan
 
+    return plan(build_parser().parse_args(["segment", "x.nii.gz", "-o", "o", *flags]))
+
+
+def test_bundle_sets_the_automatic_defaults_it_was_measured_with(shipped, tmp_path):
     real = Path(bundles.__file__).parents[1] / "bundles"
-    spleen = bundles.BundleInfo("spleen_ct_cbo", real / "spleen_ct_cbo", {}, [])
+    spleen = bundles.read_task(real / "spleen_ct_cbo" / "configs" / "inference.json")
     # multi-part organs elsewhere; smoothing swept on the hippocampus only
-    assert bundles.bundle_auto_defaults(spleen) == {"largest_component": False, "z_smooth": 0.0}
+    assert spleen.auto.largest_component is False and spleen.auto.z_smooth == 0.0
     for flags, largest, smooth in (
         ([], True, 0.5),
         (["--no-largest-component"], False, 0.5),
         (["--z-smooth", "0"], True, 0.0),
     ):
-        args = _parser().parse_args(["segment", "x.nii.gz", "-o", "o", "--bundle", "hippocampus_mri_cbo", *flags])
-        _bundle_for_segment(args)
-        auto = _auto_mode(args)
+        auto = _plan("--bundle", "hippocampus_mri_cbo", *flags).auto
         assert auto.largest_component is largest and auto.z_smooth == smooth
 
 
 def test_a_bundle_propagates_with_the_settings_swept_for_its_adapter(shipped, tmp_path, monkeypatch):
-    """The hippocampus bundle records the propagation settings swept with its shipped adapter: its inference
-    config, segment --bundle and the library read the same values; other bundles keep the library defaults; a
-    wrong name in the config is an error naming the file."""
+    """The hippocampus bundle records the propagation settings swept with its shipped adapter in its task: its
+    inference config, segment --bundle and the library read the same values; other bundles keep the library
+    defaults; a wrong name in the config is an error naming the file."""
     import json
 
     from monai.bundle import ConfigParser
 
-    from monai_cbo.cli import _bundle_for_segment, _parser
     from monai_cbo.inferers import PropagationConfig
 
     info = bundles.load_bundle("hippocampus_mri_cbo")
-    swept = bundles.bundle_propagation(info)
+    swept = info.task.propagation
     assert swept != PropagationConfig() and swept.min_class_overlap > 0  # the shipped adapter's own sweep:
     published = (
         Path(bundles.__file__).parents[1] / "docs" / "benchmarks" / "propagation" / "adapter_staged_summary.json"
@@ -118,20 +120,34 @@ def test_a_bundle_propagates_with_the_settings_swept_for_its_adapter(shipped, tm
     # every swept setting is written out, so that a later change of the library defaults leaves it alone
     from monai_cbo.bench.prompting import STOP_GRID, TRAJECTORY_GRID
 
-    written = json.loads((shipped / "configs" / "inference.json").read_text(encoding="utf-8"))["propagation"]
+    config = json.loads((shipped / "configs" / "inference.json").read_text(encoding="utf-8"))
+    written = config["task"]["propagation"]
     swept_names = {*TRAJECTORY_GRID, "mask_prompt", "neighbour_weight", *STOP_GRID, *(f"range_{k}" for k in STOP_GRID)}
     assert swept_names <= set(written), sorted(swept_names - set(written))
     parser = ConfigParser()
     parser.read_config(shipped / "configs" / "inference.json")
-    assert parser.get_parsed_content("propagation") == swept  # what the bundle's own inference uses
-    args = _parser().parse_args(["segment", "x.nii.gz", "-o", "o", "--bundle", "hippocampus_mri_cbo"])
-    _bundle_for_segment(args)
-    assert args.bundle_propagation == swept
+    assert parser.get_parsed_content("task").propagation == swept  # what the bundle's own inference uses
+    assert _plan("--bundle", "hippocampus_mri_cbo").task.propagation == swept
     real = Path(bundles.__file__).parents[1] / "bundles"
-    spleen = bundles.BundleInfo("spleen_ct_cbo", real / "spleen_ct_cbo", {}, [])
-    assert bundles.bundle_propagation(spleen) == PropagationConfig()
-    config = json.loads((shipped / "configs" / "inference.json").read_text(encoding="utf-8"))
-    config["propagation"]["min_ioou"] = 0.5
+    spleen = bundles.read_task(real / "spleen_ct_cbo" / "configs" / "inference.json")
+    assert spleen.propagation == PropagationConfig()
+    config["task"]["propagation"]["min_ioou"] = 0.5
     (shipped / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ValueError, match="hippocampus_mri_cbo/configs/inference.json.*min_ioou"):
-        bundles.bundle_propagation(bundles.load_bundle("hippocampus_mri_cbo"))
+        bundles.load_bundle("hippocampus_mri_cbo")
+
+
+def test_a_bundle_task_value_written_as_an_expression_is_read(shipped):
+    """The task is parsed as MONAI parses the config: a value written as an expression or a reference counts
+    (raw JSON reading took such a value for the library default)."""
+    import json
+
+    path = shipped / "configs" / "inference.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["smoothing"] = 0.25
+    config["task"]["auto"]["z_smooth"] = "@smoothing"
+    config["task"]["propagation"]["min_overlap"] = "$0.5 + 0.1"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    task = bundles.load_bundle("hippocampus_mri_cbo").task
+    assert task.auto.z_smooth == 0.25 and task.propagation.min_overlap == pytest.approx(0.6)
+    assert _plan("--bundle", "hippocampus_mri_cbo").auto.z_smooth == 0.25

@@ -119,10 +119,11 @@ def test_several_key_boxes_a_3d_box_and_points_on_the_command_line(tmp_path, cap
 
 def test_options_take_values_that_start_with_a_minus_as_typed():
     """``--window -160,240`` as ``--help`` shows it (argparse alone takes only ``--window=-160,240``)."""
-    from monai_cbo.cli import _join_negative_values, _parser
+    from monai_cbo.cli import build_parser
+    from monai_cbo.cli.options import join_negative_values
 
     typed = ["segment", "ct.nii.gz", "-o", "out", "--window", "-160,240", "--key-box", "-1,2,3,40,50,3"]
-    args = _parser().parse_args(_join_negative_values([*typed, "--key-slice", "-0", "--overwrite"]))
+    args = build_parser().parse_args(join_negative_values([*typed, "--key-slice", "-0", "--overwrite"]))
     assert args.ct_window == [-160.0, 240.0] and args.key_box == [[-1, 2, 3, 40, 50, 3]]
     assert args.key_slice == 0 and args.overwrite is True
-    assert _join_negative_values(["--window=-1,2", "--auto", "-h"]) == ["--window=-1,2", "--auto", "-h"]
+    assert join_negative_values(["--window=-1,2", "--auto", "-h"]) == ["--window=-1,2", "--auto", "-h"]

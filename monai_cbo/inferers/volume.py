@@ -17,10 +17,18 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor, NibabelReader
-from monai.transforms import LoadImage
+from monai.transforms import LoadImage, LoadImaged, MapTransform, Orientationd
 
 from ..data.readers import SimpleITKReader, is_dicom_folder
-from ..transforms import CTWindow, MRIPercentileScale, ToModelChannels
+from ..transforms import (
+    DEFAULT_CT_WINDOW,
+    CTWindow,
+    CTWindowd,
+    MRIPercentileScale,
+    MRIPercentileScaled,
+    ToModelChannels,
+    ToModelChannelsd,
+)
 from ..utils import write_atomic
 
 __all__ = [
@@ -167,16 +175,18 @@ class Preprocess:
     Args:
         modality: ``"ct"`` (HU window), ``"mri"`` (per-channel 0.5-99.5 percentile scaling) or ``"auto"``
             (CT when the 0.5th percentile is below -200, i.e. air in HU; MRI otherwise).
-        ct_window: HU window for CT. Default (-500, 1000).
+        ct_window: HU window for CT (lowest, highest). Default :data:`~monai_cbo.transforms.DEFAULT_CT_WINDOW`.
         channels: input channels mapped to the model's 3 (see :class:`~monai_cbo.transforms.ToModelChannels`).
         view: slicing direction in RAS, ``"axial"`` (default, as the bundles train), ``"coronal"`` or
             ``"sagittal"``; or 0 / 1 / 2 (the RAS axis).
+        mri_percentiles: for MRI, the percentiles of each channel that map to 0 and 1. Default (0.5, 99.5).
     """
 
     modality: str = "auto"
-    ct_window: tuple[float, float] = (-500.0, 1000.0)
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW
     channels: Sequence[int] | None = None
     view: str | int = "axial"
+    mri_percentiles: tuple[float, float] = (0.5, 99.5)
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -187,6 +197,37 @@ class Preprocess:
     @property
     def slice_axis(self) -> int:
         return VIEWS.get(self.view, self.view)
+
+    def intensity(self, modality: str | None = None) -> CTWindow | MRIPercentileScale:
+        """The intensity scaling of ``modality`` (default this one's; ``"auto"`` must be decided first)."""
+        modality = modality or self.modality
+        if modality == "ct":
+            return CTWindow(*self.ct_window)
+        if modality == "mri":
+            return MRIPercentileScale(*self.mri_percentiles)
+        raise ValueError(
+            "training needs the modality of its volumes: set the task's preprocess modality to 'ct' or 'mri' "
+            "('auto' decides per volume, for inference only)"
+        )
+
+    def load_transforms(self, keys: Sequence[str] = ("image", "label")) -> list[MapTransform]:
+        """The MONAI transform chain that reads ``keys`` and prepares ``keys[0]`` as :func:`prepare_volume` does
+        (for training: reoriented to RAS, scaled, mapped to the model's channels), on dictionaries."""
+        keys, image = list(keys), keys[0]
+        if self.slice_axis != VIEWS["axial"]:
+            raise ValueError(f"training slices axially; a task's view must be 'axial', got {self.view!r}")
+        scaler = self.intensity()
+        scale = (
+            CTWindowd(image, *self.ct_window)
+            if isinstance(scaler, CTWindow)
+            else MRIPercentileScaled(image, *self.mri_percentiles)
+        )
+        return [
+            LoadImaged(keys, image_only=True, ensure_channel_first=True),
+            Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            scale,
+            ToModelChannelsd(image, self.channels),
+        ]
 
 
 def source_name(image) -> str:
@@ -224,7 +265,7 @@ def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, Sl
         finite = data[torch.isfinite(data)]
         low = float(torch.quantile(finite[:: max(1, finite.numel() // 1_000_000)], 0.005)) if finite.numel() else 0.0
         modality = "ct" if low < -200 else "mri"
-    data = (CTWindow(*pre.ct_window) if modality == "ct" else MRIPercentileScale())(data)
+    data = pre.intensity(modality)(data)
     geometry = SliceGeometry.from_affine(image.affine.numpy(), data.shape[1:], pre.slice_axis)
     sliced = np.stack([geometry.to_sliced(c) for c in np.asarray(data)])
     return torch.from_numpy(np.ascontiguousarray(sliced)), geometry

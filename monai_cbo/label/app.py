@@ -26,6 +26,7 @@ import math
 import os
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,11 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ..bundles import (
-    bundle_auto_defaults,
-    bundle_preprocess,
-    bundle_propagation,
-    load_bundle,
-)
+from ..bundles import load_bundle
 from ..inferers import AutoConfig, Case, KeyPrompt, Preprocess, PropagationConfig, SliceWiseInferer, segment_case
 from ..inferers.volume import load_volume
 from ..networks import class_prompts_of
+from ..task import TaskSpec
 from .datastore import StudiesDatastore
 from .guard import NAME_MAX, Refused, plain_name
 from .train import FineTune
@@ -225,8 +222,8 @@ class _Segment(InferTask):
 class PromptTask(_Segment):
     """ROI box (+ clicks) -> the propagated 3D mask of one object (value 1)."""
 
-    def __init__(self, store: AdapterStore, pre: Preprocess, propagation: PropagationConfig | None = None) -> None:
-        self.propagation = propagation  # a bundle's own settings, else the library's defaults
+    def __init__(self, store: AdapterStore, pre: Preprocess, propagation: PropagationConfig) -> None:
+        self.propagation = propagation  # the task's: a bundle's own settings, else the library's defaults
         super().__init__(
             store,
             pre,
@@ -246,9 +243,7 @@ class PromptTask(_Segment):
 class AutoTask(_Segment):
     """No input -> every class of the current adapter (its learned class prompts)."""
 
-    def __init__(
-        self, store: AdapterStore, pre: Preprocess, labels: dict[str, int], largest: bool, z_smooth: float = 0.0
-    ) -> None:
+    def __init__(self, store: AdapterStore, pre: Preprocess, labels: dict[str, int], auto: AutoConfig) -> None:
         super().__init__(
             store,
             pre,
@@ -256,7 +251,7 @@ class AutoTask(_Segment):
             labels,
             "monai_cbo: automatic segmentation of every class of the adapter, no prompt",
         )
-        self.largest, self.z_smooth = largest, z_smooth
+        self.auto = auto  # the task's: a request may switch largest_cc
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         inferer, adapter = self.store.inferer()  # one model for the check and the run, read once
@@ -268,9 +263,9 @@ class AutoTask(_Segment):
                 f"so it cannot segment without a prompt: use {PROMPT_TASK} with an ROI box",
             )
         names = {str(n): int(v) for n, v in zip(spec.class_names, spec.class_values, strict=True)}
-        largest = request.get("largest_cc", self.largest)
+        largest = request.get("largest_cc", self.auto.largest_component)
         largest = largest if isinstance(largest, bool) else str(largest).lower() in ("1", "true", "yes")
-        case = Case(request["image"], auto=AutoConfig(largest_component=largest, z_smooth=self.z_smooth))
+        case = Case(request["image"], auto=replace(self.auto, largest_component=largest))
         return self._run(case, names, inferer, adapter)
 
 
@@ -282,7 +277,7 @@ class MonaiCboApp(MONAILabelApp):
         name = conf.get("bundle") or ""
         self.bundle = load_bundle(name) if name else None
         adapter = conf.get("adapter") or (str(self.bundle.adapter) if self.bundle and self.bundle.adapter else "")
-        self.pre = bundle_preprocess(self.bundle) if self.bundle else Preprocess(conf.get("modality") or "ct")
+        self.task = self.bundle.task if self.bundle else TaskSpec(preprocess=Preprocess(conf.get("modality") or "ct"))
         self.store = AdapterStore(self.work / "models", Path(adapter) if adapter else None, conf.get("device"))
         labels = list(self.bundle.class_names) if self.bundle else None
         super().__init__(
@@ -308,17 +303,14 @@ class MonaiCboApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        propagation = bundle_propagation(self.bundle) if self.bundle else None
-        tasks: dict[str, InferTask] = {PROMPT_TASK: PromptTask(self.store, self.pre, propagation)}
+        pre = self.task.preprocess
+        tasks: dict[str, InferTask] = {PROMPT_TASK: PromptTask(self.store, pre, self.task.propagation)}
         spec = self.store.class_prompts()
         if spec or self.bundle:  # a bundle's train task gives the adapter class prompts, even if none ships
             names = spec["names"] if spec else list(self.bundle.class_names)
             values = (spec.get("values") if spec else None) or range(1, len(names) + 1)
-            defaults = bundle_auto_defaults(self.bundle) if self.bundle else {}
             labels = {str(n): int(v) for n, v in zip(names, values, strict=True)}
-            tasks[AUTO_TASK] = AutoTask(
-                self.store, self.pre, labels, bool(defaults.get("largest_component")), defaults.get("z_smooth", 0.0)
-            )
+            tasks[AUTO_TASK] = AutoTask(self.store, pre, labels, self.task.auto)
         return tasks
 
     def init_trainers(self) -> dict[str, TrainTask]:

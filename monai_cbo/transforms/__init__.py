@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .channels import ToModelChannels, ToModelChannelsD, ToModelChannelsd, ToModelChannelsDict
 from .intensity import (
+    DEFAULT_CT_WINDOW,
     CTWindow,
     CTWindowD,
     CTWindowd,
@@ -66,6 +67,7 @@ from .slicing import (
 from .training import IGNORE, SlicePromptsd
 
 __all__ = [
+    "DEFAULT_CT_WINDOW",
     "IGNORE",
     "ChannelsToLabelMap",
     "ChannelsToLabelMapd",

@@ -18,6 +18,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy, convert_to_tensor
 
 __all__ = [
+    "DEFAULT_CT_WINDOW",
     "CTWindow",
     "CTWindowD",
     "CTWindowDict",
@@ -27,6 +28,12 @@ __all__ = [
     "MRIPercentileScaleDict",
     "MRIPercentileScaled",
 ]
+
+
+#: the CT window (lowest, highest HU) of zero-shot segmentation where nothing else names one: ``segment`` and the
+#: label app without a bundle, the bench. Chosen by the sweep in ``docs/benchmarks/ct_window.md``; a bundle's
+#: task names its own (the spleen bundle trains in -160..240).
+DEFAULT_CT_WINDOW: tuple[float, float] = (-500.0, 1000.0)
 
 
 def _as_float(img: NdarrayOrTensor) -> torch.Tensor:
@@ -47,13 +54,13 @@ class CTWindow(Transform):
     """Clip a CT image to the HU window ``[a_min, a_max]`` and scale it linearly to [0, 1] (float32).
 
     Args:
-        a_min: lower window bound in HU (maps to 0). Default -500.
-        a_max: upper window bound in HU (maps to 1). Default 1000.
+        a_min: lower window bound in HU (maps to 0). Default: :data:`DEFAULT_CT_WINDOW`'s.
+        a_max: upper window bound in HU (maps to 1). Default: :data:`DEFAULT_CT_WINDOW`'s.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, a_min: float = -500.0, a_max: float = 1000.0) -> None:
+    def __init__(self, a_min: float = DEFAULT_CT_WINDOW[0], a_max: float = DEFAULT_CT_WINDOW[1]) -> None:
         if not a_min < a_max:
             raise ValueError(f"CTWindow needs a_min < a_max, got a_min={a_min}, a_max={a_max}; swap or widen them")
         self.a_min, self.a_max = float(a_min), float(a_max)
@@ -110,7 +117,11 @@ class CTWindowd(MapTransform):
     backend = CTWindow.backend
 
     def __init__(
-        self, keys: KeysCollection, a_min: float = -500.0, a_max: float = 1000.0, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        a_min: float = DEFAULT_CT_WINDOW[0],
+        a_max: float = DEFAULT_CT_WINDOW[1],
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.scaler = CTWindow(a_min, a_max)

@@ -64,6 +64,15 @@ IDS = {
     ],
     "inference": ["model", "preprocess", "propagation", "auto", "key", "overwrite"],
 }
+#: ids whose value moved (kind -> {id recorded: id or expression now}): the task spec holds the channels and
+#: inference's preprocessing and propagation settings (issue 32)
+MOVED = {
+    "train": {"channels": "$@task.preprocess.channels"},
+    "inference": {"preprocess": "task#preprocess", "propagation": "task#propagation"},
+}
+#: fields added since the record (type -> {field: the value the code used before the field existed}): a
+#: resolved value holding exactly that is what was recorded without it
+ADDED = {"Preprocess": {"mri_percentiles": [0.5, 99.5]}}
 #: values pinned so that nothing is built or read: the model's input size, and the CPU
 PINNED = {"img_size": 256, "device": "$torch.device('cpu')", "amp": False}
 SKIPPED_TYPES = (np.random.RandomState, np.random.Generator, torch.Generator)
@@ -96,8 +105,19 @@ def describe(value: object, depth: int = 0) -> object:
     return {"type": type(value).__qualname__, **{k: describe(v, depth + 1) for k, v in sorted(fields.items())}}
 
 
+def without_added(value: object) -> object:
+    """A :func:`describe` result without the :data:`ADDED` fields that hold their former implicit value."""
+    if isinstance(value, list):
+        return [without_added(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    added = ADDED.get(value.get("type"), {})
+    return {k: without_added(v) for k, v in value.items() if not (k in added and v == added[k])}
+
+
 def resolve(bundle: str) -> dict[str, dict[str, object]]:
-    """Every id of :data:`IDS` of ``bundle``'s configs (evaluate over train, as MONAI merges them)."""
+    """Every id of :data:`IDS` of ``bundle``'s configs (evaluate over train, as MONAI merges them), looked up
+    where it is now (:data:`MOVED`)."""
     configs = REPO / "bundles" / bundle / "configs"
     out: dict[str, dict[str, object]] = {}
     for kind, ids in IDS.items():
@@ -105,6 +125,8 @@ def resolve(bundle: str) -> dict[str, dict[str, object]]:
         parser = ConfigParser()
         parser.read_config([str(configs / f) for f in files])
         parser.update({k: v for k, v in PINNED.items() if k in parser.config or k == "img_size"})
+        for i, now in MOVED.get(kind, {}).items():
+            parser[i] = now if now.startswith("$") else f"@{now}"
         out[kind] = {i: describe(parser.get_parsed_content(i)) for i in ids}
     return out
 

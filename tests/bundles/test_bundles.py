@@ -220,25 +220,25 @@ def test_train_config_resolves_trainer_and_evaluator(bundle, data, tmp_path):
     assert trainer.state.max_epochs == parser["max_epochs"] and len(trainer.data_loader.dataset) == 1
     assert parser.get_parsed_content("img_size") == 128  # the tiny model's input
     # automatic steps by default: the network has class prompts and validation runs without prompts
-    network = parser.get_parsed_content("network")
+    network, task = parser.get_parsed_content("network"), parser.get_parsed_content("task")
     assert isinstance(evaluator.inferer, AutoVolumeInferer)
-    assert list(network.class_prompts.class_names) == parser["class_names"]
-    assert network.class_prompts.exclusive is parser["exclusive_classes"]
-    assert list(network.class_prompts.class_values) == parser.get_parsed_content("label_values")
+    assert list(network.class_prompts.class_names) == parser["task#class_names"]
+    assert network.class_prompts.exclusive is task.exclusive
+    assert list(network.class_prompts.class_values) == list(task.label_values)
     assert trainer.prepare_batch.auto_share == 0.5
     prompted = _train_parser(bundle, data[bundle], tmp_path, auto_share=0)
     assert prompted.get_parsed_content("network").class_prompts is None
-    assert prompted.get_parsed_content("validate#evaluator").inferer.exclusive is parser["exclusive_classes"]
-    names = parser["class_names"]
+    assert prompted.get_parsed_content("validate#evaluator").inferer.exclusive is task.exclusive
+    names = parser["task#class_names"]
     if bundle == "brats_mri_cbo":
-        assert names == ["WT", "TC", "ET"] and parser["exclusive_classes"] is False
-        assert parser.get_parsed_content("tumour_labels") == BRATS_LABELS
-        assert parser["channels"] == [0, 1] and parser["label_convention"] == "2015"
+        assert names == ["WT", "TC", "ET"] and task.exclusive is False
+        assert parser.get_parsed_content("sample_classes") == BRATS_LABELS
+        assert list(task.preprocess.channels) == [0, 1] and task.regions == "2015"
         assert (
             json.loads(data[bundle].datalist.read_text(encoding="utf-8"))["label_convention"] == "2015"
         )  # data_prep/brats.py's
     else:
-        assert len(names) == len(parser["classes"]) and parser["exclusive_classes"] is True
+        assert len(names) == len(task.classes) and task.exclusive is True
 
 
 def test_training_starts_from_a_given_adapter_and_refuses_one_that_does_not_fit(tmp_path):
@@ -290,8 +290,8 @@ def test_evaluate_config_resolves_with_writers_in_the_convention(bundle, data, t
     handlers = parser.get_parsed_content("validate#handlers")
     writer = next(h for h in handlers if isinstance(h, LabelMapWriter))
     assert any(isinstance(h, CaseMetricsWriter) for h in handlers)
-    expected = BRATS_WRITTEN if bundle == "brats_mri_cbo" else parser["classes"]
-    assert writer.to_labels.values == expected
+    expected = BRATS_WRITTEN if bundle == "brats_mri_cbo" else parser["task#classes"]
+    assert list(writer.to_labels.values) == expected
 
 
 @pytest.mark.parametrize(
@@ -305,10 +305,10 @@ def test_evaluate_config_resolves_with_writers_in_the_convention(bundle, data, t
 )
 def test_brats_label_convention_sets_sampled_labels_and_written_values(convention, labels, written, data, tmp_path):
     parser = _train_parser(
-        "brats_mri_cbo", data["brats_mri_cbo"], tmp_path, "evaluate.json", label_convention=convention
+        "brats_mri_cbo", data["brats_mri_cbo"], tmp_path, "evaluate.json", **{"task#regions": convention}
     )
-    assert parser.get_parsed_content("tumour_labels") == labels
-    assert parser.get_parsed_content("label_values") == written
+    assert parser.get_parsed_content("sample_classes") == labels
+    assert list(parser.get_parsed_content("task").label_values) == written
     regions = parser.get_parsed_content("label_channels")
     label = torch.tensor(labels, dtype=torch.float32).reshape(1, -1, 1, 1)
     out = regions({"label": label})["label"]  # WT holds every tumour label, ET only the last
@@ -323,12 +323,11 @@ def test_brats_takes_a_custom_region_mapping_with_its_written_values(data, tmp_p
         tmp_path,
         "evaluate.json",
         adapter=None,
-        label_convention=msd,
-        label_values=[1, 2, 3],
+        **{"task#regions": msd, "task#label_values": [1, 2, 3]},
     )
-    assert parser.get_parsed_content("tumour_labels") == [1, 2, 3]
+    assert parser.get_parsed_content("sample_classes") == [1, 2, 3]
     writer = next(h for h in parser.get_parsed_content("validate#handlers") if isinstance(h, LabelMapWriter))
-    assert writer.to_labels.values == [1, 2, 3]
+    assert list(writer.to_labels.values) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -345,21 +344,25 @@ def test_inference_config_resolves_with_the_training_preprocessing(bundle, data,
     assert isinstance(parser.get_parsed_content("inferer"), SliceWiseInferer)
     cases = parser.get_parsed_content("cases")
     assert len(cases) == 1 and cases[0].key is not None and cases[0].auto is None
-    pre = parser.get_parsed_content("preprocess")
-    train = _parser(bundle, "train.json")
+    pre = parser.get_parsed_content("task").preprocess
     assert isinstance(pre, Preprocess)
+    assert pre == _parser(bundle, "train.json").get_parsed_content("task").preprocess  # one task, both configs
     if bundle == "brats_mri_cbo":  # inference scales MRI between the 0.5th and 99.5th percentiles, as training
-        assert pre.modality == "mri" and list(pre.channels) == train["channels"]
-        assert train["mri_percentiles"] == [0.5, 99.5]
+        assert pre.modality == "mri" and list(pre.channels) == [0, 1] and pre.mri_percentiles == (0.5, 99.5)
     elif bundle == "hippocampus_mri_cbo":
-        assert pre.modality == "mri" and pre.channels is None and train["mri_percentiles"] == [0.5, 99.5]
+        assert pre.modality == "mri" and pre.channels is None and pre.mri_percentiles == (0.5, 99.5)
     else:
-        assert pre.modality == "ct" and list(pre.ct_window) == train["ct_window"]
+        assert pre.modality == "ct" and pre.ct_window != Preprocess().ct_window  # a window for soft tissue
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_inference_without_a_prompt_runs_automatically(bundle, data, tmp_path):
-    overrides = {"model#name": "tiny", "input": str(data[bundle].image), "largest_component": True, "z_smooth": 0.25}
+    overrides = {
+        "model#name": "tiny",
+        "input": str(data[bundle].image),
+        "task#auto#largest_component": True,
+        "task#auto#z_smooth": 0.25,
+    }
     parser = _parser(bundle, "inference.json", adapter=None, **overrides)
     (case,) = parser.get_parsed_content("cases")
     assert case.auto == AutoConfig(largest_component=True, z_smooth=0.25)
@@ -391,7 +394,7 @@ def test_config_builder_merges_like_monai_and_reports_stale_files(tmp_path, monk
     assert build_configs.main(["--check"]) == 1
     assert build_configs.main([]) == 0 and build_configs.main(["--check"]) == 0
     written = tmp_path / "spleen_ct_cbo" / "configs" / "train.json"
-    assert ConfigParser.load_config_file(written)["class_names"] == ["spleen"]
+    assert ConfigParser.load_config_file(written)["task"]["class_names"] == ["spleen"]
 
 
 # ---- (b) one tiny epoch of training, then evaluation, through `python -m monai.bundle run`
@@ -429,10 +432,10 @@ def test_bundle_trains_a_tiny_epoch_and_evaluates_in_the_input_geometry(bundle, 
 
     merged = f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']"
     _run(["--config_file", merged], data[bundle], out)
-    train = _parser(bundle, "train.json")
+    train = _parser(bundle, "train.json").get_parsed_content("task")
     with open(out / "eval" / "metrics_per_case.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["class"] for r in rows] == train["class_names"]  # one test case, a row per class / region
+    assert [r["class"] for r in rows] == list(train.class_names)  # one test case, a row per class / region
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
     segs = sorted((out / "eval").glob("*_seg.nii.gz"))
     assert len(segs) == 1, segs
@@ -441,14 +444,14 @@ def test_bundle_trains_a_tiny_epoch_and_evaluates_in_the_input_geometry(bundle, 
     image, seg = nib.load(data[bundle].image), nib.load(segs[0])
     assert seg.shape == image.shape[:3]
     np.testing.assert_allclose(seg.affine, image.affine, atol=1e-4)
-    written = BRATS_WRITTEN if bundle == "brats_mri_cbo" else train["classes"]
+    written = BRATS_WRITTEN if bundle == "brats_mri_cbo" else list(train.classes)
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, *written}
     # auto_share is on by default: the adapter holds class prompts and evaluate.json also scores automatically
     spec = read_adapter(out / "models" / "best_adapter.pt")["class_prompts"]
-    assert spec["names"] == train["class_names"] and spec["values"] == written
+    assert spec["names"] == list(train.class_names) and spec["values"] == written
     with open(out / "eval" / "auto" / "metrics_per_case.csv", newline="") as f:
         auto_rows = list(csv.DictReader(f))
-    assert [r["class"] for r in auto_rows] == train["class_names"]
+    assert [r["class"] for r in auto_rows] == list(train.class_names)
     auto_seg = nib.load(out / "eval" / "auto" / segs[0].name)
     assert auto_seg.shape == image.shape[:3] and np.allclose(auto_seg.affine, image.affine, atol=1e-4)
 
@@ -456,10 +459,10 @@ def test_bundle_trains_a_tiny_epoch_and_evaluates_in_the_input_geometry(bundle, 
 def test_configs_resolve_to_the_values_recorded_before_the_task_spec():
     """The bundles' training, evaluation and inference values (classes, label values, transform chains,
     preprocessing, automatic and propagation settings) are those recorded in ``resolved_configs.json``."""
-    from tests.bundles.resolved import GOLDEN, resolve_all
+    from tests.bundles.resolved import GOLDEN, resolve_all, without_added
 
     recorded = json.loads(GOLDEN.read_text(encoding="utf-8"))
-    resolved = json.loads(json.dumps(resolve_all()))
+    resolved = without_added(json.loads(json.dumps(resolve_all())))
     for bundle, kinds in recorded.items():
         for kind, values in kinds.items():
             for key, value in values.items():

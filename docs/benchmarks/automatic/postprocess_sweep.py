@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from monai_cbo.bundles import bundle_model, bundle_preprocess, load_bundle
+from monai_cbo.bundles import bundle_model, load_bundle
 from monai_cbo.data import load_datalist
 from monai_cbo.inferers import SliceWiseInferer
 from monai_cbo.inferers.volume import Preprocess, load_volume, prepare_volume
@@ -98,7 +98,7 @@ def bundle_inferer(bundle: str) -> tuple[Preprocess, SliceWiseInferer, list[int]
     info = load_bundle(bundle)
     inferer = SliceWiseInferer(bundle_model(info))
     spec = inferer.model.class_prompts
-    return bundle_preprocess(info), inferer, [int(v) for v in spec.class_values], list(spec.class_names)
+    return info.task.preprocess, inferer, [int(v) for v in spec.class_values], list(spec.class_names)
 
 
 def load_case(entry: dict, pre: Preprocess) -> tuple[torch.Tensor, np.ndarray, str]:
