@@ -71,7 +71,7 @@ def test_shipped_adapter_reproduces_its_recorded_dice_on_held_out_cases(name, tm
 def test_segment_warns_before_running_a_bundle_adapter_whose_automatic_mode_failed(tmp_path, capsys):
     """A smoke adapter whose record says its automatic mode fails still runs without a prompt, but says so first;
     a bundle whose automatic mode works gets no warning."""
-    from monai_cbo.cli import WEAK_AUTOMATIC_DICE
+    from monai_cbo.bundles import WEAK_AUTOMATIC_DICE
 
     weak = [n for n in SHIPPED if load_bundle(n).record["test_dice"]["automatic"]["mean"] < WEAK_AUTOMATIC_DICE]
     if not weak:
@@ -89,7 +89,9 @@ def test_segment_warns_before_running_a_bundle_adapter_whose_automatic_mode_fail
 def _held_back_hippocampus(*names: str):
     """Cases of the propagation suite's validation part (never tuned on), the hippocampus bundle and an inferer of
     its shipped adapter; skips where ../shared/data lacks the suite's files."""
-    from monai_cbo.bench.prompting import _StoredInferer, read_suite
+    from monai_cbo.bench.prompting import read_suite
+    from monai_cbo.inferers import SliceWiseInferer
+    from monai_cbo.networks import SliceCache
 
     root = shared_data("Task04_Hippocampus").parent
     suite = Path(__file__).parents[1] / "docs" / "benchmarks" / "propagation" / "suite.json"
@@ -99,7 +101,7 @@ def _held_back_hippocampus(*names: str):
         pytest.skip(f"real data not available: {err}")
     assert len(cases) == len(names) and all(c.part == "validation" for c in cases)
     info = load_bundle("hippocampus_mri_cbo")
-    return cases, info, _StoredInferer(bundle_model(info).eval())
+    return cases, info, SliceWiseInferer(bundle_model(info).eval(), decode_memo=SliceCache(None))
 
 
 def test_hippocampus_adapter_with_its_swept_propagation_keeps_three_key_boxes_near_per_slice_boxes():
@@ -109,13 +111,12 @@ def test_hippocampus_adapter_with_its_swept_propagation_keeps_three_key_boxes_ne
     2026-12-01; with the adapter first shipped, the library defaults, swept on zero-shot outputs, gave 0.92 and 0.87
     on one target), and a 3D box predicts nothing outside its z range."""
     from monai_cbo.bench.prompting import _load, _score
-    from monai_cbo.bundles import bundle_propagation
 
     cases, info, inferer = _held_back_hippocampus("hippocampus_038", "hippocampus_057")
     ratios = []
     for case in cases:
         rows = _score(
-            inferer, _load(case, None, "shipped"), ["per_slice", "three_keys", "box3d"], bundle_propagation(info)
+            inferer, _load(case, None, "shipped"), ["per_slice", "three_keys", "box3d"], info.task.propagation
         )
         for target in ("anterior", "posterior"):
             dice = {r["protocol"]: r for r in rows if r["target"] == target}
@@ -132,10 +133,9 @@ def test_hippocampus_adapter_learned_stop_ends_one_key_box_where_the_structure_e
     it there, no slice is predicted outside the true extent, and one key box keeps >= 0.8 of the per-slice-box Dice
     on each target (0.84-0.94 measured with the adapter shipped 2026-12-01, docs/benchmarks/propagation.md)."""
     from monai_cbo.bench.prompting import _load, _score
-    from monai_cbo.bundles import bundle_propagation
 
     cases, info, inferer = _held_back_hippocampus("hippocampus_014", "hippocampus_045")
-    settings = bundle_propagation(info)
+    settings = info.task.propagation
     assert settings.min_class_overlap > 0
     leaked = 0
     for case in cases:

@@ -40,13 +40,11 @@ import numpy as np
 import torch
 
 from ..inferers import (
-    EmbeddingCache,
     KeyBox,
     ObjectPrompt,
     Preprocess,
     Prompt2D,
     PropagationConfig,
-    SliceResult,
     SliceWiseInferer,
     check_label,
     load_volume,
@@ -55,10 +53,9 @@ from ..inferers import (
     propagate,
 )
 from ..inferers.prompts import prompts_from_mask
-from ..inferers.propagation import class_overlap, feature_similarity, mask_feature, matching_classes, stops
+from ..inferers.propagation import StopMeasures, mask_feature, matching_classes, stop_measures, stops
 from ..metrics import dice_3d
-from ..networks import class_prompts_of
-from ..utils import write_atomic
+from ..networks import SliceCache, class_prompts_of
 
 __all__ = [
     "PROTOCOLS",
@@ -189,43 +186,13 @@ def protocol_prompt(mask: np.ndarray, protocol: str) -> ObjectPrompt | dict[int,
     raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
 
 
-class _StoredInferer(SliceWiseInferer):
-    """A slice-wise inferer whose decoder answers repeated prompts from memory (within one sweep step)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.memo: dict = {}
-
-    def decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
-        if len(prompts) != 1:
-            return super().decode(embedding, prompts, size)
-        p = prompts[0]
-        parts = [id(embedding)]
-        for value in (p.box, p.points, p.point_labels):
-            parts.append(None if value is None else np.asarray(value).tobytes())
-        parts.append(None if p.mask_logits is None else hashlib.sha1(p.mask_logits.numpy().tobytes()).hexdigest())
-        key = tuple(parts)
-        if key not in self.memo:  # the entry holds the embedding: its id cannot pass to another tensor meanwhile
-            self.memo[key] = (embedding, super().decode(embedding, prompts, size)[0])
-        return [self.memo[key][1]]
-
-
 @dataclass
 class _Loaded:
     case: SuiteCase
     volume: torch.Tensor
     masks: dict[str, np.ndarray]  # target -> [H, W, D] bool, sliced view
-    cache: EmbeddingCache
-    file: Path | None = None
+    cache: SliceCache  # the slice embeddings, backed by a file under --cache-dir
     auto: dict[int, list[np.ndarray]] = field(default_factory=dict)  # slice -> the model's automatic class masks
-
-    def save(self) -> None:
-        """Keep the embeddings encoded since loading for the next run."""
-        if self.file is not None and self.cache.encoded:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            stored = {z: self.cache[z] for z in range(self.volume.shape[-1]) if z in self.cache}
-            write_atomic(self.file, lambda p: torch.save(stored, p), overwrite=True)
-            self.cache.encoded.clear()
 
 
 def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
@@ -236,7 +203,6 @@ def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
     sliced = geometry.to_sliced(gt)
     masks = {name: np.isin(sliced, values) for name, values in case.targets.items()}
     masks = {name: m for name, m in masks.items() if m.any()}
-    cache = EmbeddingCache(None)
     file = None
     if cache_dir is not None:  # one file per image and model: slices encoded on demand, kept for the next run
         images = case.image if isinstance(case.image, list) else [case.image]
@@ -245,11 +211,7 @@ def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
         digest = hashlib.sha1("|".join([tag, case.modality, *channels, *map(str, images)]).encode())
         digest = digest.hexdigest()[:12]
         file = cache_dir / f"{case.name}__{digest}.pt"
-        if file.exists():
-            for z, emb in torch.load(file, weights_only=True).items():
-                cache[int(z)] = emb
-    cache.encoded.clear()
-    return _Loaded(case, volume, masks, cache, file)
+    return _Loaded(case, volume, masks, SliceCache(None, path=file))
 
 
 def _score(
@@ -289,6 +251,16 @@ def _score(
 
 
 @dataclass
+class _Direction:
+    """The slices one recorded direction adds past the outermost key, in walking order: their stop measures
+    (columns [n, 1], :meth:`~monai_cbo.inferers.propagation.StopMeasures.stack`) and their overlap with the
+    target in pixels ([n])."""
+
+    measures: StopMeasures
+    inter: np.ndarray
+
+
+@dataclass
 class _Track:
     """One target's propagation with one protocol, recorded with every stop rule off: what each slice past the
     outermost keys would add, so that any stop rule can be scored by truncation."""
@@ -299,7 +271,7 @@ class _Track:
     fixed_inter: float  # overlap with the target over the slices always kept (keys and between keys)
     fixed_area: float
     target_area: float
-    directions: list[dict[str, np.ndarray | float]]
+    directions: list[_Direction]
 
 
 def _record(
@@ -341,26 +313,22 @@ def _record(
         while z in masks:
             zs.append(z)
             z += step
-        before = ([masks[key.slice]] + [masks[z] for z in zs])[: len(zs)]
-        area = np.array([masks[z].sum() for z in zs], dtype=np.float64)
-        directions.append(
-            {
-                "key_area": key.area,
-                "area": area,
-                "before_area": np.array([b.sum() for b in before], dtype=np.float64),
-                "overlap": np.array([(masks[z] & b).sum() for z, b in zip(zs, before, strict=True)])
-                / np.maximum(area, 1),
-                "iou": np.array([results[z].iou for z in zs]),
-                "confidence": np.array(
-                    [results[z].prob.numpy()[masks[z]].mean() if masks[z].any() else 0.0 for z in zs]
-                ),
-                "inter": np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64),
-                "similarity": np.array([feature_similarity(feature(z), feature(key.slice)) for z in zs]),
-                "class_overlap": np.array(
-                    [class_overlap(masks[z], automatic(z), classes) if classes else 1.0 for z in zs]
-                ),
-            }
-        )
+        key_feature = feature(key.slice)
+        measures = [
+            stop_measures(
+                results[z],
+                results[before],
+                thr,
+                key.area,
+                feature(z),
+                key_feature,
+                automatic(z) if classes else (),
+                classes,
+            )
+            for z, before in zip(zs, [key.slice, *zs], strict=False)
+        ]
+        inter = np.array([(masks[z] & mask[..., z]).sum() for z in zs], dtype=np.float64)
+        directions.append(_Direction(StopMeasures.stack(measures), inter))
     return _Track(
         loaded.case.set,
         protocol,
@@ -393,24 +361,12 @@ def _track_dice(track: _Track, grid: SimpleNamespace, min_area: int) -> np.ndarr
     inter = np.full(grid.max_growth.shape[1], track.fixed_inter)
     area = np.full(grid.max_growth.shape[1], track.fixed_area)
     for d in track.directions:
-        n = len(d["area"])
-        if n == 0:
+        if len(d.inter) == 0:
             continue
-        stop = stops(
-            grid,
-            d["area"][:, None],
-            d["before_area"][:, None],
-            d["key_area"],
-            d["overlap"][:, None],
-            d["iou"][:, None],
-            d["confidence"][:, None],
-            d["similarity"][:, None],
-            track.ranged,
-            class_overlap=d["class_overlap"][:, None],
-        )
+        stop = stops(grid, d.measures, track.ranged)
         kept = _kept(stop, grid.range_patience if track.ranged else grid.patience)
-        inter += np.concatenate([[0.0], np.cumsum(d["inter"])])[kept]
-        area += np.concatenate([[0.0], np.cumsum(d["area"])])[kept]
+        inter += np.concatenate([[0.0], np.cumsum(d.inter)])[kept]
+        area += np.concatenate([[0.0], np.cumsum(d.measures.area[:, 0])])[kept]
     return 2 * inter / np.maximum(area + track.target_area, 1e-9)
 
 
@@ -435,8 +391,8 @@ def _ceiling_dice(track: _Track) -> float:
     any stop rule on this recording; what is left below it is lost inside the extent, not at its ends)."""
     inter, area = np.array([track.fixed_inter]), np.array([track.fixed_area])
     for d in track.directions:  # every pair of cuts: what each direction adds up to each of its slices
-        inter = (inter[:, None] + np.concatenate([[0.0], np.cumsum(d["inter"])])[None]).ravel()
-        area = (area[:, None] + np.concatenate([[0.0], np.cumsum(d["area"])])[None]).ravel()
+        inter = (inter[:, None] + np.concatenate([[0.0], np.cumsum(d.inter)])[None]).ravel()
+        area = (area[:, None] + np.concatenate([[0.0], np.cumsum(d.measures.area[:, 0])])[None]).ravel()
     return float(np.max(2 * inter / np.maximum(area + track.target_area, 1e-9)))
 
 
@@ -503,13 +459,13 @@ def _sweep(
         ceiling: dict[tuple[str, str], list[float]] = {}
         for case in tune:
             loaded = _load(case, cache_path, tag)
-            inferer.memo.clear()
+            inferer.decode_memo.clear()
             for target_mask in loaded.masks.values():
                 for protocol in PROTOCOLS[1:]:
                     track = _record(inferer, loaded, target_mask, protocol, start.replace(**setting))
                     dice.setdefault((case.set, protocol), []).append(_track_dice(track, grid, start.min_area))
                     ceiling.setdefault((case.set, protocol), []).append(_ceiling_dice(track))
-            loaded.save()
+            loaded.cache.save()
         per_protocol.append({k: np.mean(v, axis=0) for k, v in dice.items()})
         ceilings.append({k: float(np.mean(v)) for k, v in ceiling.items()})
 
@@ -672,7 +628,7 @@ def run_prompts_bench(
     cases = [c for c in read_suite(suite, data_root) if sets is None or c.set in sets]
     if not cases:
         raise ValueError(f"no case of the suite {suite} is in the sets {list(sets or [])}")
-    inferer = _StoredInferer(model)
+    inferer = SliceWiseInferer(model, decode_memo=SliceCache(None))
     cache_path = Path(cache_dir) if cache_dir else None
     config = config or PropagationConfig()
     start = time.perf_counter()
@@ -681,11 +637,11 @@ def run_prompts_bench(
         rows: list[dict] = []
         for n, case in enumerate(part_cases, 1):
             loaded = _load(case, cache_path, tag)
-            inferer.memo.clear()
+            inferer.decode_memo.clear()
             rows += _score(inferer, loaded, protocols, setting)
-            loaded.save()
+            loaded.cache.save()
             log(f"    {n}/{len(part_cases)} {case.key} ({time.perf_counter() - start:.0f} s)")
-        inferer.memo.clear()
+        inferer.decode_memo.clear()
         return rows
 
     if sweep:

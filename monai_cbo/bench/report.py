@@ -369,7 +369,7 @@ def build_report(run_dir: str | Path, overlays: int = 2) -> dict:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; RUN_DIR must be a folder written by monai-cbo bench")
     saved = json.loads(config_path.read_text(encoding="utf-8"))
-    config = BenchConfig(**{k: v for k, v in saved.items() if k in BenchConfig.__dataclass_fields__})
+    config = BenchConfig.from_saved(saved)
     runs = _Runs(run_dir)
     cbo, notes = _cbo_table(runs)
     per_class, pooled, timing = _extra_tables(runs)
@@ -408,7 +408,8 @@ def _intro(r: dict) -> list[str]:
         + ".",
         "Budget per run: "
         + (f"from the trained adapter `{c.init_adapter}`, " if c.init_adapter else "")
-        + f"{c.steps} steps × {c.batch} slices, AdamW, LR {c.lr} cosine to 0, box jitter {c.jitter} px"
+        + f"{c.steps} steps × {c.batch_size} slices, AdamW, LR {c.learning_rate} cosine to 0, "
+        + f"box jitter {c.box_jitter} px"
         + (
             f", then {c.decoder_steps} decoder steps with the encoder frozen, LR {decoder_lr(c):.3g} cosine to 0"
             if c.decoder_steps

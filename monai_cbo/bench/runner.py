@@ -20,11 +20,12 @@ A run counts as done when its ``result.json`` exists; an interrupted bench resum
 one, and an interrupted run starts again from its first step (a run is minutes, a checkpoint per step is not
 worth its disk traffic).
 
-What the frozen model computes identically in every epoch is computed once and kept (see
-:class:`~monai_cbo.networks.FeatureCache`; in training it is the trainer's network wrapper
-:class:`~monai_cbo.training.CachedFrontSegmenter`): the encoder stages before the first trainable one, per slice,
-shared by all presets and seeds; for ``freeze`` and ``decoder_only`` that is the whole image embedding. The
-results are the same as without the cache (tested); only the time changes.
+What the frozen model computes identically in every epoch is computed once and kept in one
+:func:`~monai_cbo.networks.feature_cache` (:func:`~monai_cbo.networks.cached_front`; in training through the
+trainer's network wrapper :class:`~monai_cbo.training.CachedFrontSegmenter`, in evaluation through the
+inferer's ``front_cache``): the encoder stages before the first trainable one, per slice, shared by all presets
+and seeds; for ``freeze`` and ``decoder_only`` that is the whole image embedding. The results are the same as
+without the cache (tested); only the time changes.
 
 With ``decoder_steps`` (``--decoder-steps``) a run continues after its steps with the whole encoder frozen, its
 PEFT weights as trained (:func:`_frozen_encoder`): only the mask decoder and class prompts train, and the cache
@@ -45,7 +46,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,18 +59,18 @@ from monai.handlers import LrScheduleHandler
 
 from ..data import load_datalist
 from ..inferers.automatic import AutoConfig
-from ..inferers.embeddings import EmbeddingCache
 from ..inferers.prompts import prompts_from_label
 from ..inferers.segment import Case, check_label, segment_volume
 from ..inferers.slicewise import SliceWiseInferer
 from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume, save_label_map
 from ..metrics import MetricsTable, PooledDice, case_metrics
 from ..models import build_segmenter
-from ..networks import FeatureCache, SamSegmenter, class_prompts_of, frozen_prefix
+from ..networks import SamSegmenter, SliceCache, class_prompts_of, feature_cache
 from ..peft import adapter_class_prompts, count_parameters, load_adapter, read_adapter, save_adapter
 from ..peft.config import ABLATION_PRESETS, PRESETS, PeftConfig
 from ..peft.state import _config_mismatch
 from ..training import build_optimizer, build_trainer
+from ..transforms.intensity import DEFAULT_CT_WINDOW
 from ..transforms.training import SlicePromptsd
 from ..utils import check_option, machine_summary, write_atomic
 
@@ -81,6 +82,14 @@ class BenchFailed(RuntimeError):
 
 
 DEFAULT_PRESETS = ABLATION_PRESETS
+#: names a bench.json written before 2026-12-06 used, and the names the bundles, the CLI and BenchConfig use now
+FORMER_NAMES = {"batch": "batch_size", "lr": "learning_rate", "jitter": "box_jitter", "min_pixels": "min_foreground"}
+
+
+def _current_names(saved: dict) -> dict:
+    return {FORMER_NAMES.get(k, k): v for k, v in saved.items()}
+
+
 #: config fields that may change between an interrupted bench and its resumption
 _RESUMABLE = {"presets", "seeds", "device", "cache_mib", "out"}
 
@@ -102,14 +111,14 @@ class BenchConfig:
     checkpoint: str | None = None
     rank: int | None = None
     steps: int = 60
-    batch: int = 2
-    lr: float = 1e-4
+    batch_size: int = 2
+    learning_rate: float = 1e-4
     weight_decay: float = 0.0
-    jitter: int = 5
-    min_pixels: int = 4
+    box_jitter: int = 5
+    min_foreground: int = 4
     classes: list[int] | None = None
     modality: str = "auto"
-    ct_window: list[float] = field(default_factory=lambda: [-500.0, 1000.0])
+    ct_window: list[float] = field(default_factory=lambda: list(DEFAULT_CT_WINDOW))
     channels: list[int] | None = None
     view: str = "axial"
     device: str | None = None
@@ -134,10 +143,10 @@ class BenchConfig:
                 f"init_adapter {self.init_adapter} holds one preset's weights: bench exactly that preset "
                 f"(--presets <its preset>), not {','.join(self.presets)}"
             )
-        if self.steps < (0 if self.init_adapter else 1) or self.batch < 1:
+        if self.steps < (0 if self.init_adapter else 1) or self.batch_size < 1:
             raise ValueError(
-                f"steps ({self.steps}) and batch ({self.batch}) must be >= 1 (steps may be 0 with an init_adapter: "
-                "its decoder stage only, or the adapter scored as it is)"
+                f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1 (steps may be 0 with an "
+                "init_adapter: its decoder stage only, or the adapter scored as it is)"
             )
         if self.decoder_steps < 0 or (self.decoder_lr is not None and self.decoder_lr <= 0):
             raise ValueError(
@@ -158,6 +167,12 @@ class BenchConfig:
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> BenchConfig:
+        """The config of a ``bench.json`` (keys that are not fields, such as the command, are left out); a bench
+        saved before the settings took the bundles' names (:data:`FORMER_NAMES`) reads as well."""
+        return cls(**{k: v for k, v in _current_names(saved).items() if k in cls.__dataclass_fields__})
 
     def runs(self) -> list[tuple[str, int]]:
         """(preset, seed) in execution order: seed-major, so a partial bench already compares every preset.
@@ -226,15 +241,15 @@ class BenchData:
             (i, z)
             for i, c in enumerate(self.train)
             for z in range(c.gt.shape[-1])
-            if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_pixels
+            if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_foreground
         ]
         if not self.slices:
             raise ValueError(
-                f"datalist {config.datalist}: no {config.train_split} slice holds >= {config.min_pixels} "
+                f"datalist {config.datalist}: no {config.train_split} slice holds >= {config.min_foreground} "
                 f"pixels of classes {self.classes}"
             )
         foreground = set(self.slices)
-        #: slices with no class at all (fewer than min_pixels of each): automatic steps learn "absent" from them
+        #: slices with no class at all (fewer than min_foreground of each): automatic steps learn "absent" from them
         self.background = [(i, z) for i, c in enumerate(self.train) for z in range(c.gt.shape[-1])]
         self.background = [s for s in self.background if s not in foreground]
         log(
@@ -272,42 +287,6 @@ def entry_name(entry: dict) -> str:
     return entry.get("case") or case_name(image[0] if isinstance(image, list) else image)
 
 
-class _CachedInferer(SliceWiseInferer):
-    """Slice-wise inference whose frozen encoder stages come from a shared :class:`FeatureCache`."""
-
-    def __init__(self, model: SamSegmenter, features: FeatureCache | None, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
-        self.features, self.case = features, ""
-        self.prefix = frozen_prefix(model.image_encoder) if features is not None else 0
-
-    def encode(
-        self, volume: torch.Tensor, slices: Iterable[int], cache: dict | None = None
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        if self.features is None or self.prefix == 0:
-            yield from super().encode(volume, slices, cache)
-            return
-        slices = list(slices)
-        for start in range(0, len(slices), self.batch_size):
-            chunk = slices[start : start + self.batch_size]
-            emb = {z: cache.get(z) for z in chunk} if cache is not None else {}
-            emb = {z: e for z, e in emb.items() if e is not None}  # taken before new entries may evict them
-            todo = [z for z in chunk if z not in emb]
-            if todo:
-                keys = [("eval", self.case, z, self.prefix) for z in todo]
-
-                def compute(idx: list[int], todo=todo) -> torch.Tensor:
-                    batch = torch.stack([self._model_input(volume, todo[i]) for i in idx]).to(self.device)
-                    return self.model.encode_stages(batch, 0, self.prefix)
-
-                with torch.inference_mode(), self._autocast():
-                    out = self.model.encode_stages(self.features.get_many(keys, compute, self.device), self.prefix)
-                for i, z in enumerate(todo):
-                    emb[z] = out[i : i + 1]
-                    if cache is not None:
-                        cache[z] = emb[z]
-            yield from ((z, emb[z]) for z in chunk)
-
-
 def _eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds >= 3600:
@@ -321,7 +300,7 @@ def train_and_evaluate(
     preset: str,
     seed: int,
     run_dir: Path,
-    features: FeatureCache | None = None,
+    features: SliceCache | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train one (preset, seed) run and evaluate it; write its files into ``run_dir``; return its result."""
@@ -348,7 +327,7 @@ def train_and_evaluate(
         if config.steps:
             losses, slices_seen = _train(config, data, model, seed, device, amp, features, log, f"{preset} seed {seed}")
         if config.decoder_steps:  # the decoder stage: the same slices, jitter and automatic share, decoder only
-            stage = dataclasses.replace(config, steps=config.decoder_steps, lr=decoder_lr(config))
+            stage = dataclasses.replace(config, steps=config.decoder_steps, learning_rate=decoder_lr(config))
             left = config.cache_mib - (features.bytes / 2**20 if features is not None else 0.0)
             stage_start = time.perf_counter()
             with _frozen_encoder(model):  # its own cache (whole embeddings), in what the shared one leaves
@@ -359,13 +338,13 @@ def train_and_evaluate(
                     seed,
                     device,
                     amp,
-                    FeatureCache(left) if left > 0 else None,
+                    feature_cache(left) if left > 0 else None,
                     log,
                     f"{preset} seed {seed} decoder stage",
                 )
             decoder_stage = {
                 "steps": config.decoder_steps,
-                "lr": stage.lr,
+                "learning_rate": stage.learning_rate,
                 "slices": stage_slices,
                 "seconds": time.perf_counter() - stage_start,
                 "loss": stage_losses,
@@ -443,16 +422,18 @@ def _batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iter
     of the steps (drawn from their own generator) are automatic, and each of their slices is, with probability
     ``background_ratio``, swapped for a slice without any class (the model must learn to leave it empty)."""
     auto_key = "auto_label" if config.auto_share > 0 else None
-    prompts = SlicePromptsd(size=size, jitter=config.jitter, min_pixels=config.min_pixels, auto_label_key=auto_key)
+    prompts = SlicePromptsd(
+        size=size, jitter=config.box_jitter, min_pixels=config.min_foreground, auto_label_key=auto_key
+    )
     prompts.set_random_state(seed)
-    order = data.sample_order(seed, config.steps * config.batch)
+    order = data.sample_order(seed, config.steps * config.batch_size)
     classes = torch.tensor(data.classes).view(-1, 1, 1)
     draws = np.random.default_rng([seed, 1])
     keys_out = ("image", "label", "boxes") + (("auto_label",) if auto_key else ())
     for step in range(config.steps):
         auto = config.auto_share > 0 and bool(draws.random() < config.auto_share)
         keys, samples = [], []
-        for case_idx, z in order[step * config.batch : (step + 1) * config.batch]:
+        for case_idx, z in order[step * config.batch_size : (step + 1) * config.batch_size]:
             if auto and data.background and draws.random() < config.background_ratio:
                 case_idx, z = data.background[draws.integers(len(data.background))]
             case = data.train[case_idx]
@@ -472,15 +453,15 @@ def _train(
     seed: int,
     device: torch.device,
     amp: bool,
-    features: FeatureCache | None,
+    features: SliceCache | None,
     log: Callable[[str], None],
     title: str,
 ) -> tuple[list[float], int]:
     """Train ``model`` for ``config.steps`` steps with the bundles' trainer (:func:`~monai_cbo.training.build_trainer`),
-    the LR on a cosine from ``config.lr`` to 0 over the steps; log every tenth step. Returns the loss per step
-    and the number of slices seen."""
+    the LR on a cosine from ``config.learning_rate`` to 0 over the steps; log every tenth step. Returns the loss per
+    step and the number of slices seen."""
     model.train()
-    optimizer = build_optimizer(model, config.lr, config.weight_decay)
+    optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     trainer = build_trainer(
         model,
@@ -503,14 +484,14 @@ def _train(
         step = engine.state.iteration
         losses.append(round(engine.state.output["loss"].item(), 5))
         if step % every == 0 or step == config.steps:
-            rate = step * config.batch / (time.perf_counter() - start)
+            rate = step * config.batch_size / (time.perf_counter() - start)
             log(
                 f"  {title}: step {step}/{config.steps}  loss {np.mean(losses[-every:]):.4f}  "
-                f"{rate:.2f} slices/s  run ETA {_eta((config.steps - step) * config.batch / rate)}"
+                f"{rate:.2f} slices/s  run ETA {_eta((config.steps - step) * config.batch_size / rate)}"
             )
 
     trainer.run()
-    return losses, len(losses) * config.batch
+    return losses, len(losses) * config.batch_size
 
 
 def check_init_adapter(config: BenchConfig) -> dict:
@@ -569,8 +550,9 @@ def _load_init_adapter(config: BenchConfig, model: SamSegmenter) -> dict:
 
 
 def decoder_lr(config: BenchConfig) -> float:
-    """The decoder stage's peak LR: ``config.decoder_lr``, else a third of ``config.lr`` (the measured setting)."""
-    return config.decoder_lr if config.decoder_lr is not None else config.lr / 3
+    """The decoder stage's peak LR: ``config.decoder_lr``, else a third of ``config.learning_rate`` (the measured
+    setting)."""
+    return config.decoder_lr if config.decoder_lr is not None else config.learning_rate / 3
 
 
 @contextmanager
@@ -599,7 +581,7 @@ def _evaluate(
     model: SamSegmenter,
     device: torch.device,
     amp: bool,
-    features: FeatureCache | None,
+    features: SliceCache | None,
     run_dir: Path,
     modes: dict[str, AutoConfig | None],
 ) -> dict[str, tuple[MetricsTable, dict, dict, int]]:
@@ -609,15 +591,14 @@ def _evaluate(
     for all modes. Returns per mode the per-case table, the pooled 2D Dice (all slices, and slices showing the
     class) and the number of slices segmented."""
     model.eval()
-    inferer = _CachedInferer(model, features, device=device, amp=amp)
+    inferer = SliceWiseInferer(model, device=device, amp=amp, front_cache=features)
     tables = {mode: MetricsTable() for mode in modes}
     pooled = {mode: PooledDice(data.metric_classes) for mode in modes}
     pooled_gt = {mode: PooledDice(data.metric_classes, axis=-1, gt_slices_only=True) for mode in modes}
     n_slices = dict.fromkeys(modes, 0)
     for case in data.eval:
-        inferer.case = case.name
         gt = case.geometry.to_stored(case.gt)
-        cache = EmbeddingCache()
+        cache = SliceCache(name=("eval", case.name))  # its slices' frozen front: in `features` under its name
         for mode, auto in modes.items():
             if auto is None:
                 prompts = prompts_from_label(case.gt, data.classes)
@@ -634,7 +615,7 @@ def _evaluate(
 
 
 def _check_config(config: BenchConfig, path: Path) -> None:
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = _current_names(json.loads(path.read_text(encoding="utf-8")))
     budget = config.budget()
 
     def same(key: str, old: object, new: object) -> bool:
@@ -669,7 +650,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
     config_path = out / "bench.json"
     if config_path.exists():
         _check_config(config, config_path)
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        saved = _current_names(json.loads(config_path.read_text(encoding="utf-8")))
         saved.update({k: getattr(config, k) for k in _RESUMABLE})
         payload = saved
     else:
@@ -683,12 +664,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
     todo = [(p, s) for p, s in runs if not (out / "runs" / p / f"seed{s}" / "result.json").exists()]
     log(
         f"bench {out}: {len(runs)} runs ({len(runs) - len(todo)} done, {len(todo)} to do): "
-        f"{config.steps} steps x {config.batch} slices, lr {config.lr}, model {config.model}"
+        f"{config.steps} steps x {config.batch_size} slices, learning rate {config.learning_rate}, model {config.model}"
     )
     if not todo:
         return collect_results(out)
     data = BenchData(config, log)
-    features = FeatureCache(config.cache_mib) if config.cache_mib > 0 else None
+    features = feature_cache(config.cache_mib) if config.cache_mib > 0 else None
     durations: dict[str, list[float]] = {}  # seconds per run by preset, finished runs included, for the ETA
     for done in collect_results(out):
         durations.setdefault(done["preset"], []).append(done.get("seconds", math.nan))

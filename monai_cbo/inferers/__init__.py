@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .automatic import AutoConfig, segment_automatic
-from .embeddings import EmbeddingCache
 from .prompts import (
     PromptSpec,
     VolumePrompts,
@@ -31,7 +30,6 @@ __all__ = [
     "AutoConfig",
     "Case",
     "CaseResult",
-    "EmbeddingCache",
     "KeyBox",
     "KeyPrompt",
     "ObjectPrompt",

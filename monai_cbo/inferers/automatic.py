@@ -2,8 +2,9 @@
 
 Steps for one volume (``[3, H, W, D]``, slicing axis last):
 
-1. every slice is encoded once (through the volume's :class:`EmbeddingCache`, shared with any later step) and the
-   mask decoder runs once per slice with all the class prompts (:meth:`SliceWiseInferer.decode_classes`);
+1. every slice is encoded once (through the volume's :class:`~monai_cbo.networks.SliceCache`, shared with any
+   later step) and the mask decoder runs once per slice with all the class prompts
+   (:meth:`SliceWiseInferer.decode_classes`);
    optionally (``z_smooth`` w > 0) each slice's probabilities are averaged with its two neighbours' at weight w
    (:func:`smooth_across_slices`), which fills a slice the model missed between two it found and trims specks
    that appear on one slice only;
@@ -22,8 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..networks import class_prompts_of
-from .embeddings import EmbeddingCache
+from ..networks import SliceCache, class_prompts_of
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
 __all__ = ["AutoConfig", "segment_automatic", "smooth_across_slices"]
@@ -67,7 +67,7 @@ def segment_automatic(
     inferer: SliceWiseInferer,
     volume: torch.Tensor,
     config: AutoConfig | None = None,
-    cache: EmbeddingCache | None = None,
+    cache: SliceCache | None = None,
 ) -> tuple[dict[int, dict[int, SliceResult]], int]:
     """Segment every class of ``inferer.model``'s class prompts on every slice of ``volume``.
 
@@ -131,7 +131,7 @@ def _refine(
     volume: torch.Tensor,
     results: dict[int, dict[int, SliceResult]],
     config: AutoConfig,
-    cache: EmbeddingCache | None,
+    cache: SliceCache | None,
 ) -> None:
     boxes = {
         value: {z: Prompt2D(box=mask_box(res.prob > inferer.threshold)) for z, res in per_slice.items()}

@@ -16,9 +16,9 @@ How an object is grown from its key boxes (:func:`propagate`):
    slice, shrinks to a sliver, lies too little on the previous mask, is predicted with low confidence, does
    not look like the key slice's object in the image embedding, or outgrows a multiple of its key box's
    area, or (with a trained adapter's learned class prompts) lies too little on what the adapter segments
-   there on its own (:class:`PropagationConfig` names each threshold). That slice is not kept. With
-   ``patience`` above 1, a direction ends only after that many slices in a row break a rule (all of them
-   dropped); a slice that breaks one is kept when a later slice holds again. An object with
+   there on its own (:class:`PropagationConfig` names each threshold, :class:`StopMeasures` each measure). That
+   slice is not kept. With ``patience`` above 1, a direction ends only after that many slices in a row break a
+   rule (all of them dropped); a slice that breaks one is kept when a later slice holds again. An object with
    a z range (a 3D box) is judged by its own set of these thresholds (the ``range_`` ones): the user has said
    the object is on every slice of the range, so what should end a walk there is not what should end an open
    one.
@@ -32,12 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from ..networks import class_prompts_of
-from .embeddings import EmbeddingCache
+from ..networks import SliceCache, class_prompts_of
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
 __all__ = [
@@ -45,11 +45,13 @@ __all__ = [
     "ObjectPrompt",
     "PropagationConfig",
     "STOP_RULES",
+    "StopMeasures",
     "class_overlap",
     "feature_similarity",
     "matching_classes",
     "mask_feature",
     "propagate",
+    "stop_measures",
     "stops",
 ]
 
@@ -60,7 +62,7 @@ class PropagationConfig:
     ``docs/benchmarks/propagation.md`` (``point_reach`` and ``min_area`` were not swept). A rule at its most
     lenient value (0, -1 or infinity) is off: the sweep switched on only those that helped on its tune part.
     These defaults were swept on zero-shot LiteMedSAM; a bundle whose adapter was swept records its own in its
-    ``inference.json`` (:func:`monai_cbo.bundles.bundle_propagation`).
+    ``inference.json`` (its task: ``load_bundle(name).task.propagation``).
 
     Args:
         margin: a propagated box is the previous mask's tight box grown on each side by this fraction of its
@@ -214,28 +216,99 @@ STOP_RULES = (
 )
 
 
-def stops(config, area, before_area, key_area, overlap, iou, confidence, similarity, ranged: bool, class_overlap=1.0):
-    """Whether propagation stops at a slice whose mask has ``area`` pixels, after a slice of ``before_area``:
-    the one statement of the stop rules (see :class:`PropagationConfig`). The thresholds of ``config`` and the
-    measures may be NumPy arrays (the sweep evaluates many settings at once); the result then is one too.
+@dataclass(frozen=True)
+class StopMeasures:
+    """What the stop rules (:func:`stops`) judge a slice propagated beyond the keys by; measured by
+    :func:`stop_measures`. Each measure is a number for one slice, or a NumPy array for many (:meth:`stack`).
 
-    ``overlap``: the fraction of the mask on the previous slice's mask; ``iou``: SAM's estimate; ``confidence``:
-    the mean probability inside the mask; ``similarity``: the cosine similarity of the mask's mean embedding to
-    the key slice's (see :func:`mask_feature`); ``ranged``: the object has a z range (a 3D box), so the
-    ``range_`` thresholds apply; ``class_overlap``: the fraction of the mask on the model's automatic mask of the
-    object's class (1 where there is none to compare with)."""
+    Attributes:
+        area: foreground pixels of the slice's mask.
+        before_area: foreground pixels of the previous slice's mask (the one it was prompted from).
+        key_area: the area (w x h) of the key box the walk started from.
+        overlap: the fraction of the mask on the previous slice's mask.
+        iou: SAM's own IoU estimate.
+        confidence: the mean foreground probability inside the mask (0 for an empty mask).
+        similarity: the cosine similarity of the mask's mean embedding to the key slice's (:func:`mask_feature`;
+            -1 where either mask is empty or the features were not measured).
+        class_overlap: the fraction of the mask on the model's automatic mask of the object's classes
+            (:func:`class_overlap`; 1 where there is none to compare with).
+    """
+
+    area: float | np.ndarray
+    before_area: float | np.ndarray
+    key_area: float | np.ndarray
+    overlap: float | np.ndarray
+    iou: float | np.ndarray
+    confidence: float | np.ndarray
+    similarity: float | np.ndarray
+    class_overlap: float | np.ndarray = 1.0
+
+    @classmethod
+    def stack(cls, measures: Sequence[StopMeasures]) -> StopMeasures:
+        """The measures of ``n`` slices as float64 columns [n, 1], one row per slice: against thresholds [1, m] (m
+        settings, as the sweep has them), :func:`stops` answers [n, m]."""
+        return cls(
+            **{f.name: np.array([getattr(m, f.name) for m in measures], dtype=np.float64)[:, None] for f in fields(cls)}
+        )
+
+
+def stop_measures(
+    result: SliceResult,
+    previous: SliceResult,
+    threshold: float,
+    key_area: float,
+    feature: torch.Tensor | None = None,
+    key_feature: torch.Tensor | None = None,
+    automatic: Sequence[np.ndarray | torch.Tensor] = (),
+    classes: set[int] | frozenset[int] = frozenset(),
+) -> StopMeasures:
+    """The stop measures of one propagated slice: the one place they are computed, by :func:`propagate` and by
+    the sweep's recordings (:mod:`monai_cbo.bench.prompting`), so that the sweep scores what propagation does.
+
+    Args:
+        result: the slice's prediction.
+        previous: the prediction of the slice it was prompted from.
+        threshold: probability above which a pixel is foreground.
+        key_area: the area of the key box the walk started from (:attr:`KeyBox.area`).
+        feature: the slice's :func:`mask_feature`, and ``key_feature`` the key slice's; None: not measured
+            (similarity -1, which no threshold stops at).
+        key_feature: see ``feature``.
+        automatic: the model's automatic mask of each class on the slice; only read when ``classes`` is given.
+        classes: the classes matching the object on its key slices (:func:`matching_classes`); empty: none.
+    """
+    mask = result.prob > threshold
+    before = previous.prob > threshold
+    area = int(mask.sum())
+    return StopMeasures(
+        area=area,
+        before_area=int(before.sum()),
+        key_area=key_area,
+        overlap=float((mask & before).sum()) / max(area, 1),
+        iou=result.iou,
+        confidence=float(result.prob[mask].mean()) if area else 0.0,
+        similarity=feature_similarity(feature, key_feature),
+        class_overlap=class_overlap(mask, automatic, classes) if classes else 1.0,
+    )
+
+
+def stops(config: PropagationConfig | SimpleNamespace, measures: StopMeasures, ranged: bool) -> bool | np.ndarray:
+    """Whether propagation stops at a slice with ``measures``: the one statement of the stop rules (see
+    :class:`PropagationConfig`). ``ranged``: the object has a z range (a 3D box), so the ``range_`` thresholds
+    apply. The thresholds of ``config`` (then any object with the config's threshold names) and the measures may
+    be NumPy arrays (the sweep evaluates many settings at once); the result then is one too."""
     prefix = "range_" if ranged else ""
     rule = {name: getattr(config, prefix + name) for name in STOP_RULES}
+    m = measures
     return (
-        (area < config.min_area)
-        | (area > rule["max_key_area"] * key_area)
-        | (area > rule["max_growth"] * before_area)
-        | (area < rule["min_shrink"] * before_area)
-        | (overlap < rule["min_overlap"])
-        | (iou < rule["min_iou"])
-        | (confidence < rule["min_confidence"])
-        | (similarity < rule["min_similarity"])
-        | (class_overlap < rule["min_class_overlap"])
+        (m.area < config.min_area)
+        | (m.area > rule["max_key_area"] * m.key_area)
+        | (m.area > rule["max_growth"] * m.before_area)
+        | (m.area < rule["min_shrink"] * m.before_area)
+        | (m.overlap < rule["min_overlap"])
+        | (m.iou < rule["min_iou"])
+        | (m.confidence < rule["min_confidence"])
+        | (m.similarity < rule["min_similarity"])
+        | (m.class_overlap < rule["min_class_overlap"])
     )
 
 
@@ -297,12 +370,12 @@ def propagate(
     volume: torch.Tensor,
     prompt: ObjectPrompt,
     config: PropagationConfig | None = None,
-    cache: EmbeddingCache | Mapping | None = None,
+    cache: SliceCache | Mapping | None = None,
 ) -> dict[int, SliceResult]:
     """Segment one object slice by slice from its key boxes (see the module docstring); ``{z: result}``.
 
-    ``cache``: the volume's :class:`EmbeddingCache`, shared with every other class and prompt source of the
-    volume so that each slice is encoded once.
+    ``cache``: the volume's :class:`~monai_cbo.networks.SliceCache`, shared with every other class and prompt
+    source of the volume so that each slice is encoded once.
     """
     config = config or PropagationConfig()
     depth, size = volume.shape[-1], tuple(volume.shape[1:3])
@@ -362,18 +435,14 @@ def propagate(
         pending: dict[int, SliceResult] = {}  # slices that broke a rule: kept only if a later slice holds
         while lo <= z <= hi:
             before = previous.prob > thr
-            before_area = int(before.sum())
-            if before_area < config.min_area:
+            if int(before.sum()) < config.min_area:
                 break
             res = run(z, _grow(mask_box(before), config, size), previous)
-            mask = res.prob > thr
-            now = int(mask.sum())
-            overlap = float((mask & before).sum()) / max(now, 1)
-            confidence = float(res.prob[mask].mean()) if now else 0.0
-            similarity = feature_similarity(features.get(z), features.get(key.slice))
-            own = class_overlap(mask, automatic[z], classes) if classes else 1.0  # no decode without a class
-            measures = (now, before_area, key.area, overlap, res.iou, confidence, similarity)
-            if stops(config, *measures, ranged, class_overlap=own):
+            own = automatic.get(z, ())  # decoded where the learned stop is on
+            measures = stop_measures(
+                res, previous, thr, key.area, features.get(z), features.get(key.slice), own, classes
+            )
+            if stops(config, measures, ranged):
                 pending[z] = res
                 if len(pending) >= patience:  # `patience` slices in a row broke a rule: the object has ended
                     break

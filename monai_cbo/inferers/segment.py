@@ -18,9 +18,9 @@ import torch
 
 from ..data.readers import is_dicom_folder
 from ..metrics import case_metrics
+from ..networks import SliceCache
 from ..utils import check_overwrite
 from .automatic import AutoConfig, segment_automatic
-from .embeddings import EmbeddingCache
 from .prompts import (
     PromptSpec,
     VolumePrompts,
@@ -227,14 +227,14 @@ def segment_volume(
     geometry: SliceGeometry,
     prompts: VolumePrompts | dict[int, dict] | None = None,
     propagation: PropagationConfig | None = None,
-    cache: EmbeddingCache | None = None,
+    cache: SliceCache | None = None,
     auto: AutoConfig | None = None,
 ) -> VolumeSegmentation:
     """Segment a prepared volume (:func:`prepare_volume`) from its prompts: the core every entry point shares.
 
-    Per-slice prompts and every class's propagation draw on one :class:`EmbeddingCache` (``cache``, or a new
-    one when there is something to propagate), so each slice is encoded once per volume however many classes
-    and key boxes there are. Overlaps go to the most probable class. ``prompts`` may be a plain
+    Per-slice prompts and every class's propagation draw on one :class:`~monai_cbo.networks.SliceCache`
+    (``cache``, or a new one when there is something to propagate), so each slice is encoded once per volume
+    however many classes and key boxes there are. Overlaps go to the most probable class. ``prompts`` may be a plain
     ``{class: {slice: Prompt2D}}``.
 
     Without prompts, ``auto`` (default :class:`AutoConfig`) segments every slice with the model's learned class
@@ -243,7 +243,7 @@ def segment_volume(
     """
     if prompts is None:
         if cache is None and auto is not None and auto.refine:
-            cache = EmbeddingCache()
+            cache = SliceCache()
         results, slices = segment_automatic(inferer, volume, auto, cache)
         exclusive = inferer.model.class_prompts.exclusive
         sliced = inferer.label_map(results, tuple(volume.shape[1:]), exclusive=exclusive)
@@ -253,7 +253,7 @@ def segment_volume(
     if not isinstance(prompts, VolumePrompts):
         prompts = VolumePrompts(slices=dict(prompts))
     if cache is None and prompts.objects:  # per-slice prompts alone stream: nothing to share, nothing kept
-        cache = EmbeddingCache()
+        cache = SliceCache()
     results = inferer.predict(volume, prompts.slices, cache=cache)
     for cls, obj in prompts.objects.items():
         results[cls] = {**results.get(cls, {}), **propagate(inferer, volume, obj, propagation, cache)}

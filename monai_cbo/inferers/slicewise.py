@@ -8,15 +8,15 @@ in that slice: a box is XYXY = (col_min, row_min, col_max, row_max), a point is 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+import hashlib
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..networks import SamSegmenter, class_prompts_of
+from ..networks import SamSegmenter, SliceCache, cached_front, class_prompts_of, frozen_prefix
 from ..transforms.resize import ResizeLongestSidePad, restore_slice, scale_coords
-from .embeddings import EmbeddingCache
 
 __all__ = ["Prompt2D", "SliceResult", "SliceWiseInferer", "mask_box"]
 
@@ -81,6 +81,12 @@ class SliceWiseInferer:
         device: where the model runs; default the model's device.
         amp: autocast on CUDA (ignored on the CPU). Default True.
         threshold: probability above which a pixel is foreground. Default 0.5.
+        front_cache: the frozen front of the encoder (:func:`~monai_cbo.networks.frozen_prefix`, decided here)
+            of every slice encoded with a named per-volume cache (see :meth:`encode`), shared with the other
+            models of the same base weights (the bench's presets and seeds, whose embeddings differ). Default
+            None: encode from the image.
+        decode_memo: decoded results by embedding content and prompts, for a caller that decodes the same
+            prompts on the same slices again (the prompts bench's sweep); the caller clears it. Default None.
     """
 
     def __init__(
@@ -90,6 +96,8 @@ class SliceWiseInferer:
         device: str | torch.device | None = None,
         amp: bool = True,
         threshold: float = 0.5,
+        front_cache: SliceCache | None = None,
+        decode_memo: SliceCache | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if batch_size is None:
@@ -101,6 +109,8 @@ class SliceWiseInferer:
         self.amp = amp and self.device.type == "cuda"
         self.threshold = threshold
         self.resize = ResizeLongestSidePad(model.img_size)
+        self.front_cache, self.decode_memo = front_cache, decode_memo
+        self.front_depth = frozen_prefix(model.image_encoder) if front_cache is not None else 0
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, enabled=self.amp)
@@ -109,14 +119,17 @@ class SliceWiseInferer:
         return self.resize(volume[..., z].float())
 
     def encode(
-        self, volume: torch.Tensor, slices: Iterable[int], cache: EmbeddingCache | dict | None = None
+        self, volume: torch.Tensor, slices: Iterable[int], cache: SliceCache | dict | None = None
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(z, embedding [1, C, h, w])`` for ``slices`` in the order given, encoding ``batch_size`` at a time.
 
-        ``cache`` (an :class:`EmbeddingCache` or a dict, one per volume, owned by the caller) keeps embeddings so
-        that several calls on the same volume (every class, every prompt source) encode each slice once. Without
-        it each embedding is handed out once and forgotten.
+        ``cache`` (a :class:`~monai_cbo.networks.SliceCache` or a dict, one per volume, owned by the caller) keeps
+        embeddings so that several calls on the same volume (every class, every prompt source) encode each slice
+        once. Without it each embedding is handed out once and forgotten. With the inferer's ``front_cache`` and a
+        ``SliceCache`` named after its volume, each encoded slice's frozen front is kept under ``(name, z)``.
         """
+        name = getattr(cache, "name", None)  # a dict has none
+        front = self.front_depth > 0 and name is not None
         order = list(slices)
         todo = [z for z in dict.fromkeys(order) if cache is None or z not in cache]
         held: dict[int, torch.Tensor] = {}  # encoded in this call and not yet handed out
@@ -133,7 +146,12 @@ class SliceWiseInferer:
                     chunk = [z]
                 batch = torch.stack([self._model_input(volume, t) for t in chunk]).to(self.device)
                 with torch.inference_mode(), self._autocast():
-                    out = self.model.encode(batch)
+                    if front:
+                        keys = [(name, t) for t in chunk]
+                        features = cached_front(self.model, batch, keys, self.front_cache, self.front_depth)
+                        out = self.model.encode_stages(features, self.front_depth)
+                    else:
+                        out = self.model.encode(batch)
                 for i, t in enumerate(chunk):
                     held[t] = out[i : i + 1]
                     if cache is not None:
@@ -142,7 +160,20 @@ class SliceWiseInferer:
             yield z, emb
 
     def decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
-        """Decode each prompt on one slice of ``size`` (H, W) from its embedding (one decoder call per kind)."""
+        """Decode each prompt on one slice of ``size`` (H, W) from its embedding (one decoder call per kind).
+
+        With a ``decode_memo``, a call with the same embedding (by content), prompts and size as an earlier one
+        returns that call's results (the same objects: do not change them)."""
+        if self.decode_memo is None:
+            return self._decode(embedding, prompts, size)
+        key = _decode_key(embedding, prompts, size)
+        results = self.decode_memo.get(key)
+        if results is None:
+            results = self._decode(embedding, prompts, size)
+            self.decode_memo[key] = results
+        return list(results)
+
+    def _decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
         s = self.model.img_size
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -185,7 +216,7 @@ class SliceWiseInferer:
         self,
         volume: torch.Tensor,
         prompts: Mapping[int, Mapping[int, Prompt2D]],
-        cache: dict[int, torch.Tensor] | None = None,
+        cache: SliceCache | dict | None = None,
     ) -> dict[int, dict[int, SliceResult]]:
         """Segment the prompted slices. ``prompts[class_id][z]`` -> ``results[class_id][z]``."""
         size = tuple(volume.shape[1:3])
@@ -220,3 +251,17 @@ class SliceWiseInferer:
                     best[..., z][win] = prob[win]
                 labels[..., z][win] = cls
         return labels
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha1(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().data).hexdigest()
+
+
+def _decode_key(embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> Hashable:
+    """What :meth:`SliceWiseInferer.decode` computes from: the embedding and the mask prompts by content (SHA-1:
+    a different tensor of the same values gives the same key, and a key never passes to other values)."""
+    parts: list = [tuple(embedding.shape), str(embedding.dtype), _digest(embedding), tuple(size)]
+    for p in prompts:
+        parts += [None if v is None else (v.shape, v.tobytes()) for v in (p.box, p.points, p.point_labels)]
+        parts.append(None if p.mask_logits is None else (tuple(p.mask_logits.shape), _digest(p.mask_logits)))
+    return tuple(parts)

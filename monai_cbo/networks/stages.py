@@ -3,17 +3,24 @@
 A PEFT preset trains modules inside the encoder's attention blocks; everything before the first of them
 (TinyViT's patch embedding and convolutional first stage, SAM ViT's patch embedding) computes the same
 features for the same image in every epoch and in every preset. :func:`encoder_stages` exposes that split and
-:func:`frozen_prefix` says how far it reaches for a given model; :class:`FeatureCache` keeps the results.
+:func:`frozen_prefix` says how far it reaches for a given model; :func:`cached_front` keeps the results in a
+:func:`feature_cache`, for training and evaluation alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-__all__ = ["FeatureCache", "encoder_stages", "frozen_prefix", "run_stages"]
+from .cache import SliceCache
+
+if TYPE_CHECKING:
+    from .segmenter import SamSegmenter
+
+__all__ = ["cached_front", "encoder_stages", "feature_cache", "frozen_prefix", "run_stages"]
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
 
@@ -85,36 +92,23 @@ def run_stages(encoder: nn.Module, x: torch.Tensor, start: int = 0, stop: int | 
     return x
 
 
-class FeatureCache:
-    """Features by key (e.g. ``(case, slice)``), kept on the CPU up to ``max_mib``; beyond that, not stored.
+def feature_cache(max_mib: float = 4096.0) -> SliceCache:
+    """A :class:`~monai_cbo.networks.SliceCache` for :func:`cached_front`: entries on the CPU (the GPU's memory is
+    the model's), and when full new entries are not stored (training visits its slices in passes, which a least
+    recently used bound smaller than a pass would never hit)."""
+    return SliceCache(max_mib, when_full="keep", store_on="cpu")
 
-    The caller decides what is safe to cache: outputs of :func:`frozen_prefix` stages of an unchanged base
-    model for an unchanged input. Keys should include the stage depth when several depths share a cache.
+
+def cached_front(
+    model: SamSegmenter, images: torch.Tensor, keys: Sequence[Hashable], cache: SliceCache, depth: int
+) -> torch.Tensor:
+    """Encoder stages ``0:depth`` of ``model`` (its frozen front, :func:`frozen_prefix`) for ``images``
+    [B, 3, S, S]: each image's from ``cache`` under ``(*key, depth)`` (``key`` a tuple, else ``(key, depth)``)
+    where stored, the missing ones computed as one batch without gradients and stored.
+
+    The caller decides what is safe to cache: ``depth`` at most :func:`frozen_prefix` of an unchanged base model,
+    and the same key for the same pixels. Finish the embedding with ``model.encode_stages(front, depth)``.
     """
-
-    def __init__(self, max_mib: float = 4096.0) -> None:
-        self.max_bytes = int(max_mib * 2**20)
-        self.bytes = 0
-        self.hits = self.misses = 0
-        self._store: dict[Hashable, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def get_many(
-        self, keys: Sequence[Hashable], compute: Callable[[list[int]], torch.Tensor], device: torch.device | str
-    ) -> torch.Tensor:
-        """Stack the features of ``keys`` on ``device``; ``compute(indices)`` makes the missing ones (a batch)."""
-        missing = [i for i, k in enumerate(keys) if k not in self._store]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        fresh = {}
-        if missing:
-            out = compute(missing).detach()
-            for j, i in enumerate(missing):
-                fresh[keys[i]] = out[j]
-                size = out[j].numel() * out[j].element_size()
-                if self.bytes + size <= self.max_bytes:
-                    self._store[keys[i]] = out[j].to("cpu", copy=True)
-                    self.bytes += size
-        return torch.stack([fresh[k] if k in fresh else self._store[k].to(device) for k in keys])
+    keys = [(*key, depth) if isinstance(key, tuple) else (key, depth) for key in keys]
+    with torch.no_grad():
+        return cache.get_many(keys, lambda idx: model.encode_stages(images[idx], 0, depth), images.device)

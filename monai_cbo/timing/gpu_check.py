@@ -553,12 +553,13 @@ def run_bench_step(
         datalist, dataset_dir = _dry_data(scratch / "data")
         bench_dir = check.bench_dir or scratch / "bench"
         presets, seeds = "lora_cbo", "0"
-        budget = ["--model", "tiny", "--steps", "2", "--batch", "2", "--device", "cpu"]
+        budget = ["--model", "tiny", "--steps", "2", "--batch-size", "2", "--device", "cpu"]
     else:
         datalist, dataset_dir = check.data / "hippocampus.json", check.data / "Task04_Hippocampus"
         bench_dir = check.bench_dir or check.data / "bench"
         presets, seeds = check.bench_presets, check.bench_seeds
-        budget = ["--steps", str(check.bench_steps), "--batch", str(check.bench_batch), "--lr", str(check.bench_lr)]
+        budget = ["--steps", str(check.bench_steps), "--batch-size", str(check.bench_batch)]
+        budget += ["--learning-rate", str(check.bench_lr)]
         if not datalist.is_file() or not dataset_dir.is_dir():
             log(
                 f"bench: skipped: {datalist} or {dataset_dir} is missing (run benchmarks/prepare_gpu_carry.sh and "

@@ -5,7 +5,7 @@ reports the ratio of the medians, so a busy machine shifts both sides alike. ``m
 outputs (loss, embeddings) of the two variants: 0.0 means bitwise identical.
 
 * ``frozen_front_cache``: a ``lora_cbo`` training step (the trainer's) from cached TinyViT patch-embedding +
-  conv-stage features (the bench's :class:`~monai_cbo.networks.FeatureCache`) against encoding from the image.
+  conv-stage features (the bench's :func:`~monai_cbo.networks.feature_cache`) against encoding from the image.
 * ``embedding_cache``: a ``decoder_only`` step from a cached image embedding against encoding the image.
 * ``inference_mode``: encoding one slice under ``torch.inference_mode`` against ``torch.no_grad``.
 * ``channels_last``: the encoder in channels-last memory format against the default, inference.
@@ -23,7 +23,7 @@ import torch
 from monai.engines import SupervisedTrainer
 
 from ..models import build_segmenter
-from ..networks import FeatureCache
+from ..networks import feature_cache
 from ..training import build_optimizer, build_trainer, train_step
 
 __all__ = ["measure_speedups"]
@@ -49,7 +49,7 @@ def _interleaved(before: Callable[[], object], after: Callable[[], object], repe
 
 def _train_step_pair(model_name: str, preset: str, batch: int, seed: int) -> tuple[Callable, Callable]:
     """The training step (:func:`~monai_cbo.training.train_step`) from the image, and the same step with the frozen
-    front from a :class:`~monai_cbo.networks.FeatureCache`; same weights, same data, a fresh optimizer each time."""
+    front from a :func:`~monai_cbo.networks.feature_cache`; same weights, same data, a fresh optimizer each time."""
     g = torch.Generator().manual_seed(seed)
     model = build_segmenter(model_name, preset=preset, seed=seed)
     s = model.img_size
@@ -60,7 +60,7 @@ def _train_step_pair(model_name: str, preset: str, batch: int, seed: int) -> tup
     data = {"image": images, "label": target, "boxes": boxes}
     keyed = {**data, "slice_keys": [("speedups", i) for i in range(batch)]}
     plain = build_trainer(model, build_optimizer(model, 1e-4), [])
-    cached = build_trainer(model, build_optimizer(model, 1e-4), [], feature_cache=FeatureCache())
+    cached = build_trainer(model, build_optimizer(model, 1e-4), [], feature_cache=feature_cache())
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     def step(trainer: SupervisedTrainer, batch_data: dict) -> torch.Tensor:

@@ -18,9 +18,10 @@ channel per class, empty where the class is absent, so the model also learns to 
 thus serves both box prompts and automatic runs.
 
 The frozen front of the encoder (:func:`~monai_cbo.networks.frozen_prefix`) computes the same features for the
-same slice in every step; given a :class:`~monai_cbo.networks.FeatureCache` and batches that name their
-slices (``slice_keys``), :class:`CachedFrontSegmenter` takes those features from the cache. That changes the
-time of a step, not its result (tested).
+same slice in every step; given a :class:`~monai_cbo.networks.SliceCache` and batches that name their
+slices (``slice_keys``), :class:`CachedFrontSegmenter` takes those features from the cache
+(:func:`~monai_cbo.networks.cached_front`, as :class:`~monai_cbo.inferers.SliceWiseInferer` does in evaluation).
+That changes the time of a step, not its result (tested).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from torch import nn
 
 from ..losses import PromptDiceBCELoss
-from ..networks import FeatureCache, SamSegmenter, SegmenterOutput, class_prompts_of, frozen_prefix
+from ..networks import SamSegmenter, SegmenterOutput, SliceCache, cached_front, class_prompts_of, frozen_prefix
 from ..peft import optimizer_param_groups
 from ..utils import check_option
 
@@ -128,15 +129,17 @@ class CachedFrontSegmenter(nn.Module):
     """``model`` whose frozen encoder front is read from ``cache`` for slices it has seen before.
 
     ``forward(image, boxes, slice_keys=None)``: as ``model(image, boxes=boxes)``; with ``slice_keys`` (one
-    hashable name per image, the same name for the same pixels) the first :func:`frozen_prefix` stages are
-    looked up under ``(*key, depth)`` (``key`` a tuple) and computed, without gradients, only for misses.
+    hashable name per image, the same name for the same pixels) the first :func:`frozen_prefix` stages come from
+    :func:`~monai_cbo.networks.cached_front` (computed, without gradients, only for misses). A wrapper because
+    the trainer hands the batch's ``slice_keys`` to its network and nothing else.
 
     Args:
         model: the segmenter being trained (its trainable parameters decide the frozen depth, once, here).
-        cache: where the features are kept; may be shared by several models of the same base weights.
+        cache: where the features are kept (a :func:`~monai_cbo.networks.feature_cache`); may be shared by several
+            models of the same base weights.
     """
 
-    def __init__(self, model: SamSegmenter, cache: FeatureCache) -> None:
+    def __init__(self, model: SamSegmenter, cache: SliceCache) -> None:
         super().__init__()
         self.model, self.cache = model, cache
         self.depth = frozen_prefix(model.image_encoder)
@@ -150,11 +153,7 @@ class CachedFrontSegmenter(nn.Module):
     ) -> SegmenterOutput:
         if not self.depth or slice_keys is None:
             return self.model(image, boxes=boxes, classes=classes)
-        keys = [(*key, self.depth) if isinstance(key, tuple) else (key, self.depth) for key in slice_keys]
-        with torch.no_grad():
-            front = self.cache.get_many(
-                keys, lambda idx: self.model.encode_stages(image[idx], 0, self.depth), image.device
-            )
+        front = cached_front(self.model, image, slice_keys, self.cache, self.depth)
         return self.model.decode(self.model.encode_stages(front, self.depth), boxes=boxes, classes=classes)
 
 
@@ -168,7 +167,7 @@ def build_trainer(
     loss_function: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     epoch_length: int | None = None,
     handlers: Sequence[Any] = (),
-    feature_cache: FeatureCache | None = None,
+    feature_cache: SliceCache | None = None,
     auto_share: float = 0.0,
     seed: int = 0,
 ) -> SupervisedTrainer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import struct
@@ -21,7 +22,7 @@ from monai_cbo.bench.runner import BenchFailed, _frozen_encoder
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
 from monai_cbo.models import build_segmenter, load_segmenter
-from monai_cbo.networks import FeatureCache, class_prompts_of, encoder_stages, frozen_prefix
+from monai_cbo.networks import class_prompts_of, encoder_stages, feature_cache, frozen_prefix
 from monai_cbo.peft import read_adapter
 
 
@@ -62,7 +63,7 @@ def _config(datalist: Path, out: Path, **kw) -> BenchConfig:
         presets=["freeze", "lora_cbo"],
         seeds=[0],
         steps=2,
-        batch=1,
+        batch_size=1,
         modality="ct",
         ct_window=[-160.0, 240.0],
         device="cpu",
@@ -74,7 +75,7 @@ def test_feature_cache_changes_nothing_but_time(datalist, tmp_path):
     config = _config(datalist, tmp_path)
     data = BenchData(config, log=lambda _: None)
     results = {}
-    for name, cache in (("plain", None), ("cached", FeatureCache())):
+    for name, cache in (("plain", None), ("cached", feature_cache())):
         for preset in ("decoder_only", "lora_cbo", "lora"):  # whole encoder frozen / frozen front only
             run_dir = tmp_path / name / preset
             run_dir.mkdir(parents=True)
@@ -206,7 +207,7 @@ def test_decoder_stage_trains_the_decoder_on_a_frozen_encoder_and_saves_a_whole_
     assert any(not torch.equal(a[k], b[k]) for k in rest if "class_prompts" in k)
     stage = staged["train"]["decoder_stage"]
     assert stage["steps"] == 4 and stage["slices"] == 4 and len(stage["loss"]) == 4
-    assert stage["lr"] == pytest.approx(1e-4 / 3)  # a third of --lr unless --decoder-lr
+    assert stage["learning_rate"] == pytest.approx(1e-4 / 3)  # a third of --learning-rate unless --decoder-lr
     assert plain["train"]["decoder_stage"] is None
     assert any("decoder stage: step 4/4" in line for line in logs)
     report = next(p for p in write_report(tmp_path / "staged") if p.suffix == ".md").read_text(encoding="utf-8")
@@ -292,7 +293,7 @@ def test_a_run_started_from_a_trained_adapter_continues_it(datalist, staged_runs
     # the command line takes the preset from the file
     out = tmp_path / "cli"
     args = ["bench", str(datalist), "-o", str(out), "--model", "tiny_tinyvit", "--seeds", "0", "--modality", "ct"]
-    args += ["--window=-160,240", "--batch", "1", "--device", "cpu", "--auto-share", "0.75", "--steps", "0"]
+    args += ["--window=-160,240", "--batch-size", "1", "--device", "cpu", "--auto-share", "0.75", "--steps", "0"]
     assert main([*args, "--init-adapter", str(init)]) == 0
     first = (runs / "plain/runs/lora_cbo/seed0/metrics.csv").read_text(encoding="utf-8")
     assert (out / "runs/lora_cbo/seed0/metrics.csv").read_text(encoding="utf-8") == first
@@ -411,3 +412,26 @@ def test_speedups_keep_outputs_and_report_ratios(capsys):
         assert figures[name]["max_abs_diff"] == 0.0, name
         assert figures[name]["speedup"] > 0
     assert figures["channels_last"]["max_abs_diff"] < 1e-3
+
+
+def test_a_bench_saved_under_the_former_setting_names_reads_and_resumes(datalist, tmp_path):
+    """bench.json files written before the settings took the bundles' names (lr, batch, jitter, min_pixels) read
+    as the same config, and a bench started then resumes with the new option names."""
+    from monai_cbo.bench.runner import FORMER_NAMES, _check_config
+
+    published = Path(__file__).parents[2] / "docs" / "benchmarks" / "automatic" / "decoder_stage" / "bench.json"
+    saved = json.loads(published.read_text(encoding="utf-8"))
+    config = BenchConfig.from_saved(saved)
+    assert (config.learning_rate, config.batch_size, config.box_jitter) == (
+        saved["lr"],
+        saved["batch"],
+        saved["jitter"],
+    )
+    assert config.min_foreground == saved["min_pixels"]
+    new = _config(datalist, tmp_path, learning_rate=3e-4, box_jitter=3)
+    old = {next((f for f, n in FORMER_NAMES.items() if n == k), k): v for k, v in dataclasses.asdict(new).items()}
+    assert "lr" in old and "learning_rate" not in old
+    (tmp_path / "bench.json").write_text(json.dumps(old), encoding="utf-8")
+    _check_config(new, tmp_path / "bench.json")  # the same budget under its former names: resumes
+    with pytest.raises(ValueError, match="learning_rate: 0.0003 there, 0.0001 now"):
+        _check_config(_config(datalist, tmp_path, box_jitter=3), tmp_path / "bench.json")

@@ -17,7 +17,6 @@ from monai_cbo.bench.prompting import (
     _record,
     _score,
     _stop_grid,
-    _StoredInferer,
     _track_dice,
     protocol_prompt,
     read_suite,
@@ -25,9 +24,9 @@ from monai_cbo.bench.prompting import (
 )
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
-from monai_cbo.inferers import ObjectPrompt, PropagationConfig, SliceResult
+from monai_cbo.inferers import ObjectPrompt, PropagationConfig, SliceResult, SliceWiseInferer
 from monai_cbo.models import build_segmenter
-from monai_cbo.networks import build_model
+from monai_cbo.networks import SliceCache, build_model
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ def test_protocols_take_their_prompts_from_the_label():
 def test_truncated_recordings_score_every_stop_rule_as_the_real_propagation_does(suite):
     """The sweep's shortcut: one propagation recorded with the stop rules off, then truncated, gives the same Dice
     as running the propagation with each rule set (checked on a few combinations, every protocol)."""
-    inferer = _StoredInferer(build_model("tiny"))
+    inferer = SliceWiseInferer(build_model("tiny"), decode_memo=SliceCache(None))
     [case, _] = read_suite(suite, suite.parent)
     loaded = _load(case, None, "tiny")
     mask = loaded.masks["organ"]
@@ -88,17 +87,21 @@ def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_appl
     """With a model that has class prompts, the recordings carry the learned stop's measure and truncating them
     at ``min_class_overlap`` gives the real propagation's Dice. The decoder is replaced by the label (inside the
     prompt's box for a box, on the interior slices only for the class prompt): the logic alone, no network."""
-    inferer = _StoredInferer(build_segmenter("tiny", preset="full", class_names=["organ", "other"]).eval())
+    model = build_segmenter("tiny", preset="full", class_names=["organ", "other"]).eval()
+    inferer = SliceWiseInferer(model, decode_memo=SliceCache(None))
     [case, _] = read_suite(suite, suite.parent)
     loaded = _load(case, None, "tiny+classes")
     mask = loaded.masks["organ"]
     present = np.nonzero(mask.any(axis=(0, 1)))[0]
     seen = set(range(int(present[0]) + 1, int(present[-1])))  # the 'adapter' misses the object's end slices
-    slice_of = {}
     low = inferer.model.low_res_size
+    embeddings = dict(inferer.encode(loaded.volume, range(mask.shape[-1]), loaded.cache))
+
+    def slice_of(embedding):  # the cache hands out the very tensors it holds
+        return next(z for z, e in embeddings.items() if e is embedding)
 
     def decode(embedding, prompts, size):
-        z = slice_of[id(embedding)]
+        z = slice_of(embedding)
         out = []
         for p in prompts:
             x0, y0, x1, y1 = (int(round(v)) for v in p.box)
@@ -108,7 +111,7 @@ def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_appl
         return out
 
     def decode_classes(embedding, size):  # class 1 is the organ on the slices it sees; class 0 is never there
-        z = slice_of[id(embedding)]
+        z = slice_of(embedding)
         organ = torch.as_tensor(mask[..., z] if z in seen else np.zeros(size, dtype=bool)).float()
         return [
             SliceResult(torch.zeros(size), 0.1, torch.zeros(low, low)),
@@ -116,8 +119,6 @@ def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_appl
         ]
 
     inferer.decode, inferer.decode_classes = decode, decode_classes
-    for z, _ in inferer.encode(loaded.volume, range(mask.shape[-1]), loaded.cache):
-        slice_of[id(loaded.cache[z])] = z
     combos, grid = _stop_grid()
     start = PropagationConfig(margin=0.1, min_margin=1.0)
     lenient = [i for i, c in enumerate(combos) if c["min_similarity"] == -1 and c["max_key_area"] > 100]
@@ -126,7 +127,7 @@ def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_appl
     off = [i for i in lenient if combos[i]["min_class_overlap"] == 0][:2]
     for protocol in ("one_key", "box3d"):
         track = _record(inferer, loaded, mask, protocol, start)
-        assert any((d["class_overlap"] < 1).any() for d in track.directions)  # measured, not the default 1
+        assert any((d.measures.class_overlap < 1).any() for d in track.directions)  # measured, not the default 1
         predicted = _track_dice(track, grid, start.min_area)
         assert predicted[learned[0]] < predicted[off[0]]  # the 'adapter' cuts the ends off: the rule bites
         for i in learned + off:
@@ -229,5 +230,5 @@ def test_a_sets_ct_window_reaches_the_model_input_and_keys_the_embedding_cache(s
     assert [c.ct_window for c in cases] == [(-160.0, 240.0)] * 2 + [(-1000.0, 1000.0)] * 2
     soft, wide = (_load(c, tmp_path / "emb", "tiny") for c in (cases[0], cases[2]))
     assert not torch.equal(soft.volume, wide.volume)  # another window, another input
-    assert soft.file != wide.file
+    assert soft.cache.path != wide.cache.path
     assert [c.ct_window for c in read_suite(suite, suite.parent)] == [None, None]  # absent: Preprocess's default

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from monai_cbo.inferers import (
-    EmbeddingCache,
     KeyBox,
     ObjectPrompt,
     PropagationConfig,
@@ -13,8 +14,8 @@ from monai_cbo.inferers import (
     SliceWiseInferer,
     propagate,
 )
-from monai_cbo.inferers.propagation import matching_classes
-from monai_cbo.networks import build_model
+from monai_cbo.inferers.propagation import STOP_RULES, StopMeasures, matching_classes, stop_measures, stops
+from monai_cbo.networks import SliceCache, build_model
 
 
 class SceneInferer(SliceWiseInferer):
@@ -154,6 +155,51 @@ def test_patience_walks_past_one_slice_that_breaks_a_rule_and_still_stops_at_the
         PropagationConfig(patience=0)
 
 
+def test_stop_measures_of_a_constructed_slice_and_the_rules_that_judge_them():
+    """A 16-pixel mask after an 8-pixel one: every measure by hand, then each rule firing on its own threshold,
+    for one slice and, as the sweep asks, for several slices against several settings at once."""
+    prob = torch.zeros(10, 10)
+    prob[2:6, 2:6] = 0.9
+    prob[2:4, 2:4] = 0.7  # 16 pixels: 12 at 0.9, 4 at 0.7
+    before = torch.zeros(10, 10)
+    before[2:6, 2:4] = 0.8  # 8 pixels, all under the mask
+    own = np.zeros((10, 10), dtype=bool)
+    own[2:6, 2:5] = True  # the adapter's mask of the object's class: 12 of the 16 pixels
+    result, previous = SliceResult(prob, 0.75, torch.zeros(4, 4)), SliceResult(before, 0.9, torch.zeros(4, 4))
+    feature, key_feature = torch.tensor([1.0, 0.0]), torch.tensor([0.6, 0.8])
+    m = stop_measures(result, previous, 0.5, 20.0, feature, key_feature, [np.zeros_like(own), own], {1})
+    assert (m.area, m.before_area, m.key_area, m.overlap, m.iou) == (16, 8, 20.0, 0.5, 0.75)
+    assert m.confidence == pytest.approx((12 * 0.9 + 4 * 0.7) / 16, abs=1e-6)
+    assert m.similarity == pytest.approx(0.6, abs=1e-6) and m.class_overlap == 0.75
+    plain = stop_measures(result, previous, 0.5, 20.0)  # no features, no class: rules that cannot apply
+    assert (plain.similarity, plain.class_overlap) == (-1.0, 1.0)
+    empty = stop_measures(SliceResult(torch.zeros(10, 10), 0.1, torch.zeros(4, 4)), previous, 0.5, 20.0)
+    assert (empty.area, empty.overlap, empty.confidence) == (0, 0.0, 0.0)
+
+    lenient = PropagationConfig(max_growth=2.5, min_iou=0.0, min_similarity=-1.0, max_key_area=1.0)
+    assert not stops(lenient, m, ranged=False)
+    for rule, value in {
+        "max_growth": 1.9,  # 16 > 1.9 x 8
+        "min_shrink": 2.1,  # 16 < 2.1 x 8
+        "min_overlap": 0.6,
+        "min_iou": 0.8,
+        "min_confidence": 0.9,
+        "min_similarity": 0.7,
+        "max_key_area": 0.7,  # 16 > 0.7 x 20
+        "min_class_overlap": 0.8,
+    }.items():
+        assert stops(lenient.replace(**{rule: value}), m, ranged=False), rule
+        assert not stops(lenient.replace(**{rule: value}), m, ranged=True), rule  # the range_ rule is off
+    assert stops(lenient.replace(min_area=17), m, ranged=True)  # an empty mask ends any walk
+    assert stops(lenient, empty, ranged=False)
+
+    grid = SimpleNamespace(**{name: np.array([[getattr(lenient, name)] * 2]) for name in STOP_RULES})
+    grid.min_iou = np.array([[0.0, 0.8]])  # two settings: the second stops at an IoU under 0.8
+    grid.min_area = lenient.min_area
+    both = stops(grid, StopMeasures.stack([m, empty]), ranged=False)
+    assert both.tolist() == [[False, True], [True, True]]  # [slices, settings], as one call per cell would say
+
+
 def test_matching_classes_finds_the_classes_of_an_object_or_of_its_parts():
     key = np.zeros((20, 20), dtype=bool)
     key[5:15, 5:15] = True
@@ -227,12 +273,12 @@ def test_slices_between_keys_are_prompted_from_both_keys_and_key_order_changes_n
 def test_every_slice_is_encoded_once_for_several_objects_sharing_a_cache():
     scene = _blob_scene()
     inferer = SceneInferer(scene)
-    cache = EmbeddingCache()
+    cache = SliceCache()
     key = {z: KeyBox(z, _box(scene[..., z])) for z in (8, 12, 16)}
     for keys in ([key[12]], [key[8], key[16]]):
         propagate(inferer, VOLUME, ObjectPrompt(keys), cache=cache)
     assert sorted(inferer.encoded) == sorted(set(inferer.encoded))
-    assert set(cache.encoded.values()) == {1}
+    assert set(cache.stored.values()) == {1}
 
 
 def test_a_background_point_removes_a_leak_on_its_slice_and_nearby_ones():
@@ -269,20 +315,10 @@ def test_bad_object_prompts_are_refused():
         propagate(SceneInferer(np.zeros((64, 64, 30), bool)), VOLUME, ObjectPrompt([KeyBox(40, box)]))
 
 
-def test_a_bounded_embedding_cache_drops_the_least_recently_used():
-    cache = EmbeddingCache(max_mib=3 * 4 / 2**20)  # room for three 1-float32 embeddings
-    for z in range(4):
-        cache[z] = torch.zeros(1)
-    assert 0 not in cache and len(cache) == 3
-    cache.get(1)
-    cache[4] = torch.zeros(1)
-    assert 1 in cache and 2 not in cache
-
-
 def test_the_real_inferer_propagates_with_a_tiny_model():
     inferer = SliceWiseInferer(build_model("tiny"), batch_size=2)
     volume = torch.rand(3, 32, 32, 6)
-    cache = EmbeddingCache()
+    cache = SliceCache()
     results = propagate(
         inferer,
         volume,
@@ -291,7 +327,7 @@ def test_the_real_inferer_propagates_with_a_tiny_model():
         cache,
     )
     assert 2 in results and all(r.prob.shape == (32, 32) for r in results.values())
-    assert set(cache.encoded.values()) <= {1}
+    assert set(cache.stored.values()) <= {1}
 
 
 @pytest.mark.slow
@@ -308,7 +344,7 @@ def test_background_points_cut_a_leak_with_litemedsam():
     inferer = SliceWiseInferer(build_model("litemedsam"))
     key = KeyBox(1, [30, 44, 90, 84])
     config = PropagationConfig(min_overlap=0.0)
-    cache = EmbeddingCache()
+    cache = SliceCache()
     leaking = propagate(inferer, volume, ObjectPrompt([key]), config, cache)[1].prob.numpy() > 0.5
     points = {1: (np.array([[50.0, 64.0], [88.0, 64.0], [80.0, 64.0]]), np.array([1, 0, 0]))}
     fixed = propagate(inferer, volume, ObjectPrompt([key], points=points), config, cache)

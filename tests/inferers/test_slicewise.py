@@ -10,6 +10,7 @@ from monai_cbo.inferers import (
     ObjectPrompt,
     Preprocess,
     Prompt2D,
+    PropagationConfig,
     SliceWiseInferer,
     load_volume,
     prepare_volume,
@@ -17,7 +18,8 @@ from monai_cbo.inferers import (
     propagate,
 )
 from monai_cbo.metrics import dice_3d
-from monai_cbo.networks import build_model
+from monai_cbo.models import build_segmenter
+from monai_cbo.networks import SliceCache, build_model, encoder_stages, feature_cache
 
 
 @pytest.fixture()
@@ -51,6 +53,42 @@ def test_a_cache_lets_a_second_call_reuse_embeddings(tiny):
     second = tiny.predict(volume, both, cache=cache)
     assert sizes == [1, 1]  # slice 2 once, then only slice 4
     torch.testing.assert_close(first[1][2].prob, second[1][2].prob)
+
+
+def test_a_front_cache_and_a_decode_memo_change_no_output_bit():
+    """The frozen encoder front from a shared cache (as the bench evaluates) and decoded results from a memo (as
+    the prompts bench's sweep decodes) give every output bit for bit as computing them does: the first run fills
+    both, the second is answered from them."""
+    model = build_segmenter("tiny_tinyvit", preset="lora_cbo").eval()
+    volume = torch.rand(3, 32, 32, 5, generator=torch.Generator().manual_seed(0))
+    prompts = {1: {z: Prompt2D(box=[2, 3, 20, 25]) for z in (0, 1, 3, 4)}}  # with the key slice: all five
+    key = ObjectPrompt([KeyBox(2, [2, 3, 20, 25])])
+    lenient = PropagationConfig(min_iou=0.0, min_similarity=-1.0, max_growth=1e9, max_key_area=1e9, patience=1)
+
+    def run(inferer: SliceWiseInferer, name: str | None) -> list[dict]:
+        cache = SliceCache(name=name)
+        return [inferer.predict(volume, prompts, cache=cache)[1], propagate(inferer, volume, key, lenient, cache)]
+
+    expected = run(SliceWiseInferer(model), None)
+    front, memo = feature_cache(), SliceCache(None)
+    cached = SliceWiseInferer(model, front_cache=front, decode_memo=memo)
+    assert 0 < cached.front_depth < len(encoder_stages(model.image_encoder))
+    for _ in range(2):
+        for want, got in zip(expected, run(cached, "volume"), strict=True):
+            assert sorted(want) == sorted(got)
+            for z in want:
+                assert torch.equal(want[z].prob, got[z].prob) and torch.equal(want[z].low_res, got[z].low_res)
+                assert want[z].iou == got[z].iou
+    assert len(front) == 5 and front.hits >= 5 and memo.hits > 0
+    assert set(front.stored.values()) == {1}
+
+    # the memo is keyed by content: another tensor of the same values is a hit, other values are not
+    [(_, embedding)] = cached.encode(volume, [3])
+    box = [Prompt2D(box=[1, 1, 9, 9])]
+    first = cached.decode(embedding, box, (32, 32))
+    hits = memo.hits
+    assert cached.decode(embedding.clone(), box, (32, 32))[0] is first[0] and memo.hits == hits + 1
+    assert cached.decode(embedding + 1, box, (32, 32))[0] is not first[0]
 
 
 def test_mixed_prompt_kinds_on_one_slice(tiny):

@@ -10,7 +10,6 @@ import torch
 from monai_cbo.cli import main
 from monai_cbo.inferers import (
     AutoConfig,
-    EmbeddingCache,
     KeyBox,
     ObjectPrompt,
     Prompt2D,
@@ -22,7 +21,7 @@ from monai_cbo.inferers import (
 )
 from monai_cbo.inferers.propagation import mask_feature
 from monai_cbo.models import build_segmenter, load_ensemble
-from monai_cbo.networks import SegmenterEnsemble
+from monai_cbo.networks import SegmenterEnsemble, SliceCache
 from monai_cbo.peft import save_adapter
 
 CLASSES = ["square", "disk"]
@@ -59,10 +58,10 @@ def test_automatic_probability_is_the_mean_and_each_slice_is_encoded_once_per_vo
     members = [_member(0), _member(2)]
     volume = _volume()
     inferer = SliceWiseInferer(SegmenterEnsemble(members))
-    cache = EmbeddingCache()
+    cache = SliceCache()
     (z, emb), *_ = list(inferer.encode(volume, [0, 1, 2, 3], cache))
     assert emb.shape[:2] == (1, 2)  # one cached entry holds both members' embeddings
-    assert set(cache.encoded.values()) == {1}
+    assert set(cache.stored.values()) == {1}
     size = tuple(volume.shape[1:3])
     together = inferer.decode_classes(emb, size)
     alone = [SliceWiseInferer(m).decode_classes(e, size) for m, e in zip(members, emb.unbind(1), strict=True)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from monai_cbo.models import build_segmenter
-from monai_cbo.networks import FeatureCache, encoder_stages, frozen_prefix, run_stages
+from monai_cbo.networks import encoder_stages, frozen_prefix, run_stages
 
 
 @pytest.mark.parametrize(
@@ -49,19 +49,3 @@ def test_run_stages_without_normalisation_and_unknown_encoders():
         encoder_stages(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"takes images of shape \[B, 3, 128, 128\]"):
         model.encode_stages(torch.rand(1, 3, 64, 64))
-
-
-def test_feature_cache_computes_missing_entries_once_and_respects_its_budget():
-    calls = []
-
-    def compute(idx):
-        calls.append(list(idx))
-        return torch.stack([torch.full((256,), float(i)) for i in idx])  # 1 KiB each
-
-    cache = FeatureCache(max_mib=2 / 1024)  # room for two entries
-    out = cache.get_many(["a", "b", "c"], compute, "cpu")
-    assert calls == [[0, 1, 2]] and out[:, 0].tolist() == [0.0, 1.0, 2.0]
-    assert len(cache) == 2 and cache.bytes == 2048
-    out = cache.get_many(["b", "c", "a"], compute, "cpu")
-    assert calls[-1] == [1] and out[:, 0].tolist() == [1.0, 1.0, 0.0]  # only "c" recomputed (as index 1)
-    assert (cache.hits, cache.misses) == (2, 4)

@@ -7,7 +7,7 @@ import torch
 
 from monai_cbo.losses import PromptDiceBCELoss
 from monai_cbo.models import build_segmenter
-from monai_cbo.networks import FeatureCache
+from monai_cbo.networks import feature_cache
 from monai_cbo.training import CachedFrontSegmenter, build_optimizer, build_trainer, train_step
 
 
@@ -54,7 +54,7 @@ def test_cached_front_gives_the_same_step_and_fills_the_cache():
     another order, and Adam's normalised step magnifies last-bit gradient differences in the weights;
     tests/bench checks bitwise equality on single-slice batches)."""
     plain, cached = (build_segmenter("tiny_tinyvit", preset="lora_cbo") for _ in range(2))
-    cache = FeatureCache()
+    cache = feature_cache()
     losses = []
     for model, kw, keys in ((plain, {}, False), (cached, {"feature_cache": cache}, True)):
         trainer = build_trainer(model, build_optimizer(model, 1e-3), [], **kw)

@@ -27,7 +27,8 @@ import numpy as np
 from postprocess_sweep import arguments, bundle_inferer, dice, label_map, load_case, smoothed
 
 from monai_cbo.data import load_datalist
-from monai_cbo.inferers import EmbeddingCache, Prompt2D, mask_box
+from monai_cbo.inferers import Prompt2D, mask_box
+from monai_cbo.networks import SliceCache
 
 MARGINS = (0, 1, 2, 3, 5)
 Z_SMOOTH = 0.5  # the hippocampus bundle's
@@ -51,7 +52,7 @@ def main() -> None:
     for i, entry in enumerate(entries):
         volume, gt, case = load_case(entry, pre)
         size, depth = tuple(volume.shape[1:3]), volume.shape[-1]
-        cache = EmbeddingCache(max_mib=None)
+        cache = SliceCache(max_mib=None)
         prob = np.zeros((len(values), *size, depth), np.float32)
         for z, emb in inferer.encode(volume, range(depth), cache):
             for c, res in enumerate(inferer.decode_classes(emb, size)):
