@@ -53,9 +53,7 @@ def build_segmenter(
     return model.train()
 
 
-def load_segmenter(
-    path: str | Path, checkpoint: str | Path | None = None, payload: dict | None = None
-) -> SamSegmenter:
+def load_segmenter(path: str | Path, checkpoint: str | Path | None = None, payload: dict | None = None) -> SamSegmenter:
     """Build the pretrained model named in adapter checkpoint ``path``, apply its saved PEFT config, load it.
 
     ``checkpoint`` is the base model's weights file (needed for SAM ViT models; LiteMedSAM's are packaged).

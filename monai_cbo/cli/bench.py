@@ -41,11 +41,16 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", default=None, help="base model weights (SAM ViT .pth)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank / adapter width (default 4 / 16)")
     p.add_argument("--steps", type=int, default=60, help="optimiser steps per run (default 60)")
-    p.add_argument("--batch", type=int, default=2, help="2D slices per step (default 2)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate, cosine to 0 (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=2, help="2D slices per step (default 2)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate, cosine to 0 (default 1e-4)")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--jitter", type=int, default=5, help="training box jitter in model pixels (default 5)")
-    p.add_argument("--min-pixels", type=int, default=4, help="pixels a class needs on a slice to be prompted (4)")
+    p.add_argument("--box-jitter", type=int, default=5, help="training box jitter in model pixels (default 5)")
+    p.add_argument(
+        "--min-foreground",
+        type=int,
+        default=4,
+        help="pixels a class needs on a slice to be sampled and prompted (default 4)",
+    )
     p.add_argument(
         "--classes",
         type=list_of(int, what="--classes"),
@@ -90,7 +95,7 @@ def add_parser(sub) -> None:
         "--decoder-lr",
         type=float,
         default=None,
-        help="peak LR of the decoder steps, cosine to 0 (default a third of --lr)",
+        help="peak LR of the decoder steps, cosine to 0 (default a third of --learning-rate)",
     )
     p.add_argument(
         "--auto-z-smooth",
