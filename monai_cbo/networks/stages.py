@@ -10,15 +10,11 @@ features for the same image in every epoch and in every preset. :func:`encoder_s
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .cache import SliceCache
-
-if TYPE_CHECKING:
-    from .segmenter import SamSegmenter
 
 __all__ = ["cached_front", "encoder_stages", "feature_cache", "frozen_prefix", "run_stages"]
 
@@ -100,9 +96,10 @@ def feature_cache(max_mib: float = 4096.0) -> SliceCache:
 
 
 def cached_front(
-    model: SamSegmenter, images: torch.Tensor, keys: Sequence[Hashable], cache: SliceCache, depth: int
+    model: nn.Module, images: torch.Tensor, keys: Sequence[Hashable], cache: SliceCache, depth: int
 ) -> torch.Tensor:
-    """Encoder stages ``0:depth`` of ``model`` (its frozen front, :func:`frozen_prefix`) for ``images``
+    """Encoder stages ``0:depth`` of ``model`` (a :class:`~monai_cbo.networks.SamSegmenter`: its frozen front,
+    :func:`frozen_prefix`) for ``images``
     [B, 3, S, S]: each image's from ``cache`` under ``(*key, depth)`` (``key`` a tuple, else ``(key, depth)``)
     where stored, the missing ones computed as one batch without gradients and stored.
 
