@@ -91,8 +91,8 @@ def add_preprocess_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="LO,HI",
         help=f"CT window in HU: LO and below become black, HI and above white, so it sets which tissues the model "
-        f"tells apart. Default {lo},{hi}, chosen over organs, bone and muscle (docs/benchmarks/ct_window.md); "
-        "-160,240 for soft tissue (abdominal organs, as the CT bundles train), -500,1300 for bone",
+        f"tells apart. Default {lo},{hi} (soft tissue), the best of four windows over organs, muscle and bone "
+        "(docs/benchmarks/ct_window.md); for bone -500,1000 scored a little higher",
     )
     p.add_argument(
         "--channels", type=list_of(int, what="--channels"), default=None, help="input channels to use, e.g. 0,1,3"

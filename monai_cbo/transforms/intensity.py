@@ -30,10 +30,11 @@ __all__ = [
 ]
 
 
-#: the CT window (lowest, highest HU) of zero-shot segmentation where nothing else names one: ``segment`` and the
-#: label app without a bundle, the bench. Chosen by the sweep in ``docs/benchmarks/ct_window.md``; a bundle's
-#: task names its own (the spleen bundle trains in -160..240).
-DEFAULT_CT_WINDOW: tuple[float, float] = (-500.0, 1000.0)
+#: the CT window (lowest, highest HU) wherever nothing else names one: ``segment`` and the label app without a
+#: bundle, the bench. Soft tissue (W400 L40), chosen over (-500, 1000), (-1000, 1000) and (-500, 1300) by the sweep
+#: in ``docs/benchmarks/ct_window.md`` (organs, muscle and bone, zero-shot LiteMedSAM); a bundle's task names
+#: its own.
+DEFAULT_CT_WINDOW: tuple[float, float] = (-160.0, 240.0)
 
 
 def _as_float(img: NdarrayOrTensor) -> torch.Tensor:

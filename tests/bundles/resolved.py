@@ -106,12 +106,15 @@ def describe(value: object, depth: int = 0) -> object:
 
 
 def without_added(value: object) -> object:
-    """A :func:`describe` result without the :data:`ADDED` fields that hold their former implicit value."""
+    """A :func:`describe` result without the :data:`ADDED` fields that hold their former implicit value, and without
+    an MRI preprocessing's CT window (it acts on CT only; its default changed with the CT-window sweep)."""
     if isinstance(value, list):
         return [without_added(v) for v in value]
     if not isinstance(value, dict):
         return value
     added = ADDED.get(value.get("type"), {})
+    if value.get("type") == "Preprocess" and value.get("modality") == "mri":
+        added = {**added, "ct_window": value.get("ct_window")}
     return {k: without_added(v) for k, v in value.items() if not (k in added and v == added[k])}
 
 

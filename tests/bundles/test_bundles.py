@@ -352,7 +352,7 @@ def test_inference_config_resolves_with_the_training_preprocessing(bundle, data,
     elif bundle == "hippocampus_mri_cbo":
         assert pre.modality == "mri" and pre.channels is None and pre.mri_percentiles == (0.5, 99.5)
     else:
-        assert pre.modality == "ct" and pre.ct_window != Preprocess().ct_window  # a window for soft tissue
+        assert pre.modality == "ct" and pre.ct_window[1] - pre.ct_window[0] <= 425  # a window for soft tissue
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -463,6 +463,7 @@ def test_configs_resolve_to_the_values_recorded_before_the_task_spec():
 
     recorded = json.loads(GOLDEN.read_text(encoding="utf-8"))
     resolved = without_added(json.loads(json.dumps(resolve_all())))
+    recorded = without_added(recorded)
     for bundle, kinds in recorded.items():
         for kind, values in kinds.items():
             for key, value in values.items():

@@ -16,7 +16,9 @@ def test_ct_window_clips_and_scales_hu_to_unit_range():
 
 
 def test_ct_window_maps_nan_to_low_and_clips_inf():
-    x = torch.tensor([[float("nan"), float("inf"), -float("inf"), 250.0]])
+    x = torch.tensor(
+        [[float("nan"), float("inf"), -float("inf"), 40.0]]
+    )  # 40 HU: the middle of the default window (-160, 240)
     out = CTWindow()(x)
     assert not out.isnan().any()
     torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0, 0.5]]))

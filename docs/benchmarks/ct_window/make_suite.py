@@ -28,6 +28,14 @@ HELD_BACK = {
     "vertebrae_L1": [31], "sacrum": [25], "femur_right": [76], "hip_right": [78],  # bone
     "iliopsoas_right": [89], "autochthon_right": [87], "gluteus_medius_right": [83],  # muscle
 }  # fmt: skip
+#: each target's tissue kind, for the per-kind table (summarise.py)
+KIND = {
+    **dict.fromkeys(["spleen", "kidney_left", "liver", "small_bowel"], "soft tissue"),
+    **dict.fromkeys(["kidney_right", "stomach", "colon", "urinary_bladder", "aorta"], "soft tissue"),
+    **dict.fromkeys(["vertebrae_L3", "hip_left", "vertebrae_L1", "sacrum", "femur_right", "hip_right"], "bone"),
+    **dict.fromkeys(["iliopsoas_left", "gluteus_maximus_left", "iliopsoas_right"], "muscle"),
+    **dict.fromkeys(["autochthon_right", "gluteus_medius_right"], "muscle"),
+}
 CASE = {
     "case": "example_ct",
     "image": "TotalSegmentator_examples/example_ct.nii.gz",
