@@ -110,7 +110,7 @@ def test_hippocampus_adapter_with_its_swept_propagation_keeps_three_key_boxes_ne
     of the per-slice-box Dice on each target and >= 0.94 on average (0.963 measured with the adapter shipped
     2026-12-01; with the adapter first shipped, the library defaults, swept on zero-shot outputs, gave 0.92 and 0.87
     on one target), and a 3D box predicts nothing outside its z range."""
-    from monai_cbo.bench.prompting import _load, _score
+    from monai_cbo.bench.protocols import _load, _score
 
     cases, info, inferer = _held_back_hippocampus("hippocampus_038", "hippocampus_057")
     ratios = []
@@ -132,7 +132,7 @@ def test_hippocampus_adapter_learned_stop_ends_one_key_box_where_the_structure_e
     (``min_class_overlap``), the propagation runs past the structure's end: the adapter's own automatic mask ends
     it there, no slice is predicted outside the true extent, and one key box keeps >= 0.8 of the per-slice-box Dice
     on each target (0.84-0.94 measured with the adapter shipped 2026-12-01, docs/benchmarks/propagation.md)."""
-    from monai_cbo.bench.prompting import _load, _score
+    from monai_cbo.bench.protocols import _load, _score
 
     cases, info, inferer = _held_back_hippocampus("hippocampus_014", "hippocampus_045")
     settings = info.task.propagation

@@ -25,8 +25,10 @@ import numpy as np
 from ..metrics import MetricsTable
 from ..peft.config import PRESETS
 from ..utils import check_overwrite, write_atomic
+from .config import BenchConfig, decoder_lr
+from .data import entry_name
 from .images import box_plot_svg, encode_png, largest_slice_overlay
-from .runner import BenchConfig, collect_results, decoder_lr, entry_name
+from .runner import collect_results
 
 __all__ = ["build_report", "write_report"]
 

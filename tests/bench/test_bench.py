@@ -18,7 +18,8 @@ import torch
 from monai_cbo.bench import BenchConfig, BenchData, run_bench, train_and_evaluate
 from monai_cbo.bench.images import box_plot_svg, encode_png, largest_slice_overlay, overlay_panels
 from monai_cbo.bench.report import write_report
-from monai_cbo.bench.runner import BenchFailed, _frozen_encoder
+from monai_cbo.bench.run import _frozen_encoder
+from monai_cbo.bench.runner import BenchFailed
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
 from monai_cbo.models import build_segmenter, load_segmenter
@@ -417,7 +418,7 @@ def test_speedups_keep_outputs_and_report_ratios(capsys):
 def test_a_bench_saved_under_the_former_setting_names_reads_and_resumes(datalist, tmp_path):
     """bench.json files written before the settings took the bundles' names (lr, batch, jitter, min_pixels) read
     as the same config, and a bench started then resumes with the new option names."""
-    from monai_cbo.bench.runner import FORMER_NAMES, _check_config
+    from monai_cbo.bench.config import FORMER_NAMES, _check_config
 
     published = Path(__file__).parents[2] / "docs" / "benchmarks" / "automatic" / "decoder_stage" / "bench.json"
     saved = json.loads(published.read_text(encoding="utf-8"))

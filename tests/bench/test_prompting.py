@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import monai_cbo.bench.prompting as prompting
-from monai_cbo.bench.prompting import (
-    _ceiling_dice,
-    _load,
-    _record,
-    _score,
-    _stop_grid,
-    _track_dice,
-    protocol_prompt,
-    read_suite,
-    run_prompts_bench,
-)
+import monai_cbo.bench.propagation_sweep as propagation_sweep
+from monai_cbo.bench.prompting import protocol_prompt, read_suite, run_prompts_bench
+from monai_cbo.bench.propagation_sweep import _ceiling_dice, _record, _stop_grid, _track_dice
+from monai_cbo.bench.protocols import _load, _score
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
 from monai_cbo.inferers import ObjectPrompt, PropagationConfig, SliceResult, SliceWiseInferer
@@ -138,7 +130,7 @@ def test_the_learned_stop_is_recorded_and_truncated_as_the_real_propagation_appl
 
 def test_truncation_keeps_the_slices_before_the_first_run_of_patience_broken_slices():
     """``_kept``: how many recorded slices a direction keeps under each patience, as ``propagate`` walks."""
-    from monai_cbo.bench.prompting import _kept
+    from monai_cbo.bench.propagation_sweep import _kept
 
     broken = np.array([0, 1, 0, 1, 1, 0, 1], dtype=bool)  # slice 1 alone, 3-4 in a pair, 6 at the walk's end
     stop = np.repeat(broken[:, None], 3, axis=1)
@@ -151,13 +143,13 @@ def test_without_class_prompts_the_sweep_does_not_vary_the_learned_stop():
     full, _ = _stop_grid()
     plain, grid = _stop_grid(learned=False)
     assert {c["min_class_overlap"] for c in plain} == {0.0}
-    assert len(full) == len(plain) * len(prompting.STOP_GRID["min_class_overlap"])
+    assert len(full) == len(plain) * len(propagation_sweep.STOP_GRID["min_class_overlap"])
     assert grid.patience.shape == grid.range_patience.shape == (1, len(plain))
 
 
 def test_a_sweep_tunes_on_the_tune_part_only_and_writes_its_tables(suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(prompting, "TRAJECTORY_GRID", {"margin": [0.0, 0.1], "min_margin": [1.0]})
-    monkeypatch.setattr(prompting, "STOP_GRID", {**prompting.STOP_GRID, "min_iou": [0.0, 0.5]})
+    monkeypatch.setattr(propagation_sweep, "TRAJECTORY_GRID", {"margin": [0.0, 0.1], "min_margin": [1.0]})
+    monkeypatch.setattr(propagation_sweep, "STOP_GRID", {**propagation_sweep.STOP_GRID, "min_iou": [0.0, 0.5]})
     result = run_prompts_bench(
         suite,
         suite.parent,
@@ -220,7 +212,7 @@ def test_a_suite_whose_files_are_missing_names_the_data_root(suite, tmp_path):
 def test_a_sets_ct_window_reaches_the_model_input_and_keys_the_embedding_cache(suite, tmp_path):
     """Two sets of one case under two CT windows: each is read with its window, and their embeddings are cached
     apart (the same key for both would answer one window's prompts with the other's embeddings)."""
-    from monai_cbo.bench.prompting import _load
+    from monai_cbo.bench.protocols import _load
 
     spec = json.loads(suite.read_text(encoding="utf-8"))["sets"]["demo"]
     sets = {name: {**spec, "ct_window": window} for name, window in (("soft", [-160, 240]), ("wide", [-1000, 1000]))}

@@ -395,7 +395,8 @@ def test_one_key_box_on_real_volumes_keeps_most_of_the_per_slice_box_dice(name, 
     mask outgrows max_key_area x its key box."""
     from realdata import shared_data
 
-    from monai_cbo.bench.prompting import SuiteCase, _load, _score, protocol_prompt
+    from monai_cbo.bench.prompting import SuiteCase, protocol_prompt
+    from monai_cbo.bench.protocols import _load, _score
 
     image, label, values, modality, channels = REAL_VOLUMES[name]
     image = [str(shared_data(p)) for p in image] if isinstance(image, list) else str(shared_data(image))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from monai_cbo.cli import main
-from monai_cbo.timing.gpu_check import GpuCheck, _run_capped
+from monai_cbo.timing.gpu_capped_steps import _run_capped
+from monai_cbo.timing.gpu_check import GpuCheck
 
 RETURNED = {
     "gpu_check.json",

@@ -19,10 +19,11 @@ import argparse
 import numpy as np
 import torch
 
-import monai_cbo.bench.runner as runner
+import monai_cbo.bench.data as bench_data
+import monai_cbo.bench.run as bench_run
 from monai_cbo.bench.runner import BenchConfig, run_bench
 
-_prepare = runner.prepare_volume
+_prepare = bench_data.prepare_volume
 
 
 def with_neighbours(image, pre):
@@ -36,7 +37,7 @@ def with_neighbours(image, pre):
     return torch.from_numpy(np.ascontiguousarray(np.stack([before, c, after]))), geometry
 
 
-_build = runner.build_segmenter
+_build = bench_run.build_segmenter
 
 
 def with_trainable_stem(*args, **kwargs):
@@ -57,9 +58,9 @@ def main() -> None:
         "--train-stem", action="store_true", help="also train the patch embedding's convolutions (LiteMedSAM only)"
     )
     args = parser.parse_args()
-    runner.prepare_volume = with_neighbours
+    bench_data.prepare_volume = with_neighbours
     if args.train_stem:
-        runner.build_segmenter = with_trainable_stem
+        bench_run.build_segmenter = with_trainable_stem
     config = BenchConfig(
         datalist=args.datalist,
         out=args.out,
