@@ -198,17 +198,21 @@ class Preprocess:
     def slice_axis(self) -> int:
         return VIEWS.get(self.view, self.view)
 
+    @staticmethod
+    def _decided(modality: str) -> str:
+        """``modality`` when it names one scaling ("ct" or "mri"); "auto" is decided per volume, for inference."""
+        if modality not in ("ct", "mri"):
+            raise ValueError(
+                "training needs the modality of its volumes: set the task's preprocess modality to 'ct' or 'mri' "
+                "('auto' decides per volume, for inference only)"
+            )
+        return modality
+
     def intensity(self, modality: str | None = None) -> CTWindow | MRIPercentileScale:
         """The intensity scaling of ``modality`` (default this one's; ``"auto"`` must be decided first)."""
-        modality = modality or self.modality
-        if modality == "ct":
+        if self._decided(modality or self.modality) == "ct":
             return CTWindow(*self.ct_window)
-        if modality == "mri":
-            return MRIPercentileScale(*self.mri_percentiles)
-        raise ValueError(
-            "training needs the modality of its volumes: set the task's preprocess modality to 'ct' or 'mri' "
-            "('auto' decides per volume, for inference only)"
-        )
+        return MRIPercentileScale(*self.mri_percentiles)
 
     def load_transforms(self, keys: Sequence[str] = ("image", "label")) -> list[MapTransform]:
         """The MONAI transform chain that reads ``keys`` and prepares ``keys[0]`` as :func:`prepare_volume` does
@@ -216,11 +220,9 @@ class Preprocess:
         keys, image = list(keys), keys[0]
         if self.slice_axis != VIEWS["axial"]:
             raise ValueError(f"training slices axially; a task's view must be 'axial', got {self.view!r}")
-        scaler = self.intensity()
+        modality = self._decided(self.modality)
         scale = (
-            CTWindowd(image, *self.ct_window)
-            if isinstance(scaler, CTWindow)
-            else MRIPercentileScaled(image, *self.mri_percentiles)
+            CTWindowd(image, *self.ct_window) if modality == "ct" else MRIPercentileScaled(image, *self.mri_percentiles)
         )
         return [
             LoadImaged(keys, image_only=True, ensure_channel_first=True),
