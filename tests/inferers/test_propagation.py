@@ -355,7 +355,12 @@ def test_background_points_cut_a_leak_with_litemedsam():
 
 # real volumes of three kinds from the validation part of docs/benchmarks/propagation/suite.json where the
 # published table shows one key box at >= 0.85 of per-slice boxes (it does not hold on every set: see the docs):
-# (image, label, label values of the target, modality, channels)
+# (image, label, label values of the target, modality, channels, CT window)
+# The CT keeps the window the propagation defaults were swept with, (-500, 1000), as the suite's published figures
+# do: with the zero-shot default window now (-160, 240) (docs/benchmarks/ct_window.md) the right kidney's key
+# slice is segmented smaller, its first neighbours break max_growth 1.2 and min_iou 0.8 three slices in a row,
+# and one key box falls to 0.32 (per-slice boxes 0.90). The propagation sweep is being rerun on the new window
+# (docs/benchmarks/propagation.md); this pin goes when its defaults are in.
 BRATS = "BraTS2015_deepmedic/brats_2013_pat0005_1/"
 REAL_VOLUMES = {
     "CT right kidney": (
@@ -364,12 +369,14 @@ REAL_VOLUMES = {
         [2],
         "ct",
         None,
+        (-500.0, 1000.0),
     ),
     "breast MRI lesion (NRRD)": (
         "pyradiomics_nrrd/breast1_image.nrrd",
         "pyradiomics_nrrd/breast1_label.nrrd",
         [1],
         "mri",
+        None,
         None,
     ),
     "brain tumour core (FLAIR + T1c)": (
@@ -378,6 +385,7 @@ REAL_VOLUMES = {
         [1, 3, 4],
         "mri",
         [0, 1],
+        None,
     ),
 }
 
@@ -398,9 +406,10 @@ def test_one_key_box_on_real_volumes_keeps_most_of_the_per_slice_box_dice(name, 
     from monai_cbo.bench.prompting import SuiteCase, protocol_prompt
     from monai_cbo.bench.protocols import _load, _score
 
-    image, label, values, modality, channels = REAL_VOLUMES[name]
+    image, label, values, modality, channels, window = REAL_VOLUMES[name]
     image = [str(shared_data(p)) for p in image] if isinstance(image, list) else str(shared_data(image))
-    case = SuiteCase("test", name, image, str(shared_data(label)), "validation", modality, {"target": values}, channels)
+    label = str(shared_data(label))
+    case = SuiteCase("test", name, image, label, "validation", modality, {"target": values}, channels, window)
     loaded = _load(case, None, "litemedsam")
     config = PropagationConfig()
     rows = {r["protocol"]: r for r in _score(litemedsam_inferer, loaded, ["per_slice", "one_key", "box3d"], config)}
