@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ __all__ = [
     "atomic_output",
     "check_option",
     "check_overwrite",
+    "cpu_native_bf16",
     "keep_freed_memory",
     "load_weights_only",
     "machine_summary",
@@ -125,6 +127,42 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX-BF16), as oneDNN's bf16 kernels need;
+    without it torch emulates bf16 and is far slower than fp32. Asks torch, then ``/proc/cpuinfo``."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        with contextlib.suppress(Exception):
+            return bool(probe()) or bool(amx is not None and amx())
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def machine_summary(device: Any = "cpu") -> dict[str, str | int]:
     """What a timing or a benchmark ran on: Python, torch, the CPU, torch's threads, the device (and its GPU)."""
     import platform
@@ -135,7 +173,10 @@ def machine_summary(device: Any = "cpu") -> dict[str, str | int]:
     info: dict[str, str | int] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count() or 0,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": int(cpu_native_bf16()),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
     }

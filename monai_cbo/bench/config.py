@@ -16,6 +16,7 @@ from ..inferers.volume import Preprocess
 from ..peft import adapter_class_prompts, read_adapter
 from ..peft.config import ABLATION_PRESETS, PRESETS, PeftConfig
 from ..peft.state import _config_mismatch
+from ..precision import PRECISIONS
 from ..transforms.intensity import DEFAULT_CT_WINDOW
 from ..utils import check_option
 
@@ -64,6 +65,7 @@ class BenchConfig:
     view: str = "axial"
     device: str | None = None
     amp: bool = True
+    precision: str = "auto"
     cache_mib: float = 6144.0
     auto_share: float = 0.0
     background_ratio: float = 0.1
@@ -75,6 +77,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         for preset in self.presets:
             check_option("preset", preset, PRESETS)
+        check_option("precision", self.precision, PRECISIONS)
         if not self.presets or not self.seeds:
             raise ValueError("give at least one preset and one seed")
         if len(set(self.presets)) != len(self.presets) or len(set(self.seeds)) != len(self.seeds):

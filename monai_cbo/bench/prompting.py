@@ -77,15 +77,19 @@ def run_prompts_bench(
     sets: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    precision: str = "auto",
 ) -> dict:
     """Score the protocols on a suite (optionally sweeping the propagation settings first); write ``rows.csv``,
-    ``summary.json``, ``summary.md`` (and ``sweep.csv``) into ``out``; return the summary."""
+    ``summary.json``, ``summary.md`` (and ``sweep.csv``) into ``out``; return the summary. ``precision``: see
+    :mod:`monai_cbo.precision`; a reduced one keys the embedding cache apart from fp32's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = [c for c in read_suite(suite, data_root) if sets is None or c.set in sets]
     if not cases:
         raise ValueError(f"no case of the suite {suite} is in the sets {list(sets or [])}")
-    inferer = SliceWiseInferer(model, decode_memo=SliceCache(None))
+    inferer = SliceWiseInferer(model, decode_memo=SliceCache(None), precision=precision)
+    if inferer.precision.reduced:  # other numbers, other embeddings
+        tag += f"+{inferer.precision.label}"
     cache_path = Path(cache_dir) if cache_dir else None
     config = config or PropagationConfig()
     start = time.perf_counter()
@@ -120,6 +124,7 @@ def run_prompts_bench(
     result = {
         "config": asdict(config),
         "tag": tag,
+        "precision": inferer.precision.label,
         "seconds": round(time.perf_counter() - start, 1),
         "parts": {part: summarise([r for r in rows if r["part"] == part]) for part in ("tune", "validation")},
     }

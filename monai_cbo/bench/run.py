@@ -231,6 +231,7 @@ def _train(
         _batches(config, data, seed, model.img_size),
         device=device,
         amp=amp,
+        precision=config.precision,
         epoch_length=config.steps,
         feature_cache=features,
         auto_share=config.auto_share if class_prompts_of(model) is not None else 0.0,
@@ -308,7 +309,7 @@ def _evaluate(
     for all modes. Returns per mode the per-case table, the pooled 2D Dice (all slices, and slices showing the
     class) and the number of slices segmented."""
     model.eval()
-    inferer = SliceWiseInferer(model, device=device, amp=amp, front_cache=features)
+    inferer = SliceWiseInferer(model, device=device, amp=amp, precision=config.precision, front_cache=features)
     tables = {mode: MetricsTable() for mode in modes}
     pooled = {mode: PooledDice(data.metric_classes) for mode in modes}
     pooled_gt = {mode: PooledDice(data.metric_classes, axis=-1, gt_slices_only=True) for mode in modes}

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from ..peft.config import ABLATION_PRESETS
-from .options import absolute, add_preprocess_options, list_of, preprocess_of
+from .options import absolute, add_precision_option, add_preprocess_options, list_of, preprocess_of
 
 
 def add_parser(sub) -> None:
@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-eval-cases", type=int, default=None, help="score the first N evaluation cases only")
     add_preprocess_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no autocast on CUDA")
+    add_precision_option(p, training=True)
     p.add_argument(
         "--cache-mib",
         type=float,
@@ -121,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.runner import BenchFailed
 
     # every BenchConfig field is an option whose dest is the field's name (the parser above)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
+    # (but amp, which --precision fp32 / --no-amp turns off)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig) if f.name != "amp"}
+    values["amp"] = args.precision != "fp32"
     if args.init_adapter:  # its preset and rank unless given: the file says how it was built
         from ..peft import read_adapter
 

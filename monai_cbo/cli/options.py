@@ -12,6 +12,7 @@ from ..transforms.intensity import DEFAULT_CT_WINDOW
 
 __all__ = [
     "absolute",
+    "add_precision_option",
     "add_preprocess_options",
     "join_negative_values",
     "list_of",
@@ -73,6 +74,24 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
 
 #: the preprocessing options: flag -> dest (each None unless given, so that a bundle can refuse them)
 PREPROCESS_OPTIONS = {"--modality": "modality", "--window": "ct_window", "--channels": "channels", "--view": "view"}
+
+
+def add_precision_option(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """``--precision``, and ``--no-amp`` (its former spelling, the same as ``--precision fp32``)."""
+    from ..precision import PRECISIONS
+
+    what = "the forward pass" if training else "the image encoder (the decoder stays fp32 on the CPU)"
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help=f"number format: auto (default) is fp16 autocast on CUDA and fp32 on the CPU; bf16 runs {what} "
+        "in bf16, fast on a CPU with AVX-512 BF16 or AMX and emulated (about 20x slower) on one without; "
+        "fp32 turns every autocast off (see monai_cbo.precision)",
+    )
+    p.add_argument(
+        "--no-amp", dest="precision", action="store_const", const="fp32", help="the same as --precision fp32"
+    )
 
 
 def add_preprocess_options(p: argparse.ArgumentParser) -> None:

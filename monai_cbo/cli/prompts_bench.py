@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .options import list_of, load_model, setting
+from .options import add_precision_option, list_of, load_model, setting
 
 
 def add_parser(sub) -> None:
@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
     p.add_argument("--adapter", help="adapter checkpoint written by training")
+    add_precision_option(p)
     p.set_defaults(func=run)
 
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         sets=args.sets,
         cache_dir=args.cache_dir,
         log=lambda line: print(line, flush=True),
+        precision=args.precision,
     )
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     print(

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .options import add_preprocess_options, list_of, load_model, preprocess_of, preprocess_options_given
+from .options import (
+    add_precision_option,
+    add_preprocess_options,
+    list_of,
+    load_model,
+    preprocess_of,
+    preprocess_options_given,
+)
 
 if TYPE_CHECKING:
     from ..inferers import AutoConfig
@@ -114,8 +121,14 @@ def add_parser(sub) -> None:
     add_preprocess_options(p)
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
-    p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
+    add_precision_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--timings",
+        metavar="FILE.json",
+        help="write where the run's seconds went: start-up, model build, read, preprocess, encoder, each decoder "
+        "call kind, postprocess, write; slices encoded and in the volume (monai_cbo.timing.case_timing)",
+    )
     p.set_defaults(func=run)
 
 
@@ -229,11 +242,21 @@ def _check_prompt_files(cases) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "timings", None) is not None:
+        from ..timing.case_timing import timed_segment
+
+        return timed_segment(args, _run)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..inferers import KeyPrompt, SliceWiseInferer, find_cases, segment_cases
     from ..inferers.segment import report
     from ..metrics import MetricsTable
+    from ..stopwatch import stage
 
-    settings = plan(args)
+    with stage("build"):  # the adapters are read here
+        settings = plan(args)
     if settings.warning and settings.auto is not None:
         print(
             f"monai-cbo segment: warning: {settings.warning}; give a prompt instead: {PROMPT_OPTIONS}", file=sys.stderr
@@ -245,8 +268,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     _check_output_folder(out_dir)
     _check_prompt_files(cases)
-    model = load_model(args.model, args.checkpoint, settings.adapters, settings.payloads)
-    inferer = SliceWiseInferer(model, batch_size=args.batch_size, device=args.device, amp=not args.no_amp)
+    with stage("build"):
+        model = load_model(args.model, args.checkpoint, settings.adapters, settings.payloads)
+        inferer = SliceWiseInferer(model, batch_size=args.batch_size, device=args.device, precision=args.precision)
     task = settings.task
     results = segment_cases(
         inferer, cases, out_dir, task.preprocess, args.overwrite, propagation=task.propagation, verbose=True

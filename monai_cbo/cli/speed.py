@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
         "--classes",
         type=list_of(int, what="--classes"),
         default=None,
-        help="with --volume: label values to prompt (default all present)",
+        help="with --volume: label values to prompt (default all present); with --case: the values that make the "
+        "target object (default the label's one value)",
     )
     p.add_argument(
         "--speedups",
@@ -54,6 +55,27 @@ def add_parser(sub) -> None:
         "channels-last, torch.compile), each with the largest output difference",
     )
     p.add_argument("--no-compile", action="store_true", help="with --speedups: skip torch.compile (slow to compile)")
+    p.add_argument(
+        "--precision-check",
+        action="store_true",
+        help="instead: fp32 against bf16 (--precision bf16), interleaved: encoder, decoder and a training step, each "
+        "with its output difference, and whether this CPU has native bf16 (monai_cbo.timing.precision_check)",
+    )
+    p.add_argument(
+        "--case",
+        nargs=2,
+        metavar=("IMAGE", "LABEL"),
+        help="instead: time one monai-cbo segment process per --protocol on this volume, prompted from the label's "
+        "--classes (default its one value), end to end: start-up, each stage, slices encoded against slices in the "
+        "volume (monai_cbo.timing.case_timing)",
+    )
+    p.add_argument(
+        "--protocol",
+        type=list_of(str, what="--protocol"),
+        action="extend",
+        help="with --case: per_slice, one_key, box3d, three_keys (comma-separated or repeated; default box3d,one_key)",
+    )
+    p.add_argument("--case-output", metavar="DIR", help="with --case: keep the prompt files, masks and timings here")
     p.set_defaults(func=run)
 
 
@@ -69,6 +91,27 @@ def run(args: argparse.Namespace) -> int:
     )
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.case:
+        from ..timing.case_timing import case_timings
+
+        result = case_timings(
+            *args.case,
+            protocols=args.protocol or ["box3d", "one_key"],
+            classes=args.classes,
+            model=args.model,
+            device=args.device,
+            encoder_reference=None
+            if args.skip_encoder
+            else lambda: encoder_time_per_slice(args.model, args.steps, device, args.amp),
+            keep=args.case_output,
+        )
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.precision_check:
+        from ..timing.precision_check import precision_check
+
+        print(json.dumps({"model": args.model, **precision_check(args.model, args.steps, args.batch)}, indent=2))
+        return 0
     if args.speedups:
         from ..timing.speedups import measure_speedups
 

@@ -371,11 +371,15 @@ def propagate(
     prompt: ObjectPrompt,
     config: PropagationConfig | None = None,
     cache: SliceCache | Mapping | None = None,
+    class_masks: dict[int, list[torch.Tensor]] | None = None,
 ) -> dict[int, SliceResult]:
     """Segment one object slice by slice from its key boxes (see the module docstring); ``{z: result}``.
 
     ``cache``: the volume's :class:`~monai_cbo.networks.SliceCache`, shared with every other class and prompt
-    source of the volume so that each slice is encoded once.
+    source of the volume so that each slice is encoded once. ``class_masks``: the model's automatic mask of each
+    class per slice (:meth:`~monai_cbo.inferers.SliceWiseInferer.decode_classes` thresholded, for the learned
+    stop), filled here and shared by every object of the volume so that each slice gets one class-decode pass;
+    default: this call's own.
     """
     config = config or PropagationConfig()
     depth, size = volume.shape[-1], tuple(volume.shape[1:3])
@@ -391,7 +395,7 @@ def propagate(
     patience = config.range_patience if ranged else config.patience
     learned = (config.range_min_class_overlap if ranged else config.min_class_overlap) > 0
     learned = learned and class_prompts_of(inferer.model) is not None
-    automatic: dict[int, list[torch.Tensor]] = {}  # per slice, the model's automatic mask of each class
+    automatic = {} if class_masks is None else class_masks  # per slice, the model's automatic mask of each class
 
     def run(z: int, box: np.ndarray, previous: SliceResult | None = None) -> SliceResult:
         near = [k for k in point_slices if abs(k - z) <= config.point_reach]
@@ -402,7 +406,7 @@ def propagate(
         res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
         if max(config.min_similarity, config.range_min_similarity) > -1:
             features[z] = mask_feature(emb, res.low_res)
-        if learned:
+        if learned and z not in automatic:  # one class-decode pass per slice, whatever object asks
             automatic[z] = [r.prob > thr for r in inferer.decode_classes(emb, size)]
         return res
 

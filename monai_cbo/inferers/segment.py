@@ -19,6 +19,7 @@ import torch
 from ..data.readers import is_dicom_folder
 from ..metrics import case_metrics
 from ..networks import SliceCache
+from ..stopwatch import count, mark, stage
 from ..utils import check_overwrite
 from .automatic import AutoConfig, segment_automatic
 from .prompts import (
@@ -246,8 +247,10 @@ def segment_volume(
             cache = SliceCache()
         results, slices = segment_automatic(inferer, volume, auto, cache)
         exclusive = inferer.model.class_prompts.exclusive
-        sliced = inferer.label_map(results, tuple(volume.shape[1:]), exclusive=exclusive)
-        return VolumeSegmentation(results, sliced, geometry.to_stored(sliced), slices)
+        with stage("postprocess"):
+            sliced = inferer.label_map(results, tuple(volume.shape[1:]), exclusive=exclusive)
+            stored = geometry.to_stored(sliced)
+        return VolumeSegmentation(results, sliced, stored, slices)
     if auto is not None:
         raise ValueError("give prompts or ask for automatic segmentation (auto), not both")
     if not isinstance(prompts, VolumePrompts):
@@ -255,12 +258,13 @@ def segment_volume(
     if cache is None and prompts.objects:  # per-slice prompts alone stream: nothing to share, nothing kept
         cache = SliceCache()
     results = inferer.predict(volume, prompts.slices, cache=cache)
+    class_masks: dict[int, list] = {}  # the learned stop's automatic masks per slice, shared by every object
     for cls, obj in prompts.objects.items():
-        results[cls] = {**results.get(cls, {}), **propagate(inferer, volume, obj, propagation, cache)}
-    sliced = inferer.label_map(results, tuple(volume.shape[1:]))
-    return VolumeSegmentation(
-        results, sliced, geometry.to_stored(sliced), len({z for per in results.values() for z in per})
-    )
+        results[cls] = {**results.get(cls, {}), **propagate(inferer, volume, obj, propagation, cache, class_masks)}
+    with stage("postprocess"):
+        sliced = inferer.label_map(results, tuple(volume.shape[1:]))
+        stored = geometry.to_stored(sliced)
+    return VolumeSegmentation(results, sliced, stored, len({z for per in results.values() for z in per}))
 
 
 def segment_case(
@@ -278,24 +282,30 @@ def segment_case(
     With a label, ``score`` adds Dice / HD95 / NSD per class to the result."""
     start = time.perf_counter()
     output = check_overwrite(output, overwrite)  # fail before any work
-    entries = None if case.prompt_file is None else load_prompt_file(case.prompt_file)  # checked before reading
-    image = load_volume(case.image)
-    volume, geometry = prepare_volume(image, pre or Preprocess())
-    gt = None
-    if case.auto is not None:
-        prompts = None
-        if case.label is not None:
-            gt, present = check_label(load_volume(case.label), image, case.classes)
-    elif case.label is not None:
-        gt, present = check_label(load_volume(case.label), image, case.classes)
-        prompts = VolumePrompts(prompts_from_label(geometry.to_sliced(gt), present))
-    elif entries is not None:
-        where = f"prompt file {case.prompt_file}"
-        prompts = prompts_from_spec(spec_from_entries(*entries, image.affine.numpy(), geometry, where))
-    else:
-        prompts = prompts_from_spec(case.key.spec(geometry, where=f"key box of {case.image}"))
+    with stage("read"):
+        entries = None if case.prompt_file is None else load_prompt_file(case.prompt_file)  # checked before reading
+        image = load_volume(case.image)
+        label = None if case.label is None else load_volume(case.label)
+    with stage("preprocess"):
+        volume, geometry = prepare_volume(image, pre or Preprocess())
+        count("slices_in_volume", int(volume.shape[-1]))
+        gt = None
+        if case.auto is not None:
+            prompts = None
+            if label is not None:
+                gt, present = check_label(label, image, case.classes)
+        elif label is not None:
+            gt, present = check_label(label, image, case.classes)
+            prompts = VolumePrompts(prompts_from_label(geometry.to_sliced(gt), present))
+        elif entries is not None:
+            where = f"prompt file {case.prompt_file}"
+            prompts = prompts_from_spec(spec_from_entries(*entries, image.affine.numpy(), geometry, where))
+        else:
+            prompts = prompts_from_spec(case.key.spec(geometry, where=f"key box of {case.image}"))
     seg = segment_volume(inferer, volume, geometry, prompts, propagation, auto=case.auto)
-    written = save_label_map(seg.labels, image, output, overwrite)
+    with stage("write"):
+        written = save_label_map(seg.labels, image, output, overwrite)
+    mark("mask_written")
     metrics = []
     if gt is not None and score:
         spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
@@ -305,7 +315,8 @@ def segment_case(
             wanted = set(case.classes) if case.classes is not None else set(spec.class_values)
             named = zip(spec.class_values, spec.class_names, strict=True)
             classes = {v: n for v, n in named if v in wanted}
-        metrics = case_metrics(seg.labels, gt, classes, spacing) if classes else []
+        with stage("score"):
+            metrics = case_metrics(seg.labels, gt, classes, spacing) if classes else []
     return CaseResult(case.name, written, None, metrics, time.perf_counter() - start, seg.slices)
 
 

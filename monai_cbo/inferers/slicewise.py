@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..networks import SamSegmenter, SliceCache, cached_front, class_prompts_of, frozen_prefix
+from ..precision import Precision, resolve_precision
 from ..transforms.resize import ResizeLongestSidePad, restore_slice, scale_coords
 
 __all__ = ["Prompt2D", "SliceResult", "SliceWiseInferer", "mask_box"]
@@ -72,14 +73,17 @@ class SliceWiseInferer:
     """Run a :class:`~monai_cbo.networks.SamSegmenter` over the prompted slices of a volume.
 
     Slices are encoded in batches of ``batch_size`` (each encoded slice serves every prompt on it; slices
-    without prompts are never encoded) under ``torch.inference_mode`` and, on CUDA, autocast.
+    without prompts are never encoded) under ``torch.inference_mode`` and the autocast of ``precision``.
 
     Args:
         model: the segmenter (PEFT-adapted or not).
         batch_size: slices per encoder pass. Default: 1 on the CPU (larger batches were slower per slice
             on a 2-core machine), 8 on CUDA.
         device: where the model runs; default the model's device.
-        amp: autocast on CUDA (ignored on the CPU). Default True.
+        amp: False: fp32 everywhere, whatever ``precision`` says (the bundles' switch). Default True.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``, or a resolved
+            :class:`~monai_cbo.precision.Precision`: what the encoder and the decoder compute in (see
+            :mod:`monai_cbo.precision`; ``auto``: fp16 autocast on CUDA, fp32 on the CPU). Default ``auto``.
         threshold: probability above which a pixel is foreground. Default 0.5.
         front_cache: the frozen front of the encoder (:func:`~monai_cbo.networks.frozen_prefix`, decided here)
             of every slice encoded with a named per-volume cache (see :meth:`encode`), shared with the other
@@ -95,6 +99,7 @@ class SliceWiseInferer:
         batch_size: int | None = None,
         device: str | torch.device | None = None,
         amp: bool = True,
+        precision: str | Precision = "auto",
         threshold: float = 0.5,
         front_cache: SliceCache | None = None,
         decode_memo: SliceCache | None = None,
@@ -106,14 +111,21 @@ class SliceWiseInferer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
-        self.amp = amp and self.device.type == "cuda"
+        if not amp:
+            precision = "fp32"
+        if isinstance(precision, str):
+            precision = resolve_precision(precision, self.device)
+        self.precision = precision
         self.threshold = threshold
         self.resize = ResizeLongestSidePad(model.img_size)
         self.front_cache, self.decode_memo = front_cache, decode_memo
         self.front_depth = frozen_prefix(model.image_encoder) if front_cache is not None else 0
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, enabled=self.amp)
+    def _autocast(self, part: str = "decoder") -> contextlib.AbstractContextManager:
+        """The autocast of ``precision`` for the ``encoder`` or the ``decoder``."""
+        if part == "encoder":
+            return self.precision.encoder_autocast()
+        return self.precision.decoder_autocast()
 
     def _model_input(self, volume: torch.Tensor, z: int) -> torch.Tensor:
         return self.resize(volume[..., z].float())
@@ -128,6 +140,8 @@ class SliceWiseInferer:
         once. Without it each embedding is handed out once and forgotten. With the inferer's ``front_cache`` and a
         ``SliceCache`` named after its volume, each encoded slice's frozen front is kept under ``(name, z)``.
         """
+        from ..stopwatch import count, stage
+
         name = getattr(cache, "name", None)  # a dict has none
         front = self.front_depth > 0 and name is not None
         order = list(slices)
@@ -144,14 +158,18 @@ class SliceWiseInferer:
                     next_todo += len(chunk)
                 else:  # asked for twice without a cache, or dropped from a bounded cache: encode it again
                     chunk = [z]
-                batch = torch.stack([self._model_input(volume, t) for t in chunk]).to(self.device)
-                with torch.inference_mode(), self._autocast():
+                with stage("preprocess"):  # the model's input: each slice resized and padded
+                    batch = torch.stack([self._model_input(volume, t) for t in chunk]).to(self.device)
+                count("slices_encoded", len(chunk))
+                with stage("encoder"), torch.inference_mode(), self._autocast("encoder"):
                     if front:
                         keys = [(name, t) for t in chunk]
                         features = cached_front(self.model, batch, keys, self.front_cache, self.front_depth)
                         out = self.model.encode_stages(features, self.front_depth)
                     else:
                         out = self.model.encode(batch)
+                if self.precision.decoder is None:  # a reduced-precision embedding for an fp32 decoder
+                    out = out.float()
                 for i, t in enumerate(chunk):
                     held[t] = out[i : i + 1]
                     if cache is not None:
@@ -174,43 +192,51 @@ class SliceWiseInferer:
         return list(results)
 
     def _decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
+        from ..stopwatch import stage
+
         s = self.model.img_size
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
             kind = (p.box is not None, None if p.points is None else len(p.points), p.mask_logits is not None)
             groups.setdefault(kind, []).append(i)
         results: list[SliceResult | None] = [None] * len(prompts)
-        for index in groups.values():
+        for (box, points, mask), index in groups.items():
             group = [prompts[i] for i in index]
-            kw: dict = {}
-            if group[0].box is not None:
-                boxes = np.stack([p.box for p in group])
-                kw["boxes"] = torch.as_tensor(scale_coords(boxes, size, s))[None].to(self.device)
-            if group[0].points is not None:
-                pts = np.stack([p.points for p in group])
-                kw["points"] = torch.as_tensor(scale_coords(pts, size, s))[None].to(self.device)
-                kw["point_labels"] = torch.as_tensor(np.stack([p.point_labels for p in group]))[None].to(self.device)
-            if group[0].mask_logits is not None:
-                kw["mask_inputs"] = torch.stack([p.mask_logits for p in group])[:, None][None].to(self.device)
-            with torch.inference_mode(), self._autocast():
-                out = self.model.decode(embedding, output_size=self.model.low_res_size, **kw)
-            low = out.masks[0, :, 0].float()
-            prob = restore_slice(torch.sigmoid(low), size)
-            for j, i in enumerate(index):
-                results[i] = SliceResult(prob[j].cpu(), float(out.iou[0, j, 0]), low[j].cpu())
+            parts = [part for part, given in (("box", box), ("points", points is not None), ("mask", mask)) if given]
+            with stage("decoder." + "+".join(parts)):  # one decoder call per kind of prompt
+                kw: dict = {}
+                if group[0].box is not None:
+                    boxes = np.stack([p.box for p in group])
+                    kw["boxes"] = torch.as_tensor(scale_coords(boxes, size, s))[None].to(self.device)
+                if group[0].points is not None:
+                    pts = np.stack([p.points for p in group])
+                    kw["points"] = torch.as_tensor(scale_coords(pts, size, s))[None].to(self.device)
+                    labels = np.stack([p.point_labels for p in group])
+                    kw["point_labels"] = torch.as_tensor(labels)[None].to(self.device)
+                if group[0].mask_logits is not None:
+                    kw["mask_inputs"] = torch.stack([p.mask_logits for p in group])[:, None][None].to(self.device)
+                with torch.inference_mode(), self._autocast():
+                    out = self.model.decode(embedding, output_size=self.model.low_res_size, **kw)
+                low = out.masks[0, :, 0].float()
+                prob = restore_slice(torch.sigmoid(low), size)
+                for j, i in enumerate(index):
+                    results[i] = SliceResult(prob[j].cpu(), float(out.iou[0, j, 0]), low[j].cpu())
         return results
 
     def decode_classes(self, embedding: torch.Tensor, size: tuple[int, int]) -> list[SliceResult]:
         """Decode every learned class prompt of the model on one slice of ``size`` (H, W): one decoder call,
         one result per class in the class prompts' order (see :mod:`~monai_cbo.inferers.automatic`)."""
+        from ..stopwatch import stage
+
         prompts = class_prompts_of(self.model)
         n = 0 if prompts is None else len(prompts)
         classes = torch.arange(n, device=self.device)[None]
-        with torch.inference_mode(), self._autocast():
-            out = self.model.decode(embedding, output_size=self.model.low_res_size, classes=classes)
-        low = out.masks[0, :, 0].float()
-        prob = restore_slice(torch.sigmoid(low), size)
-        return [SliceResult(prob[j].cpu(), float(out.iou[0, j, 0]), low[j].cpu()) for j in range(n)]
+        with stage("decoder.classes"):
+            with torch.inference_mode(), self._autocast():
+                out = self.model.decode(embedding, output_size=self.model.low_res_size, classes=classes)
+            low = out.masks[0, :, 0].float()
+            prob = restore_slice(torch.sigmoid(low), size)
+            return [SliceResult(prob[j].cpu(), float(out.iou[0, j, 0]), low[j].cpu()) for j in range(n)]
 
     def predict(
         self,

@@ -3,6 +3,20 @@
 
 from __future__ import annotations
 
-from .trainer import CachedFrontSegmenter, PreparePromptBatch, build_optimizer, build_trainer, train_step
+from .trainer import (
+    AutocastForward,
+    CachedFrontSegmenter,
+    PreparePromptBatch,
+    build_optimizer,
+    build_trainer,
+    train_step,
+)
 
-__all__ = ["CachedFrontSegmenter", "PreparePromptBatch", "build_optimizer", "build_trainer", "train_step"]
+__all__ = [
+    "AutocastForward",
+    "CachedFrontSegmenter",
+    "PreparePromptBatch",
+    "build_optimizer",
+    "build_trainer",
+    "train_step",
+]

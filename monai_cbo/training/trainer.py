@@ -38,9 +38,17 @@ from torch import nn
 from ..losses import PromptDiceBCELoss
 from ..networks import SamSegmenter, SegmenterOutput, SliceCache, cached_front, class_prompts_of, frozen_prefix
 from ..peft import optimizer_param_groups
+from ..precision import resolve_precision
 from ..utils import check_option
 
-__all__ = ["CachedFrontSegmenter", "PreparePromptBatch", "build_optimizer", "build_trainer", "train_step"]
+__all__ = [
+    "AutocastForward",
+    "CachedFrontSegmenter",
+    "PreparePromptBatch",
+    "build_optimizer",
+    "build_trainer",
+    "train_step",
+]
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -66,9 +74,36 @@ def build_optimizer(
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
-    for attr in ("module", "model"):
-        network = getattr(network, attr, network)
-    return network
+    """The segmenter inside any wrappers (``DistributedDataParallel``, :class:`AutocastForward`,
+    :class:`CachedFrontSegmenter`), however they nest."""
+    while True:
+        inner = getattr(network, "module", None)
+        if inner is None:
+            inner = getattr(network, "model", None)
+        if not isinstance(inner, nn.Module):
+            return network
+        network = inner
+
+
+def _float(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float()
+    return [_float(v) for v in x] if isinstance(x, list) else x
+
+
+class AutocastForward(nn.Module):
+    """``module`` whose forward pass runs under bf16 autocast on its device, with its outputs back in fp32 so that
+    the loss and its gradient start in fp32 (no gradient scaler: bf16 has fp32's range). What ``--precision bf16``
+    trains with, on the CPU as on CUDA (MONAI's trainer autocasts only on CUDA, and only to fp16 by default)."""
+
+    def __init__(self, module: nn.Module, device_type: str, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.module, self.device_type, self.dtype = module, device_type, dtype
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.module(*args, **kwargs)
+        return type(out)(*(_float(v) for v in out)) if isinstance(out, SegmenterOutput) else _float(out)
 
 
 class PreparePromptBatch(PrepareBatchExtraInput):
@@ -164,6 +199,7 @@ def build_trainer(
     max_epochs: int = 1,
     device: str | torch.device = "cpu",
     amp: bool = False,
+    precision: str = "auto",
     loss_function: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     epoch_length: int | None = None,
     handlers: Sequence[Any] = (),
@@ -181,7 +217,10 @@ def build_trainer(
             iterable (then give ``epoch_length``).
         max_epochs: passes over ``train_data_loader``. Default 1.
         device: where batches go.
-        amp: CUDA mixed precision (autocast + gradient scaler); ignored on other devices. Default False.
+        amp: CUDA mixed precision (fp16 autocast + gradient scaler); ignored on other devices. Default False.
+        precision: ``auto`` (as ``amp`` says), ``fp32`` (no autocast, whatever ``amp`` says), ``fp16`` (CUDA's
+            ``amp``), ``bf16`` (the forward pass under bf16 autocast, :class:`AutocastForward`, CPU or CUDA; on
+            a CPU without native bf16 it is emulated and slow: :mod:`monai_cbo.precision`). Default ``auto``.
         loss_function: default :class:`~monai_cbo.losses.PromptDiceBCELoss` with its default weights.
         epoch_length: steps per epoch. Default ``len(train_data_loader)``.
         handlers: Ignite / MONAI handlers to attach (schedulers, validation, checkpoints, logs).
@@ -200,8 +239,13 @@ def build_trainer(
             "(monai_cbo.models.build_segmenter(..., class_names=[...])), or set auto_share to 0"
         )
     device = torch.device(device)
+    if precision != "auto":
+        resolved = resolve_precision(precision, device)  # checks the name, warns for emulated bf16
+        amp = resolved.name == "fp16"
     if feature_cache is not None:
         network = CachedFrontSegmenter(network, feature_cache)
+    if precision == "bf16":
+        network = AutocastForward(network, device.type)
     prepare = PreparePromptBatch(slice_keys=feature_cache is not None, auto_share=auto_share, seed=seed)
     trainer = SupervisedTrainer(
         device=device,
