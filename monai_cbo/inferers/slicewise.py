@@ -17,6 +17,7 @@ import torch
 
 from ..networks import SamSegmenter, SliceCache, cached_front, class_prompts_of, frozen_prefix
 from ..precision import Precision, resolve_precision
+from ..stopwatch import count, stage
 from ..transforms.resize import ResizeLongestSidePad, restore_slice, scale_coords
 
 __all__ = ["Prompt2D", "SliceResult", "SliceWiseInferer", "mask_box"]
@@ -140,8 +141,6 @@ class SliceWiseInferer:
         once. Without it each embedding is handed out once and forgotten. With the inferer's ``front_cache`` and a
         ``SliceCache`` named after its volume, each encoded slice's frozen front is kept under ``(name, z)``.
         """
-        from ..stopwatch import count, stage
-
         name = getattr(cache, "name", None)  # a dict has none
         front = self.front_depth > 0 and name is not None
         order = list(slices)
@@ -192,8 +191,6 @@ class SliceWiseInferer:
         return list(results)
 
     def _decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
-        from ..stopwatch import stage
-
         s = self.model.img_size
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -226,8 +223,6 @@ class SliceWiseInferer:
     def decode_classes(self, embedding: torch.Tensor, size: tuple[int, int]) -> list[SliceResult]:
         """Decode every learned class prompt of the model on one slice of ``size`` (H, W): one decoder call,
         one result per class in the class prompts' order (see :mod:`~monai_cbo.inferers.automatic`)."""
-        from ..stopwatch import stage
-
         prompts = class_prompts_of(self.model)
         n = 0 if prompts is None else len(prompts)
         classes = torch.arange(n, device=self.device)[None]
