@@ -38,7 +38,7 @@ import numpy as np
 from ..stopwatch import IMPORTED_AT, SPAWNED_AT_ENV, Recorder, process_start, recording
 from ..utils import check_overwrite, write_atomic
 
-__all__ = ["STAGE_ORDER", "case_timings", "cpu_model", "protocol_entries", "timed_segment", "timings_table"]
+__all__ = ["STAGE_ORDER", "case_timings", "protocol_entries", "timed_segment", "timings_table"]
 
 #: the stages in the order a case runs through them (others, e.g. ``decoder.box+mask``, follow)
 STAGE_ORDER = (
@@ -104,22 +104,8 @@ def _timings(recorder: Recorder, started: float, method: str, ready: float, end:
         },
         "counters": {"slices_encoded": encoded, "slices_in_volume": figures["counters"].get("slices_in_volume", 0)},
         "encoder_s_per_slice": round(encoder / encoded, 4) if encoded else None,
-        "machine": machine_summary("cpu") | {"cpu_model": cpu_model(), "cpu_count": os.cpu_count() or 0},
+        "machine": machine_summary("cpu"),  # names the CPU model and its cores
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor where there is none."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _to_voxels(geometry, sliced: np.ndarray) -> np.ndarray:

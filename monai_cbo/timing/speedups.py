@@ -25,19 +25,15 @@ from monai.engines import SupervisedTrainer
 from ..models import build_segmenter
 from ..networks import feature_cache
 from ..training import build_optimizer, build_trainer, train_step
+from .encoder_backends import _round_robin
 
 __all__ = ["measure_speedups"]
 
 
 def _interleaved(before: Callable[[], object], after: Callable[[], object], repeats: int) -> dict:
     out_b, out_a = before(), after()  # warm-up, and the outputs to compare
-    times_b, times_a = [], []
-    for _ in range(repeats):
-        for fn, times in ((before, times_b), (after, times_a)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    med_b, med_a = statistics.median(times_b), statistics.median(times_a)
+    times = _round_robin({"before": before, "after": after}, repeats)
+    med_b, med_a = statistics.median(times["before"]), statistics.median(times["after"])
     diff = float((torch.as_tensor(out_b).float() - torch.as_tensor(out_a).float()).abs().max())
     return {
         "before_s": round(med_b, 4),

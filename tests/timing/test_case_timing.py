@@ -48,7 +48,7 @@ def test_segment_timings_hold_every_stage_and_refuse_an_existing_file(tmp_path, 
     assert total == pytest.approx(figures["total_s"], abs=1e-2)
     assert figures["mask_written_s"] <= figures["total_s"]
     assert figures["process_start"]["method"] and figures["exit_code"] == 0
-    assert figures["encoder_s_per_slice"] > 0 and figures["machine"]["cpu_count"] >= 1
+    assert figures["encoder_s_per_slice"] > 0 and figures["machine"]["cpu_cores"] >= 1
     before = timings.read_bytes()
     assert main([*args, "--key-box", "5,4,3,14,11,3"]) == 2  # checked before any work: nothing is replaced
     assert "timings.json already exists; pass --overwrite" in capsys.readouterr().err
