@@ -35,6 +35,7 @@ command line imports it first, so ``IMPORTED_AT - process start`` is the interpr
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -182,7 +183,9 @@ def process_start() -> tuple[float | None, str]:
     spawned = os.environ.get(SPAWNED_AT_ENV)
     if spawned:
         try:
-            return float(spawned), f"{SPAWNED_AT_ENV} set by the parent just before it started the process"
+            at = float(spawned)
         except ValueError:
-            pass
+            at = math.nan
+        if math.isfinite(at) and at <= time.time():  # a time, and not one still to come
+            return at, f"{SPAWNED_AT_ENV} set by the parent just before it started the process"
     return None, "unknown"

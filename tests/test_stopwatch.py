@@ -67,3 +67,20 @@ def test_the_process_start_is_before_the_command_lines_first_import():
     started, method = process_start()
     assert started is not None and method.startswith("/proc")
     assert started <= stopwatch.IMPORTED_AT + 0.05 <= time.time() + 0.05
+
+
+def test_a_spawn_time_from_the_environment_is_used_only_where_it_is_a_past_finite_time(monkeypatch):
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    monkeypatch.setenv(stopwatch.SPAWNED_AT_ENV, repr(time.time() - 2.0))
+    started, method = process_start()
+    assert started is not None and started <= time.time() and method.startswith(stopwatch.SPAWNED_AT_ENV)
+    for bad in ("nan", "inf", "-inf", "not a time", repr(time.time() + 3600)):
+        monkeypatch.setenv(stopwatch.SPAWNED_AT_ENV, bad)
+        assert process_start() == (None, "unknown"), bad
