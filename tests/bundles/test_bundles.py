@@ -377,17 +377,19 @@ def test_written_configs_are_the_shared_base_plus_each_task():
 
 
 def test_config_builder_merges_like_monai_and_reports_stale_files(tmp_path, monkeypatch):
+    from monai_cbo.bundle_configs import merge
+
     sys.path.insert(0, str(REPO / "bundles"))
     try:
         import build_configs
     finally:
         sys.path.remove(str(REPO / "bundles"))
     base = {"a": 1, "net": {"x": [1, 2]}, "anchor": 0, "gone": 5}
-    merged = build_configs.merge(base, {"new": 7, "a": 2, "net#x#1": 9, "_remove_": ["gone"]}, anchor="anchor")
+    merged = merge(base, {"new": 7, "a": 2, "net#x#1": 9, "_remove_": ["gone"]}, anchor="anchor")
     assert list(merged) == ["a", "net", "new", "anchor"] and merged["a"] == 2 and merged["net"]["x"] == [1, 9]
     assert base["net"]["x"] == [1, 2]  # the base is not modified
     with pytest.raises(KeyError, match="nope"):
-        build_configs.merge(base, {"nope#b": 1})
+        merge(base, {"nope#b": 1})
     # a hand edit of a written config is caught, with the fix
     monkeypatch.setattr(build_configs, "ROOT", tmp_path)
     (tmp_path / "spleen_ct_cbo" / "configs").mkdir(parents=True)
