@@ -28,6 +28,7 @@ __all__ = [
     "bundle_command",
     "bundle_flags",
     "bundle_model",
+    "is_bundle_path",
     "list_bundles",
     "load_bundle",
     "read_task",
@@ -75,23 +76,48 @@ def _bundle_dirs() -> list[Path]:
     return sorted(p for p in BUNDLES_DIR.iterdir() if (p / "configs" / "metadata.json").is_file())
 
 
-def load_bundle(name: str) -> BundleInfo:
-    """The shipped bundle ``name``.
+def is_bundle_path(name: str | Path) -> bool:
+    """Whether ``name`` names a bundle folder by its path (it holds a separator, or is ``.``/``..``) rather than
+    a shipped bundle by name."""
+    text = str(name)
+    return "/" in text or "\\" in text or text in (".", "..") or Path(text).is_absolute()
+
+
+def load_bundle(name: str | Path) -> BundleInfo:
+    """The shipped bundle ``name``, or the bundle folder at path ``name`` (one written by ``monai-cbo adapt``,
+    or a copied shipped one): a name with a path separator is a path (``./my_bundle``, ``runs/spleen``).
+
+    A path is the user's own choice of code to run, as ``python -m monai.bundle run --config_file`` is: its configs
+    are evaluated. Names from elsewhere (the network) must never reach here as paths.
 
     Raises:
-        FileNotFoundError: no bundles folder (not a source checkout) or no bundle of that name (the message
-            lists the names there are).
+        FileNotFoundError: no bundles folder (not a source checkout), no bundle of that name (the message
+            lists the names there are), or a path that is not a bundle folder (the message says what it lacks).
     """
-    names = [p.name for p in _bundle_dirs()]
-    if not names:
-        raise FileNotFoundError(
-            f"no bundles found in {BUNDLES_DIR}: --bundle needs a source checkout of monai_cbo (pip install -e .)"
-        )
-    if name not in names:
-        raise FileNotFoundError(f"no bundle named {name!r}; the bundles are {', '.join(names)} (monai-cbo bundles)")
-    path = BUNDLES_DIR / name
+    if is_bundle_path(name):
+        path = Path(name).expanduser().resolve()
+        if not (path / "configs" / "metadata.json").is_file():
+            raise FileNotFoundError(
+                f"{name} is not a bundle folder: it has no configs/metadata.json (a bundle written by monai-cbo "
+                "adapt, or one of bundles/, holds configs/ and models/)"
+            )
+        if not (path / "configs" / "inference.json").is_file():
+            raise FileNotFoundError(f"bundle {name} has no configs/inference.json (its task is read from there)")
+    else:
+        names = [p.name for p in _bundle_dirs()]
+        if not names:
+            raise FileNotFoundError(
+                f"no bundles found in {BUNDLES_DIR}: --bundle needs a source checkout of monai_cbo (pip install -e "
+                ".) or a bundle folder's path (./NAME)"
+            )
+        if name not in names:
+            raise FileNotFoundError(
+                f"no bundle named {name!r}; the bundles are {', '.join(names)} (monai-cbo bundles), or give a "
+                f"bundle folder's path (./{name})"
+            )
+        path = BUNDLES_DIR / str(name)
     metadata = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    info = BundleInfo(name, path, metadata, read_task(path / "configs" / "inference.json"))
+    info = BundleInfo(path.name, path, metadata, read_task(path / "configs" / "inference.json"))
     if info.adapter_path.exists():
         info.adapter = info.adapter_path
     record = path / "models" / "adapter.json"

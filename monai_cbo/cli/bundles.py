@@ -9,16 +9,18 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "bundles",
-        help="list the shipped bundles: classes, trained adapter and its test Dice",
-        description="The bundles of this checkout (bundles/), with what their adapter was trained on and scores.",
+        help="list the shipped bundles (or the bundle folders given): classes, trained adapter and its Dice",
+        description="The bundles of this checkout (bundles/), or the bundle folders given (such as those written "
+        "by monai-cbo adapt), with what their adapter was trained on and scores.",
     )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="bundle folders to describe instead of the shipped ones")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundles import list_bundles
+    from ..bundles import is_bundle_path, list_bundles, load_bundle
 
-    infos = list_bundles()
+    infos = [load_bundle(path if is_bundle_path(path) else f"./{path}") for path in args.paths] or list_bundles()
     if not infos:
         print("no bundles found: monai-cbo bundles needs a source checkout (pip install -e .)", file=sys.stderr)
         return 1
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  adapter: {info.adapter} ({record.get('trained_on', 'training data not recorded')})")
         if record.get("note"):
             print(f"  note: {record['note']}")
-        for mode, dice in (record.get("test_dice") or {}).items():
-            scores = ", ".join(f"{k} {v:.3f}" for k, v in dice.items())
-            print(f"  test Dice ({mode}): {scores}")
+        for kind in ("test_dice", "validation_dice"):
+            for mode, dice in (record.get(kind) or {}).items():
+                scores = ", ".join(f"{k} {v:.3f}" for k, v in dice.items())
+                print(f"  {kind.replace('_', ' ').replace('dice', 'Dice')} ({mode}): {scores}")
     return 0

@@ -45,7 +45,13 @@ def add_parser(sub) -> None:
     p.add_argument("--cache-dir", default=None, help="keep slice embeddings here (4 MiB a slice) for later runs")
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
-    p.add_argument("--adapter", help="adapter checkpoint written by training")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--adapter", help="adapter checkpoint written by training")
+    source.add_argument(
+        "--bundle",
+        help="a bundle (a shipped one's name or a folder's path, such as one monai-cbo adapt wrote): its adapter, "
+        "and its propagation settings as the start (--set changes them)",
+    )
     add_precision_option(p)
     p.set_defaults(func=run)
 
@@ -54,7 +60,15 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.prompting import run_prompts_bench
     from ..inferers import PropagationConfig
 
-    config = PropagationConfig().replace(**dict(args.set_option or []))
+    start = PropagationConfig()
+    if args.bundle:
+        from ..bundles import bundle_model, load_bundle
+
+        bundle = load_bundle(args.bundle)
+        if bundle.adapter is None:
+            bundle_model(bundle)  # raises, saying how to get an adapter
+        args.adapter, start = str(bundle.adapter), bundle.task.propagation
+    config = start.replace(**dict(args.set_option or []))
     model = load_model(args.model, args.checkpoint, [args.adapter] if args.adapter else [])
     tag = args.model or "litemedsam"
     for weights in (args.checkpoint, args.adapter):  # the embedding cache is keyed by the weights' content

@@ -115,8 +115,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--bundle",
-        help="a shipped bundle by name (monai-cbo bundles): its trained adapter and its task (classes, "
-        "preprocessing, automatic and propagation settings)",
+        help="a shipped bundle by name (monai-cbo bundles), or a bundle folder's path (./NAME, such as one written "
+        "by monai-cbo adapt): its trained adapter and its task (classes, preprocessing, automatic and propagation "
+        "settings)",
     )
     add_preprocess_options(p)
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default 1 on CPU, 8 on CUDA)")

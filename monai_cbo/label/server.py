@@ -130,9 +130,11 @@ def serve(
     try:
         _check_studies(studies)
         if bundle:
-            from ..bundles import load_bundle
+            from ..bundles import is_bundle_path, load_bundle
 
-            load_bundle(bundle)
+            info = load_bundle(bundle)  # checked before the server starts
+            if is_bundle_path(bundle):  # the app runs in its own working folder: hand it the absolute path
+                bundle = str(info.path)
         if adapter and not Path(adapter).is_file():
             raise FileNotFoundError(f"adapter {adapter} does not exist; give an adapter file written by training")
         origins = [normalise_origin(o) for o in allow_origins]
@@ -257,7 +259,10 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     source = p.add_mutually_exclusive_group()
     source.add_argument(
-        "--bundle", default=None, help="a shipped bundle: its adapter, classes, preprocessing, training"
+        "--bundle",
+        default=None,
+        help="a shipped bundle by name, or a bundle folder's path (one written by monai-cbo adapt): its adapter, "
+        "classes, preprocessing, training",
     )
     source.add_argument("--adapter", default=None, help="an adapter file instead of a bundle (no train task)")
     p.add_argument("--modality", default="ct", choices=["ct", "mri"], help="without --bundle: intensity scaling (ct)")
