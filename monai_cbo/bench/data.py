@@ -4,7 +4,7 @@ labels, loaded once and preprocessed, and the seeded order in which a run draws 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,43 @@ class BenchData:
         train = load_datalist(config.datalist, config.train_split, config.dataset_dir)[: config.max_train_cases]
         evals = load_datalist(config.datalist, config.eval_split, config.dataset_dir)[: config.max_eval_cases]
         log(f"loading {len(train)} {config.train_split} and {len(evals)} {config.eval_split} cases ...")
-        self.train = [self._load(e, keep_image=False) for e in train]
-        self.eval = [self._load(e, keep_image=True) for e in evals]
+        self._index(
+            [self._load(e, keep_image=False) for e in train],
+            [self._load(e, keep_image=True) for e in evals],
+            names,
+            meta.get("regions") or {},
+            log,
+        )
+
+    @classmethod
+    def from_cases(
+        cls,
+        config: BenchConfig,
+        train: list[LoadedCase],
+        evals: list[LoadedCase],
+        names: dict[int, str],
+        held_out: Collection[tuple[int, int]] = (),
+        log: Callable[[str], None] = print,
+    ) -> BenchData:
+        """The bench's cases from volumes already loaded (``monai-cbo adapt`` checks and loads its own): ``names``
+        maps each label value to its class name; ``held_out`` (training case index, slice) are kept out of
+        training (a one-volume adaptation validates on them)."""
+        self = cls.__new__(cls)
+        self.config = config
+        self._index(train, evals, names, {}, log, set(held_out))
+        return self
+
+    def _index(
+        self,
+        train: list[LoadedCase],
+        evals: list[LoadedCase],
+        names: dict[int, str],
+        regions: dict,
+        log: Callable[[str], None],
+        held_out: set[tuple[int, int]] = frozenset(),
+    ) -> None:
+        config = self.config
+        self.train, self.eval = train, evals
         present = sorted({int(v) for c in self.train + self.eval for v in np.unique(c.gt) if v})
         self.classes = list(config.classes) if config.classes else present
         if not self.classes:
@@ -61,7 +96,7 @@ class BenchData:
         #: metric spec: per class, plus the dataset's evaluation regions (BraTS) where the datalist names them
         self.class_names = {c: names.get(c, str(c)) for c in self.classes}
         self.metric_classes: dict[str, list[int]] = {name: [c] for c, name in self.class_names.items()}
-        for region, ids in (meta.get("regions") or {}).items():
+        for region, ids in regions.items():
             ids = sorted(int(i) for i in ids)
             if self.metric_classes.get(region) == ids:
                 continue  # e.g. BraTS 2015's "enhancing": a label and a region at once
@@ -72,7 +107,8 @@ class BenchData:
             (i, z)
             for i, c in enumerate(self.train)
             for z in range(c.gt.shape[-1])
-            if max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_foreground
+            if (i, z) not in held_out
+            and max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_foreground
         ]
         if not self.slices:
             raise ValueError(
@@ -82,7 +118,7 @@ class BenchData:
         foreground = set(self.slices)
         #: slices with no class at all (fewer than min_foreground of each): automatic steps learn "absent" from them
         self.background = [(i, z) for i, c in enumerate(self.train) for z in range(c.gt.shape[-1])]
-        self.background = [s for s in self.background if s not in foreground]
+        self.background = [s for s in self.background if s not in foreground and s not in held_out]
         log(
             f"{len(self.slices)} training slices with foreground, {len(self.background)} without; "
             f"classes {self.class_names}"

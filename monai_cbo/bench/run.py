@@ -46,10 +46,11 @@ from ..transforms.training import SlicePromptsd
 from .config import BenchConfig, check_init_adapter, decoder_lr
 from .data import BenchData
 
-__all__ = ["AUTO_MODES", "train_and_evaluate"]
+__all__ = ["AUTO_MODES", "format_eta", "train_and_evaluate", "training_batches"]
 
 
-def _eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
+    """Seconds as ``12m05s``, or ``1h02m`` from an hour on (progress lines' times and ETAs)."""
     seconds = max(0, int(seconds))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -176,7 +177,7 @@ AUTO_MODES = {
 }
 
 
-def _batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iterator[dict]:
+def training_batches(config: BenchConfig, data: BenchData, seed: int, size: int) -> Iterator[dict]:
     """The training batches of ``seed``, one per step: stacked ``image``, ``label``, ``boxes`` (and ``auto_label``
     with the step's ``auto_step`` flag), and the ``slice_keys`` that name each slice for the feature cache.
 
@@ -228,7 +229,7 @@ def _train(
     trainer = build_trainer(
         model,
         optimizer,
-        _batches(config, data, seed, model.img_size),
+        training_batches(config, data, seed, model.img_size),
         device=device,
         amp=amp,
         precision=config.precision,
@@ -250,7 +251,7 @@ def _train(
             rate = step * config.batch_size / (time.perf_counter() - start)
             log(
                 f"  {title}: step {step}/{config.steps}  loss {np.mean(losses[-every:]):.4f}  "
-                f"{rate:.2f} slices/s  run ETA {_eta((config.steps - step) * config.batch_size / rate)}"
+                f"{rate:.2f} slices/s  run ETA {format_eta((config.steps - step) * config.batch_size / rate)}"
             )
 
     trainer.run()

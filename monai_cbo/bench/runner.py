@@ -54,7 +54,7 @@ from .config import (
     decoder_lr,
 )
 from .data import BenchData, LoadedCase, entry_name
-from .run import AUTO_MODES, _eta, train_and_evaluate
+from .run import AUTO_MODES, format_eta, train_and_evaluate
 
 __all__ = [
     "AUTO_MODES",
@@ -121,7 +121,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
         run_dir.mkdir(parents=True)
         known = [t for ts in durations.values() for t in ts if math.isfinite(t)]
         left = sum(np.mean(durations.get(p, known)) for p, _ in todo[n - 1 :]) if known else math.nan
-        eta = f", bench ETA {_eta(left)}" if known else ""
+        eta = f", bench ETA {format_eta(left)}" if known else ""
         log(f"[{n}/{len(todo)}] {preset} seed {seed}{eta}")
         start = time.perf_counter()
         try:
@@ -136,13 +136,13 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None, com
         )
         durations.setdefault(preset, []).append(result["seconds"])
         dice = ", ".join(f"{k} {v:.3f}" for k, v in _mean_dice(run_dir / "metrics.csv").items())
-        log(f"  done in {_eta(result['seconds'])}: mean Dice {dice}")
+        log(f"  done in {format_eta(result['seconds'])}: mean Dice {dice}")
     if features is not None:
         log(
             f"feature cache: {len(features)} entries, {features.bytes / 2**20:.0f} MiB, "
             f"{features.hits} hits / {features.misses} misses"
         )
-    log(f"bench finished in {_eta(time.perf_counter() - bench_start)}")
+    log(f"bench finished in {format_eta(time.perf_counter() - bench_start)}")
     if failures:
         raise BenchFailed(
             f"{len(failures)} run(s) failed (the others are kept; fix the cause and run the same "

@@ -53,6 +53,7 @@ __all__ = [
     "VolumeSegmentation",
     "check_label",
     "find_cases",
+    "list_images",
     "report",
     "segment_case",
     "segment_cases",
@@ -346,6 +347,27 @@ def segment_cases(
     return results
 
 
+def list_images(folder: str | Path) -> list[Path]:
+    """The volumes of a folder, sorted: image files (:data:`IMAGE_SUFFIXES`, not hidden) and DICOM series folders.
+
+    Raises:
+        ValueError: it holds none (the message names the folder and what counts).
+    """
+    folder = Path(folder)
+    images = sorted(
+        p
+        for p in folder.iterdir()
+        if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+        or (p.is_dir() and is_dicom_folder(p))
+    )
+    if not images:
+        raise ValueError(
+            f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders); point at "
+            "an image file or a folder holding them"
+        )
+    return images
+
+
 def find_cases(
     source: str | Path,
     label: str | Path | None = None,
@@ -365,20 +387,7 @@ def find_cases(
         raise FileNotFoundError(
             f"{source} does not exist; check the path (an image file, a DICOM series folder or a folder of them)"
         )
-    if source.is_dir() and not is_dicom_folder(source):
-        images = sorted(
-            p
-            for p in source.iterdir()
-            if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
-            or (p.is_dir() and is_dicom_folder(p))
-        )
-        if not images:
-            raise ValueError(
-                f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders); point at "
-                "an image file or a folder holding them"
-            )
-    else:
-        images = [source]
+    images = list_images(source) if source.is_dir() and not is_dicom_folder(source) else [source]
 
     def companion(option: str | Path | None, image: Path, suffixes: tuple[str, ...]) -> Path | None:
         if option is None:
