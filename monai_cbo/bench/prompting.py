@@ -38,9 +38,10 @@ from pathlib import Path
 import torch
 
 from ..inferers import PropagationConfig, SliceWiseInferer
-from ..networks import SliceCache
+from ..networks import SliceCache, class_prompts_of
 from .propagation_sweep import STOP_GRID, TRAJECTORY_GRID, _sweep
 from .protocols import (
+    AUTOMATIC,
     PROTOCOLS,
     SuiteCase,
     _load,
@@ -107,7 +108,8 @@ def run_prompts_bench(
 
     if sweep:
         config = _sweep(inferer, [c for c in cases if c.part == "tune"], config, cache_path, tag, out, log, evaluate)
-    rows = evaluate(config, cases, PROTOCOLS)
+    automatic = (AUTOMATIC,) if class_prompts_of(model) is not None else ()
+    rows = evaluate(config, cases, PROTOCOLS + automatic)
     if sweep:  # the truncated recordings must predict what the real propagation does
         measured = objective([r for r in rows if r["part"] == "tune" and r["protocol"] != "three_keys"])
         predicted = json.loads((out / "sweep_predicted.json").read_text(encoding="utf-8"))[

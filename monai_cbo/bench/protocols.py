@@ -31,11 +31,23 @@ from ..inferers import (
 )
 from ..inferers.prompts import prompts_from_mask
 from ..metrics import dice_3d
-from ..networks import SliceCache
+from ..networks import SliceCache, class_prompts_of
 
-__all__ = ["PROTOCOLS", "SuiteCase", "objective", "protocol_prompt", "read_suite", "summarise", "summary_markdown"]
+__all__ = [
+    "AUTOMATIC",
+    "PROTOCOLS",
+    "SuiteCase",
+    "objective",
+    "protocol_prompt",
+    "read_suite",
+    "summarise",
+    "summary_markdown",
+]
 
 PROTOCOLS = ("per_slice", "one_key", "box3d", "three_keys")
+#: no prompt at all: the model's class prompts on every slice (a model with class prompts only; raw masks, no
+#: post-processing), scored beside the prompt protocols but never part of the sweep's objective
+AUTOMATIC = "automatic"
 
 
 @dataclass
@@ -118,6 +130,7 @@ class _Loaded:
     masks: dict[str, np.ndarray]  # target -> [H, W, D] bool, sliced view
     cache: SliceCache  # the slice embeddings, backed by a file under --cache-dir
     auto: dict[int, list[np.ndarray]] = field(default_factory=dict)  # slice -> the model's automatic class masks
+    auto_labels: np.ndarray | None = None  # the automatic label map of the whole volume (protocol "automatic")
 
 
 def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
@@ -147,14 +160,17 @@ def _score(
         present = np.nonzero(mask.any(axis=(0, 1)))[0]
         first, last = int(present[0]), int(present[-1])
         for protocol in protocols:
-            prompt = protocol_prompt(mask, protocol)
-            if isinstance(prompt, ObjectPrompt):
-                results = propagate(inferer, loaded.volume, prompt, config, loaded.cache)
+            if protocol == AUTOMATIC:
+                pred = np.isin(_automatic_labels(inferer, loaded), loaded.case.targets[target])
             else:
-                results = inferer.predict(loaded.volume, {1: prompt}, cache=loaded.cache)[1]
-            pred = np.zeros(mask.shape, dtype=bool)
-            for z, res in results.items():
-                pred[..., z] = res.prob.numpy() > inferer.threshold
+                prompt = protocol_prompt(mask, protocol)
+                if isinstance(prompt, ObjectPrompt):
+                    results = propagate(inferer, loaded.volume, prompt, config, loaded.cache)
+                else:
+                    results = inferer.predict(loaded.volume, {1: prompt}, cache=loaded.cache)[1]
+                pred = np.zeros(mask.shape, dtype=bool)
+                for z, res in results.items():
+                    pred[..., z] = res.prob.numpy() > inferer.threshold
             predicted = np.nonzero(pred.any(axis=(0, 1)))[0]
             outside = [z for z in predicted if z < first or z > last]
             beyond = max([first - z if z < first else z - last for z in outside], default=0)
@@ -173,6 +189,22 @@ def _score(
                 }
             )
     return rows
+
+
+def _automatic_labels(inferer: SliceWiseInferer, loaded: _Loaded) -> np.ndarray:
+    """The label map the model's class prompts give ``loaded``'s volume (every slice, decoded once per case)."""
+    if loaded.auto_labels is None:
+        prompts = class_prompts_of(inferer.model)
+        if prompts is None:
+            raise ValueError("the automatic protocol needs a model with class prompts (an adapter trained with them)")
+        volume = loaded.volume
+        size = tuple(volume.shape[1:3])
+        results: dict[int, dict] = {int(v): {} for v in prompts.class_values}
+        for z, emb in inferer.encode(volume, range(volume.shape[-1]), loaded.cache):
+            for value, res in zip(prompts.class_values, inferer.decode_classes(emb, size), strict=True):
+                results[int(value)][z] = res
+        loaded.auto_labels = inferer.label_map(results, tuple(volume.shape[1:]), exclusive=prompts.exclusive)
+    return loaded.auto_labels
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
@@ -199,7 +231,8 @@ def objective(rows: list[dict]) -> float:
     """What the sweep maximises: the mean over sets of the mean over propagated protocols of the set's Dice ratio
     to per-slice boxes (every set counts the same, however many cases it has)."""
     summary = summarise(rows)
-    return float(np.mean([np.mean([v["ratio"] for p, v in s.items() if p != "per_slice"]) for s in summary.values()]))
+    scored = lambda per_set: [v["ratio"] for p, v in per_set.items() if p not in ("per_slice", AUTOMATIC)]  # noqa: E731
+    return float(np.mean([np.mean(scored(s)) for s in summary.values()]))
 
 
 def summary_markdown(result: dict) -> str:
@@ -210,12 +243,12 @@ def summary_markdown(result: dict) -> str:
         lines += [
             f"### {part} part",
             "",
-            "| set | cases x targets | per-slice boxes Dice | one key box | 3D box | three key boxes |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| set | cases x targets | per-slice boxes Dice | one key box | 3D box | three key boxes | automatic |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for set_name, per in per_set.items():
             cells = []
-            for protocol in PROTOCOLS[1:]:
+            for protocol in (*PROTOCOLS[1:], AUTOMATIC):
                 v = per.get(protocol)
                 cells.append(
                     "–"
