@@ -20,7 +20,7 @@ from ..inferers.propagation import StopMeasures, mask_feature, matching_classes,
 from ..networks import class_prompts_of
 from .protocols import PROTOCOLS, SuiteCase, _load, _Loaded, protocol_prompt, summarise
 
-__all__ = ["STOP_GRID", "TRAJECTORY_GRID"]
+__all__ = ["STOP_GRID", "TRAJECTORY_GRID", "sweep_stop_rules"]
 
 #: settings that change which prompt each slice gets: one recorded propagation per combination
 TRAJECTORY_GRID: dict[str, list] = {
@@ -396,3 +396,49 @@ def _strictness(combo: dict) -> float:
 
 def _fmt(value) -> str:
     return "off" if isinstance(value, float) and value >= 1e9 else str(value)
+
+
+def sweep_stop_rules(
+    inferer: SliceWiseInferer,
+    volumes: list[tuple[str, torch.Tensor, list[np.ndarray]]],
+    start: PropagationConfig,
+    log=print,
+) -> tuple[PropagationConfig, dict]:
+    """One adapter's own stop (``monai-cbo adapt``): ``start``'s trajectory settings kept, every stop-rule
+    combination of :data:`STOP_GRID` scored by truncating one recording per target and protocol on ``volumes``
+    (name, volume ``[3, H, W, D]``, the targets' binary masks in the sliced view), open objects (one key box, three
+    key boxes) and 3D boxes apart, the most lenient of near-ties chosen (:func:`_lenient_best`).
+
+    Returns the chosen settings and what they give: mean 3D Dice per protocol family with the chosen rules, with
+    every rule off (no stop but the volume's end, or the box's range) and with a perfect stop (the ceiling)."""
+    combos, grid = _stop_grid(learned=class_prompts_of(inferer.model) is not None)
+    dice: dict[str, list[np.ndarray]] = {"open": [], "ranged": []}
+    ceiling: dict[str, list[float]] = {"open": [], "ranged": []}
+    for name, volume, masks in volumes:
+        loaded = SimpleNamespace(case=SimpleNamespace(set=name), volume=volume, cache={}, auto={})
+        for mask in masks:
+            if not mask.any():
+                continue
+            for protocol in PROTOCOLS[1:]:
+                track = _record(inferer, loaded, mask, protocol, start)
+                family = "ranged" if protocol in RANGED_PROTOCOLS else "open"
+                dice[family].append(_track_dice(track, grid, start.min_area))
+                ceiling[family].append(_ceiling_dice(track))
+        log(f"  stop sweep: {name} recorded ({len(masks)} target(s), {len(loaded.cache)} slices encoded)")
+    if not dice["open"]:
+        raise ValueError("the stop sweep found no target in its volumes")
+    lenient = np.array([_strictness(combo) for combo in combos])
+    off = int(np.argmin(lenient))  # every rule at its most lenient value
+    chosen, report = start, {}
+    for family, ranged in (("open", False), ("ranged", True)):
+        scores = np.mean(dice[family], axis=0)
+        best = _lenient_best(scores, lenient)
+        chosen = chosen.replace(**_rules(combos[best], ranged))
+        report[family] = {
+            "dice_chosen": round(float(scores[best]), 4),
+            "dice_rules_off": round(float(scores[off]), 4),
+            "dice_perfect_stop": round(float(np.mean(ceiling[family])), 4),
+            "rules": dict(combos[best]),
+            "targets": len(dice[family]) // (1 if ranged else len(OPEN_PROTOCOLS)),
+        }
+    return chosen, report
