@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -224,3 +225,31 @@ def test_a_sets_ct_window_reaches_the_model_input_and_keys_the_embedding_cache(s
     assert not torch.equal(soft.volume, wide.volume)  # another window, another input
     assert soft.cache.path != wide.cache.path
     assert [c.ct_window for c in read_suite(suite, suite.parent)] == [None, None]  # absent: Preprocess's default
+
+
+def test_a_model_with_class_prompts_is_also_scored_without_any_prompt(suite, tmp_path, monkeypatch):
+    """The automatic protocol: the class prompts' label map on every slice, scored like the prompt protocols and
+    kept out of the sweep's objective. Here the class prompts 'say' every pixel is the organ, so its Dice and the
+    slices it predicts outside the organ are known exactly."""
+    from monai_cbo.bench.protocols import objective
+    from monai_cbo.inferers.slicewise import SliceResult
+
+    model = build_segmenter("tiny", preset="full", class_names=["organ"]).eval()
+
+    def everywhere(self, embedding, size):
+        return [SliceResult(torch.ones(size), 1.0, torch.zeros(model.low_res_size, model.low_res_size))]
+
+    monkeypatch.setattr(SliceWiseInferer, "decode_classes", everywhere)
+    result = run_prompts_bench(suite, suite.parent, tmp_path / "out", model, "tiny+classes", log=lambda _: None)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "rows.csv", encoding="utf-8")))
+    automatic = [r for r in rows if r["protocol"] == "automatic"]
+    assert len(automatic) == 2  # one per case and target
+    for row in automatic:
+        [case] = [c for c in read_suite(suite, suite.parent) if c.name == row["case"]]
+        truth = _load(case, None, "x").masks["organ"]
+        assert float(row["dice"]) == pytest.approx(2 * truth.sum() / (truth.sum() + truth.size), abs=1e-6)
+        assert int(row["slices_outside"]) == truth.shape[-1] - int(row["true_slices"])
+    assert "automatic" in result["parts"]["validation"]["demo"]
+    for r in rows:
+        r.update(dice=float(r["dice"]), **{k: int(r[k]) for k in ("slices_outside", "max_beyond", "true_slices")})
+    assert objective(rows) == objective([r for r in rows if r["protocol"] != "automatic"])
