@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import stopwatch  # noqa: F401  imported first: its import time marks the command line's start (--timings)
-from . import bench, bundles, demo, params, prompts_bench, report, segment, speed
+from . import adapt, bench, bundles, demo, params, prompts_bench, report, segment, speed
 from .options import join_negative_values
 
 __all__ = ["build_parser", "main"]
@@ -25,7 +25,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Segment Anything for 3D medical volumes with cross-block orchestration (CBO) PEFT.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (params, speed, bundles, segment, bench, prompts_bench, report, demo):
+    for module in (params, speed, bundles, segment, adapt, bench, prompts_bench, report, demo):
         module.add_parser(sub)
     if command not in sub.choices:
         from ..label.server import add_parser as add_label_parser

@@ -1,0 +1,239 @@
+"""What ``monai-cbo adapt`` trains on: labelled volumes paired by case name, every one checked and loaded before
+any training starts, every problem reported at once with the case and the fix.
+
+Two folders pair by case name (:func:`pair_folders`): a label named as its image (``case_001.nii.gz``), or with a
+label suffix (``case_001_seg.nii.gz``, ``_label``, ``_mask``, ``_gt``), and an nnU-Net image's channel suffix
+(``case_001_0000.nii.gz``) is dropped to find its label. A MONAI datalist names them itself
+(:func:`cases_from_datalist`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..bench.data import LoadedCase
+from ..data import load_datalist
+from ..inferers.segment import check_label, list_images
+from ..inferers.volume import Preprocess, case_name, load_volume, prepare_volume
+
+__all__ = [
+    "InputProblems",
+    "LabelledCase",
+    "cases_from_datalist",
+    "check_and_load",
+    "pair_folders",
+    "parse_class_names",
+]
+
+#: what a label file's name may add to its image's case name
+LABEL_SUFFIXES = ("_seg", "_label", "_labels", "_mask", "_gt", "_segmentation")
+_NNUNET_CHANNEL = re.compile(r"_\d{4}$")
+
+
+class InputProblems(ValueError):
+    """Everything wrong with the inputs, one line per problem, each naming the case and the fix."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) with the labelled volumes; nothing was trained:\n{lines}")
+
+
+@dataclass(frozen=True)
+class LabelledCase:
+    """One labelled volume: its case name, image (a file, a DICOM series folder, or several files as channels)
+    and label map."""
+
+    name: str
+    image: Path | tuple[Path, ...]
+    label: Path
+
+    def to_json(self) -> dict:
+        image = [str(p) for p in self.image] if isinstance(self.image, tuple) else str(self.image)
+        return {"case": self.name, "image": image, "label": str(self.label)}
+
+
+def _label_key(path: Path) -> str:
+    name = case_name(path)
+    for suffix in LABEL_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def pair_folders(images: str | Path, labels: str | Path) -> list[LabelledCase]:
+    """The cases of an images folder and a labels folder, paired by case name.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        InputProblems: images without a label, labels without an image, or two files for one case (all named).
+    """
+    folders = {"images": Path(images), "labels": Path(labels)}
+    for what, folder in folders.items():
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{what} folder {folder} does not exist or is not a folder; give IMAGES and LABELS as two folders "
+                "of volumes matched by case name, or a datalist JSON as IMAGES alone"
+            )
+    if folders["images"].resolve() == folders["labels"].resolve():
+        raise ValueError(
+            f"IMAGES and LABELS are the same folder ({images}); put the label maps in a folder of their own"
+        )
+    problems: list[str] = []
+    by_key: dict[str, Path] = {}
+    for path in list_images(folders["labels"]):
+        key = _label_key(path)
+        if key in by_key:
+            problems.append(f"labels {by_key[key].name} and {path.name} are both for case {key}; keep one")
+        by_key[key] = path
+    cases, used = [], set()
+    for image in list_images(folders["images"]):
+        name = case_name(image)
+        keys = [name] + ([_NNUNET_CHANNEL.sub("", name)] if _NNUNET_CHANNEL.search(name) else [])
+        key = next((k for k in keys if k in by_key), None)
+        if key is None:
+            problems.append(
+                f"image {image} has no label in {labels} (expected {name}.nii.gz, or {name}_seg.nii.gz); add it "
+                "or move the image out"
+            )
+            continue
+        if key in used:
+            problems.append(f"label {by_key[key].name} matches several images (case {key}); one label per image")
+            continue
+        used.add(key)
+        cases.append(LabelledCase(key, image, by_key[key]))
+    for key in sorted(set(by_key) - used):
+        problems.append(f"label {by_key[key]} has no image in {images} (expected {key} with an image suffix); add it")
+    if problems:
+        raise InputProblems(problems)
+    return cases
+
+
+def cases_from_datalist(path: str | Path, split: str = "training") -> list[LabelledCase]:
+    """The ``split`` cases of a MONAI datalist (``image`` and ``label`` per entry; paths as the bundles read them)."""
+    entries = load_datalist(path, split)
+    cases = []
+    for entry in entries:
+        if "label" not in entry:
+            raise InputProblems([f"datalist {path}: entry {entry.get('image')} has no label; adapt needs labels"])
+        image = entry["image"]
+        image = tuple(Path(p) for p in image) if isinstance(image, list) else Path(image)
+        name = entry.get("case") or case_name(image[0] if isinstance(image, tuple) else image)
+        cases.append(LabelledCase(str(name), image, Path(entry["label"])))
+    names = [c.name for c in cases]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputProblems([f"datalist {path}: case names {twice} appear more than once; name each case once"])
+    return cases
+
+
+def parse_class_names(text: str | None) -> dict[int, str]:
+    """``"1:spleen,2:left kidney"`` -> {1: "spleen", 2: "left kidney"}; None or "" -> {}.
+
+    Raises:
+        ValueError: an item that is not VALUE:NAME with a label value 1.. and a name, or a value or name twice.
+    """
+    out: dict[int, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        value, sep, name = item.partition(":")
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not sep or not name.strip() or number < 1:
+            raise ValueError(f"--classes: {item.strip()!r} is not VALUE:NAME (e.g. 1:spleen,2:liver); values are 1..")
+        if number in out or name.strip() in out.values():
+            raise ValueError(f"--classes: {item.strip()!r} repeats a value or a name; give each class once")
+        out[number] = name.strip()
+    return out
+
+
+def _decide_modality(image, preprocess: Preprocess) -> str:
+    if preprocess.modality != "auto":
+        return preprocess.modality
+    data = np.asarray(image.as_tensor() if hasattr(image, "as_tensor") else image, dtype=np.float32)
+    finite = data[np.isfinite(data)]
+    low = float(np.quantile(finite[:: max(1, finite.size // 1_000_000)], 0.005)) if finite.size else 0.0
+    return "ct" if low < -200 else "mri"  # the rule prepare_volume applies per volume
+
+
+def check_and_load(
+    cases: Sequence[LabelledCase],
+    preprocess: Preprocess,
+    class_names: Mapping[int, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[LoadedCase], dict[int, str], Preprocess]:
+    """Read every case, check it, and keep it in memory preprocessed, before any training.
+
+    Checks: the image and label read; the label lies on the image's grid (another orientation of the same grid is
+    accepted, as ``segment`` accepts it); the label holds foreground of a trained class; every named class
+    appears in some volume; every volume has one modality (CT or MRI, decided as ``segment`` decides it, unless
+    ``preprocess`` names it).
+
+    Returns:
+        the loaded cases, the classes (label value -> name: the named ones, else every value present), and the
+        preprocessing with its modality decided.
+
+    Raises:
+        InputProblems: every problem found, each with its case and fix.
+    """
+    problems: list[str] = []
+    read = []
+    for case in cases:
+        try:
+            image = load_volume(list(case.image) if isinstance(case.image, tuple) else case.image)
+            label = load_volume(case.label)
+            gt, present = check_label(label, image)
+        except (OSError, ValueError, RuntimeError) as err:
+            problems.append(f"case {case.name}: {err}")
+            continue
+        read.append((case, image, gt, present))
+    wanted = dict(class_names or {})
+    all_present = sorted({v for *_, present in read for v in present})
+    classes = wanted or {v: str(v) for v in all_present}
+    for value, name in wanted.items():
+        if value not in all_present and read:
+            problems.append(
+                f"class {value} ({name}) appears in no label map (values present: {all_present}); drop it from "
+                "--classes or label it"
+            )
+    for case, *_, present in read:
+        if not set(present) & set(classes):
+            kept = f" of the classes {sorted(classes)}" if wanted else ""
+            problems.append(f"case {case.name}: label {case.label} has no foreground{kept}; label it or leave it out")
+    modalities = {case.name: _decide_modality(image, preprocess) for case, image, *_ in read}
+    if len(set(modalities.values())) > 1:
+        by = {m: sorted(n for n, mm in modalities.items() if mm == m) for m in set(modalities.values())}
+        problems.append(
+            f"the volumes mix modalities ({by}; CT when the image holds air below -200 HU); adapt one modality at a "
+            "time, or set it with --modality"
+        )
+    if problems:
+        raise InputProblems(problems)
+    decided = Preprocess(
+        next(iter(modalities.values()), "mri"),
+        preprocess.ct_window,
+        preprocess.channels,
+        preprocess.view,
+        preprocess.mri_percentiles,
+    )
+    loaded = []
+    for case, image, gt, _ in read:
+        volume, geometry = prepare_volume(image, decided)
+        gt = np.where(np.isin(gt, list(classes)), gt, 0)
+        spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
+        loaded.append(
+            LoadedCase(case.name, volume, np.ascontiguousarray(geometry.to_sliced(gt)), geometry, image, spacing)
+        )
+    log(
+        f"{len(loaded)} labelled volume(s), {decided.modality.upper()}, classes "
+        + ", ".join(f"{v}:{n}" for v, n in classes.items())
+    )
+    return loaded, classes, decided

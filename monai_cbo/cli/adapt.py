@@ -1,0 +1,114 @@
+"""``monai-cbo adapt``: a few labelled volumes become a user bundle (:func:`monai_cbo.adapt.adapt`)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .options import add_precision_option, add_preprocess_options, preprocess_of
+
+
+def add_parser(sub) -> None:
+    from ..networks.builders import MODELS
+    from ..peft.config import PRESETS
+
+    p = sub.add_parser(
+        "adapt",
+        help="train an adapter on a few labelled volumes and write it as a bundle (segment --bundle PATH)",
+        description="Turns labelled volumes of a structure into a user bundle: an adapter of a few hundred kB, its "
+        "task and its record, which segment --bundle PATH, label --bundle PATH, bundles PATH and python -m "
+        "monai.bundle run take as they take the shipped bundles. Every volume is checked before training; "
+        "training runs for --minutes (or --steps), validates on held-back volumes (4 or more) or slices (fewer), "
+        "keeps the best validated weights and stops early when validation stops improving. Ctrl-C keeps the "
+        "run: continue it with the same command and --resume.",
+    )
+    p.add_argument(
+        "images",
+        metavar="IMAGES",
+        help="a folder of volumes (NIfTI, NRRD, MetaImage files or DICOM series folders), or a MONAI datalist JSON "
+        "(its 'training' list; then no LABELS)",
+    )
+    p.add_argument(
+        "labels",
+        metavar="LABELS",
+        nargs="?",
+        help="a folder of label maps, one per image, matched by case name (case.nii.gz, case_seg.nii.gz; an "
+        "nnU-Net image case_0000.nii.gz matches case.nii.gz)",
+    )
+    p.add_argument("-o", "--out", required=True, help="a new folder for the bundle (nothing existing is overwritten)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        metavar="V:NAME,...",
+        help="the label values to learn and their names, e.g. 1:spleen,2:liver (other values count as "
+        "background); default every value present, named by its number",
+    )
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="wall-clock budget of the whole command, loading and validation included (default 10)",
+    )
+    budget.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead (reproducible)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="PEFT preset (default: the recipe's)")
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--auto-share", type=float, default=None, help="share of automatic steps (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, slice order and jitter (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument(
+        "--no-stop-sweep",
+        dest="stop_sweep",
+        action="store_false",
+        help="keep the library's propagation stop rules instead of choosing them for this adapter on the volumes "
+        "(the sweep takes up to 30%% of --minutes)",
+    )
+    p.add_argument("--model", default="litemedsam", choices=sorted(MODELS), help="base model (default litemedsam)")
+    p.add_argument("--checkpoint", default=None, help="the base model's weights file (SAM ViT-B/L/H)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default cuda when there is one)")
+    add_preprocess_options(p)
+    add_precision_option(p, training=True)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..adapt import Budget, InputProblems, Recipe, adapt, parse_class_names
+
+    changes = {
+        k: v
+        for k, v in (("preset", args.preset), ("learning_rate", args.learning_rate), ("auto_share", args.auto_share))
+        if v is not None
+    }
+    recipe = dataclasses.replace(Recipe(), seed=args.seed, **changes)
+    budget = Budget(minutes=None, steps=args.steps) if args.steps is not None else Budget(minutes=args.minutes)
+    command = "monai-cbo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["adapt"] else ""
+    try:
+        adapt(
+            args.images,
+            args.labels,
+            args.out,
+            class_names=parse_class_names(args.classes),
+            preprocess=preprocess_of(args),
+            recipe=recipe,
+            budget=budget,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            precision=args.precision,
+            resume=args.resume,
+            stop_sweep=args.stop_sweep,
+            command=command,
+        )
+    except InputProblems as err:
+        print(f"monai-cbo adapt: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nmonai-cbo adapt: interrupted; the run is kept: add --resume to the same command to continue it",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

@@ -1,0 +1,245 @@
+"""``monai-cbo adapt``: labelled volumes in, a user bundle out that every entry point takes; resumable, on a
+budget, with its own stop rules; every bad input named before training. Tiny model, constructed volumes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_cbo.adapt import Budget, InputProblems, Recipe, adapt, parse_class_names
+from monai_cbo.adapt import train as adapt_train
+from monai_cbo.bundles import load_bundle
+from monai_cbo.cli import main
+from monai_cbo.peft import read_adapter
+
+TINY = {"model": "tiny", "log": lambda _: None}
+
+
+def _write_case(folder: Path, name: str, seed: int, shape=(40, 40, 8), value: int = 1, affine=None) -> None:
+    """An MRI-like volume (positive intensities) with a bright ellipsoid, labelled ``value``."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    centre = [shape[0] / 2 + rng.integers(-4, 5), shape[1] / 2 + rng.integers(-4, 5), shape[2] / 2]
+    radii = [9 + rng.integers(0, 3), 7 + rng.integers(0, 3), shape[2] / 2 - 0.5]
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
+    image = 100 + 20 * rng.standard_normal(shape) + 300 * inside
+    affine = np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image.astype(np.float32), affine), folder / "images" / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image((inside * value).astype(np.uint8), affine), folder / "labels" / f"{name}.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("adapt_cases")
+    for i in range(4):
+        _write_case(root, f"case_{i}", i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapted(cases, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("adapted") / "organ_bundle"
+    recipe = Recipe(validations=2, val_slices=2)
+    adapt(
+        cases / "images", cases / "labels", out, class_names={1: "organ"}, budget=Budget(steps=3), recipe=recipe, **TINY
+    )
+    return out
+
+
+def test_the_bundle_holds_the_adapter_its_record_and_the_swept_stop(adapted):
+    for part in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",
+                 "models/adapter.pt", "models/adapter.json", "data/datalist.json", "docs/README.md"):  # fmt: skip
+        assert (adapted / part).is_file(), part
+    assert not (adapted / ".adapt").exists()  # the run's checkpoint goes once the bundle is whole
+    record = json.loads((adapted / "models/adapter.json").read_text())
+    assert record["steps"] == 3 and record["classes"] == ["organ"]
+    assert record["validation"]["held_out"] == "volumes" and len(record["validation"]["cases"]) == 1
+    assert len(record["training_cases"]) == 3 and record["validation"]["cases"][0] not in record["training_cases"]
+    assert [v["step"] for v in record["validation"]["history"]][-1] == 3
+    import hashlib
+
+    assert record["sha256"] == hashlib.sha256((adapted / "models/adapter.pt").read_bytes()).hexdigest()
+    assert read_adapter(adapted / "models/adapter.pt")["peft_config"]["preset"] == "adapter_cbo"
+    # the stop chosen for this adapter is the one the bundle's task carries
+    task = load_bundle(str(adapted)).task
+    assert task.class_names == ("organ",) and task.preprocess.modality == "mri"
+    for family, prefix in (("open", ""), ("ranged", "range_")):
+        for rule, value in record["propagation"][family]["rules"].items():
+            written = getattr(task.propagation, prefix + rule)
+            assert written == value, (family, rule)
+    datalist = json.loads((adapted / "data/datalist.json").read_text())
+    assert sorted(e["case"] for e in datalist["training"]) == sorted(record["training_cases"])
+
+
+def test_segment_bundles_and_monai_bundle_run_take_the_user_bundle(adapted, cases, tmp_path, capsys):
+    image = cases / "images" / "case_3.nii.gz"
+    out = tmp_path / "masks"
+    args = ["segment", str(image), "--bundle", str(adapted), "-o", str(out), "--key-box", "10,10,4,30,30,4"]
+    assert main(args) == 0
+    mask = nib.load(out / "case_3_seg.nii.gz")
+    assert mask.shape == (40, 40, 8) and np.allclose(mask.affine, nib.load(image).affine)
+    assert main(["bundles", str(adapted)]) == 0
+    shown = capsys.readouterr().out
+    assert "classes: organ" in shown and "validation Dice (boxes)" in shown
+    # a bundle path from elsewhere: a name without a separator is still a shipped bundle's
+    with pytest.raises(FileNotFoundError, match="not a bundle folder"):
+        load_bundle(str(tmp_path))
+    run = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(adapted / "configs/inference.json")]
+    result = subprocess.run(
+        [*run, "--input", str(image), "--output_dir", str(tmp_path / "bundle_run")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "bundle_run" / "case_3_seg.nii.gz").is_file()
+
+
+def test_the_label_app_trains_a_user_bundle_with_its_own_configs(adapted, tmp_path):
+    pytest.importorskip("monailabel", reason="the label extra is not installed (pip install -e .[label])")
+    from monai_cbo.label.train import FineTune
+
+    task = FineTune(load_bundle(str(adapted)), tmp_path, max_epochs=5)
+    assert task.bundle.path == adapted.resolve()
+    assert task.validate({"max_epochs": 2}) == {"max_epochs": 2}
+
+
+def test_adapting_writes_nothing_over_an_existing_folder(cases, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        adapt(cases / "images", cases / "labels", tmp_path / "taken", budget=Budget(steps=1), **TINY)
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileNotFoundError, match="no interrupted adapt run"):
+        adapt(cases / "images", cases / "labels", tmp_path / "new", budget=Budget(steps=1), resume=True, **TINY)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatch):
+    recipe = Recipe(validations=4, val_slices=2, patience=10)  # no early stop: four steps, four validations
+    settings = {"budget": Budget(steps=4), "recipe": recipe, "stop_sweep": False, **TINY}
+    whole = adapt(cases / "images", cases / "labels", tmp_path / "whole", **settings)
+    calls = []
+    original = adapt_train.validate
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # during the second validation (after step 2): as Ctrl-C would
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(adapt_train, "validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(cases / "images", cases / "labels", tmp_path / "cut", **settings)
+    state = torch.load(tmp_path / "cut/.adapt/state.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["validations"]) == 1
+    with pytest.raises(FileExistsError, match="--resume"):
+        adapt(cases / "images", cases / "labels", tmp_path / "cut", **settings)
+    with pytest.raises(ValueError, match="other volumes or settings"):
+        adapt(
+            cases / "images", cases / "labels", tmp_path / "cut", resume=True, **{**settings, "budget": Budget(steps=5)}
+        )
+    monkeypatch.setattr(adapt_train, "validate", original)
+    adapt(cases / "images", cases / "labels", tmp_path / "cut", resume=True, **settings)
+    record = json.loads((tmp_path / "cut/models/adapter.json").read_text())
+    assert record["steps"] == 4 and [v["step"] for v in record["validation"]["history"]] == [1, 2, 3, 4]
+    # the same run: the resumed adapter is the uninterrupted one's
+    a = read_adapter(whole / "models/adapter.pt")["state_dict"]
+    b = read_adapter(tmp_path / "cut/models/adapter.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_minutes_stop_training_on_time(cases, tmp_path):
+    logs: list[str] = []
+    start = time.perf_counter()
+    adapt(
+        cases / "images",
+        cases / "labels",
+        tmp_path / "timed",
+        budget=Budget(minutes=0.4),
+        recipe=Recipe(val_slices=2),
+        stop_sweep=False,
+        model="tiny",
+        log=logs.append,
+    )
+    elapsed = time.perf_counter() - start
+    record = json.loads((tmp_path / "timed/models/adapter.json").read_text())
+    assert record["stopped"] in ("budget spent",) or record["stopped"].startswith("validation did not improve")
+    assert record["steps"] > 3 and elapsed < 0.4 * 60 + 8, elapsed  # one step and a validation may run over
+    assert any("ETA" in line for line in logs)
+
+
+def test_one_volume_validates_on_held_back_slices_and_says_so(cases, tmp_path):
+    single = tmp_path / "single"
+    _write_case(single, "only", 0, shape=(40, 40, 16))
+    logs: list[str] = []
+    settings = {"budget": Budget(steps=2), "recipe": Recipe(val_slices=2), "stop_sweep": False}
+    out = adapt(single / "images", single / "labels", tmp_path / "one", model="tiny", log=logs.append, **settings)
+    record = json.loads((out / "models/adapter.json").read_text())
+    assert record["validation"]["held_out"] == "slices" and "not on unseen volumes" in record["validation"]["note"]
+    assert any("not on unseen volumes" in line for line in logs)
+
+
+def _problems(tmp_path: Path, images: Path, labels: Path, **kw) -> str:
+    with pytest.raises(InputProblems) as err:
+        adapt(images, labels, tmp_path / "never", budget=Budget(steps=1), **TINY, **kw)
+    assert not (tmp_path / "never").exists()  # nothing trained, nothing written
+    return str(err.value)
+
+
+def test_bad_inputs_are_named_with_their_fix_before_any_training(tmp_path):
+    root = tmp_path / "data"
+    for i in range(3):
+        _write_case(root, f"case_{i}", i)
+    _write_case(root, "orphan_image", 5)
+    (root / "labels" / "orphan_image.nii.gz").rename(root / "labels" / "orphan_label.nii.gz")
+    message = _problems(tmp_path, root / "images", root / "labels")
+    assert "image " in message and "orphan_image.nii.gz has no label" in message
+    assert "label " in message and "orphan_label.nii.gz has no image" in message
+    (root / "images" / "orphan_image.nii.gz").unlink()
+    (root / "labels" / "orphan_label.nii.gz").unlink()
+    # a label on another grid, a label with no foreground: both named, with their cases
+    _write_case(root, "shifted", 3, shape=(40, 40, 8))
+    nib.save(nib.Nifti1Image(np.zeros((36, 40, 8), np.uint8), np.eye(4)), root / "labels" / "shifted.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 8), np.uint8), np.diag([1.0, 1.0, 2.0, 1.0])),
+             root / "labels" / "case_2.nii.gz")  # fmt: skip
+    message = _problems(tmp_path, root / "images", root / "labels")
+    assert re.search(r"case shifted: .*same voxel grid", message)
+    assert re.search(r"case case_2: label .* has no foreground", message)
+    (root / "images" / "shifted.nii.gz").unlink()
+    (root / "labels" / "shifted.nii.gz").unlink()
+    _write_case(root, "case_2", 2)
+    # a class present in no volume
+    message = _problems(tmp_path, root / "images", root / "labels", class_names={1: "organ", 7: "tumour"})
+    assert "class 7 (tumour) appears in no label map" in message
+    # one volume whose structure is too thin to hold slices back
+    thin = tmp_path / "thin"
+    _write_case(thin, "flat", 0, shape=(40, 40, 2))
+    with pytest.raises(ValueError, match="fewer than 3 slices"):
+        adapt(thin / "images", thin / "labels", tmp_path / "never", budget=Budget(steps=1), **TINY)
+    with pytest.raises(ValueError, match="VALUE:NAME"):
+        parse_class_names("spleen")
+
+
+def test_label_files_pair_with_their_images_by_case_name(tmp_path):
+    from monai_cbo.adapt.inputs import pair_folders
+
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for name in ("a_0000.nii.gz", "b.nii.gz", "c.nrrd"):
+        (tmp_path / "images" / name).write_bytes(b"")
+    for name in ("a.nii.gz", "b_seg.nii.gz", "c_label.nii.gz"):
+        (tmp_path / "labels" / name).write_bytes(b"")
+    pairs = {c.name: (c.image.name, c.label.name) for c in pair_folders(tmp_path / "images", tmp_path / "labels")}
+    assert pairs == {
+        "a": ("a_0000.nii.gz", "a.nii.gz"),
+        "b": ("b.nii.gz", "b_seg.nii.gz"),
+        "c": ("c.nrrd", "c_label.nii.gz"),
+    }
