@@ -1,0 +1,279 @@
+"""What ``monai-cbo adapt`` does, start to end (:func:`adapt`): check and load, hold back, train, sweep the stop,
+write the bundle; the budget's share for the stop sweep (:func:`_plan_stop_sweep`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..bench.config import BenchConfig
+from ..bench.data import BenchData
+from ..inferers.automatic import AutoConfig
+from ..inferers.propagation import PropagationConfig
+from ..inferers.volume import Preprocess
+from ..models import build_segmenter
+from ..peft import save_adapter
+from ..utils import machine_summary
+from .bundle import task_config, write_bundle
+from .inputs import LabelledCase, cases_from_datalist, check_and_load, pair_folders
+from .train import Budget, Recipe, split_validation, train_adapter
+
+__all__ = ["adapt"]
+
+#: seconds of a minutes budget kept for writing the bundle
+WRITE_RESERVE = 5.0
+STATE = Path(".adapt") / "state.pt"
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    state = out / STATE
+    if (out / "configs" / "metadata.json").exists():
+        raise FileExistsError(f"{out} already holds a bundle; give -o a new folder (or delete that one)")
+    if resume and not state.exists():
+        raise FileNotFoundError(f"--resume: {out} holds no interrupted adapt run ({state} is missing)")
+    if not resume and state.exists():
+        raise FileExistsError(
+            f"{out} holds an interrupted adapt run: add --resume to continue it, or give -o a new folder"
+        )
+    if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; give -o a new folder (nothing is overwritten)")
+
+
+def _fingerprint(cases: list[LabelledCase], **settings: object) -> str:
+    parts = []
+    for case in cases:
+        files = list(case.image) if isinstance(case.image, tuple) else [case.image]
+        for f in [*files, case.label]:
+            stat = Path(f).stat()
+            parts.append(f"{case.name}|{Path(f).resolve()}|{stat.st_size}|{int(stat.st_mtime)}")
+    parts.append(repr(sorted(settings.items())))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def adapt(
+    images: str | Path,
+    labels: str | Path | None,
+    out: str | Path,
+    *,
+    class_names: Mapping[int, str] | None = None,
+    preprocess: Preprocess | None = None,
+    recipe: Recipe | None = None,
+    budget: Budget | None = None,
+    model: str = "litemedsam",
+    checkpoint: str | Path | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    resume: bool = False,
+    stop_sweep: bool = True,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train an adapter on labelled volumes and write it as a user bundle in ``out``; return ``out``.
+
+    Args:
+        images: a folder of volumes (files or DICOM series folders), or a MONAI datalist JSON (then ``labels``
+            is None and its ``training`` list is used).
+        labels: a folder of label maps matched to ``images`` by case name.
+        out: a new (or empty) folder for the bundle; with ``resume``, the folder of an interrupted run.
+        class_names: label value -> name; default every value present, named by its number.
+        preprocess: intensity scaling and slicing (default: modality decided from the volumes, CT window and
+            axial slices as ``segment`` uses them).
+        recipe, budget: how and how long to train (:class:`Recipe`, :class:`Budget`).
+        model, checkpoint: the base model (LiteMedSAM by default; SAM ViT-B/L/H with their checkpoint file).
+        stop_sweep: after training, choose the propagation's stop rules for this adapter on the volumes
+            (:func:`_stop_sweep`); False keeps the library's defaults.
+
+    Raises:
+        InputProblems: every problem with the inputs, before any training.
+        FileExistsError: ``out`` holds something already (nothing is overwritten), or an interrupted run
+            without ``resume``.
+    """
+    start = time.perf_counter()
+    recipe, budget, preprocess = recipe or Recipe(), budget or Budget(), preprocess or Preprocess()
+    out = Path(out)
+    _check_out(out, resume)
+    cases = cases_from_datalist(images) if labels is None else pair_folders(images, labels)
+    loaded, classes, decided = check_and_load(cases, preprocess, class_names, log)
+    fingerprint = _fingerprint(
+        cases, classes=classes, preprocess=decided, recipe=recipe, budget=budget, model=model, checkpoint=checkpoint
+    )
+    state = None
+    if resume:
+        state = torch.load(out / STATE, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"--resume: {out}'s run was started on other volumes or settings (files, classes, recipe, budget or "
+                "model differ); resume it with the same command, or start a new run in another folder"
+            )
+    train_cases, validation = split_validation(loaded, list(classes), recipe)
+    note = (
+        f"{len(validation.cases)} volume(s) held back ({', '.join(validation.cases)}), {len(validation.items)} slices"
+        if validation.held_out == "volumes"
+        else f"fewer than 4 volumes: a block of {len(validation.items)} slice(s) in all held back (one slice of "
+        "margin each side), so validation is on slices of the training volumes, not on unseen volumes"
+    )
+    log(f"validation: {note}")
+    config = BenchConfig(datalist="<adapt>", out=str(out), min_foreground=recipe.min_foreground, classes=list(classes))
+    data = BenchData.from_cases(config, train_cases, [], dict(classes), validation.train_exclude, log)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    auto = recipe.auto_share > 0
+    net = build_segmenter(
+        model,
+        checkpoint,
+        recipe.preset,
+        recipe.rank,
+        seed=recipe.seed,
+        class_names=list(classes.values()) if auto else None,
+        class_values=list(classes) if auto else None,
+    ).to(device)
+    sweep_plan, sweep_seconds = _plan_stop_sweep(net, loaded, validation.cases, budget, device, precision, stop_sweep)
+    seconds = None
+    if budget.steps is None:
+        seconds = budget.minutes * 60 - (time.perf_counter() - start) - WRITE_RESERVE - sweep_seconds
+        if seconds < 10:
+            raise ValueError(
+                f"--minutes {budget.minutes:g} leaves {max(seconds, 0):.0f} s for training after loading the volumes "
+                f"({time.perf_counter() - start:.0f} s); give more minutes"
+            )
+        log(f"training for {seconds / 60:.1f} min ({recipe.preset}, learning rate {recipe.learning_rate:g})")
+    else:
+        log(f"training for {budget.steps} steps ({recipe.preset}, learning rate {recipe.learning_rate:g})")
+    (out / STATE).parent.mkdir(parents=True, exist_ok=True)
+    history = train_adapter(
+        net,
+        data,
+        validation,
+        recipe,
+        budget,
+        seconds,
+        out / STATE,
+        device,
+        precision,
+        resume=state,
+        extra_state={"fingerprint": fingerprint},
+        log=log,
+    )
+    propagation, stop_report = PropagationConfig(), None
+    if sweep_plan:
+        propagation, stop_report = _stop_sweep(net, sweep_plan, list(classes), device, precision, log)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    adapter = save_adapter(
+        net,
+        out / "models" / "adapter.pt",
+        overwrite=True,  # our own folder: an earlier attempt of this run may have left one
+        metadata={"adapt": {"created": created, "steps": history["steps"], "seed": recipe.seed}},
+    )
+    best = history["best"] or {}
+    record = {
+        "trained_on": f"{len(train_cases)} labelled volume(s) given to monai-cbo adapt: "
+        + ", ".join(c.name for c in train_cases),
+        "training_cases": [c.name for c in train_cases],
+        "command": command,
+        "created": created,
+        "seed": recipe.seed,
+        "model": model,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "preset": recipe.preset,
+        "classes": list(classes.values()),
+        "recipe": dataclasses.asdict(recipe),
+        "budget": dataclasses.asdict(budget),
+        "steps": history["steps"],
+        "training_seconds": history["seconds"],
+        "stopped": history["stopped"],
+        "validation": {
+            "held_out": validation.held_out,
+            "cases": validation.cases,
+            "slices": len(validation.items),
+            "note": note,
+            "history": history["validations"],
+        },
+        "validation_dice": {k: {"mean": best[k]} for k in ("boxes", "automatic") if k in best},
+        "propagation": stop_report or "the library's default stop settings (stop sweep off)",
+        "loss": history["loss"],
+        "machine": machine_summary(device),
+        "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
+    }
+    datalist = {
+        "description": f"the volumes monai-cbo adapt trained on ({created})",
+        "labels": {"0": "background", **{str(v): n for v, n in classes.items()}},
+        "training": [c.to_json() for c in cases if c.name in set(record["training_cases"])],
+        "validation": [c.to_json() for c in cases if c.name in set(validation.cases)],
+    }
+    task = task_config(classes, decided, AutoConfig(), propagation)
+    train_values = {
+        "peft": {"preset": recipe.preset, "rank": recipe.rank},
+        "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
+        "learning_rate": recipe.learning_rate,
+        "batch_size": recipe.batch_size,
+        "box_jitter": recipe.box_jitter,
+        "min_foreground": recipe.min_foreground,
+        "auto_share": recipe.auto_share,
+        "background_ratio": recipe.background_ratio,
+        "seed": recipe.seed,
+    }
+    first = cases[0].image[0] if isinstance(cases[0].image, tuple) else cases[0].image
+    images_dir = Path(images) if labels is not None else Path(first).parent  # inference's default input
+    write_bundle(out, task, train_values, datalist, adapter, record, images_dir)
+    shutil.rmtree(out / STATE.parent, ignore_errors=True)
+    log(f"wrote the bundle {out} in {(time.perf_counter() - start) / 60:.1f} min ({history['stopped']})")
+    return out
+
+
+#: share of a minutes budget the stop sweep may take (volumes are added while their estimate fits)
+SWEEP_SHARE = 0.3
+
+
+def _plan_stop_sweep(
+    net, loaded: list, held_back: list[str], budget: Budget, device, precision: str, enabled: bool
+) -> tuple[list, float]:
+    """The volumes the stop sweep records (held-back volumes first, then the smallest) and the seconds kept for it:
+    each slice of a swept volume is encoded once (timed here on one slice) and decoded once per protocol."""
+    if not enabled:
+        return [], 0.0
+    from ..inferers.slicewise import SliceWiseInferer
+
+    inferer = SliceWiseInferer(net, device=device, precision=precision)
+    volume = loaded[0].volume
+    z = volume.shape[-1] // 2
+    tick = time.perf_counter()
+    for _ in inferer.encode(volume, [z]):
+        pass
+    per_slice = (time.perf_counter() - tick) * 1.5  # the decodes of three protocols and the class prompts
+    net.train()
+    order = sorted(loaded, key=lambda c: (c.name not in held_back, c.gt.shape[-1]))
+    if budget.steps is not None:
+        return order, 0.0
+    plan, total = [], 0.0
+    for case in order:
+        cost = case.gt.shape[-1] * per_slice
+        if plan and total + cost > SWEEP_SHARE * budget.minutes * 60:
+            break
+        plan.append(case)
+        total += cost
+    return plan, total
+
+
+def _stop_sweep(net, plan: list, classes: list[int], device, precision: str, log) -> tuple[PropagationConfig, dict]:
+    from ..bench.propagation_sweep import sweep_stop_rules
+    from ..inferers.slicewise import SliceWiseInferer
+
+    tick = time.perf_counter()
+    log(f"stop sweep: the propagation's stop rules for this adapter, on {len(plan)} volume(s)")
+    inferer = SliceWiseInferer(net.eval(), device=device, precision=precision)
+    volumes = [(c.name, c.volume, [c.gt == v for v in classes]) for c in plan]
+    chosen, report = sweep_stop_rules(inferer, volumes, PropagationConfig(), log)
+    report.update(volumes=[c.name for c in plan], seconds=round(time.perf_counter() - tick, 1))
+    for family, title in (("open", "one / three key boxes"), ("ranged", "3D box")):
+        r = report[family]
+        log(
+            f"  {title}: Dice {r['dice_chosen']:.3f} with the chosen stop, {r['dice_rules_off']:.3f} without, "
+            f"{r['dice_perfect_stop']:.3f} with a perfect one"
+        )
+    return chosen, report
