@@ -1,0 +1,130 @@
+"""Few-shot learning curves of ``monai-cbo adapt`` (docs/benchmarks/fewshot.md), resumable.
+
+For each structure, number of labelled volumes N and seed: adapt on N training volumes (``monai-cbo adapt``, the
+bundle kept under ``--runs``), then score the bundle on the structure's held-out suite with ``monai-cbo
+prompts-bench --bundle`` (a box on every slice, one key box, 3D box, three key boxes, automatic). N = 0 is
+zero-shot LiteMedSAM. Every finished step is kept on disk and skipped when the command runs again (an interrupted
+adapt resumes); the figures go to ``results.json`` beside this script::
+
+    python docs/benchmarks/fewshot/learning_curve.py --structure hippocampus --n 0,1,2,4 --seeds 0 --minutes 10
+
+Paths: ``--data-root`` (default ../shared/data), ``--runs`` (default runs/fewshot; bundles, scores, caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+
+#: per structure: how its training volumes are listed, its classes, and the suite it is scored on
+STRUCTURES = {
+    "hippocampus": {
+        "datalist": [
+            "data_prep/msd.py",
+            "{data}/Task04_Hippocampus",
+            "--val-fraction",
+            "0.2",
+            "--test-fraction",
+            "0.2",
+            "--seed",
+            "0",
+        ],
+        "dataset_dir": "{data}/Task04_Hippocampus",
+        "classes": "1:anterior,2:posterior",
+        "suite": HERE / "hippocampus_test.json",
+    },
+}
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    print("$", " ".join(cmd), flush=True)
+    with open(log, "a", encoding="utf-8") as f:
+        result = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise SystemExit(f"failed ({result.returncode}); see {log}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--structure", choices=sorted(STRUCTURES), default="hippocampus")
+    p.add_argument("--n", default="0,1,2,4", help="numbers of labelled volumes (0: zero-shot)")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--runs", default=str(REPO / "runs" / "fewshot"))
+    args = p.parse_args(argv)
+    spec = STRUCTURES[args.structure]
+    data, runs = Path(args.data_root).resolve(), Path(args.runs).resolve()
+    if not data.is_dir():
+        raise SystemExit(f"{data} does not exist: the curves need the shared data (--data-root)")
+    root = runs / args.structure
+    root.mkdir(parents=True, exist_ok=True)
+    split = root / "split.json"
+    if not split.exists():
+        script, *rest = (a.format(data=data) for a in spec["datalist"])
+        _run([sys.executable, script, *rest, "-o", str(split)], root / "split.log")
+    training = json.loads(split.read_text())["training"]
+    results_file = HERE / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    mine = results.setdefault(args.structure, {})
+    cli = [sys.executable, "-m", "monai_cbo.cli"]
+    for n in [int(v) for v in args.n.split(",")]:
+        for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
+            key = f"n{n}_s{seed}"
+            run = root / key
+            bundle = run / "bundle"
+            if n and not (bundle / "configs" / "metadata.json").exists():
+                run.mkdir(exist_ok=True)
+                datalist = run / "datalist.json"
+                first = training[(seed * n) % len(training) :][:n]  # seed s: the next n volumes of the split
+                datalist.write_text(
+                    json.dumps({"dataset_dir": spec["dataset_dir"].format(data=data), "training": first}, indent=1)
+                )
+                resume = ["--resume"] if (bundle / ".adapt" / "state.pt").exists() else []
+                start = time.time()
+                _run(
+                    [*cli, "adapt", str(datalist), "-o", str(bundle), "--classes", spec["classes"], "--seed",
+                     str(seed), "--minutes", str(args.minutes), *resume],
+                    run / "adapt.log",
+                )  # fmt: skip
+                print(f"  adapted in {(time.time() - start) / 60:.1f} min", flush=True)
+            score = run / "score"
+            if not (score / "summary.json").exists():
+                run.mkdir(exist_ok=True)
+                source = ["--bundle", str(bundle)] if n else []
+                _run(
+                    [*cli, "prompts-bench", str(spec["suite"]), "-o", str(score), "--data-root", str(data),
+                     "--cache-dir", str(root / "embeddings"), *source],
+                    run / "score.log",
+                )  # fmt: skip
+            summary = json.loads((score / "summary.json").read_text())["parts"]["validation"]
+            entry = {"n": n, "seed": seed, "scores": summary}
+            if n:
+                record = json.loads((bundle / "models" / "adapter.json").read_text())
+                entry.update(
+                    training_cases=record["training_cases"],
+                    steps=record["steps"],
+                    training_minutes=round(record["training_seconds"] / 60, 2),
+                    stopped=record["stopped"],
+                    validation=record["validation_dice"],
+                    stop_sweep=record["propagation"],
+                    machine=record["machine"],
+                )
+            mine[key] = entry
+            results_file.write_text(json.dumps(results, indent=1) + "\n")
+            print(
+                f"  {key}: "
+                + json.dumps({s: {p: round(v["dice"], 3) for p, v in d.items()} for s, d in summary.items()})
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
