@@ -17,18 +17,13 @@ from ..bundle_configs import dumps, render
 from ..inferers.automatic import AutoConfig
 from ..inferers.propagation import PropagationConfig
 from ..inferers.volume import Preprocess
+from ..utils import write_atomic
 
 __all__ = ["task_config", "write_bundle"]
 
 
-def _write(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def _write(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
 
 
 def _target(obj: object, target: str, skip: tuple[str, ...] = ()) -> dict:

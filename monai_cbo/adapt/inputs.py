@@ -9,6 +9,7 @@ label suffix (``case_001_seg.nii.gz``, ``_label``, ``_mask``, ``_gt``), and an n
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from ..bench.data import LoadedCase
 from ..data import load_datalist
 from ..inferers.segment import check_label, list_images
-from ..inferers.volume import Preprocess, case_name, load_volume, prepare_volume
+from ..inferers.volume import Preprocess, case_name, decide_modality, load_volume
 
 __all__ = [
     "InputProblems",
@@ -155,15 +156,6 @@ def parse_class_names(text: str | None) -> dict[int, str]:
     return out
 
 
-def _decide_modality(image, preprocess: Preprocess) -> str:
-    if preprocess.modality != "auto":
-        return preprocess.modality
-    data = np.asarray(image.as_tensor() if hasattr(image, "as_tensor") else image, dtype=np.float32)
-    finite = data[np.isfinite(data)]
-    low = float(np.quantile(finite[:: max(1, finite.size // 1_000_000)], 0.005)) if finite.size else 0.0
-    return "ct" if low < -200 else "mri"  # the rule prepare_volume applies per volume
-
-
 def check_and_load(
     cases: Sequence[LabelledCase],
     preprocess: Preprocess,
@@ -208,7 +200,10 @@ def check_and_load(
         if not set(present) & set(classes):
             kept = f" of the classes {sorted(classes)}" if wanted else ""
             problems.append(f"case {case.name}: label {case.label} has no foreground{kept}; label it or leave it out")
-    modalities = {case.name: _decide_modality(image, preprocess) for case, image, *_ in read}
+    modalities = {
+        case.name: decide_modality(image.as_tensor()) if preprocess.modality == "auto" else preprocess.modality
+        for case, image, *_ in read
+    }
     if len(set(modalities.values())) > 1:
         by = {m: sorted(n for n, mm in modalities.items() if mm == m) for m in set(modalities.values())}
         problems.append(
@@ -217,21 +212,11 @@ def check_and_load(
         )
     if problems:
         raise InputProblems(problems)
-    decided = Preprocess(
-        next(iter(modalities.values()), "mri"),
-        preprocess.ct_window,
-        preprocess.channels,
-        preprocess.view,
-        preprocess.mri_percentiles,
-    )
-    loaded = []
-    for case, image, gt, _ in read:
-        volume, geometry = prepare_volume(image, decided)
-        gt = np.where(np.isin(gt, list(classes)), gt, 0)
-        spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-        loaded.append(
-            LoadedCase(case.name, volume, np.ascontiguousarray(geometry.to_sliced(gt)), geometry, image, spacing)
-        )
+    decided = dataclasses.replace(preprocess, modality=next(iter(modalities.values()), "mri"))
+    loaded = [  # the trained classes only; the raw images are not kept
+        LoadedCase.prepare(case.name, image, np.where(np.isin(gt, list(classes)), gt, 0), decided, keep_image=False)
+        for case, image, gt, _ in read
+    ]
     log(
         f"{len(loaded)} labelled volume(s), {decided.modality.upper()}, classes "
         + ", ".join(f"{v}:{n}" for v, n in classes.items())

@@ -239,17 +239,16 @@ def _plan_stop_sweep(
         return [], 0.0
     from ..inferers.slicewise import SliceWiseInferer
 
+    order = sorted(loaded, key=lambda c: (c.name not in held_back, c.gt.shape[-1]))
+    if budget.steps is not None:  # no time budget: every volume, nothing to time
+        return order, 0.0
     inferer = SliceWiseInferer(net, device=device, precision=precision)
     volume = loaded[0].volume
-    z = volume.shape[-1] // 2
     tick = time.perf_counter()
-    for _ in inferer.encode(volume, [z]):
+    for _ in inferer.encode(volume, [volume.shape[-1] // 2]):
         pass
     per_slice = (time.perf_counter() - tick) * 1.5  # the decodes of three protocols and the class prompts
     net.train()
-    order = sorted(loaded, key=lambda c: (c.name not in held_back, c.gt.shape[-1]))
-    if budget.steps is not None:
-        return order, 0.0
     plan, total = [], 0.0
     for case in order:
         cost = case.gt.shape[-1] * per_slice

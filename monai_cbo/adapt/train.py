@@ -18,12 +18,13 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..bench.config import BenchConfig
-from ..bench.data import BenchData, LoadedCase
+from ..bench.data import BenchData, LoadedCase, foreground_slices
 from ..bench.run import format_eta, training_batches
 from ..inferers.slicewise import Prompt2D, SliceWiseInferer, mask_box
 from ..networks import SamSegmenter, class_prompts_of, feature_cache
 from ..peft import adapter_state_dict
 from ..training import build_optimizer, build_trainer
+from ..utils import write_atomic
 
 __all__ = ["Budget", "Recipe", "Validation", "split_validation", "train_adapter", "validate"]
 
@@ -99,11 +100,6 @@ class Validation:
     train_exclude: set[tuple[int, int]]
 
 
-def _foreground_slices(case: LoadedCase, classes: Sequence[int], min_pixels: int) -> list[int]:
-    gt = case.gt
-    return [z for z in range(gt.shape[-1]) if max(int((gt[..., z] == c).sum()) for c in classes) >= min_pixels]
-
-
 def _spread(items: list[int], count: int) -> list[int]:
     if len(items) <= count:
         return list(items)
@@ -126,7 +122,7 @@ def split_validation(
         per_case = max(1, recipe.val_slices // len(held))
         items: list[tuple[LoadedCase, int]] = []
         for case in held:
-            fg = _foreground_slices(case, classes, recipe.min_foreground)
+            fg = foreground_slices(case.gt, classes, recipe.min_foreground)
             chosen = _spread(fg, per_case)
             if fg and recipe.auto_share > 0:  # the slices just past each end: where a learned stop must say "absent"
                 chosen += [z for z in (fg[0] - 1, fg[-1] + 1) if 0 <= z < case.gt.shape[-1]]
@@ -135,7 +131,7 @@ def split_validation(
     items, exclude = [], set()
     per_case = max(1, recipe.val_slices // len(cases))
     for index, case in enumerate(cases):
-        fg = _foreground_slices(case, classes, recipe.min_foreground)
+        fg = foreground_slices(case.gt, classes, recipe.min_foreground)
         if len(fg) < 3:
             continue  # too thin to give up slices: it trains whole
         size = min(per_case, max(1, len(fg) // 5))
@@ -189,12 +185,6 @@ def validate(
         out[mode] = round(float(dice.mean()), 4)
     out["score"] = round(float(np.mean([out[m] for m in out])), 4)
     return out
-
-
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def train_adapter(
@@ -281,16 +271,14 @@ def train_adapter(
         return st["seconds"] / seconds if seconds else 1.0
 
     def checkpoint() -> None:
-        _save_state(
-            state_path,
-            {
-                **(extra_state or {}),
-                **st,
-                "weights": adapter_state_dict(model),
-                "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
+        state = {
+            **(extra_state or {}),
+            **st,
+            "weights": adapter_state_dict(model),
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        write_atomic(state_path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
     def run_validation(engine: Engine | None) -> None:
         st["pending"] = True

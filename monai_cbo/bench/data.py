@@ -4,7 +4,7 @@ labels, loaded once and preprocessed, and the seeded order in which a run draws 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,10 @@ import torch
 
 from ..data import load_datalist
 from ..inferers.segment import Case, check_label
-from ..inferers.volume import SliceGeometry, case_name, load_volume, prepare_volume
+from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume
 from .config import BenchConfig
 
-__all__ = ["BenchData", "LoadedCase", "entry_name"]
+__all__ = ["BenchData", "LoadedCase", "entry_name", "foreground_slices"]
 
 
 @dataclass
@@ -31,6 +31,19 @@ class LoadedCase:
     geometry: SliceGeometry
     image: Any = None  # the loaded MetaTensor (evaluation cases: to write masks in the input geometry)
     spacing: np.ndarray | None = None
+
+    @classmethod
+    def prepare(cls, name: str, image: Any, gt: np.ndarray, preprocess: Preprocess, keep_image: bool) -> LoadedCase:
+        """The case of a loaded ``image`` and its checked label map ``gt`` (stored orientation), preprocessed."""
+        volume, geometry = prepare_volume(image, preprocess)
+        spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
+        sliced = np.ascontiguousarray(geometry.to_sliced(gt))
+        return cls(name, volume, sliced, geometry, image if keep_image else None, spacing)
+
+
+def foreground_slices(gt: np.ndarray, classes: Sequence[int], min_pixels: int) -> list[int]:
+    """The slices (last axis) of a sliced label map where some class covers at least ``min_pixels`` pixels."""
+    return [z for z in range(gt.shape[-1]) if max(int((gt[..., z] == c).sum()) for c in classes) >= min_pixels]
 
 
 class BenchData:
@@ -106,9 +119,8 @@ class BenchData:
         self.slices = [
             (i, z)
             for i, c in enumerate(self.train)
-            for z in range(c.gt.shape[-1])
+            for z in foreground_slices(c.gt, self.classes, config.min_foreground)
             if (i, z) not in held_out
-            and max(int((c.gt[..., z] == k).sum()) for k in self.classes) >= config.min_foreground
         ]
         if not self.slices:
             raise ValueError(
@@ -127,17 +139,8 @@ class BenchData:
     def _load(self, entry: dict, keep_image: bool) -> LoadedCase:
         case = Case(image=entry["image"], label=entry["label"], name=entry_name(entry))
         image = load_volume(case.image)
-        volume, geometry = prepare_volume(image, self.config.preprocess)
         gt, _ = check_label(load_volume(case.label), image)  # the checks of monai-cbo segment --label
-        spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-        return LoadedCase(
-            case.name,
-            volume,
-            np.ascontiguousarray(geometry.to_sliced(gt)),
-            geometry,
-            image if keep_image else None,
-            spacing,
-        )
+        return LoadedCase.prepare(case.name, image, gt, self.config.preprocess, keep_image)
 
     def sample_order(self, seed: int, count: int) -> list[tuple[int, int]]:
         """``count`` training slices for ``seed``: passes over a shuffled pool, identical for every preset."""

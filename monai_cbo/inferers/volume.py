@@ -36,6 +36,7 @@ __all__ = [
     "Preprocess",
     "SliceGeometry",
     "case_name",
+    "decide_modality",
     "load_volume",
     "prepare_volume",
     "save_label_map",
@@ -238,6 +239,15 @@ def source_name(image) -> str:
     return str(meta.get("filename_or_obj") or "(in memory)")
 
 
+def decide_modality(data: torch.Tensor) -> str:
+    """``"ct"`` when the image holds air in HU (its 0.5th percentile of finite values below -200), else ``"mri"``:
+    what ``Preprocess(modality="auto")`` decides per volume."""
+    data = torch.as_tensor(data, dtype=torch.float32)  # no copy for float32 input
+    finite = data[torch.isfinite(data)]
+    low = float(torch.quantile(finite[:: max(1, finite.numel() // 1_000_000)], 0.005)) if finite.numel() else 0.0
+    return "ct" if low < -200 else "mri"
+
+
 def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, SliceGeometry]:
     """``[C, X, Y, Z]`` -> (``[3, H, W, D]`` float32 in [0, 1] in the sliced view, its :class:`SliceGeometry`).
 
@@ -262,11 +272,7 @@ def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, Sl
             "+Inf as the highest; replace them in the file (e.g. numpy.nan_to_num) if they mean something else",
             stacklevel=2,
         )
-    modality = pre.modality
-    if modality == "auto":
-        finite = data[torch.isfinite(data)]
-        low = float(torch.quantile(finite[:: max(1, finite.numel() // 1_000_000)], 0.005)) if finite.numel() else 0.0
-        modality = "ct" if low < -200 else "mri"
+    modality = decide_modality(data) if pre.modality == "auto" else pre.modality
     data = pre.intensity(modality)(data)
     geometry = SliceGeometry.from_affine(image.affine.numpy(), data.shape[1:], pre.slice_axis)
     sliced = np.stack([geometry.to_sliced(c) for c in np.asarray(data)])
