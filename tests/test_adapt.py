@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -123,15 +124,16 @@ def test_adapting_writes_nothing_over_an_existing_folder(cases, tmp_path):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatch):
-    recipe = Recipe(validations=4, val_slices=2, patience=10)  # no early stop: four steps, four validations
-    settings = {"budget": Budget(steps=4), "recipe": recipe, "stop_sweep": False, **TINY}
+    # no early stop: two validations in each stage, the second stage's interrupted
+    recipe = Recipe(validations=2, val_slices=2, patience=10)
+    settings = {"budget": Budget(steps=4, decoder_steps=4), "recipe": recipe, "stop_sweep": False, **TINY}
     whole = adapt(cases / "images", cases / "labels", tmp_path / "whole", **settings)
     calls = []
     original = adapt_train.validate
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:  # during the second validation (after step 2): as Ctrl-C would
+        if len(calls) == 3:  # during the decoder stage's first validation (after step 6): as Ctrl-C would
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
@@ -139,7 +141,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         adapt(cases / "images", cases / "labels", tmp_path / "cut", **settings)
     state = torch.load(tmp_path / "cut/.adapt/state.pt", weights_only=False)
-    assert state["step"] == 2 and len(state["validations"]) == 1
+    assert state["stage"] == "decoder" and state["step"] == 6 and len(state["validations"]) == 2
     with pytest.raises(FileExistsError, match="--resume"):
         adapt(cases / "images", cases / "labels", tmp_path / "cut", **settings)
     with pytest.raises(ValueError, match="other volumes or settings"):
@@ -149,11 +151,55 @@ def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatc
     monkeypatch.setattr(adapt_train, "validate", original)
     adapt(cases / "images", cases / "labels", tmp_path / "cut", resume=True, **settings)
     record = json.loads((tmp_path / "cut/models/adapter.json").read_text())
-    assert record["steps"] == 4 and [v["step"] for v in record["validation"]["history"]] == [1, 2, 3, 4]
+    assert record["steps"] == 8 and record["decoder_steps"] == 4
+    history = record["validation"]["history"]
+    assert [(v["stage"], v["step"]) for v in history] == [
+        ("adapter", 2),
+        ("adapter", 4),
+        ("decoder", 6),
+        ("decoder", 8),
+    ]
     # the same run: the resumed adapter is the uninterrupted one's
     a = read_adapter(whole / "models/adapter.pt")["state_dict"]
     b = read_adapter(tmp_path / "cut/models/adapter.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_the_decoder_stage_encodes_each_slice_once_and_leaves_the_encoder_as_trained(cases, tmp_path, monkeypatch):
+    """With the encoder frozen, a step costs the decoder: every training and validation slice goes through the
+    encoder once however many steps visit it, and the encoder's adapter weights are the first stage's best."""
+    encoded: list[int] = []
+    original = adapt_train.frozen_encoder
+
+    @contextmanager
+    def counting(model):
+        hook = model.image_encoder.patch_embed.register_forward_hook(lambda m, i, o: encoded.append(o.shape[0]))
+        with original(model):
+            yield
+        hook.remove()
+
+    monkeypatch.setattr(adapt_train, "frozen_encoder", counting)
+    recipe = Recipe(validations=2, val_slices=2, patience=10, batch_size=2)
+    kw = {"recipe": recipe, "stop_sweep": False, **TINY}
+    first = adapt(cases / "images", cases / "labels", tmp_path / "first", budget=Budget(steps=2), **kw)
+    assert not encoded  # no decoder stage: nothing encoded under a frozen encoder
+    staged = adapt(
+        cases / "images", cases / "labels", tmp_path / "staged", budget=Budget(steps=2, decoder_steps=30), **kw
+    )
+    record = json.loads((staged / "models/adapter.json").read_text())
+    assert (
+        record["steps"] == 32 and record["decoder_steps"] == 30 and "decoder stage: budget spent" in record["stopped"]
+    )
+    distinct = 3 * 8 + record["validation"]["slices"]  # 3 training volumes of 8 slices, the validation's slices
+    assert 0 < sum(encoded) <= distinct < 30 * recipe.batch_size, sum(encoded)
+    a = read_adapter(first / "models/adapter.pt")["state_dict"]
+    b = read_adapter(staged / "models/adapter.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("image_encoder."))
+    with pytest.raises(ValueError, match="goes with --steps"):
+        Budget(minutes=5, decoder_steps=3)
+    with pytest.raises(ValueError, match="trains nothing"):
+        Budget(steps=0)
 
 
 def test_minutes_stop_training_on_time(cases, tmp_path):
@@ -171,8 +217,10 @@ def test_minutes_stop_training_on_time(cases, tmp_path):
     )
     elapsed = time.perf_counter() - start
     record = json.loads((tmp_path / "timed/models/adapter.json").read_text())
-    assert record["stopped"] in ("budget spent",) or record["stopped"].startswith("validation did not improve")
-    assert record["steps"] > 3 and elapsed < 0.4 * 60 + 8, elapsed  # one step and a validation may run over
+    assert record["stopped"].startswith("adapter stage: ") and "decoder stage: " in record["stopped"]
+    # both stages had their time (the decoder stage's first encodes its slices: here a few steps only)
+    assert record["steps"] - record["decoder_steps"] > 3 and record["decoder_steps"] >= 1
+    assert elapsed < 0.4 * 60 + 8, elapsed  # one step and a validation may run over
     assert any("ETA" in line for line in logs)
 
 

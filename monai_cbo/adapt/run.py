@@ -142,9 +142,15 @@ def adapt(
                 f"--minutes {budget.minutes:g} leaves {max(seconds, 0):.0f} s for training after loading the volumes "
                 f"({time.perf_counter() - start:.0f} s); give more minutes"
             )
-        log(f"training for {seconds / 60:.1f} min ({recipe.preset}, learning rate {recipe.learning_rate:g})")
+        log(
+            f"training for {seconds / 60:.1f} min ({recipe.preset}, learning rate {recipe.learning_rate:g}; "
+            f"{recipe.decoder_share:.0%} of the time in the decoder stage)"
+        )
     else:
-        log(f"training for {budget.steps} steps ({recipe.preset}, learning rate {recipe.learning_rate:g})")
+        log(
+            f"training for {budget.steps} steps ({recipe.preset}, learning rate {recipe.learning_rate:g}), then "
+            f"{budget.decoder_steps or 0} decoder-stage steps"
+        )
     (out / STATE).parent.mkdir(parents=True, exist_ok=True)
     history = train_adapter(
         net,
@@ -185,6 +191,7 @@ def adapt(
         "recipe": dataclasses.asdict(recipe),
         "budget": dataclasses.asdict(budget),
         "steps": history["steps"],
+        "decoder_steps": history["decoder_steps"],
         "training_seconds": history["seconds"],
         "stopped": history["stopped"],
         "validation": {

@@ -19,10 +19,9 @@ from ignite.engine import Engine, Events
 
 from ..bench.config import BenchConfig
 from ..bench.data import BenchData, LoadedCase, foreground_slices
-from ..bench.run import format_eta, training_batches
+from ..bench.run import format_eta, frozen_encoder, training_batches
 from ..inferers.slicewise import Prompt2D, SliceWiseInferer, mask_box
 from ..networks import SamSegmenter, class_prompts_of, feature_cache
-from ..peft import adapter_state_dict
 from ..training import build_optimizer, build_trainer
 from ..utils import write_atomic
 
@@ -47,6 +46,10 @@ class Recipe:
         patience: validations without improvement after which training stops early (from half the budget on).
         val_slices: most slices holding the structure scored per validation (each costs an encoder pass); a held
             back volume adds the slice just past each end of the structure where automatic steps train.
+        decoder_share: share of a minutes budget's training time for the decoder stage (the encoder frozen, each
+            slice's embedding cached, steps at the decoder's cost); in a steps budget: ``Budget.decoder_steps``.
+        decoder_lr: the decoder stage's peak learning rate (default a third of ``learning_rate``, the setting
+            measured in docs/benchmarks/automatic.md).
         seed: model initialisation, slice order, jitter.
     """
 
@@ -61,31 +64,46 @@ class Recipe:
     validations: int = 4
     patience: int = 2
     val_slices: int = 8
+    decoder_share: float = 0.3
+    decoder_lr: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.auto_share <= 1 or not 0 <= self.background_ratio <= 1:
-            raise ValueError("auto_share and background_ratio are shares: 0 .. 1")
-        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        for name in ("auto_share", "background_ratio", "decoder_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a share: 0 .. 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "decoder_lr"):
+            value = getattr(self, name)
+            if value is not None and (not value > 0 or not math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value}")
         for name in ("batch_size", "validations", "patience", "val_slices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def decoder_learning_rate(self) -> float:
+        return self.decoder_lr if self.decoder_lr is not None else self.learning_rate / 3
 
 
 @dataclass(frozen=True)
 class Budget:
     """How long training runs: ``minutes`` of wall-clock time for the whole command (loading and validation
-    included), or exactly ``steps`` steps (reproducible; ``minutes`` then is not used)."""
+    included; the recipe's ``decoder_share`` of it in the decoder stage), or exactly ``steps`` steps of the whole
+    adapter and ``decoder_steps`` of the decoder stage (reproducible; ``minutes`` then is not used)."""
 
     minutes: float | None = 10.0
     steps: int | None = None
+    decoder_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps is None and (self.minutes is None or not self.minutes > 0 or not math.isfinite(self.minutes)):
             raise ValueError(f"--minutes must be a positive number of minutes, got {self.minutes}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.steps is not None and self.steps < 0 or self.decoder_steps is not None and self.decoder_steps < 0:
+            raise ValueError(f"--steps and --decoder-steps must be >= 0, got {self.steps}, {self.decoder_steps}")
+        if self.decoder_steps is not None and self.steps is None:
+            raise ValueError("--decoder-steps goes with --steps; a --minutes budget splits its time by the recipe")
+        if self.steps == 0 and not self.decoder_steps:
+            raise ValueError("--steps 0 trains nothing: give --decoder-steps, or more steps")
 
 
 @dataclass
@@ -148,11 +166,19 @@ def split_validation(
 
 
 def validate(
-    model: SamSegmenter, validation: Validation, classes: Sequence[int], device: torch.device, precision: str = "auto"
+    model: SamSegmenter,
+    validation: Validation,
+    classes: Sequence[int],
+    device: torch.device,
+    precision: str = "auto",
+    embeddings: dict[str, dict] | None = None,
 ) -> dict[str, float]:
     """Pooled 2D Dice over the validation slices, mean over classes: ``boxes`` (a tight box per class on the
     slices holding it) and, for a model with class prompts, ``automatic`` (no prompt; background slices count
-    their false positives); ``score`` is their mean (or ``boxes`` alone)."""
+    their false positives); ``score`` is their mean (or ``boxes`` alone).
+
+    ``embeddings`` (a dict, filled here: case name to its slices' embeddings) keeps the slices' embeddings for the
+    next call: only while the encoder does not change (the decoder stage)."""
     was_training = model.training
     inferer = SliceWiseInferer(model, device=device, precision=precision)
     auto = class_prompts_of(model) is not None
@@ -163,7 +189,8 @@ def validate(
         by_case.setdefault(case.name, (case, []))[1].append(z)
     for case, zs in by_case.values():
         size = tuple(case.volume.shape[1:3])
-        for z, emb in inferer.encode(case.volume, sorted(set(zs))):
+        cache = embeddings.setdefault(case.name, {}) if embeddings is not None else None
+        for z, emb in inferer.encode(case.volume, sorted(set(zs)), cache):
             truth = [case.gt[..., z] == c for c in classes]
             boxes = [(i, mask_box(t)) for i, t in enumerate(truth)]
             boxes = [(i, b) for i, b in boxes if b is not None]
@@ -203,51 +230,158 @@ def train_adapter(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train ``model`` on ``data`` within ``budget`` (``seconds`` of training time when the budget is in minutes),
-    validating ``recipe.validations`` times; keep the best validated weights in ``model``.
+    in two stages: the whole adapter (``"adapter"``), then the decoder stage (``"decoder"``: the encoder frozen
+    with its PEFT weights as trained, each slice's embedding computed once and cached, so a step costs the mask
+    decoder and class prompts only; :func:`~monai_cbo.bench.run.frozen_encoder`). In a minutes budget the decoder
+    stage has ``recipe.decoder_share`` of the time plus what an early stop of the first stage left; in a steps
+    budget, ``budget.decoder_steps``. Each stage validates ``recipe.validations`` times, keeps the best validated
+    weights (the decoder stage starts from the first stage's best) and may stop early.
 
-    A checkpoint (``state_path``, with ``extra_state`` added) is written at each validation and when interrupted
-    (Ctrl-C): ``resume`` (its contents) continues that run: its weights, optimizer, step, time spent and best
-    validation.
+    A checkpoint (``state_path``, with ``extra_state`` added) is written at each validation, between the stages
+    and when interrupted (Ctrl-C): ``resume`` (its contents) continues that run: its stage, weights, optimizer,
+    steps, time spent and best validation.
 
-    Returns the run's history: steps, seconds, loss per step, each validation, the best one, why it stopped.
+    Returns the run's history: steps (both stages), seconds, loss per step, each validation (with its stage), the
+    best one, why each stage stopped.
     """
-    classes = list(data.classes)
-    steps_cap = budget.steps if budget.steps is not None else 1_000_000
-    config = BenchConfig(
-        datalist="",
-        out=str(state_path.parent),
-        steps=steps_cap,
-        batch_size=recipe.batch_size,
-        learning_rate=recipe.learning_rate,
-        box_jitter=recipe.box_jitter,
-        min_foreground=recipe.min_foreground,
-        auto_share=recipe.auto_share,
-        background_ratio=recipe.background_ratio,
-        precision=precision,
-    )
-    optimizer = build_optimizer(model, recipe.learning_rate)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]  # the adapter, whichever stage freezes
+    encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
     st = {
+        "stage": "adapter" if encoder_trains else "decoder",
+        "stage_step": 0,  # where the stage began: steps and seconds
+        "stage_seconds": 0.0,
         "step": 0,
         "seconds": 0.0,
         "loss": [],
         "validations": [],
         "best": None,
         "best_state": None,
-        "stopped": "",
+        "stopped": {},
         "pending": False,  # a validation was under way when the run was interrupted: a resumed run does it first
     }
     torch.manual_seed(recipe.seed)  # dropout draws: the same run gives the same adapter
+    weights = optimizer_state = None
     if resume is not None:
         st.update({k: resume[k] for k in st if k in resume})
-        model.load_state_dict(resume["weights"], strict=False)
-        optimizer.load_state_dict(resume["optimizer"])
+        weights, optimizer_state = resume["weights"], resume["optimizer"]
         torch.set_rng_state(resume["torch_rng"])  # dropout draws as the uninterrupted run's
-        log(f"resuming at step {st['step']} after {format_eta(st['seconds'])} of training")
-    if budget.steps is not None and st["step"] >= budget.steps or st["stopped"]:
-        log("the checkpoint's run had already finished")
-        return _finish(model, st)
+        log(f"resuming in the {st['stage']} stage at step {st['step']} after {format_eta(st['seconds'])} of training")
+    if weights is not None:
+        model.load_state_dict(weights, strict=False)
+
+    run = _Run(
+        model,
+        data,
+        validation,
+        recipe,
+        budget,
+        seconds,
+        st,
+        names,
+        state_path,
+        device,
+        precision,
+        cache_mib,
+        extra_state,
+        log,
+    )
+
+    if st["stage"] == "adapter":
+        _stage(run, optimizer_state)
+        optimizer_state = None
+        if st["best_state"] is not None:
+            model.load_state_dict(st["best_state"], strict=False)
+        st.update(stage="decoder", stage_step=st["step"], stage_seconds=st["seconds"])
+    if _stage_budget(recipe, budget, seconds, st) > 0:
+        with frozen_encoder(model):
+            plan = _stage_plan(recipe, budget, seconds, st)
+            log(f"decoder stage: the encoder frozen, each slice encoded once ({plan})")
+            _stage(run, optimizer_state)
+    return _finish(model, st)
+
+
+def _stage_budget(recipe: Recipe, budget: Budget, seconds: float | None, st: dict) -> float:
+    """Steps (a steps budget) or seconds (a minutes budget) of the current stage."""
+    if budget.steps is not None:
+        return budget.steps if st["stage"] == "adapter" else (budget.decoder_steps or 0)
+    if st["stage"] == "adapter":
+        return (seconds or 0.0) * (1 - recipe.decoder_share)
+    return (seconds or 0.0) - st["stage_seconds"]  # what the first stage left, an early stop's spare time included
+
+
+def _stage_plan(recipe: Recipe, budget: Budget, seconds: float | None, st: dict) -> str:
+    if budget.steps is not None:
+        return f"{_stage_budget(recipe, budget, seconds, st):.0f} steps"
+    return f"{format_eta(_stage_budget(recipe, budget, seconds, st))}"
+
+
+@dataclass
+class _Run:
+    """What every stage of :func:`train_adapter` works with; ``st`` is the run's state, updated in place."""
+
+    model: SamSegmenter
+    data: BenchData
+    validation: Validation
+    recipe: Recipe
+    budget: Budget
+    seconds: float | None
+    st: dict
+    names: list[str]
+    state_path: Path
+    device: torch.device
+    precision: str
+    cache_mib: float
+    extra_state: dict | None
+    log: Callable[[str], None]
+
+
+def _stage(run: _Run, optimizer_state: dict | None) -> None:
+    """One stage of :func:`train_adapter`, from where ``run.st`` says it is; ``run.st`` is updated in place."""
+    model, data, validation, recipe, budget, seconds, st = (
+        run.model,
+        run.data,
+        run.validation,
+        run.recipe,
+        run.budget,
+        run.seconds,
+        run.st,
+    )
+    names, state_path, device, precision, extra_state, log = (
+        run.names,
+        run.state_path,
+        run.device,
+        run.precision,
+        run.extra_state,
+        run.log,
+    )
+    cache = feature_cache(run.cache_mib)
+    stage, classes = st["stage"], list(data.classes)
+    decoder = stage == "decoder"
+    lr = recipe.decoder_learning_rate if decoder else recipe.learning_rate
+    size = _stage_budget(recipe, budget, seconds, st)
+    if size <= 0 or stage in st["stopped"]:
+        return
+    steps_cap = int(size) if budget.steps is not None else 1_000_000
+    config = BenchConfig(
+        datalist="",
+        out=str(state_path.parent),
+        steps=steps_cap,
+        batch_size=recipe.batch_size,
+        learning_rate=lr,
+        box_jitter=recipe.box_jitter,
+        min_foreground=recipe.min_foreground,
+        auto_share=recipe.auto_share,
+        background_ratio=recipe.background_ratio,
+        precision=precision,
+    )
+    optimizer = build_optimizer(model, lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    # a frozen encoder gives each validation slice one embedding for the whole stage: encode it once
+    embeddings: dict[str, dict] | None = {} if decoder else None
+    done = st["step"] - st["stage_step"]
     batches = training_batches(config, data, recipe.seed, model.img_size)
-    for _ in range(st["step"]):  # the batches a resumed run has already trained on
+    for _ in range(done):  # the batches a resumed run has already trained on
         next(batches)
     model.train()
     trainer = build_trainer(
@@ -256,25 +390,27 @@ def train_adapter(
         batches,
         device=device,
         precision=precision,
-        epoch_length=steps_cap - st["step"],
-        feature_cache=feature_cache(cache_mib),
+        epoch_length=steps_cap - done,
+        feature_cache=cache,
         auto_share=recipe.auto_share if class_prompts_of(model) is not None else 0.0,
         seed=recipe.seed,
     )
     start, prior = time.perf_counter(), st["seconds"]
     marks = [(k + 1) / recipe.validations for k in range(recipe.validations)]
+    # the score this stage must beat: the first stage's best, which the decoder stage starts from
+    baseline = st["best"] if decoder else None
     last_log = [0.0]
 
     def progress() -> float:
         if budget.steps is not None:
-            return st["step"] / budget.steps
-        return st["seconds"] / seconds if seconds else 1.0
+            return (st["step"] - st["stage_step"]) / size
+        return (st["seconds"] - st["stage_seconds"]) / size
 
     def checkpoint() -> None:
         state = {
             **(extra_state or {}),
             **st,
-            "weights": adapter_state_dict(model),
+            "weights": _weights(model, names),
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -282,33 +418,34 @@ def train_adapter(
 
     def run_validation(engine: Engine | None) -> None:
         st["pending"] = True
-        scores = validate(model, validation, classes, device, precision)
+        scores = validate(model, validation, classes, device, precision, embeddings)
         st["pending"] = False
         st["seconds"] = prior + time.perf_counter() - start
-        scores.update(step=st["step"], seconds=round(st["seconds"], 1))
+        scores.update(stage=stage, step=st["step"], seconds=round(st["seconds"], 1))
         st["validations"].append(scores)
         better = st["best"] is None or scores["score"] > st["best"]["score"] + 1e-3
         if better:
-            st["best"], st["best_state"] = scores, adapter_state_dict(model)
+            st["best"], st["best_state"] = scores, _weights(model, names)
         parts = ", ".join(f"{k} {scores[k]:.3f}" for k in ("boxes", "automatic") if k in scores)
         log(f"  validation at step {st['step']}: {parts}{'  (best so far)' if better else ''}")
-        recent = st["validations"][-recipe.patience - 1 :]
+        ours = [v for v in st["validations"] if v["stage"] == stage]
+        recent = ([baseline] + ours if baseline else ours)[-recipe.patience - 1 :]
         if (
             engine is not None
             and progress() >= 0.5  # not while the learning rate is still high
-            and len(st["validations"]) > recipe.patience
+            and len(recent) > recipe.patience
             and max(v["score"] for v in recent[1:]) <= recent[0]["score"] + 1e-3
             and st["best"]["step"] < st["step"]
         ):
-            st["stopped"] = f"validation did not improve in {recipe.patience} validations"
+            st["stopped"][stage] = f"validation did not improve in {recipe.patience} validations"
             engine.terminate()
         checkpoint()
 
     @trainer.on(Events.ITERATION_STARTED)
     def _set_lr(engine: Engine) -> None:
-        lr = recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress())))
+        now = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress())))
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = now
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _after_step(engine: Engine) -> None:
@@ -319,18 +456,19 @@ def train_adapter(
         now = progress()
         if time.perf_counter() - last_log[0] > 20 or now >= 1:
             last_log[0] = time.perf_counter()
-            rate = st["step"] * recipe.batch_size / max(st["seconds"], 1e-6)
+            taken = st["step"] - st["stage_step"]
+            rate = taken * recipe.batch_size / max(st["seconds"] - st["stage_seconds"], 1e-6)
             if budget.steps is not None:
-                left = (budget.steps - st["step"]) * recipe.batch_size / max(rate, 1e-6)
+                left = (size - taken) * recipe.batch_size / max(rate, 1e-6)
             else:
-                left = seconds - st["seconds"]
+                left = size - (st["seconds"] - st["stage_seconds"])
             log(
-                f"  {min(now, 1):4.0%}  step {st['step']}  loss {np.mean(st['loss'][-10:]):.4f}  "
+                f"  {stage} {min(now, 1):4.0%}  step {st['step']}  loss {np.mean(st['loss'][-10:]):.4f}  "
                 f"lr {optimizer.param_groups[0]['lr']:.2e}  {rate:.2f} slices/s  "
                 f"trained {format_eta(st['seconds'])}  ETA {format_eta(left)}"
             )
         if now >= 1:
-            st["stopped"] = "budget spent"
+            st["stopped"][stage] = "budget spent"
             engine.terminate()
         if any(before < m <= now for m in marks) or now >= 1:
             run_validation(engine)
@@ -343,22 +481,30 @@ def train_adapter(
         st["seconds"] = prior + time.perf_counter() - start
         checkpoint()
         raise
-    if not st["validations"] or st["validations"][-1]["step"] != st["step"]:
+    ours = [v for v in st["validations"] if v["stage"] == stage]
+    if not ours or ours[-1]["step"] != st["step"]:
         run_validation(None)
-    if not st["stopped"]:
-        st["stopped"] = "budget spent"
+    st["stopped"].setdefault(stage, "budget spent")
     checkpoint()
-    return _finish(model, st)
+
+
+def _weights(model: SamSegmenter, names: list[str]) -> dict[str, torch.Tensor]:
+    """The adapter's parameters by name, detached on the CPU, whether or not the stage trains them (the decoder
+    stage freezes the encoder's: they are part of the adapter all the same)."""
+    wanted = set(names)
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in wanted}
 
 
 def _finish(model: SamSegmenter, st: dict) -> dict:
     if st["best_state"] is not None:
         model.load_state_dict(st["best_state"], strict=False)
+    stopped = st["stopped"]
     return {
         "steps": st["step"],
+        "decoder_steps": st["step"] - st["stage_step"] if st["stage"] == "decoder" else 0,
         "seconds": round(st["seconds"], 1),
         "loss": st["loss"],
         "validations": st["validations"],
         "best": st["best"],
-        "stopped": st["stopped"],
+        "stopped": "; ".join(f"{k} stage: {v}" for k, v in stopped.items()) if isinstance(stopped, dict) else stopped,
     }

@@ -10,7 +10,7 @@ and seeds; for ``freeze`` and ``decoder_only`` that is the whole image embedding
 without the cache (tested); only the time changes.
 
 With ``decoder_steps`` (``--decoder-steps``) a run continues after its steps with the whole encoder frozen, its
-PEFT weights as trained (:func:`_frozen_encoder`): only the mask decoder and class prompts train, and the cache
+PEFT weights as trained (:func:`frozen_encoder`): only the mask decoder and class prompts train, and the cache
 then holds each slice's whole embedding, so those steps cost the decoder only.
 
 With ``init_adapter`` (``--init-adapter``) each run starts from a trained adapter instead of the preset's initial
@@ -46,7 +46,7 @@ from ..transforms.training import SlicePromptsd
 from .config import BenchConfig, check_init_adapter, decoder_lr
 from .data import BenchData
 
-__all__ = ["AUTO_MODES", "format_eta", "train_and_evaluate", "training_batches"]
+__all__ = ["AUTO_MODES", "format_eta", "frozen_encoder", "train_and_evaluate", "training_batches"]
 
 
 def format_eta(seconds: float) -> str:
@@ -93,7 +93,7 @@ def train_and_evaluate(
             stage = dataclasses.replace(config, steps=config.decoder_steps, learning_rate=decoder_lr(config))
             left = config.cache_mib - (features.bytes / 2**20 if features is not None else 0.0)
             stage_start = time.perf_counter()
-            with _frozen_encoder(model):  # its own cache (whole embeddings), in what the shared one leaves
+            with frozen_encoder(model):  # its own cache (whole embeddings), in what the shared one leaves
                 stage_losses, stage_slices = _train(
                     stage,
                     data,
@@ -275,7 +275,7 @@ def _load_init_adapter(config: BenchConfig, model: SamSegmenter) -> dict:
 
 
 @contextmanager
-def _frozen_encoder(model: SamSegmenter) -> Iterator[None]:
+def frozen_encoder(model: SamSegmenter) -> Iterator[None]:
     """The decoder stage: every encoder weight frozen inside the block (its PEFT weights as trained so far),
     trainable again after it, so that the adapter saves them. With the whole encoder frozen,
     :func:`~monai_cbo.networks.frozen_prefix` covers every stage: the cache then keeps each slice's embedding and a

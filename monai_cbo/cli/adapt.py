@@ -51,7 +51,26 @@ def add_parser(sub) -> None:
         default=10.0,
         help="wall-clock budget of the whole command, loading and validation included (default 10)",
     )
-    budget.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead (reproducible)")
+    budget.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train the whole adapter exactly this many steps instead (reproducible); the decoder stage then runs "
+        "--decoder-steps",
+    )
+    p.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=None,
+        help="with --steps: steps of the decoder stage (the encoder frozen, each slice encoded once, steps at the "
+        "decoder's cost); default 0",
+    )
+    p.add_argument(
+        "--decoder-share",
+        type=float,
+        default=None,
+        help="with --minutes: the share of the training time for the decoder stage (default: the recipe's)",
+    )
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="PEFT preset (default: the recipe's)")
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--auto-share", type=float, default=None, help="share of automatic steps (default: the recipe's)")
@@ -79,11 +98,23 @@ def run(args: argparse.Namespace) -> int:
 
     changes = {
         k: v
-        for k, v in (("preset", args.preset), ("learning_rate", args.learning_rate), ("auto_share", args.auto_share))
+        for k, v in (
+            ("preset", args.preset),
+            ("learning_rate", args.learning_rate),
+            ("auto_share", args.auto_share),
+            ("decoder_share", args.decoder_share),
+        )
         if v is not None
     }
-    recipe = dataclasses.replace(Recipe(), seed=args.seed, **changes)
-    budget = Budget(minutes=None, steps=args.steps) if args.steps is not None else Budget(minutes=args.minutes)
+    try:
+        recipe = dataclasses.replace(Recipe(), seed=args.seed, **changes)
+        if args.steps is not None:
+            budget = Budget(minutes=None, steps=args.steps, decoder_steps=args.decoder_steps)
+        else:
+            budget = Budget(minutes=args.minutes, decoder_steps=args.decoder_steps)
+    except ValueError as err:
+        print(f"monai-cbo adapt: {err}", file=sys.stderr)
+        return 2
     command = "monai-cbo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["adapt"] else ""
     try:
         adapt(

@@ -18,7 +18,7 @@ import torch
 from monai_cbo.bench import BenchConfig, BenchData, run_bench, train_and_evaluate
 from monai_cbo.bench.images import box_plot_svg, encode_png, largest_slice_overlay, overlay_panels
 from monai_cbo.bench.report import write_report
-from monai_cbo.bench.run import _frozen_encoder
+from monai_cbo.bench.run import frozen_encoder
 from monai_cbo.bench.runner import BenchFailed
 from monai_cbo.cli import main
 from monai_cbo.data.demo import make_demo_case
@@ -192,7 +192,7 @@ def staged_runs(datalist, tmp_path_factory):
     return root, plain, staged, logs
 
 
-def test_decoder_stage_trains_the_decoder_on_a_frozen_encoder_and_saves_a_whole_adapter(datalist, staged_runs):
+def test_decoder_stage_trains_the_decoder_on_afrozen_encoder_and_saves_a_whole_adapter(datalist, staged_runs):
     tmp_path, plain, staged, logs = staged_runs
     a = read_adapter(tmp_path / "plain/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
     b = read_adapter(tmp_path / "staged/runs/lora_cbo/seed0/adapter.pt")["state_dict"]
@@ -230,7 +230,7 @@ def test_the_decoder_stage_turns_a_frozen_adapters_dropout_off_so_its_embeddings
     dropouts = [m for m in model.image_encoder.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
     assert dropouts and all(m.training for m in dropouts)
     assert frozen_prefix(model.image_encoder) < stages
-    with _frozen_encoder(model):
+    with frozen_encoder(model):
         model.train()  # as the trainer does every iteration
         assert frozen_prefix(model.image_encoder) == stages
         assert not any(m.training for m in dropouts) and model.mask_decoder.training
