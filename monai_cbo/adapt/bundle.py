@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+from ..bench.data import ClassKey
 from ..bundle_configs import dumps, render
 from ..inferers.automatic import AutoConfig
 from ..inferers.propagation import PropagationConfig
 from ..inferers.volume import Preprocess
 from ..utils import write_atomic
+from .inputs import values_of, written_values
 
 __all__ = ["task_config", "write_bundle"]
 
@@ -32,14 +35,23 @@ def _target(obj: object, target: str, skip: tuple[str, ...] = ()) -> dict:
 
 
 def task_config(
-    classes: dict[int, str], preprocess: Preprocess, auto: AutoConfig, propagation: PropagationConfig
+    classes: Mapping[ClassKey, str], preprocess: Preprocess, auto: AutoConfig, propagation: PropagationConfig
 ) -> dict:
-    """The ``task`` section (a :class:`~monai_cbo.task.TaskSpec` in MONAI config form) of a user bundle."""
+    """The ``task`` section (a :class:`~monai_cbo.task.TaskSpec` in MONAI config form) of a user bundle: its
+    ``classes`` (one label value each), or ``regions`` (classes covering several values, nested or not) with the
+    value each is written with."""
     skip = ("ct_window",) if preprocess.modality != "ct" else ()
+    if all(isinstance(k, int) for k in classes):
+        labels: dict = {"classes": list(classes)}
+    else:
+        labels = {
+            "regions": {n: list(values_of(k)) for k, n in classes.items()},
+            "label_values": written_values(list(classes)),
+        }
     return {
         "_target_": "monai_cbo.task.TaskSpec",
         "class_names": list(classes.values()),
-        "classes": list(classes),
+        **labels,
         "preprocess": _target(preprocess, "monai_cbo.inferers.Preprocess", skip),
         "auto": _target(auto, "monai_cbo.inferers.AutoConfig"),
         "propagation": _target(propagation, "monai_cbo.inferers.PropagationConfig"),
@@ -59,7 +71,8 @@ def _tensor_format(kind: str, fmt: str, dtype: str, value_range: list, channels:
     }
 
 
-def _metadata(name: str, classes: dict[int, str], modality: str, record: dict) -> dict:
+def _metadata(name: str, classes: dict[int, str], modality: str, record: dict, regions: dict | None = None) -> dict:
+    """``classes``: the value each class is written with -> its name; ``regions``: a region class's label values."""
     import monai
     import numpy
     import torch
@@ -67,6 +80,7 @@ def _metadata(name: str, classes: dict[int, str], modality: str, record: dict) -
     from .. import __version__
 
     labels = ", ".join(f"{v} {n}" for v, n in classes.items())
+    given = ", ".join(f"{n} (labels {'+'.join(map(str, r))})" for n, r in regions.items()) if regions else labels
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
         "version": "0.1.0",
@@ -86,7 +100,7 @@ def _metadata(name: str, classes: dict[int, str], modality: str, record: dict) -
         "data_source": record["trained_on"],
         "data_type": "nibabel",
         "image_classes": "single channel " + ("CT, HU windowed" if modality == "ct" else "MRI, percentile scaled"),
-        "label_classes": "0 background, " + labels,
+        "label_classes": "0 background, " + given,
         "pred_classes": "0 background, " + labels,
         "intended_use": "Research only; not for clinical use",
         "network_data_format": {
@@ -141,10 +155,10 @@ def write_bundle(
     _write(out / "models" / "adapter.json", json.dumps(record, indent=2) + "\n")
     _write(out / "docs" / "README.md", _readme(out, record))
     name = f"{', '.join(task['class_names'])} ({task['preprocess']['modality'].upper()}), adapted"
-    classes = dict(zip(task["classes"], task["class_names"], strict=True))
+    classes = dict(zip(task.get("classes") or task["label_values"], task["class_names"], strict=True))
     _write(
         out / "configs" / "metadata.json",
-        dumps(_metadata(name, classes, task["preprocess"]["modality"], record)) + "\n",
+        dumps(_metadata(name, classes, task["preprocess"]["modality"], record, task.get("regions"))) + "\n",
     )
     return out
 

@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..bench.data import LoadedCase
+from ..bench.data import ClassKey, LoadedCase
 from ..data import load_datalist
 from ..inferers.segment import check_label, list_images
 from ..inferers.volume import Preprocess, case_name, decide_modality, load_volume
+from ..transforms.labels import BRATS_CONVENTIONS
 
 __all__ = [
     "InputProblems",
     "LabelledCase",
     "cases_from_datalist",
     "check_and_load",
+    "is_exclusive",
     "pair_folders",
     "parse_class_names",
+    "values_of",
+    "written_values",
 ]
 
 #: what a label file's name may add to its image's case name
@@ -133,35 +137,82 @@ def cases_from_datalist(path: str | Path, split: str = "training") -> list[Label
     return cases
 
 
-def parse_class_names(text: str | None) -> dict[int, str]:
-    """``"1:spleen,2:left kidney"`` -> {1: "spleen", 2: "left kidney"}; None or "" -> {}.
+def parse_class_names(text: str | None) -> dict[ClassKey, str]:
+    """``"1:spleen,2:left kidney"`` -> {1: "spleen", 2: "left kidney"}; a class that covers several label values
+    (a region: BraTS whole tumour holds the core, which holds the enhancing part) joins them with ``+``:
+    ``"1+2+4:whole tumour,1+4:tumour core,4:enhancing"`` -> {(1, 2, 4): ..., (1, 4): ..., 4: ...}; a BraTS
+    convention by its year, ``"brats2021"`` (also 2015, 2023), gives its WT, TC and ET. None or "" -> {}.
 
     Raises:
-        ValueError: an item that is not VALUE:NAME with a label value 1.. and a name, or a value or name twice.
+        ValueError: an item that is not VALUES:NAME with label values 1.., or a class or name twice.
     """
-    out: dict[int, str] = {}
-    for item in (text or "").split(","):
+    text = (text or "").strip()
+    if text.lower().startswith("brats") and text[5:] in BRATS_CONVENTIONS:
+        return {_key(values): name for name, values in BRATS_CONVENTIONS[text[5:]].items()}
+    out: dict[ClassKey, str] = {}
+    for item in text.split(","):
         if not item.strip():
             continue
-        value, sep, name = item.partition(":")
+        values, sep, name = item.partition(":")
         try:
-            number = int(value)
+            numbers = [int(v) for v in values.split("+")]
         except ValueError:
-            number = 0
-        if not sep or not name.strip() or number < 1:
-            raise ValueError(f"--classes: {item.strip()!r} is not VALUE:NAME (e.g. 1:spleen,2:liver); values are 1..")
-        if number in out or name.strip() in out.values():
-            raise ValueError(f"--classes: {item.strip()!r} repeats a value or a name; give each class once")
-        out[number] = name.strip()
+            numbers = [0]
+        if not sep or not name.strip() or min(numbers) < 1 or len(set(numbers)) != len(numbers):
+            raise ValueError(
+                f"--classes: {item.strip()!r} is not VALUES:NAME (e.g. 1:spleen,2:liver, or 1+2+4:whole tumour for "
+                "a class covering several label values, or brats2021); values are 1.."
+            )
+        key = _key(numbers)
+        if key in out or name.strip() in out.values():
+            raise ValueError(f"--classes: {item.strip()!r} repeats a class or a name; give each class once")
+        out[key] = name.strip()
+    return out
+
+
+def _key(values: Sequence[int]) -> ClassKey:
+    values = tuple(sorted(int(v) for v in values))
+    return values[0] if len(values) == 1 else values
+
+
+def values_of(key: ClassKey) -> tuple[int, ...]:
+    """The label values class ``key`` covers."""
+    return key if isinstance(key, tuple) else (key,)
+
+
+def is_exclusive(classes: Collection[ClassKey]) -> bool:
+    """Whether no label value belongs to two classes (then a voxel is in one class at most)."""
+    values = [v for key in classes for v in values_of(key)]
+    return len(values) == len(set(values))
+
+
+def written_values(classes: Sequence[ClassKey]) -> list[int]:
+    """The value each class is written with in an output label map, later classes over earlier ones: a class's
+    own label value; for classes that share values, the smallest value a class covers that no later class does
+    (BraTS 2021's WT, TC, ET: 2, 1, 4, which writes the original label map back).
+
+    Raises:
+        ValueError: a class whose every value a later class covers too (it could never be seen in the map).
+    """
+    out = []
+    for i, key in enumerate(classes):
+        later = {v for other in classes[i + 1 :] for v in values_of(other)}
+        own = [v for v in values_of(key) if v not in later]
+        if not own:
+            raise ValueError(
+                f"--classes: class {'+'.join(map(str, values_of(key)))} covers no label value that a later class "
+                "does not: list the larger region first (whole tumour, then tumour core, then enhancing)"
+            )
+        out.append(min(own))
     return out
 
 
 def check_and_load(
     cases: Sequence[LabelledCase],
     preprocess: Preprocess,
-    class_names: Mapping[int, str] | None = None,
+    class_names: Mapping[ClassKey, str] | None = None,
     log: Callable[[str], None] = print,
-) -> tuple[list[LoadedCase], dict[int, str], Preprocess]:
+) -> tuple[list[LoadedCase], dict[ClassKey, str], Preprocess]:
     """Read every case, check it, and keep it in memory preprocessed, before any training.
 
     Checks: the image and label read; the label lies on the image's grid (another orientation of the same grid is
@@ -170,8 +221,8 @@ def check_and_load(
     ``preprocess`` names it).
 
     Returns:
-        the loaded cases, the classes (label value -> name: the named ones, else every value present), and the
-        preprocessing with its modality decided.
+        the loaded cases, the classes (class key: a label value or a region's values, -> name: the named ones,
+        else every value present), and the preprocessing with its modality decided.
 
     Raises:
         InputProblems: every problem found, each with its case and fix.
@@ -190,15 +241,20 @@ def check_and_load(
     wanted = dict(class_names or {})
     all_present = sorted({v for *_, present in read for v in present})
     classes = wanted or {v: str(v) for v in all_present}
-    for value, name in wanted.items():
-        if value not in all_present and read:
+    trained = sorted({v for key in classes for v in values_of(key)})
+    for key, name in wanted.items():
+        if not set(values_of(key)) & set(all_present) and read:
             problems.append(
-                f"class {value} ({name}) appears in no label map (values present: {all_present}); drop it from "
-                "--classes or label it"
+                f"class {'+'.join(map(str, values_of(key)))} ({name}) appears in no label map (values present: "
+                f"{all_present}); drop it from --classes or label it"
             )
+    try:
+        written_values(list(classes))
+    except ValueError as err:
+        problems.append(str(err))
     for case, *_, present in read:
-        if not set(present) & set(classes):
-            kept = f" of the classes {sorted(classes)}" if wanted else ""
+        if not set(present) & set(trained):
+            kept = f" of the classes {trained}" if wanted else ""
             problems.append(f"case {case.name}: label {case.label} has no foreground{kept}; label it or leave it out")
     modalities = {
         case.name: decide_modality(image.as_tensor()) if preprocess.modality == "auto" else preprocess.modality
@@ -214,11 +270,11 @@ def check_and_load(
         raise InputProblems(problems)
     decided = dataclasses.replace(preprocess, modality=next(iter(modalities.values()), "mri"))
     loaded = [  # the trained classes only; the raw images are not kept
-        LoadedCase.prepare(case.name, image, np.where(np.isin(gt, list(classes)), gt, 0), decided, keep_image=False)
+        LoadedCase.prepare(case.name, image, np.where(np.isin(gt, trained), gt, 0), decided, keep_image=False)
         for case, image, gt, _ in read
     ]
     log(
         f"{len(loaded)} labelled volume(s), {decided.modality.upper()}, classes "
-        + ", ".join(f"{v}:{n}" for v, n in classes.items())
+        + ", ".join(f"{'+'.join(map(str, values_of(k)))}:{n}" for k, n in classes.items())
     )
     return loaded, classes, decided

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..bench.config import BenchConfig
-from ..bench.data import BenchData
+from ..bench.data import BenchData, ClassKey, class_mask
 from ..inferers.automatic import AutoConfig
 from ..inferers.propagation import PropagationConfig
 from ..inferers.volume import Preprocess
@@ -22,7 +22,15 @@ from ..models import build_segmenter
 from ..peft import save_adapter
 from ..utils import machine_summary
 from .bundle import task_config, write_bundle
-from .inputs import LabelledCase, cases_from_datalist, check_and_load, pair_folders
+from .inputs import (
+    LabelledCase,
+    cases_from_datalist,
+    check_and_load,
+    is_exclusive,
+    pair_folders,
+    values_of,
+    written_values,
+)
 from .train import Budget, Recipe, split_validation, train_adapter
 
 __all__ = ["adapt"]
@@ -131,7 +139,8 @@ def adapt(
         recipe.rank,
         seed=recipe.seed,
         class_names=list(classes.values()) if auto else None,
-        class_values=list(classes) if auto else None,
+        class_values=written_values(list(classes)) if auto else None,
+        exclusive=is_exclusive(classes),
     ).to(device)
     sweep_plan, sweep_seconds = _plan_stop_sweep(net, loaded, validation.cases, budget, device, precision, stop_sweep)
     seconds = None
@@ -207,12 +216,18 @@ def adapt(
         "machine": machine_summary(device),
         "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
     }
+    if all(isinstance(k, int) for k in classes):
+        labels = {str(k): n for k, n in classes.items()}
+    else:  # regions: the label values as they are, the regions beside them (as a BraTS datalist has them)
+        labels = {str(v): str(v) for v in sorted({v for k in classes for v in values_of(k)})}
     datalist = {
         "description": f"the volumes monai-cbo adapt trained on ({created})",
-        "labels": {"0": "background", **{str(v): n for v, n in classes.items()}},
+        "labels": {"0": "background", **labels},
         "training": [c.to_json() for c in cases if c.name in set(record["training_cases"])],
         "validation": [c.to_json() for c in cases if c.name in set(validation.cases)],
     }
+    if not all(isinstance(k, int) for k in classes):
+        datalist["regions"] = {n: list(values_of(k)) for k, n in classes.items()}
     task = task_config(classes, decided, AutoConfig(), propagation)
     train_values = {
         "peft": {"preset": recipe.preset, "rank": recipe.rank},
@@ -266,14 +281,16 @@ def _plan_stop_sweep(
     return plan, total
 
 
-def _stop_sweep(net, plan: list, classes: list[int], device, precision: str, log) -> tuple[PropagationConfig, dict]:
+def _stop_sweep(
+    net, plan: list, classes: list[ClassKey], device, precision: str, log
+) -> tuple[PropagationConfig, dict]:
     from ..bench.propagation_sweep import sweep_stop_rules
     from ..inferers.slicewise import SliceWiseInferer
 
     tick = time.perf_counter()
     log(f"stop sweep: the propagation's stop rules for this adapter, on {len(plan)} volume(s)")
     inferer = SliceWiseInferer(net.eval(), device=device, precision=precision)
-    volumes = [(c.name, c.volume, [c.gt == v for v in classes]) for c in plan]
+    volumes = [(c.name, c.volume, [class_mask(c.gt, k) for k in classes]) for c in plan]
     chosen, report = sweep_stop_rules(inferer, volumes, PropagationConfig(), log)
     report.update(volumes=[c.name for c in plan], seconds=round(time.perf_counter() - tick, 1))
     for family, title in (("open", "one / three key boxes"), ("ranged", "3D box")):

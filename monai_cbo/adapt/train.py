@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..bench.config import BenchConfig
-from ..bench.data import BenchData, LoadedCase, foreground_slices
+from ..bench.data import BenchData, ClassKey, LoadedCase, class_mask, foreground_slices
 from ..bench.run import format_eta, frozen_encoder, training_batches
 from ..inferers.slicewise import Prompt2D, SliceWiseInferer, mask_box
 from ..networks import SamSegmenter, class_prompts_of, feature_cache
@@ -125,7 +125,7 @@ def _spread(items: list[int], count: int) -> list[int]:
 
 
 def split_validation(
-    cases: list[LoadedCase], classes: Sequence[int], recipe: Recipe
+    cases: list[LoadedCase], classes: Sequence[ClassKey], recipe: Recipe
 ) -> tuple[list[LoadedCase], Validation]:
     """Hold back what validation scores: with 4 or more volumes, a quarter of them (at least one, drawn by the
     seed); with fewer, in each volume a block of consecutive slices holding the structure (a fifth of its
@@ -168,7 +168,7 @@ def split_validation(
 def validate(
     model: SamSegmenter,
     validation: Validation,
-    classes: Sequence[int],
+    classes: Sequence[ClassKey],
     device: torch.device,
     precision: str = "auto",
     embeddings: dict[str, dict] | None = None,
@@ -191,7 +191,7 @@ def validate(
         size = tuple(case.volume.shape[1:3])
         cache = embeddings.setdefault(case.name, {}) if embeddings is not None else None
         for z, emb in inferer.encode(case.volume, sorted(set(zs)), cache):
-            truth = [case.gt[..., z] == c for c in classes]
+            truth = [class_mask(case.gt[..., z], c) for c in classes]
             boxes = [(i, mask_box(t)) for i, t in enumerate(truth)]
             boxes = [(i, b) for i, b in boxes if b is not None]
             if boxes:
@@ -400,6 +400,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
     # the score this stage must beat: the first stage's best, which the decoder stage starts from
     baseline = st["best"] if decoder else None
     last_log = [0.0]
+    window = [st["step"], st["seconds"]]  # step and seconds at the last progress line
 
     def progress() -> float:
         if budget.steps is not None:
@@ -455,16 +456,19 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         st["loss"].append(round(engine.state.output["loss"].item(), 5))
         now = progress()
         if time.perf_counter() - last_log[0] > 20 or now >= 1:
+            # the rate since the last line: the decoder stage's first pass encodes its slices, later ones do not
             last_log[0] = time.perf_counter()
-            taken = st["step"] - st["stage_step"]
-            rate = taken * recipe.batch_size / max(st["seconds"] - st["stage_seconds"], 1e-6)
+            seen, at = window
+            window[:] = [st["step"], st["seconds"]]
+            rate = (st["step"] - seen) * recipe.batch_size / max(st["seconds"] - at, 1e-6)
             if budget.steps is not None:
-                left = (size - taken) * recipe.batch_size / max(rate, 1e-6)
+                left = (size - (st["step"] - st["stage_step"])) * recipe.batch_size / max(rate, 1e-6)
             else:
                 left = size - (st["seconds"] - st["stage_seconds"])
+            encoded = f"  {len(cache)} slices encoded" if decoder else ""
             log(
                 f"  {stage} {min(now, 1):4.0%}  step {st['step']}  loss {np.mean(st['loss'][-10:]):.4f}  "
-                f"lr {optimizer.param_groups[0]['lr']:.2e}  {rate:.2f} slices/s  "
+                f"lr {optimizer.param_groups[0]['lr']:.2e}  {rate:.2f} slices/s{encoded}  "
                 f"trained {format_eta(st['seconds'])}  ETA {format_eta(left)}"
             )
         if now >= 1:

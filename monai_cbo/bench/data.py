@@ -17,7 +17,10 @@ from ..inferers.segment import Case, check_label
 from ..inferers.volume import Preprocess, SliceGeometry, case_name, load_volume, prepare_volume
 from .config import BenchConfig
 
-__all__ = ["BenchData", "LoadedCase", "entry_name", "foreground_slices"]
+__all__ = ["BenchData", "ClassKey", "LoadedCase", "class_mask", "entry_name", "foreground_slices"]
+
+#: a class: its label value, or the label values a region covers (nested or overlapping classes, BraTS WT / TC)
+ClassKey = int | tuple[int, ...]
 
 
 @dataclass
@@ -41,9 +44,14 @@ class LoadedCase:
         return cls(name, volume, sliced, geometry, image if keep_image else None, spacing)
 
 
-def foreground_slices(gt: np.ndarray, classes: Sequence[int], min_pixels: int) -> list[int]:
+def class_mask(gt: np.ndarray, key: ClassKey) -> np.ndarray:
+    """Where ``gt`` holds class ``key``: its label value, or any of a region's values."""
+    return np.isin(gt, key) if isinstance(key, tuple) else gt == key
+
+
+def foreground_slices(gt: np.ndarray, classes: Sequence[ClassKey], min_pixels: int) -> list[int]:
     """The slices (last axis) of a sliced label map where some class covers at least ``min_pixels`` pixels."""
-    return [z for z in range(gt.shape[-1]) if max(int((gt[..., z] == c).sum()) for c in classes) >= min_pixels]
+    return [z for z in range(gt.shape[-1]) if max(int(class_mask(gt[..., z], c).sum()) for c in classes) >= min_pixels]
 
 
 class BenchData:
@@ -108,7 +116,9 @@ class BenchData:
             raise ValueError(f"datalist {config.datalist}: no foreground label in any case; check the label files")
         #: metric spec: per class, plus the dataset's evaluation regions (BraTS) where the datalist names them
         self.class_names = {c: names.get(c, str(c)) for c in self.classes}
-        self.metric_classes: dict[str, list[int]] = {name: [c] for c, name in self.class_names.items()}
+        self.metric_classes: dict[str, list[int]] = {
+            name: list(c) if isinstance(c, tuple) else [c] for c, name in self.class_names.items()
+        }
         for region, ids in regions.items():
             ids = sorted(int(i) for i in ids)
             if self.metric_classes.get(region) == ids:

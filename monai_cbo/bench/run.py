@@ -44,7 +44,7 @@ from ..peft import count_parameters, load_adapter, save_adapter
 from ..training import build_optimizer, build_trainer
 from ..transforms.training import SlicePromptsd
 from .config import BenchConfig, check_init_adapter, decoder_lr
-from .data import BenchData
+from .data import BenchData, class_mask
 
 __all__ = ["AUTO_MODES", "format_eta", "frozen_encoder", "train_and_evaluate", "training_batches"]
 
@@ -190,7 +190,6 @@ def training_batches(config: BenchConfig, data: BenchData, seed: int, size: int)
     )
     prompts.set_random_state(seed)
     order = data.sample_order(seed, config.steps * config.batch_size)
-    classes = torch.tensor(data.classes).view(-1, 1, 1)
     draws = np.random.default_rng([seed, 1])
     keys_out = ("image", "label", "boxes") + (("auto_label",) if auto_key else ())
     for step in range(config.steps):
@@ -200,7 +199,7 @@ def training_batches(config: BenchConfig, data: BenchData, seed: int, size: int)
             if auto and data.background and draws.random() < config.background_ratio:
                 case_idx, z = data.background[draws.integers(len(data.background))]
             case = data.train[case_idx]
-            label = (torch.from_numpy(case.gt[..., z]).unsqueeze(0) == classes).float()
+            label = torch.from_numpy(np.stack([class_mask(case.gt[..., z], c) for c in data.classes])).float()
             samples.append(prompts({"image": case.volume[..., z], "label": label}))
             keys.append(("train", case_idx, z))
         batch = {**{k: torch.stack([s[k] for s in samples]) for k in keys_out}, "slice_keys": keys}

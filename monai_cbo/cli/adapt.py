@@ -42,7 +42,9 @@ def add_parser(sub) -> None:
         default=None,
         metavar="V:NAME,...",
         help="the label values to learn and their names, e.g. 1:spleen,2:liver (other values count as "
-        "background); default every value present, named by its number",
+        "background); a class covering several values joins them with +, for nested labels: "
+        "1+2+4:whole tumour,1+4:tumour core,4:enhancing (larger regions first), or brats2015 / brats2021 / "
+        "brats2023 for those conventions' WT, TC, ET; default every value present, named by its number",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
