@@ -7,6 +7,7 @@ zero-shot LiteMedSAM. Every finished step is kept on disk and skipped when the c
 adapt resumes); the figures go to ``results.json`` beside this script::
 
     python docs/benchmarks/fewshot/learning_curve.py --structure hippocampus --n 0,1,2,4 --seeds 0 --minutes 10
+    python docs/benchmarks/fewshot/learning_curve.py --n 4 --steps 49 --decoder-steps 1500   # exact steps
 
 Paths: ``--data-root`` (default ../shared/data), ``--runs`` (default runs/fewshot; bundles, scores, caches).
 """
@@ -57,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", default="0,1,2,4", help="numbers of labelled volumes (0: zero-shot)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train exact steps instead of --minutes (with --decoder-steps: the decoder stage's); the runs are "
+        "named n{N}_s{seed}_steps{S}+{D}",
+    )
+    p.add_argument("--decoder-steps", type=int, default=0)
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--runs", default=str(REPO / "runs" / "fewshot"))
     args = p.parse_args(argv)
@@ -75,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     mine = results.setdefault(args.structure, {})
     cli = [sys.executable, "-m", "monai_cbo.cli"]
+    budget = ["--minutes", str(args.minutes)]
+    if args.steps is not None:
+        budget = ["--steps", str(args.steps), "--decoder-steps", str(args.decoder_steps)]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
-            key = f"n{n}_s{seed}"
+            key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
             run = root / key
             bundle = run / "bundle"
             if n and not (bundle / "configs" / "metadata.json").exists():
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.time()
                 _run(
                     [*cli, "adapt", str(datalist), "-o", str(bundle), "--classes", spec["classes"], "--seed",
-                     str(seed), "--minutes", str(args.minutes), *resume],
+                     str(seed), *budget, *resume],
                     run / "adapt.log",
                 )  # fmt: skip
                 print(f"  adapted in {(time.time() - start) / 60:.1f} min", flush=True)
