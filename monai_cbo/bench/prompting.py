@@ -42,6 +42,7 @@ from ..networks import SliceCache, class_prompts_of
 from .propagation_sweep import STOP_GRID, TRAJECTORY_GRID, _sweep
 from .protocols import (
     AUTOMATIC,
+    INTERACTIVE,
     PROTOCOLS,
     SuiteCase,
     _load,
@@ -79,10 +80,14 @@ def run_prompts_bench(
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
     precision: str = "auto",
+    clicks: int = 0,
 ) -> dict:
     """Score the protocols on a suite (optionally sweeping the propagation settings first); write ``rows.csv``,
     ``summary.json``, ``summary.md`` (and ``sweep.csv``) into ``out``; return the summary. ``precision``: see
-    :mod:`monai_cbo.precision`; a reduced one keys the embedding cache apart from fp32's."""
+    :mod:`monai_cbo.precision`; a reduced one keys the embedding cache apart from fp32's. ``clicks`` > 0 adds the
+    interactive protocol (:data:`~monai_cbo.bench.protocols.INTERACTIVE`) with that many correction rounds."""
+    if not 0 <= clicks <= 20:
+        raise ValueError(f"--clicks must be 0 .. 20 correction rounds, got {clicks}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = [c for c in read_suite(suite, data_root) if sets is None or c.set in sets]
@@ -100,7 +105,7 @@ def run_prompts_bench(
         for n, case in enumerate(part_cases, 1):
             loaded = _load(case, cache_path, tag)
             inferer.decode_memo.clear()
-            rows += _score(inferer, loaded, protocols, setting)
+            rows += _score(inferer, loaded, protocols, setting, clicks)
             loaded.cache.save()
             log(f"    {n}/{len(part_cases)} {case.key} ({time.perf_counter() - start:.0f} s)")
         inferer.decode_memo.clear()
@@ -109,7 +114,8 @@ def run_prompts_bench(
     if sweep:
         config = _sweep(inferer, [c for c in cases if c.part == "tune"], config, cache_path, tag, out, log, evaluate)
     automatic = (AUTOMATIC,) if class_prompts_of(model) is not None else ()
-    rows = evaluate(config, cases, PROTOCOLS + automatic)
+    interactive = (INTERACTIVE,) if clicks else ()
+    rows = evaluate(config, cases, PROTOCOLS + automatic + interactive)
     if sweep:  # the truncated recordings must predict what the real propagation does
         measured = objective([r for r in rows if r["part"] == "tune" and r["protocol"] != "three_keys"])
         predicted = json.loads((out / "sweep_predicted.json").read_text(encoding="utf-8"))[
@@ -120,7 +126,7 @@ def run_prompts_bench(
             f"{predicted:.4f}, measured by propagating with the chosen settings {measured:.4f}"
         )
     with open(out / "rows.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
+        writer = csv.DictWriter(f, list(dict.fromkeys(k for r in rows for k in r)))  # the interactive rows add two
         writer.writeheader()
         writer.writerows(rows)
     result = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,13 @@ from ..inferers import (
     prepare_volume,
     propagate,
 )
-from ..inferers.prompts import prompts_from_mask
+from ..inferers.prompts import correction_click, prompts_from_mask
 from ..metrics import dice_3d
 from ..networks import SliceCache, class_prompts_of
 
 __all__ = [
     "AUTOMATIC",
+    "INTERACTIVE",
     "PROTOCOLS",
     "SuiteCase",
     "objective",
@@ -48,6 +50,10 @@ PROTOCOLS = ("per_slice", "one_key", "box3d", "three_keys")
 #: no prompt at all: the model's class prompts on every slice (a model with class prompts only; raw masks, no
 #: post-processing), scored beside the prompt protocols but never part of the sweep's objective
 AUTOMATIC = "automatic"
+#: the interactive challenge protocol: a 3D box, then rounds of one simulated correction click each (where the
+#: mask is most wrong, every earlier click kept); its rows are ``clicks0`` (the 3D box, timed) .. ``clicksK``,
+#: scored beside the others and never part of the sweep's objective
+INTERACTIVE = "interactive"
 
 
 @dataclass
@@ -153,13 +159,18 @@ def _load(case: SuiteCase, cache_dir: Path | None, tag: str) -> _Loaded:
 
 
 def _score(
-    inferer: SliceWiseInferer, loaded: _Loaded, protocols: Sequence[str], config: PropagationConfig
+    inferer: SliceWiseInferer,
+    loaded: _Loaded,
+    protocols: Sequence[str],
+    config: PropagationConfig,
+    clicks: int = 5,
 ) -> list[dict]:
     rows = []
     for target, mask in loaded.masks.items():
-        present = np.nonzero(mask.any(axis=(0, 1)))[0]
-        first, last = int(present[0]), int(present[-1])
         for protocol in protocols:
+            if protocol == INTERACTIVE:
+                rows += _interactive(inferer, loaded, target, mask, config, clicks)
+                continue
             if protocol == AUTOMATIC:
                 pred = np.isin(_automatic_labels(inferer, loaded), loaded.case.targets[target])
             else:
@@ -171,23 +182,65 @@ def _score(
                 pred = np.zeros(mask.shape, dtype=bool)
                 for z, res in results.items():
                     pred[..., z] = res.prob.numpy() > inferer.threshold
-            predicted = np.nonzero(pred.any(axis=(0, 1)))[0]
-            outside = [z for z in predicted if z < first or z > last]
-            beyond = max([first - z if z < first else z - last for z in outside], default=0)
-            rows.append(
-                {
-                    "set": loaded.case.set,
-                    "case": loaded.case.name,
-                    "part": loaded.case.part,
-                    "target": target,
-                    "protocol": protocol,
-                    "dice": dice_3d(pred, mask),
-                    "true_slices": int(len(present)),
-                    "predicted_slices": int(len(predicted)),
-                    "slices_outside": len(outside),
-                    "max_beyond": int(beyond),
-                }
+            rows.append(_row(loaded, target, protocol, pred, mask))
+    return rows
+
+
+def _row(loaded: _Loaded, target: str, protocol: str, pred: np.ndarray, mask: np.ndarray, **extra) -> dict:
+    present = np.nonzero(mask.any(axis=(0, 1)))[0]
+    first, last = int(present[0]), int(present[-1])
+    predicted = np.nonzero(pred.any(axis=(0, 1)))[0]
+    outside = [z for z in predicted if z < first or z > last]
+    beyond = max([first - z if z < first else z - last for z in outside], default=0)
+    return {
+        "set": loaded.case.set,
+        "case": loaded.case.name,
+        "part": loaded.case.part,
+        "target": target,
+        "protocol": protocol,
+        "dice": dice_3d(pred, mask),
+        "true_slices": int(len(present)),
+        "predicted_slices": int(len(predicted)),
+        "slices_outside": len(outside),
+        "max_beyond": int(beyond),
+        **extra,
+    }
+
+
+def _interactive(
+    inferer: SliceWiseInferer, loaded: _Loaded, target: str, mask: np.ndarray, config: PropagationConfig, clicks: int
+) -> list[dict]:
+    """The interactive protocol on one target: the 3D box (row ``clicks0``), then ``clicks`` rounds, each adding
+    :func:`~monai_cbo.inferers.prompts.correction_click` of the current mask (all earlier clicks kept) and
+    segmenting the object again; each row has its round's seconds and the slices whose mask changed. A perfect
+    mask gets no more clicks (its later rounds repeat it, taking no time). The first answer is timed with the
+    slices' embeddings cached and no decode remembered: the decoder's work only, a stricter denominator for a
+    round's time than the user's first answer, which also encodes."""
+    prompt = protocol_prompt(mask, "box3d")
+    pred = np.zeros(mask.shape, dtype=bool)
+    rows = []
+    for k in range(clicks + 1):
+        click = correction_click(pred, mask) if k else None
+        if k and click is None:
+            rows.append(_row(loaded, target, f"clicks{k}", pred, mask, seconds=0.0, slices_changed=0))
+            continue
+        if click is not None:
+            points, labels = prompt.points.get(click.slice, (np.zeros((0, 2)), np.zeros(0, dtype=np.int64)))
+            prompt.points[click.slice] = (
+                np.concatenate([points, np.asarray([click.point], dtype=np.float32)]),
+                np.concatenate([labels, [click.label]]).astype(np.int64),
             )
+        if k == 0 and inferer.decode_memo is not None:
+            inferer.decode_memo.clear()  # the first answer decodes every slice it reaches (embeddings cached)
+        tick = time.perf_counter()
+        results = propagate(inferer, loaded.volume, prompt, config, loaded.cache)
+        seconds = time.perf_counter() - tick
+        new = np.zeros(mask.shape, dtype=bool)
+        for z, res in results.items():
+            new[..., z] = res.prob.numpy() > inferer.threshold
+        changed = int((new != pred).any(axis=(0, 1)).sum()) if k else int(new.any(axis=(0, 1)).sum())
+        pred = new
+        rows.append(_row(loaded, target, f"clicks{k}", pred, mask, seconds=round(seconds, 3), slices_changed=changed))
     return rows
 
 
@@ -224,14 +277,30 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
                 "slices_outside": int(sum(r["slices_outside"] for r in sel)),
                 "max_beyond": int(max(r["max_beyond"] for r in sel)),
             }
+            if sel[0].get("seconds") not in (None, ""):  # an interactive round (rows.csv: strings): time and reach
+                out[set_name][protocol]["seconds"] = float(np.mean([float(r["seconds"]) for r in sel]))
+                out[set_name][protocol]["slices_changed"] = float(np.mean([float(r["slices_changed"]) for r in sel]))
+                lower = [r["dice"] < b["dice"] - 1e-9 for r, b in zip(sel, _round0(mine, sel), strict=True)]
+                out[set_name][protocol]["below_box"] = int(sum(lower))
     return out
+
+
+def _round0(rows: list[dict], sel: list[dict]) -> list[dict]:
+    """For each interactive row of ``sel``, the same target's ``clicks0`` row (the 3D box it started from)."""
+    start = {(r["case"], r["target"]): r for r in rows if r["protocol"] == "clicks0"}
+    return [start[(r["case"], r["target"])] for r in sel]
+
+
+def _scored(protocol: str) -> bool:
+    """Whether ``protocol`` is part of the sweep's objective: the propagated prompt protocols only."""
+    return protocol not in ("per_slice", AUTOMATIC) and not protocol.startswith("clicks")
 
 
 def objective(rows: list[dict]) -> float:
     """What the sweep maximises: the mean over sets of the mean over propagated protocols of the set's Dice ratio
     to per-slice boxes (every set counts the same, however many cases it has)."""
     summary = summarise(rows)
-    scored = lambda per_set: [v["ratio"] for p, v in per_set.items() if p not in ("per_slice", AUTOMATIC)]  # noqa: E731
+    scored = lambda per_set: [v["ratio"] for p, v in per_set.items() if _scored(p)]  # noqa: E731
     return float(np.mean([np.mean(scored(s)) for s in summary.values()]))
 
 
@@ -263,4 +332,37 @@ def summary_markdown(result: dict) -> str:
         "Cells: mean 3D Dice (ratio to per-slice boxes; slices predicted outside the true extent, summed; the "
         "farthest one, in slices)."
     )
+    lines += _interactive_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def _interactive_markdown(result: dict) -> list[str]:
+    lines: list[str] = []
+    for part, per_set in result["parts"].items():
+        for set_name, per in per_set.items():
+            rounds = sorted((p for p in per if p.startswith("clicks")), key=lambda p: int(p[6:]))
+            if not rounds:
+                continue
+            if not lines:
+                lines = [
+                    "",
+                    "### interactive protocol (a 3D box, then one correction click per round)",
+                    "",
+                    "| part | set | " + " | ".join(f"{p[6:]} clicks" for p in rounds) + " | AUC | round / first "
+                    "answer time | slices changed per round | targets below the box after the last |",
+                    "|---|---|" + "---:|" * (len(rounds) + 4),
+                ]
+            dice = [per[p]["dice"] for p in rounds]
+            first = per[rounds[0]]["seconds"]
+            later = [per[p]["seconds"] for p in rounds[1:]]
+            ratio = f"{np.mean(later) / first:.2f}" if later and first > 0 else "–"
+            changed = f"{np.mean([per[p]['slices_changed'] for p in rounds[1:]]):.1f}" if later else "–"
+            last = per[rounds[-1]]
+            lines.append(
+                f"| {part} | {set_name} | "
+                + " | ".join(f"{d:.3f}" for d in dice)
+                + f" | {np.mean(dice):.3f} | {ratio} | {changed} | {last['below_box']} of {last['n']} |"
+            )
+    if lines:
+        lines += ["", "AUC: the mean Dice over the rounds (0 clicks: the 3D box alone)."]
+    return lines

@@ -42,6 +42,14 @@ def add_parser(sub) -> None:
         help="a propagation setting (monai_cbo.inferers.PropagationConfig), e.g. min_overlap=0.5; the "
         "start of a sweep (repeatable)",
     )
+    p.add_argument(
+        "--clicks",
+        type=int,
+        default=0,
+        help="also score the interactive protocol: a 3D box, then this many rounds of one simulated correction "
+        "click each where the mask is most wrong (Dice per round, its AUC, time per round against the first "
+        "answer, slices changed); e.g. 5. Default 0: off",
+    )
     p.add_argument("--cache-dir", default=None, help="keep slice embeddings here (4 MiB a slice) for later runs")
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         log=lambda line: print(line, flush=True),
         precision=args.precision,
+        clicks=args.clicks,
     )
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     print(

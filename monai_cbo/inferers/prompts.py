@@ -3,6 +3,8 @@
 Volumes here are ``[H, W, D]`` with the slicing axis last (see :mod:`monai_cbo.inferers.slicewise`).
 
 * :func:`prompts_from_label`: a box per slice from a label map (the benchmark protocol).
+* :func:`correction_click`: the click a simulated user gives where a 3D mask is most wrong (the interactive
+  protocol).
 * :func:`read_prompt_file` + :func:`prompts_from_spec`: a JSON file of per-class 3D boxes, key-slice boxes
   and points, in voxel indices or world millimetres (RAS).
 
@@ -46,6 +48,7 @@ from .slicewise import Prompt2D, mask_box
 from .volume import SliceGeometry
 
 __all__ = [
+    "Click",
     "MAX_ENTRIES",
     "MAX_KEY_BOXES",
     "MAX_LABEL",
@@ -53,6 +56,7 @@ __all__ = [
     "PromptSpec",
     "VolumePrompts",
     "check_label_value",
+    "correction_click",
     "load_prompt_file",
     "prompts_from_label",
     "prompts_from_mask",
@@ -61,6 +65,47 @@ __all__ = [
     "spec_from_boxes",
     "spec_from_entries",
 ]
+
+
+@dataclass(frozen=True)
+class Click:
+    """A simulated user's correction: on slice ``slice`` at pixel ``point`` (x, y), foreground (``label`` 1,
+    where the mask misses) or background (0, where it leaks); ``region``: voxels of the error region it fixes."""
+
+    slice: int
+    point: tuple[int, int]
+    label: int
+    region: int
+
+
+def correction_click(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> Click | None:
+    """The next click of the interactive challenge protocol for ``pred`` against ``truth`` (``[H, W, D]``, sliced
+    view): in the largest 3D connected region of error (missed foreground or leaked background, 26-connected),
+    the voxel farthest from the region's border (the volume's edge counts as border; distances in ``spacing``,
+    default voxels; of several, the one nearest the region's centroid); foreground on a miss, background on a
+    leak. None when ``pred`` equals ``truth``."""
+    from scipy import ndimage
+
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"correction_click: prediction {pred.shape} and truth {truth.shape} differ in shape")
+    best: tuple[int, np.ndarray, int] | None = None
+    for error, label in ((truth & ~pred, 1), (pred & ~truth, 0)):
+        regions, count = ndimage.label(error, structure=np.ones((3, 3, 3), dtype=bool))
+        if not count:
+            continue
+        sizes = np.bincount(regions.ravel())[1:]
+        k = int(np.argmax(sizes))
+        if best is None or sizes[k] > best[0]:
+            best = (int(sizes[k]), regions == k + 1, label)
+    if best is None:
+        return None
+    size, region, label = best
+    inside = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    deepest = np.argwhere(inside >= inside.max() - 1e-6)  # ties (an elongated region): the one nearest its centre
+    centre = np.argwhere(region).mean(axis=0)
+    y, x, z = deepest[int(np.argmin(((deepest - centre) ** 2).sum(axis=1)))]
+    return Click(int(z), (int(x), int(y)), label, size)
 
 
 def prompts_from_mask(mask: np.ndarray | torch.Tensor, min_pixels: int = 1) -> dict[int, Prompt2D]:

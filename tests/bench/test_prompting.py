@@ -253,3 +253,28 @@ def test_a_model_with_class_prompts_is_also_scored_without_any_prompt(suite, tmp
     for r in rows:
         r.update(dice=float(r["dice"]), **{k: int(r[k]) for k in ("slices_outside", "max_beyond", "true_slices")})
     assert objective(rows) == objective([r for r in rows if r["protocol"] != "automatic"])
+
+
+def test_the_interactive_protocol_clicks_where_the_mask_is_wrong_and_times_each_round(suite, tmp_path, capsys):
+    """--clicks: the 3D box (round 0, the same masks as the box3d protocol), then one simulated click per round
+    from the current error, every earlier click kept; each round's Dice, time and slices changed in rows.csv, the
+    rounds' table in summary.md, and none of it in the sweep's objective."""
+    from monai_cbo.bench.protocols import objective
+
+    out = tmp_path / "clicks"
+    base = ["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny"]
+    assert main([*base, "--clicks", "2"]) == 0
+    rows = list(csv.DictReader(open(out / "rows.csv", encoding="utf-8")))
+    for case in ("c0", "c1"):
+        mine = {r["protocol"]: r for r in rows if r["case"] == case}
+        assert {"clicks0", "clicks1", "clicks2"} <= set(mine)
+        assert float(mine["clicks0"]["dice"]) == pytest.approx(float(mine["box3d"]["dice"]), abs=1e-9)
+        for k in ("clicks1", "clicks2"):
+            assert float(mine[k]["seconds"]) >= 0 and 0 <= int(mine[k]["slices_changed"]) <= 9
+        assert mine["box3d"]["seconds"] == ""  # the other protocols' rows leave the interactive columns empty
+    assert "interactive protocol" in (out / "summary.md").read_text(encoding="utf-8")
+    assert "2 clicks" in capsys.readouterr().out
+    for r in rows:
+        r.update(dice=float(r["dice"]), **{k: int(r[k]) for k in ("slices_outside", "max_beyond", "true_slices")})
+    assert objective(rows) == objective([r for r in rows if not r["protocol"].startswith("clicks")])
+    assert main([*base, "--clicks", "99", "-o", str(tmp_path / "never")]) != 0

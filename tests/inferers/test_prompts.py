@@ -126,3 +126,25 @@ def test_unreadable_prompt_file(tmp_path):
         read_prompt_file(bad, AFFINE, AXIAL)
     with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
         read_prompt_file(tmp_path / "missing.json", AFFINE, AXIAL)
+
+
+def test_a_correction_click_lands_in_the_largest_error_farthest_from_its_border():
+    """The interactive protocol's simulated user: a foreground click in the middle of the largest miss, a
+    background click in the middle of the largest leak, whichever region is larger; nothing for a perfect mask."""
+    from monai_cbo.inferers.prompts import correction_click
+
+    truth = np.zeros((30, 40, 12), dtype=bool)
+    truth[5:25, 5:25, 2:10] = True
+    pred = truth.copy()
+    pred[8:13, 10:15, 3:8] = False  # a 5 x 5 x 5 miss centred at row 10, column 12, slice 5
+    pred[28:30, 30:32, 0:2] = True  # a 2 x 2 x 2 leak
+    click = correction_click(pred, truth)
+    assert (click.slice, click.point, click.label, click.region) == (5, (12, 10), 1, 125)
+    pred = truth.copy()
+    pred[2:5, 30:37, 4:7] = True  # a leak of 3 x 7 x 3 = 63, centred at row 3, column 33, slice 5
+    pred[20:22, 20:22, 5] = False  # a miss of 4
+    click = correction_click(pred, truth)
+    assert (click.slice, click.point, click.label, click.region) == (5, (33, 3), 0, 63)
+    assert correction_click(truth, truth) is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        correction_click(truth[..., :3], truth)
