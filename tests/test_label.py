@@ -704,3 +704,54 @@ def test_an_uploads_size_is_read_from_its_header_alone(tmp_path):
     (tmp_path / "junk.nii.gz").write_bytes(b"\x1f\x8b junk")
     with pytest.raises(Refused, match="not a readable NIfTI file"):
         _nifti_voxels(tmp_path / "junk.nii.gz", "label")
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
+def test_a_correction_on_a_study_encodes_nothing_again_and_changes_no_result(tmp_path, monkeypatch):
+    """The prompt task keeps a study's slice embeddings (and its decodes) between requests: a click added to the
+    same ROI encodes no slice again and gives the mask a server without the kept embeddings gives; a study whose
+    file changed is encoded again."""
+    import torch
+
+    from monai_cbo.data.demo import make_demo_case
+    from monai_cbo.inferers import Preprocess, PropagationConfig
+    from monai_cbo.label.app import AdapterStore, PromptTask
+    from monai_cbo.models import build_segmenter
+    from monai_cbo.networks import SamSegmenter
+    from monai_cbo.peft import save_adapter
+
+    image, label, affine = make_demo_case(3, shape=(48, 48, 10))
+    study = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), study)
+    adapter = save_adapter(build_segmenter("tiny", preset="lora_cbo", seed=0), tmp_path / "tiny.pt")
+    encoded: list[int] = []
+    original = SamSegmenter.encode
+
+    def counting(self, batch: torch.Tensor) -> torch.Tensor:
+        encoded.append(batch.shape[0])
+        return original(self, batch)
+
+    monkeypatch.setattr(SamSegmenter, "encode", counting)
+    i, j, k = np.nonzero(label)
+    roi = [int(i.min()), int(j.min()), int(i.max()) + 1, int(j.max()) + 1, int(k.min()), int(k.max()) + 1]
+    box = {"image": str(study), "roi": roi}
+    click = {**box, "background": [[int(i.min()), int(j.min()), int(k.min())]]}
+
+    def task(name: str) -> PromptTask:
+        (tmp_path / name / "models").mkdir(parents=True)
+        return PromptTask(
+            AdapterStore(tmp_path / name / "models", adapter, "cpu"), Preprocess("ct"), PropagationConfig()
+        )
+
+    kept = task("kept")
+    kept(box)
+    first = sum(encoded)
+    assert 0 < first <= roi[5] - roi[4]  # the slices the propagation reached in the ROI, each once
+    corrected, _ = kept(click)
+    assert sum(encoded) == first  # the correction: nothing encoded again
+    fresh, _ = task("fresh")(click)  # a server that kept nothing
+    assert np.array_equal(np.asarray(nib.load(corrected).dataobj), np.asarray(nib.load(fresh).dataobj))
+    before = sum(encoded)
+    os.utime(study, ns=(time.time_ns(), time.time_ns() + 10**9))  # the study changed on disk
+    kept(click)
+    assert sum(encoded) == before + first

@@ -276,11 +276,14 @@ def segment_case(
     overwrite: bool = False,
     propagation: PropagationConfig | None = None,
     score: bool = True,
+    cache: SliceCache | None = None,
 ) -> CaseResult:
     """Segment ``case`` and write its label map to ``output`` (NIfTI, input geometry). Raises on bad input
     (ValueError / FileNotFoundError / FileExistsError naming the file and what to do), before writing anything.
 
-    With a label, ``score`` adds Dice / HD95 / NSD per class to the result."""
+    With a label, ``score`` adds Dice / HD95 / NSD per class to the result. ``cache``: the slice embeddings of
+    this case's volume as this inferer's model encodes it with ``pre`` (the caller keys it so: the label server
+    keeps one per study, so a correction does not encode again); None: a new one as needed."""
     start = time.perf_counter()
     output = check_overwrite(output, overwrite)  # fail before any work
     with stage("read"):
@@ -303,7 +306,7 @@ def segment_case(
             prompts = prompts_from_spec(spec_from_entries(*entries, image.affine.numpy(), geometry, where))
         else:
             prompts = prompts_from_spec(case.key.spec(geometry, where=f"key box of {case.image}"))
-    seg = segment_volume(inferer, volume, geometry, prompts, propagation, auto=case.auto)
+    seg = segment_volume(inferer, volume, geometry, prompts, propagation, cache=cache, auto=case.auto)
     with stage("write"):
         written = save_label_map(seg.labels, image, output, overwrite)
     mark("mask_written")

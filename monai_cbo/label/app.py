@@ -26,6 +26,7 @@ import math
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from ..bundles import load_bundle
 from ..inferers import AutoConfig, Case, KeyPrompt, Preprocess, PropagationConfig, SliceWiseInferer, segment_case
 from ..inferers.volume import load_volume
-from ..networks import class_prompts_of
+from ..networks import SliceCache, class_prompts_of
 from ..task import TaskSpec
 from .datastore import StudiesDatastore
 from .guard import NAME_MAX, Refused, plain_name
@@ -60,6 +61,13 @@ AUTO_TASK = "monai_cbo_auto"
 TRAIN_TASK = "monai_cbo_train"
 TRAINED_PATTERN = "adapter_*.pt"  # adapters the train task wrote: adapter_<UTC time>.pt, newest last by name
 MAX_CLICKS = 100  #: foreground + background clicks in one prompted request
+#: studies whose slice embeddings the infer tasks keep, so that a correction (the same ROI and a click more) or
+#: another object on a study encodes nothing again; the least recently used one is dropped
+KEPT_STUDIES = 2
+#: memory bound of one kept study's embeddings (a LiteMedSAM slice is 4 MiB: 1024 MiB hold 256 slices)
+STUDY_CACHE_MIB = 1024.0
+#: memory bound of the decodes remembered across requests (a correction's unchanged slices decode nothing again)
+DECODE_MEMO_MIB = 256.0
 
 
 def _numbers(value: Any, count: int, what: str) -> list[int]:
@@ -142,6 +150,7 @@ class AdapterStore:
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._inferer: SliceWiseInferer | None = None
+        self._studies: OrderedDict[tuple, SliceCache] = OrderedDict()
 
     def current_path(self) -> Path | None:
         trained = sorted(self.models_dir.glob(TRAINED_PATTERN))
@@ -157,8 +166,25 @@ class AdapterStore:
             if key != self._key:
                 model = load_segmenter(path) if path else build_model("litemedsam")
                 logger.info("infer tasks now use %s", path or "zero-shot LiteMedSAM")
-                self._inferer, self._key = SliceWiseInferer(model, device=self.device), key
+                memo = SliceCache(DECODE_MEMO_MIB)  # keyed by embedding content and prompts: this model's only
+                self._inferer = SliceWiseInferer(model, device=self.device, decode_memo=memo)
+                self._key = key
+                self._studies.clear()  # another model, other embeddings
             return self._inferer, path
+
+    def embeddings(self, image: str | Path, pre: Preprocess) -> SliceCache:
+        """The kept slice embeddings of study ``image`` under the current model and ``pre``: the same cache while
+        the file (path, size, modification time), the model and the preprocessing are unchanged, a new one
+        otherwise; past :data:`KEPT_STUDIES` the least recently used study's are dropped. Call :meth:`inferer`
+        first (it decides the model)."""
+        stat = Path(image).stat()
+        key = (self._key, str(Path(image).resolve()), stat.st_size, stat.st_mtime_ns, repr(pre))
+        with self._lock:
+            cache = self._studies.pop(key, None) or SliceCache(STUDY_CACHE_MIB)
+            self._studies[key] = cache
+            while len(self._studies) > KEPT_STUDIES:
+                self._studies.popitem(last=False)
+            return cache
 
     def class_prompts(self) -> dict | None:
         """The current adapter's class prompts (names, values), None for a prompted-only model."""
@@ -204,7 +230,8 @@ class _Segment(InferTask):
     ) -> tuple[str, dict[str, Any]]:
         out = _output_file(self.store.models_dir.parent / "tmp")
         try:
-            result = segment_case(inferer, case, out, self.pre, overwrite=True, propagation=propagation)
+            cache = self.store.embeddings(case.image, self.pre)
+            result = segment_case(inferer, case, out, self.pre, overwrite=True, propagation=propagation, cache=cache)
         except (ValueError, FileNotFoundError) as err:
             os.unlink(out)
             raise Refused(422, str(err)) from err
