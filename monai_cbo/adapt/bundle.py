@@ -20,7 +20,7 @@ from ..inferers.automatic import AutoConfig
 from ..inferers.propagation import PropagationConfig
 from ..inferers.volume import Preprocess
 from ..utils import write_atomic
-from .inputs import values_of, written_values
+from .inputs import has_regions, values_of, written_values
 
 __all__ = ["task_config", "write_bundle"]
 
@@ -41,7 +41,7 @@ def task_config(
     ``classes`` (one label value each), or ``regions`` (classes covering several values, nested or not) with the
     value each is written with."""
     skip = ("ct_window",) if preprocess.modality != "ct" else ()
-    if all(isinstance(k, int) for k in classes):
+    if not has_regions(classes):
         labels: dict = {"classes": list(classes)}
     else:
         labels = {

@@ -28,6 +28,7 @@ __all__ = [
     "LabelledCase",
     "cases_from_datalist",
     "check_and_load",
+    "has_regions",
     "is_exclusive",
     "pair_folders",
     "parse_class_names",
@@ -178,6 +179,11 @@ def _key(values: Sequence[int]) -> ClassKey:
 def values_of(key: ClassKey) -> tuple[int, ...]:
     """The label values class ``key`` covers."""
     return key if isinstance(key, tuple) else (key,)
+
+
+def has_regions(classes: Collection[ClassKey]) -> bool:
+    """Whether some class covers several label values (the bundle's task then holds ``regions``)."""
+    return any(isinstance(key, tuple) for key in classes)
 
 
 def is_exclusive(classes: Collection[ClassKey]) -> bool:

@@ -26,6 +26,7 @@ from .inputs import (
     LabelledCase,
     cases_from_datalist,
     check_and_load,
+    has_regions,
     is_exclusive,
     pair_folders,
     values_of,
@@ -216,7 +217,7 @@ def adapt(
         "machine": machine_summary(device),
         "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
     }
-    if all(isinstance(k, int) for k in classes):
+    if not has_regions(classes):
         labels = {str(k): n for k, n in classes.items()}
     else:  # regions: the label values as they are, the regions beside them (as a BraTS datalist has them)
         labels = {str(v): str(v) for v in sorted({v for k in classes for v in values_of(k)})}
@@ -226,7 +227,7 @@ def adapt(
         "training": [c.to_json() for c in cases if c.name in set(record["training_cases"])],
         "validation": [c.to_json() for c in cases if c.name in set(validation.cases)],
     }
-    if not all(isinstance(k, int) for k in classes):
+    if has_regions(classes):
         datalist["regions"] = {n: list(values_of(k)) for k, n in classes.items()}
     task = task_config(classes, decided, AutoConfig(), propagation)
     train_values = {

@@ -180,7 +180,9 @@ class AdapterStore:
         stat = Path(image).stat()
         key = (self._key, str(Path(image).resolve()), stat.st_size, stat.st_mtime_ns, repr(pre))
         with self._lock:
-            cache = self._studies.pop(key, None) or SliceCache(STUDY_CACHE_MIB)
+            cache = self._studies.pop(key, None)  # a kept cache may be empty, so not `or`: it is falsy then
+            if cache is None:
+                cache = SliceCache(STUDY_CACHE_MIB)
             self._studies[key] = cache
             while len(self._studies) > KEPT_STUDIES:
                 self._studies.popitem(last=False)
