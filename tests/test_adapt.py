@@ -226,6 +226,33 @@ def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatc
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
+def test_sigterm_keeps_the_run_as_ctrl_c_does(cases, tmp_path):
+    """kill, a scheduler's time limit or a container stop sends SIGTERM: the run checkpoints and says how to go on."""
+    import signal
+
+    out = tmp_path / "killed"
+    command = "from monai_cbo.cli import main; raise SystemExit(main())"
+    args = [str(cases / "images"), str(cases / "labels"), "-o", str(out), "--model", "tiny", "--minutes", "10"]
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", command, "adapt", *args, "--no-stop-sweep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    for line in proc.stdout:  # the first progress line: training is under way
+        seen.append(line)
+        if re.search(r"adapter +\d+%\s+step", line):
+            break
+    assert proc.poll() is None, "".join(seen)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "add --resume to the same command" in rest
+    state = torch.load(out / ".adapt/state.pt", weights_only=False)
+    assert state["stage"] == "adapter" and state["step"] >= 1
+
+
 def test_the_decoder_stage_encodes_each_slice_once_and_leaves_the_encoder_as_trained(cases, tmp_path, monkeypatch):
     """With the encoder frozen, a step costs the decoder: every training and validation slice goes through the
     encoder once however many steps visit it, and the encoder's adapter weights are the first stage's best."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .options import add_precision_option, add_preprocess_options, preprocess_of
 
@@ -20,8 +23,8 @@ def add_parser(sub) -> None:
         "task and its record, which segment --bundle PATH, label --bundle PATH, bundles PATH and python -m "
         "monai.bundle run take as they take the shipped bundles. Every volume is checked before training; "
         "training runs for --minutes (or --steps), validates on held-back volumes (4 or more) or slices (fewer), "
-        "keeps the best validated weights and stops early when validation stops improving. Ctrl-C keeps the "
-        "run: continue it with the same command and --resume.",
+        "keeps the best validated weights and stops early when validation stops improving. Ctrl-C (or SIGTERM: "
+        "kill, a scheduler's time limit) keeps the run: continue it with the same command and --resume.",
     )
     p.add_argument(
         "images",
@@ -93,6 +96,26 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+@contextmanager
+def _terminate_keeps_the_run() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch scheduler's time limit, a container stopping) ends the run as Ctrl-C does: the
+    training checkpoints and the command says how to resume. Outside the main thread signals cannot be caught:
+    nothing changes there."""
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -119,22 +142,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     command = "monai-cbo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["adapt"] else ""
     try:
-        adapt(
-            args.images,
-            args.labels,
-            args.out,
-            class_names=parse_class_names(args.classes),
-            preprocess=preprocess_of(args),
-            recipe=recipe,
-            budget=budget,
-            model=args.model,
-            checkpoint=args.checkpoint,
-            device=args.device,
-            precision=args.precision,
-            resume=args.resume,
-            stop_sweep=args.stop_sweep,
-            command=command,
-        )
+        with _terminate_keeps_the_run():
+            adapt(
+                args.images,
+                args.labels,
+                args.out,
+                class_names=parse_class_names(args.classes),
+                preprocess=preprocess_of(args),
+                recipe=recipe,
+                budget=budget,
+                model=args.model,
+                checkpoint=args.checkpoint,
+                device=args.device,
+                precision=args.precision,
+                resume=args.resume,
+                stop_sweep=args.stop_sweep,
+                command=command,
+            )
     except InputProblems as err:
         print(f"monai-cbo adapt: {err}", file=sys.stderr)
         return 2
