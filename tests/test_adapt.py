@@ -209,8 +209,18 @@ def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatc
         adapt(
             cases / "images", cases / "labels", tmp_path / "cut", resume=True, **{**settings, "budget": Budget(steps=5)}
         )
+    # the data copied elsewhere (new paths, new file times) is the same data; an edited case is not
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(cases, moved, copy_function=shutil.copy)
+    edited = tmp_path / "edited"
+    shutil.copytree(cases, edited, copy_function=shutil.copy)
+    _write_case(edited, "case_3", 99)
+    with pytest.raises(ValueError, match="other volumes or settings"):
+        adapt(edited / "images", edited / "labels", tmp_path / "cut", resume=True, **settings)
     monkeypatch.setattr(adapt_train, "validate", original)
-    adapt(cases / "images", cases / "labels", tmp_path / "cut", resume=True, **settings)
+    adapt(moved / "images", moved / "labels", tmp_path / "cut", resume=True, **settings)
     record = json.loads((tmp_path / "cut/models/adapter.json").read_text())
     assert record["steps"] == 8 and record["decoder_steps"] == 4
     history = record["validation"]["history"]

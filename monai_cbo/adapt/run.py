@@ -55,13 +55,26 @@ def _check_out(out: Path, resume: bool) -> None:
         raise FileExistsError(f"{out} exists and is not an empty folder; give -o a new folder (nothing is overwritten)")
 
 
+def _file_digest(path: Path) -> str:
+    """The content hash of a file, or of every file under a folder (a DICOM series), by relative name."""
+    digest = hashlib.blake2b(digest_size=16)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(str(f.relative_to(path)).encode() if path.is_dir() else b"")
+        with open(f, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _fingerprint(cases: list[LabelledCase], **settings: object) -> str:
+    """What a resumed run must share with the interrupted one: each case's name and its files' contents (not
+    their paths or times: a dataset copied or moved elsewhere resumes; an edited label does not) and the
+    settings."""
     parts = []
     for case in cases:
         files = list(case.image) if isinstance(case.image, tuple) else [case.image]
-        for f in [*files, case.label]:
-            stat = Path(f).stat()
-            parts.append(f"{case.name}|{Path(f).resolve()}|{stat.st_size}|{int(stat.st_mtime)}")
+        parts += [f"{case.name}|{_file_digest(Path(f))}" for f in [*files, case.label]]
     parts.append(repr(sorted(settings.items())))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
