@@ -3,6 +3,7 @@ budget, with its own stop rules; every bad input named before training. Tiny mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -169,9 +170,44 @@ def test_the_label_app_trains_a_user_bundle_with_its_own_configs(adapted, tmp_pa
     pytest.importorskip("monailabel", reason="the label extra is not installed (pip install -e .[label])")
     from monai_cbo.label.train import FineTune
 
-    task = FineTune(load_bundle(str(adapted)), tmp_path, max_epochs=5)
+    task = FineTune(load_bundle(str(adapted)), tmp_path, max_minutes=5)
     assert task.bundle.path == adapted.resolve()
-    assert task.validate({"max_epochs": 2}) == {"max_epochs": 2}
+    assert task.validate({"minutes": 2}) == {"minutes": 2.0}
+    assert task.config()["auto_share"] == Recipe().auto_share and task.config()["minutes"] == 5
+
+
+def test_a_bundle_is_a_start_its_recipe_classes_and_preprocessing(adapted, cases, tmp_path, capsys):
+    """adapt --bundle (what the label server's train task runs) trains with the bundle's recipe, classes and
+    preprocessing; the user bundle writes down the recipe it was trained with, and train.json resolves to it."""
+    from monai.bundle import ConfigParser
+
+    from monai_cbo.adapt import bundle_recipe, from_bundle
+
+    recipe = bundle_recipe(adapted)
+    assert recipe == Recipe(validations=2, val_slices=2)
+    parser = ConfigParser()
+    parser.read_config(str(adapted / "configs/train.json"))
+    for key, value in (("learning_rate", recipe.learning_rate), ("auto_share", recipe.auto_share)):
+        assert parser.get_parsed_content(key) == value  # train.json trains with the same recipe
+    assert parser.get_parsed_content("peft#preset") == recipe.preset
+    recipe, classes, preprocess = from_bundle(adapted)
+    assert classes == {1: "organ"} and preprocess.modality == "mri"
+    out = tmp_path / "again"
+    args = ["adapt", str(cases / "images"), str(cases / "labels"), "-o", str(out), "--bundle", str(adapted)]
+    args += ["--model", "tiny", "--steps", "1", "--no-stop-sweep", "--learning-rate", "0.001"]
+    assert main(args) == 0
+    record = json.loads((out / "models/adapter.json").read_text())
+    assert record["recipe"] == {**dataclasses.asdict(Recipe(validations=2, val_slices=2)), "learning_rate": 0.001}
+    assert record["classes"] == ["organ"]
+    assert main([*args[:4], str(tmp_path / "never"), *args[5:], "--modality", "ct"]) == 2
+    assert "--bundle" in capsys.readouterr().err and not (tmp_path / "never").exists()
+    # a train.json written before the recipe moved into it: its literal values
+    old = tmp_path / "old_bundle"
+    (old / "configs").mkdir(parents=True)
+    (old / "configs/train.json").write_text(
+        json.dumps({"seed": 3, "peft": {"preset": "lora", "rank": None}, "learning_rate": "$1e-4", "auto_share": 0.5})
+    )
+    assert bundle_recipe(old) == Recipe(preset="lora", seed=3, auto_share=0.5)
 
 
 def test_adapting_writes_nothing_over_an_existing_folder(cases, tmp_path):

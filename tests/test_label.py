@@ -418,10 +418,15 @@ def test_a_hostile_client_reaches_nothing_outside_the_servers_folders(server, tm
         "roi zero extent": (infer(CASES[0], {"roi": [6, 5, 6, 44, 5, 35]}), 422, "no extent"),
         "roi negative extent": (infer(CASES[0], {"roi": [6, 5, 27, 44, 20, 10]}), 422, "no extent"),
         "too many clicks": (infer(CASES[0], {"roi": ROI_014, "foreground": [[10, 10, 10]] * 101}), 422, "at most 100"),
-        "train 100000 epochs": (
-            requests.post(f"{url}/train/monai_cbo_train", json={"max_epochs": 100000}, timeout=60),
+        "train 100000 minutes": (
+            requests.post(f"{url}/train/monai_cbo_train", json={"minutes": 100000}, timeout=60),
             422,
-            "outside 1..50",
+            "outside 0.5..30.0",
+        ),
+        "train 100000 steps": (
+            requests.post(f"{url}/train/monai_cbo_train", json={"steps": 100000}, timeout=60),
+            422,
+            "outside 0..2000",
         ),
         "train NaN": (
             requests.post(
@@ -551,9 +556,9 @@ def test_train_status_is_truthful_after_a_stop(server):
                 f"{url}/datastore/label", params={"image": case}, files={"label": (f"{case}.nii.gz", f)}, timeout=60
             )
         assert r.status_code == 200, r.text
-    r = requests.post(f"{url}/train/monai_cbo_train", json={"max_epochs": 50}, timeout=60)
+    r = requests.post(f"{url}/train/monai_cbo_train", json={"minutes": 30}, timeout=60)
     assert r.status_code == 200, r.text
-    r = requests.post(f"{url}/train/monai_cbo_train", json={"max_epochs": 1}, timeout=60)
+    r = requests.post(f"{url}/train/monai_cbo_train", json={"minutes": 1}, timeout=60)
     assert r.status_code == 429 and "DELETE /train/" in r.text
     deadline = time.monotonic() + 300
     while requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["monai_cbo_train"].get("status") != "RUNNING":
@@ -571,12 +576,14 @@ def test_train_status_is_truthful_after_a_stop(server):
 
 
 def test_train_on_saved_labels_then_infer_uses_the_new_adapter(server, tmp_path):
-    """Save two labels through the API, fine-tune a tiny run, and the next prompted request uses the new
-    adapter without a restart: its name is in the answer and the mask changes."""
+    """Save two labels through the API, adapt a two-step run (monai-cbo adapt --bundle, as the train task always
+    does), and the next prompted request uses the new adapter without a restart: its name is in the answer and
+    the mask changes."""
     requests, url = server["requests"], server["url"]
     roi = {"roi": [5, 5, 30, 40, 8, 30]}
     params, before_mask = _infer_all(server, "monai_cbo_prompt", "hippocampus_045", roi, tmp_path / "before.nii.gz")
     assert params["adapter"].endswith("bundles/hippocampus_mri_cbo/models/adapter.pt")
+    assert params["stop_rules"] == "the task's"
     for case in CASES[:2]:
         with open(SHARED / "labelsTr" / f"{case}.nii.gz", "rb") as f:
             r = requests.put(
@@ -586,7 +593,8 @@ def test_train_on_saved_labels_then_infer_uses_the_new_adapter(server, tmp_path)
                 timeout=60,
             )
         assert r.status_code == 200, r.text
-    r = requests.post(f"{url}/train/monai_cbo_train", json={"max_epochs": 1, "slices_per_volume": 2}, timeout=60)
+    options = {"steps": 2, "stop_sweep": False}  # seconds, not minutes: no decoder stage, no stop sweep
+    r = requests.post(f"{url}/train/monai_cbo_train", json=options, timeout=60)
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + 900
     while True:
@@ -596,12 +604,16 @@ def test_train_on_saved_labels_then_infer_uses_the_new_adapter(server, tmp_path)
         time.sleep(3)
     assert status.get("status") == "DONE", status
     stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["monai_cbo_train"]
-    assert stats["status"] == "DONE" and stats["train"] == [f"{CASES[0]}.nii.gz"]
-    assert stats["validation"] == [f"{CASES[1]}.nii.gz"]
+    assert stats["status"] == "DONE" and stats["train"] == [f"{c}.nii.gz" for c in CASES[:2]]
+    assert "held back" in stats["validation"] and stats["progress"] == 100 and stats["step"] == 2
+    assert set(stats["validation_dice"]) == {"boxes", "automatic"}  # the bundle's classes: class prompts trained
     adapter = Path(stats["adapter"])
     assert adapter.is_file() and adapter.parent == server["root"] / "work" / "models"
+    record = json.loads((Path(stats["bundle"]) / "models" / "adapter.json").read_text())
+    assert record["recipe"]["preset"] == "adapter_cbo" and record["classes"] == ["anterior", "posterior"]
+    assert record["steps"] == 2 and "--bundle" in record["command"]
     params, after_mask = _infer_all(server, "monai_cbo_prompt", "hippocampus_045", roi, tmp_path / "after.nii.gz")
-    assert params["adapter"] == str(adapter)
+    assert params["adapter"] == str(adapter) and params["stop_rules"] == "the task's"  # none swept: the bundle's
     assert not np.array_equal(before_mask, after_mask)
     saved = server["studies"] / "labels" / "final"
     assert sorted(p.name for p in saved.iterdir()) == [f"{c}.nii.gz" for c in CASES[:2]]
@@ -614,18 +626,23 @@ def test_train_parameters_are_checked_against_the_operators_limits(tmp_path):
     from monai_cbo.label.guard import Refused
     from monai_cbo.label.train import FineTune
 
-    task = FineTune(load_bundle("hippocampus_mri_cbo"), tmp_path, max_epochs=10)
-    assert task.validate({"max_epochs": 10, "learning_rate": 1e-4, "preset": "lora"}) == {
-        "max_epochs": 10,
+    task = FineTune(load_bundle("hippocampus_mri_cbo"), tmp_path, max_minutes=10)
+    assert task.config()["minutes"] == 10 and task.config()["preset"] == "adapter_cbo"  # the bundle's recipe
+    assert task.validate({"minutes": 10, "learning_rate": 1e-4, "preset": "lora", "stop_sweep": False}) == {
+        "minutes": 10.0,
         "learning_rate": 1e-4,
         "preset": "lora",
+        "stop_sweep": False,
     }
-    assert task.validate({"max_epochs": 3.0}) == {"max_epochs": 3}
+    assert task.validate({"steps": 3.0, "decoder_steps": 5}) == {"steps": 3, "decoder_steps": 5}
     refused = {
-        "outside 1..10": {"max_epochs": 11},
+        "outside 0.5..10.0": {"minutes": 11},
+        "outside 0..2000": {"steps": 2001},
+        "decoder_steps goes with steps": {"decoder_steps": 5},
         "is not a finite number": {"learning_rate": float("nan")},
         "is not an integer": {"seed": 1.5},
         "is not a number": {"auto_share": True},
+        "is not true or false": {"stop_sweep": "yes"},
         "is not a preset": {"preset": ["lora"]},
         "unknown train parameter(s) ['dataset_dir']": {"dataset_dir": "/"},
         "must be a JSON object": [1],
@@ -634,6 +651,32 @@ def test_train_parameters_are_checked_against_the_operators_limits(tmp_path):
         with pytest.raises(Refused, match=re.escape(message)) as err:
             task.validate(params)
         assert err.value.status == 422
+    # what a request runs: monai-cbo adapt from the bundle, its budget, and nothing a client could add
+    cmd = task.command(tmp_path / "d.json", tmp_path / "out", {**task.config(), "steps": 3, "stop_sweep": False})
+    assert cmd[1:5] == ["-m", "monai_cbo.cli", "adapt", str(tmp_path / "d.json")]
+    assert cmd[cmd.index("--bundle") + 1] == str(task.bundle.path) and "--no-stop-sweep" in cmd
+    assert cmd[cmd.index("--steps") + 1] == "3" and "--minutes" not in cmd
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
+def test_a_trained_adapters_own_stop_rules_reach_the_prompt_task(tmp_path):
+    """The train task publishes the stop rules it swept beside the adapter, the rules first; the store gives them
+    for that adapter only, and a damaged file falls back to the task's rules instead of failing requests."""
+    from monai_cbo.bundles import load_bundle
+    from monai_cbo.inferers import PropagationConfig
+    from monai_cbo.label.app import AdapterStore
+    from monai_cbo.label.train import FineTune
+
+    task = FineTune(load_bundle("hippocampus_mri_cbo"), tmp_path)
+    swept = PropagationConfig(min_class_overlap=0.45, patience=2)
+    adapter = task._publish(task.bundle.adapter, swept, "20261206-120000")
+    store = AdapterStore(tmp_path / "models", task.bundle.adapter, "cpu")
+    assert store.current_path() == adapter and adapter.read_bytes() == task.bundle.adapter.read_bytes()
+    assert store.stop_rules(adapter) == swept
+    assert store.stop_rules(task.bundle.adapter) is None and store.stop_rules(None) is None
+    adapter.with_suffix(".stop.json").write_text('{"propagation": {"no_such_rule": 1}}')
+    assert store.stop_rules(adapter) is None
+    assert not list((tmp_path / "models").glob(".*partial"))
 
 
 @pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")

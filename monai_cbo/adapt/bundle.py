@@ -20,9 +20,10 @@ from ..inferers.automatic import AutoConfig
 from ..inferers.propagation import PropagationConfig
 from ..inferers.volume import Preprocess
 from ..utils import write_atomic
-from .inputs import has_regions, values_of, written_values
+from .inputs import class_key, has_regions, values_of, written_values
+from .train import Recipe
 
-__all__ = ["task_config", "write_bundle"]
+__all__ = ["bundle_recipe", "from_bundle", "recipe_config", "task_config", "write_bundle"]
 
 
 def _write(path: Path, text: str) -> None:
@@ -32,6 +33,64 @@ def _write(path: Path, text: str) -> None:
 def _target(obj: object, target: str, skip: tuple[str, ...] = ()) -> dict:
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(obj).items() if k not in skip}
     return {"_target_": target, **values}
+
+
+def recipe_config(recipe: Recipe) -> dict:
+    """The ``recipe`` section of a user bundle's ``train.json``: every value of ``recipe`` written out (the bundle
+    says how its adapter was trained; ``train.json`` and ``monai-cbo adapt --bundle`` train with it again), the
+    seed the config's own ``seed``."""
+    return {**_target(recipe, "monai_cbo.adapt.Recipe", skip=("seed",)), "seed": "@seed"}
+
+
+#: where a train.json written before the recipe moved into it keeps each of the recipe's values
+_LEGACY_KEYS = {"preset": "peft#preset", "rank": "peft#rank"}
+
+
+def bundle_recipe(path: str | Path) -> Recipe:
+    """The recipe the bundle in folder ``path`` trains with: its ``configs/train.json``'s ``recipe`` (the library's
+    :class:`Recipe` with the bundle's own values). A ``train.json`` written before it had one gives its literal
+    values of the same names (``peft#preset``, ``learning_rate``, ...), the library's for the rest.
+
+    Raises:
+        ValueError: the ``recipe`` does not resolve to a :class:`Recipe` (the message names the file).
+    """
+    from monai.bundle import ConfigParser
+
+    train = Path(path) / "configs" / "train.json"
+    parser = ConfigParser()
+    parser.read_config(str(train))
+    if "recipe" in parser:
+        try:
+            recipe = parser.get_parsed_content("recipe")
+        except Exception as err:  # MONAI wraps what the recipe's own check raised
+            raise ValueError(f"{train}: its recipe does not resolve ({err}); fix the value it names") from err
+        if not isinstance(recipe, Recipe):
+            raise ValueError(f"{train}: 'recipe' is a {type(recipe).__name__}, not a monai_cbo.adapt.Recipe")
+        return recipe
+    values = {}
+    for name in (f.name for f in dataclasses.fields(Recipe)):
+        key = _LEGACY_KEYS.get(name, name)
+        raw = parser[key] if key in parser else None
+        if raw is not None and not (isinstance(raw, str) and raw[:1] in "$@%"):
+            values[name] = raw
+    return Recipe(**values)
+
+
+def from_bundle(bundle: str | Path) -> tuple[Recipe, dict[ClassKey, str], Preprocess]:
+    """What ``monai-cbo adapt --bundle`` (and the label server's train task) start from: a shipped bundle (by
+    name) or a bundle folder's recipe (:func:`bundle_recipe`), classes (value, or label values of a region ->
+    name) and preprocessing."""
+    from ..bundles import load_bundle
+    from ..transforms import BratsRegions
+
+    info = load_bundle(str(bundle))
+    task = info.task
+    if task.regions is None:
+        classes: dict[ClassKey, str] = {int(v): n for v, n in zip(task.classes, task.class_names, strict=True)}
+    else:
+        mapping = BratsRegions(task.regions).mapping
+        classes = {class_key(values): name for name, values in zip(task.class_names, mapping.values(), strict=True)}
+    return bundle_recipe(info.path), classes, task.preprocess
 
 
 def task_config(

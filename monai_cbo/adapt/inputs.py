@@ -28,6 +28,7 @@ __all__ = [
     "LabelledCase",
     "cases_from_datalist",
     "check_and_load",
+    "class_key",
     "has_regions",
     "is_exclusive",
     "pair_folders",
@@ -149,7 +150,7 @@ def parse_class_names(text: str | None) -> dict[ClassKey, str]:
     """
     text = (text or "").strip()
     if text.lower().startswith("brats") and text[5:] in BRATS_CONVENTIONS:
-        return {_key(values): name for name, values in BRATS_CONVENTIONS[text[5:]].items()}
+        return {class_key(values): name for name, values in BRATS_CONVENTIONS[text[5:]].items()}
     out: dict[ClassKey, str] = {}
     for item in text.split(","):
         if not item.strip():
@@ -164,14 +165,15 @@ def parse_class_names(text: str | None) -> dict[ClassKey, str]:
                 f"--classes: {item.strip()!r} is not VALUES:NAME (e.g. 1:spleen,2:liver, or 1+2+4:whole tumour for "
                 "a class covering several label values, or brats2021); values are 1.."
             )
-        key = _key(numbers)
+        key = class_key(numbers)
         if key in out or name.strip() in out.values():
             raise ValueError(f"--classes: {item.strip()!r} repeats a class or a name; give each class once")
         out[key] = name.strip()
     return out
 
 
-def _key(values: Sequence[int]) -> ClassKey:
+def class_key(values: Sequence[int]) -> ClassKey:
+    """The key of the class covering label ``values``: the value itself for one, their sorted tuple for several."""
     values = tuple(sorted(int(v) for v in values))
     return values[0] if len(values) == 1 else values
 

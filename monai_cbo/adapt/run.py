@@ -21,7 +21,7 @@ from ..inferers.volume import Preprocess
 from ..models import build_segmenter
 from ..peft import save_adapter
 from ..utils import machine_summary
-from .bundle import task_config, write_bundle
+from .bundle import recipe_config, task_config, write_bundle
 from .inputs import (
     LabelledCase,
     cases_from_datalist,
@@ -244,15 +244,9 @@ def adapt(
         datalist["regions"] = {n: list(values_of(k)) for k, n in classes.items()}
     task = task_config(classes, decided, AutoConfig(), propagation)
     train_values = {
-        "peft": {"preset": recipe.preset, "rank": recipe.rank},
         "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
-        "learning_rate": recipe.learning_rate,
-        "batch_size": recipe.batch_size,
-        "box_jitter": recipe.box_jitter,
-        "min_foreground": recipe.min_foreground,
-        "auto_share": recipe.auto_share,
-        "background_ratio": recipe.background_ratio,
         "seed": recipe.seed,
+        "recipe": recipe_config(recipe),
     }
     first = cases[0].image[0] if isinstance(cases[0].image, tuple) else cases[0].image
     images_dir = Path(images) if labels is not None else Path(first).parent  # inference's default input

@@ -79,7 +79,17 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="PEFT preset (default: the recipe's)")
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--auto-share", type=float, default=None, help="share of automatic steps (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation, slice order and jitter (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="initialisation, slice order and jitter (default: the recipe's, 0)"
+    )
+    p.add_argument(
+        "--bundle",
+        default=None,
+        metavar="NAME|PATH",
+        help="start from a bundle (a shipped one by name, or a bundle folder): its recipe (train.json's 'recipe'), "
+        "classes and preprocessing; the options above override its recipe and --classes its classes. What the "
+        "label server's train task runs",
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument(
         "--no-stop-sweep",
@@ -119,7 +129,8 @@ def _terminate_keeps_the_run() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ..adapt import Budget, InputProblems, Recipe, adapt, parse_class_names
+    from ..adapt import Budget, InputProblems, Recipe, adapt, from_bundle, parse_class_names
+    from .options import preprocess_options_given
 
     changes = {
         k: v
@@ -128,16 +139,25 @@ def run(args: argparse.Namespace) -> int:
             ("learning_rate", args.learning_rate),
             ("auto_share", args.auto_share),
             ("decoder_share", args.decoder_share),
+            ("seed", args.seed),
         )
         if v is not None
     }
     try:
-        recipe = dataclasses.replace(Recipe(), seed=args.seed, **changes)
+        classes = parse_class_names(args.classes)
+        recipe, preprocess = Recipe(), preprocess_of(args)
+        if args.bundle:
+            given = preprocess_options_given(args)
+            if given:
+                raise ValueError(f"--bundle {args.bundle} sets the preprocessing; drop {', '.join(given)}")
+            recipe, bundle_classes, preprocess = from_bundle(args.bundle)
+            classes = classes or bundle_classes
+        recipe = dataclasses.replace(recipe, **changes)
         if args.steps is not None:
             budget = Budget(minutes=None, steps=args.steps, decoder_steps=args.decoder_steps)
         else:
             budget = Budget(minutes=args.minutes, decoder_steps=args.decoder_steps)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"monai-cbo adapt: {err}", file=sys.stderr)
         return 2
     command = "monai-cbo " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["adapt"] else ""
@@ -147,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 args.images,
                 args.labels,
                 args.out,
-                class_names=parse_class_names(args.classes),
-                preprocess=preprocess_of(args),
+                class_names=classes,
+                preprocess=preprocess,
                 recipe=recipe,
                 budget=budget,
                 model=args.model,

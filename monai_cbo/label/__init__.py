@@ -7,8 +7,9 @@ starts (:func:`~monai_cbo.label.server.serve`), so the rest of monai_cbo never n
 - ``monai_cbo_prompt`` (infer, *deepgrow* type): the ROI box and/or foreground / background clicks a viewer
   sends -> the key-box propagation of ``monai-cbo segment --key-box`` -> a 3D mask in the volume's geometry;
 - ``monai_cbo_auto`` (infer, *segmentation* type): every class of the loaded adapter, no input;
-- ``monai_cbo_train`` (train): fine-tunes an adapter on the labels saved so far with the bundle's own training,
-  writes it atomically, and the infer tasks use the newest adapter from their next request on.
+- ``monai_cbo_train`` (train): adapts the bundle to the labels saved so far (``monai-cbo adapt --bundle``: the
+  bundle's recipe, a minutes budget, the adapter's own stop rules swept), writes the adapter and its stop rules
+  atomically, and the infer tasks use the newest adapter from their next request on.
 
 Whatever arrives over HTTP is hostile: :mod:`~monai_cbo.label.guard` holds the one rule for names and paths
 and the request guard (host, origin, token, body size), :mod:`~monai_cbo.label.routes` the cut-down HTTP

@@ -3,7 +3,7 @@
 MONAI Label loads it from the ``main.py`` that ``monai-cbo label`` writes into its work folder; its settings
 arrive as the app's ``conf`` (strings): ``work`` (the work folder), ``bundle`` (a shipped bundle's name, or
 empty), ``adapter`` (an adapter file, or empty), ``device`` (empty: CUDA when there is one), and the operator's
-limits ``max_train_epochs`` and ``allow_image_overwrite``. The datastore is
+limits ``max_train_minutes`` and ``allow_image_overwrite``. The datastore is
 :class:`~monai_cbo.label.datastore.StudiesDatastore`, the train task :class:`~monai_cbo.label.train.FineTune`.
 
 What the viewers send, in the volume's voxel indices (i, j, k as the file stores them, which is what 3D
@@ -188,6 +188,18 @@ class AdapterStore:
                 self._studies.popitem(last=False)
             return cache
 
+    def stop_rules(self, adapter: Path | None) -> PropagationConfig | None:
+        """The propagation stop rules the train task swept for ``adapter`` (``adapter_<time>.stop.json`` beside
+        it), None for an adapter without them (the bundle's own, or a given one: the task's settings apply)."""
+        stop = adapter.with_suffix(".stop.json") if adapter is not None else None
+        if stop is None or not stop.is_file():
+            return None
+        try:
+            return PropagationConfig(**json.loads(stop.read_text(encoding="utf-8"))["propagation"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning("ignoring %s (%s): the bundle's stop rules apply", stop, err)
+            return None
+
     def class_prompts(self) -> dict | None:
         """The current adapter's class prompts (names, values), None for a prompted-only model."""
         from ..peft import adapter_class_prompts, read_adapter
@@ -266,7 +278,11 @@ class PromptTask(_Segment):
         image = request["image"]
         key = parse_prompt(request, _volume_shape(image))
         name = str(request.get("label_name") or "object")[:NAME_MAX]  # "label" is an uploaded file in MONAI Label
-        return self._run(Case(image, key=key), {name: 1}, *self.store.inferer(), self.propagation)
+        inferer, adapter = self.store.inferer()
+        own = self.store.stop_rules(adapter)  # a trained adapter's own stop rules before the task's
+        out, info = self._run(Case(image, key=key), {name: 1}, inferer, adapter, own or self.propagation)
+        info["stop_rules"] = "the adapter's own (swept by the train task)" if own else "the task's"
+        return out, info
 
 
 class AutoTask(_Segment):
@@ -345,8 +361,8 @@ class MonaiCboApp(MONAILabelApp):
     def init_trainers(self) -> dict[str, TrainTask]:
         if not self.bundle:
             return {}
-        limit = self.conf.get("max_train_epochs")
-        return {TRAIN_TASK: FineTune(self.bundle, self.work, int(limit) if limit else None)}
+        limit = self.conf.get("max_train_minutes")
+        return {TRAIN_TASK: FineTune(self.bundle, self.work, float(limit) if limit else None)}
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
         """Run infer task ``request["model"]`` on the datastore's image ``request["image"]`` (an id, never a

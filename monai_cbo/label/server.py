@@ -115,7 +115,7 @@ def serve(
     token: str | None = None,
     allow_origins: list[str] | tuple[str, ...] = (),
     max_upload_mb: float = 1024,
-    max_train_epochs: int = 50,
+    max_train_minutes: float = 30.0,
     allow_image_overwrite: bool = False,
     infer_queue: int = 4,
 ) -> int:
@@ -150,8 +150,8 @@ def serve(
             )
         if work == studies or studies in work.parents:
             raise ValueError(f"the work folder {work} lies inside the studies folder; give one outside it")
-        if not max_upload_mb > 0 or max_train_epochs < 1 or infer_queue < 0:
-            raise ValueError("--max-upload-mb and --max-train-epochs must be positive, --infer-queue >= 0")
+        if not max_upload_mb > 0 or not 0.5 <= max_train_minutes <= 24 * 60 or infer_queue < 0:
+            raise ValueError("--max-upload-mb must be positive, --max-train-minutes 0.5 .. 1440 and --infer-queue >= 0")
     except (FileNotFoundError, ValueError) as err:
         print(f"monai-cbo label: {err}", file=sys.stderr)
         return 2
@@ -164,7 +164,7 @@ def serve(
         "adapter": str(Path(adapter).resolve()) if adapter else "",
         "device": device or "",
         "modality": modality,
-        "max_train_epochs": str(int(max_train_epochs)),
+        "max_train_minutes": str(float(max_train_minutes)),
         "allow_image_overwrite": str(bool(allow_image_overwrite)).lower(),
     }
     # MONAI Label reads its settings from the environment, here and in the train task's own process; every
@@ -233,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         token=args.token,
         allow_origins=args.allow_origin or [],
         max_upload_mb=args.max_upload_mb,
-        max_train_epochs=args.max_train_epochs,
+        max_train_minutes=args.max_train_minutes,
         allow_image_overwrite=args.allow_image_overwrite,
         infer_queue=args.infer_queue,
     )
@@ -282,7 +282,12 @@ def add_parser(sub) -> None:
         "only the OHIF viewer this server serves)",
     )
     p.add_argument("--max-upload-mb", type=float, default=1024, help="largest request body in MiB (1024)")
-    p.add_argument("--max-train-epochs", type=int, default=50, help="most epochs a train request may ask for (50)")
+    p.add_argument(
+        "--max-train-minutes",
+        type=float,
+        default=30.0,
+        help="the longest training a train request may ask for, in minutes (30; a request's default is 10)",
+    )
     p.add_argument(
         "--infer-queue", type=int, default=4, help="inference requests that may wait behind the running one (4)"
     )

@@ -1,34 +1,42 @@
-"""The label server's train task: fine-tune an adapter on the labels saved so far with the bundle's own
-``train.json``, within the limits the server's operator set."""
+"""The label server's train task: a few saved labels become an adapter in minutes, with the training every
+adapter gets (``monai-cbo adapt --bundle``: the bundle's recipe, classes and preprocessing), within the limits the
+server's operator set."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ..bundles import BundleInfo, bundle_command, bundle_flags
+from ..bundles import BundleInfo, load_bundle
+from ..inferers.propagation import PropagationConfig
 from ..peft import PRESETS
 from .guard import Refused
 
 __all__ = ["TRAIN_LIMITS", "FineTune"]
 
-#: what the train task accepts (the operator widens ``max_epochs`` with ``monai-cbo label --max-train-epochs``)
+#: what the train task accepts (the operator sets ``minutes``' top with ``monai-cbo label --max-train-minutes``);
+#: ``steps`` > 0 trains exactly that many steps (and ``decoder_steps``) instead of for ``minutes``
 TRAIN_LIMITS = {
-    "max_epochs": (1, 50),
-    "slices_per_volume": (1, 64),
+    "minutes": (0.5, 60.0),
+    "steps": (0, 2000),
+    "decoder_steps": (0, 10000),
     "auto_share": (0.0, 1.0),
     "learning_rate": (1e-7, 1.0),
-    "val_fraction": (0.01, 0.9),
     "seed": (0, 2**31 - 1),
 }
+#: the progress lines of ``monai-cbo adapt`` the status follows
+_PROGRESS = re.compile(r"^\s+(adapter|decoder)\s+(\d+)%\s+step (\d+)")
+_VALIDATION = re.compile(r"validation at step (\d+): boxes ([0-9.]+)(?:, automatic ([0-9.]+))?")
 
 
 def _alive(pid: Any) -> bool:
@@ -42,28 +50,34 @@ def _alive(pid: Any) -> bool:
 
 
 class FineTune(TrainTask):
-    """Fine-tune an adapter on the labels saved so far with the bundle's own ``train.json``; the best
-    validation adapter is published atomically as ``<work>/models/adapter_<time>.pt``."""
+    """Train an adapter on the labels saved so far with ``monai-cbo adapt --bundle`` (the bundle's recipe,
+    classes and preprocessing; held-back validation, the best validated weights, the adapter's own stop rules
+    swept on the labelled volumes) and publish it atomically as ``<work>/models/adapter_<time>.pt``, its stop
+    rules beside it (``adapter_<time>.stop.json``), for the infer tasks' next request."""
 
-    def __init__(self, bundle: BundleInfo, work: Path, max_epochs: int | None = None) -> None:
+    def __init__(self, bundle: BundleInfo, work: Path, max_minutes: float | None = None) -> None:
         super().__init__(
-            f"monai_cbo: fine-tune {bundle.name}'s preset on the labels saved so far (the bundle's own training); "
-            "the infer tasks use the new adapter from their next request on"
+            f"monai_cbo: adapt {bundle.name} to the labels saved so far in a few minutes (monai-cbo adapt, the "
+            "bundle's recipe); the infer tasks use the new adapter and its stop rules from their next request on"
         )
+        from ..adapt import bundle_recipe
+
         self.bundle, self.work = bundle, Path(work)
-        train = json.loads((bundle.path / "configs" / "train.json").read_text(encoding="utf-8"))
-        self.defaults = {
-            "preset": train["peft"]["preset"],
-            "max_epochs": 5,
-            "slices_per_volume": int(train.get("slices_per_volume", 4)),
-            "auto_share": float(train.get("auto_share", 0.5)),
-            "learning_rate": float(train.get("learning_rate", 3e-4)),
-            "val_fraction": 0.2,
-            "seed": 0,
+        recipe = bundle_recipe(bundle.path)
+        self.defaults: dict[str, Any] = {
+            "minutes": 10.0,
+            "steps": 0,
+            "decoder_steps": 0,
+            "preset": recipe.preset,
+            "auto_share": recipe.auto_share,
+            "learning_rate": recipe.learning_rate,
+            "seed": recipe.seed,
+            "stop_sweep": True,
         }
         self.limits = dict(TRAIN_LIMITS)
-        if max_epochs is not None:
-            self.limits["max_epochs"] = (1, int(max_epochs))
+        if max_minutes is not None:
+            self.limits["minutes"] = (min(0.5, float(max_minutes)), float(max_minutes))
+        self.defaults["minutes"] = min(self.defaults["minutes"], self.limits["minutes"][1])
 
     def config(self) -> dict[str, Any]:
         return dict(self.defaults)
@@ -76,13 +90,18 @@ class FineTune(TrainTask):
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise Refused(422, f"unknown train parameter(s) {unknown}; this task takes {sorted(self.defaults)}")
-        checked = {}
+        checked: dict[str, Any] = {}
         for key, value in params.items():
             if key == "preset":
                 if not isinstance(value, str) or value not in PRESETS:
                     raise Refused(
                         422, f"train parameter preset={str(value)[:40]!r} is not a preset; one of {sorted(PRESETS)}"
                     )
+                checked[key] = value
+                continue
+            if key == "stop_sweep":
+                if not isinstance(value, bool):
+                    raise Refused(422, f"train parameter stop_sweep={str(value)[:40]!r} is not true or false")
                 checked[key] = value
                 continue
             kind = type(self.defaults[key])
@@ -99,6 +118,8 @@ class FineTune(TrainTask):
                     f"train parameter {key}={value} is outside {lo}..{hi} (the limits this server was started with)",
                 )
             checked[key] = kind(value)
+        if checked.get("decoder_steps") and not checked.get("steps"):
+            raise Refused(422, "train parameter decoder_steps goes with steps (a minutes budget splits its own time)")
         return checked
 
     @property
@@ -128,46 +149,39 @@ class FineTune(TrainTask):
         except Refused as err:
             raise ValueError(err.message) from err
 
+    def command(self, datalist: Path, out: Path, options: dict[str, Any]) -> list[str]:
+        """The ``monai-cbo adapt`` command a request with ``options`` runs."""
+        cmd = [sys.executable, "-m", "monai_cbo.cli", "adapt", str(datalist), "-o", str(out)]
+        cmd += ["--bundle", str(self.bundle.path)]
+        if options["steps"]:
+            cmd += ["--steps", str(options["steps"]), "--decoder-steps", str(options["decoder_steps"])]
+        else:
+            cmd += ["--minutes", str(options["minutes"])]
+        for key in ("preset", "auto_share", "learning_rate", "seed"):
+            cmd += [f"--{key.replace('_', '-')}", str(options[key])]
+        return cmd + ([] if options["stop_sweep"] else ["--no-stop-sweep"])
+
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
         options = self._options(request)
-        pairs = sorted((d["image"], d["label"]) for d in datastore.datalist() if d.get("label"))  # a stable split
-        if len(pairs) < 2:
-            raise ValueError(
-                f"fine-tuning needs at least 2 labelled images (one to train on, one to validate on); "
-                f"{len(pairs)} saved so far: save labels in the viewer first"
-            )
-        n_val = min(len(pairs) - 1, max(1, round(len(pairs) * options["val_fraction"])))
-        train, val = pairs[:-n_val], pairs[-n_val:]
+        pairs = sorted((d["image"], d["label"]) for d in datastore.datalist() if d.get("label"))  # a stable order
+        if not pairs:
+            raise ValueError("adapting needs at least 1 labelled image; none saved so far: save labels in the viewer")
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         run = self.work / "train" / stamp
         run.mkdir(parents=True, exist_ok=False)
         datalist = run / "datalist.json"
-        items = lambda ps: [{"image": i, "label": lab} for i, lab in ps]  # noqa: E731
-        datalist.write_text(
-            json.dumps({"training": items(train), "validation": items(val)}, indent=1), encoding="utf-8"
-        )
-        epochs = options["max_epochs"]
-        options_cli = bundle_flags(
-            datalist=datalist,
-            dataset_dir=run,
-            output_dir=run,
-            max_epochs=epochs,
-            val_interval=epochs,
-            slices_per_volume=options["slices_per_volume"],
-            auto_share=options["auto_share"],
-            learning_rate=options["learning_rate"],
-            seed=options["seed"],
-            preset=options["preset"],
-        )
-        cmd = bundle_command(self.bundle.path / "configs", ["train.json"], options_cli, "training")
-        stats = {
+        items = [{"image": i, "label": lab} for i, lab in pairs]
+        datalist.write_text(json.dumps({"training": items}, indent=1), encoding="utf-8")
+        out = run / "bundle"
+        cmd = self.command(datalist, out, options)
+        stats: dict[str, Any] = {
             "status": "RUNNING",
-            "epoch": 0,
-            "total_epochs": epochs,
+            "stage": None,
+            "progress": 0,
+            "step": 0,
             "best_metric": 0.0,
             "start_ts": stamp,
-            "train": [Path(i).name for i, _ in train],
-            "validation": [Path(i).name for i, _ in val],
+            "train": [Path(i).name for i, _ in pairs],
             "options": options,
             "run_dir": str(run),
             "pid": os.getpid(),
@@ -176,29 +190,53 @@ class FineTune(TrainTask):
         started = time.perf_counter()
         log = run / "training.log"
         with open(log, "w", encoding="utf-8") as sink:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=run)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its progress as it comes
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=run, env=env)
             for line in proc.stdout:
                 sink.write(line)
                 print(line, end="", flush=True)  # MONAI Label shows the task's output in its train status
-                if m := re.search(r"Epoch\[(\d+)\] Complete", line):
-                    stats["epoch"] = int(m.group(1))
+                if m := _PROGRESS.match(line):
+                    stats.update(stage=m.group(1), progress=int(m.group(2)), step=int(m.group(3)))
                     self._write_stats(stats)
-                if m := re.search(r"val_mean_dice: ([0-9.]+)", line):
-                    stats["best_metric"] = max(stats["best_metric"], float(m.group(1)))
+                if m := _VALIDATION.search(line):
+                    score = float(m.group(3) or m.group(2))
+                    stats["best_metric"] = max(stats["best_metric"], score)
                     self._write_stats(stats)
             code = proc.wait()
-        best = run / "models" / "best_adapter.pt"
         stats["total_time"] = round(time.perf_counter() - started, 1)
-        if code != 0 or not best.is_file():
+        adapter = out / "models" / "adapter.pt"
+        if code != 0 or not (out / "configs" / "metadata.json").is_file():
             stats["status"] = "ERROR"
             self._write_stats(stats)
-            raise RuntimeError(f"fine-tuning failed (exit code {code}); its log is {log}")
+            tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-5:])
+            raise RuntimeError(f"adapting failed (exit code {code}); its log is {log}; it ends:\n{tail}")
+        record = json.loads((out / "models" / "adapter.json").read_text(encoding="utf-8"))
+        swept = load_bundle(str(out)).task.propagation if options["stop_sweep"] else None
+        target = self._publish(adapter, swept, stamp)
+        stats.update(
+            status="DONE",
+            progress=100,
+            adapter=str(target),
+            bundle=str(out),
+            validation=record.get("validation", {}).get("note"),
+            validation_dice={k: v.get("mean") for k, v in (record.get("validation_dice") or {}).items()},
+        )
+        self._write_stats(stats)
+        return stats
+
+    def _publish(self, adapter: Path, propagation: PropagationConfig | None, stamp: str) -> Path:
+        """``adapter`` as ``<work>/models/adapter_<stamp>.pt`` with the stop rules swept for it beside it (none
+        when the sweep was off: the task's apply); the stop rules land first and the adapter by a rename, so the
+        infer tasks never see one without the other."""
         models = self.work / "models"
         models.mkdir(parents=True, exist_ok=True)
         target = models / f"adapter_{stamp}.pt"
+        if propagation is not None:
+            stop = target.with_suffix(".stop.json")
+            tmp = models / f".{stop.name}.partial"
+            tmp.write_text(json.dumps({"propagation": dataclasses.asdict(propagation)}, indent=1), encoding="utf-8")
+            os.replace(tmp, stop)
         tmp = models / f".{target.name}.partial"
-        tmp.write_bytes(best.read_bytes())
+        tmp.write_bytes(adapter.read_bytes())
         os.replace(tmp, target)  # the infer tasks only ever see a complete file
-        stats.update(status="DONE", adapter=str(target))
-        self._write_stats(stats)
-        return stats
+        return target

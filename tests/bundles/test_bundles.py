@@ -27,6 +27,7 @@ from monai.transforms import Invertd
 from realdata import shared_data
 
 from data_prep import brats
+from monai_cbo.adapt import Recipe, bundle_recipe
 from monai_cbo.handlers import CaseMetricsWriter, LabelMapWriter
 from monai_cbo.inferers import AutoConfig, Preprocess, SliceWiseInferer
 from monai_cbo.inferers.engine import AutoVolumeInferer
@@ -212,6 +213,21 @@ def test_override_files_replace_train_keys_instead_of_copying(bundle, override):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_json_trains_with_the_recipe_adapt_and_the_label_server_use(bundle):
+    """One recipe: train.json's values are its ``recipe``'s (the library's Recipe, with the bundle's own values),
+    which is what monai-cbo adapt --bundle and the label server's train task start from."""
+    parser = _parser(bundle, "train.json")
+    recipe = parser.get_parsed_content("recipe")
+    assert recipe == bundle_recipe(_configs(bundle).parent)
+    assert recipe == Recipe()  # no shipped bundle sets its own values yet
+    for key in ("learning_rate", "batch_size", "box_jitter", "min_foreground", "auto_share", "background_ratio"):
+        assert parser.get_parsed_content(key) == getattr(recipe, key), key
+    assert parser.get_parsed_content("peft") == {"preset": recipe.preset, "rank": recipe.rank}
+    parser["seed"] = 7  # the config's seed is the recipe's
+    assert parser.get_parsed_content("recipe", lazy=False).seed == 7
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_train_config_resolves_trainer_and_evaluator(bundle, data, tmp_path):
     parser = _train_parser(bundle, data[bundle], tmp_path)
     trainer = parser.get_parsed_content("train#trainer")
@@ -225,7 +241,7 @@ def test_train_config_resolves_trainer_and_evaluator(bundle, data, tmp_path):
     assert list(network.class_prompts.class_names) == parser["task#class_names"]
     assert network.class_prompts.exclusive is task.exclusive
     assert list(network.class_prompts.class_values) == list(task.label_values)
-    assert trainer.prepare_batch.auto_share == 0.5
+    assert trainer.prepare_batch.auto_share == bundle_recipe(_configs(bundle).parent).auto_share
     prompted = _train_parser(bundle, data[bundle], tmp_path, auto_share=0)
     assert prompted.get_parsed_content("network").class_prompts is None
     assert prompted.get_parsed_content("validate#evaluator").inferer.exclusive is task.exclusive
