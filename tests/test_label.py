@@ -272,6 +272,21 @@ def test_prompted_infer_matches_monai_cbo_segment(server, tmp_path):
     assert not mask[..., :k0].any() and not mask[..., k1:].any()  # never outside the ROI's slices
 
 
+def test_a_foreground_click_alone_segments_the_part_it_lands_on(server, tmp_path):
+    """No ROI: the click starts the object on its slice (the adapter's own mask of the part under it gives the
+    key box) and the object is propagated with the adapter's stop rules. 014 is held out from the adapter."""
+    label = np.asarray(nib.load(SHARED / "labelsTr" / "hippocampus_014.nii.gz").dataobj)
+    click = [16, 36, 13]  # the anterior part's deepest voxel (inferers.prompts.correction_click on an empty mask)
+    assert label[tuple(click)] == 1
+    params, pred = _infer_all(
+        server, "monai_cbo_prompt", "hippocampus_014", {"foreground": [click]}, tmp_path / "c.nii.gz"
+    )
+    assert _dice(pred > 0, label == 1) > 0.7  # measured 0.78
+    on = label[pred > 0]
+    assert (on == 1).mean() > 3 * (on == 2).mean()  # mostly the part clicked (measured 66 % of the mask, 19 % on
+    # the posterior part, where the two touch on the same slices)
+
+
 def test_automatic_infer_segments_a_hippocampus_volume(server, tmp_path):
     params, pred = _infer_all(server, "monai_cbo_auto", "hippocampus_038", {}, tmp_path / "auto.nii.gz")
     assert params["label_names"] == {"anterior": 1, "posterior": 2}
@@ -290,8 +305,10 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(
     assert r.status_code == 422 and "outside the volume" in r.text
     r = _infer(server, "monai_cbo_prompt", "hippocampus_014", {"roi": "a box"})
     assert r.status_code == 422 and "roi" in r.text
-    r = _infer(server, "monai_cbo_prompt", "hippocampus_014", {"foreground": [[10, 10, 10]]})
-    assert r.status_code == 422 and "ROI box" in r.text
+    r = _infer(server, "monai_cbo_prompt", "hippocampus_014", {"background": [[10, 10, 10]]})
+    assert r.status_code == 422 and "foreground click to start from" in r.text
+    r = _infer(server, "monai_cbo_prompt", "hippocampus_014", {"foreground": [[10, 10, 10]], "key_slice": 10})
+    assert r.status_code == 422 and "key_slice goes with an ROI" in r.text
     r = requests.post(
         f"{url}/infer/monai_cbo_prompt", params={"image": "hippocampus_014"}, files={"params": (None, "{not json")}
     )

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from ..inferers import AutoConfig
     from ..task import TaskSpec
 
-PROMPT_OPTIONS = "--label LABEL, --prompts FILE, --key-box I0,J0,K0,I1,J1,K1 (with --point), or --auto"
+PROMPT_OPTIONS = (
+    "--label LABEL, --prompts FILE, --key-box I0,J0,K0,I1,J1,K1 (with --point), a foreground --point I,J,K,1 alone, "
+    "or --auto"
+)
 
 
 def add_parser(sub) -> None:
@@ -70,7 +73,9 @@ def add_parser(sub) -> None:
         action="append",
         metavar="I,J,K,L",
         help="with --key-box: a correction point, L = 1 foreground / 0 background (e.g. where the mask "
-        "leaks); it also prompts the slices near K (repeatable)",
+        "leaks); it also prompts the slices near K (repeatable). Without a box: the first foreground point "
+        "starts the object on its slice (segmented from the clicks, then from the box of what they found) and "
+        "it is propagated from there; the other points correct it",
     )
     p.add_argument("--class", dest="label_value", type=int, default=1, help="label value written for --key-box")
     p.add_argument(
@@ -163,9 +168,19 @@ def plan(args: argparse.Namespace) -> SegmentPlan:
     from ..peft import adapter_class_prompts, read_adapter
     from ..task import TaskSpec
 
-    if (args.key_slice is not None or args.point) and args.key_box is None:
-        raise ValueError("--key-slice and --point go with --key-box (points in a prompt file go with its key boxes)")
-    prompted = args.prompts is not None or args.key_box is not None
+    if args.key_slice is not None and args.key_box is None:
+        raise ValueError("--key-slice goes with a thick --key-box (the slice its propagation starts from)")
+    if args.point and args.key_box is None:
+        if args.prompts is not None or args.label is not None:
+            raise ValueError(
+                "--point goes with --key-box, or alone to start an object (points in a prompt file go in the file)"
+            )
+        if not any(point[3] == 1 for point in args.point):
+            raise ValueError(
+                "--point without --key-box starts an object at a foreground point: give one with L = 1 "
+                "(I,J,K,1), or a --key-box"
+            )
+    prompted = args.prompts is not None or args.key_box is not None or bool(args.point)
     wants_auto = args.auto or args.auto_refine or args.largest_component or args.z_smooth is not None
     adapters, warning = list(args.adapter or []), None
     if args.bundle:
@@ -262,7 +277,9 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"monai-cbo segment: warning: {settings.warning}; give a prompt instead: {PROMPT_OPTIONS}", file=sys.stderr
         )
-    key = None if args.key_box is None else KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
+    key = None
+    if args.key_box is not None or args.point:
+        key = KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)
     cases = find_cases(
         args.input, label=args.label, prompts=args.prompts, key=key, classes=args.classes, auto=settings.auto
     )

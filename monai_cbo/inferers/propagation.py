@@ -5,7 +5,16 @@ Axis convention as in :mod:`monai_cbo.inferers.slicewise`: the volume is ``[3, H
 
 How an object is grown from its key boxes (:func:`propagate`):
 
-1. Every key slice is segmented from its key box (and the correction points near it).
+1. Every key slice is segmented from its key box (and the correction points near it). A key without a box (a
+   *click key*: a foreground click starts the object) is segmented from the clicks on its slice; with a trained
+   adapter's class prompts, what the click points at is the connected part of the adapter's own class mask
+   under it (a click on a box-trained model gives a partial mask; the adapter's own mask of the structure is
+   far better: hippocampus, anterior, Dice 0.33 against 0.93 on one slice). Then the slice is segmented again
+   from the box of that region, grown by the margin as a walk's next prompt is, with the same clicks (the
+   models were trained on boxes), and is a key box from then on; a click that finds nothing (a mask under
+   ``min_area``) starts no walk. A click key's foreground clicks only choose: the decoder is not given them
+   again (the adapters were trained on boxes, and a click beside a box made masks worse), and the classes the
+   learned stop follows are the ones the click picked, not every class the key mask touches.
 2. Between two consecutive key slices, each slice is prompted with the box interpolated linearly between the
    two keys, moved ``neighbour_weight`` of the way towards the box of the neighbouring prediction (the slice
    one step nearer the key it is walked from); the walk goes from both keys to the middle. No stop rule
@@ -159,19 +168,24 @@ class PropagationConfig:
 
 @dataclass
 class KeyBox:
-    """A box the user drew on slice ``slice``: XYXY in that slice's pixels (x = column)."""
+    """A box the user drew on slice ``slice``: XYXY in that slice's pixels (x = column); ``None``: a click key,
+    segmented from the object's foreground clicks on that slice (see the module docstring)."""
 
     slice: int
-    box: np.ndarray
+    box: np.ndarray | None
 
     def __post_init__(self) -> None:
         self.slice = int(self.slice)
+        if self.box is None:
+            return
         self.box = np.asarray(self.box, dtype=np.float32).reshape(4)
         if self.box[2] < self.box[0] or self.box[3] < self.box[1]:
             raise ValueError(f"key box {self.box.tolist()} on slice {self.slice} is inverted; give x0, y0, x1, y1")
 
     @property
     def area(self) -> float:
+        if self.box is None:
+            raise ValueError(f"the click key on slice {self.slice} has no box until it is segmented")
         return float((self.box[2] - self.box[0] + 1) * (self.box[3] - self.box[1] + 1))
 
 
@@ -192,6 +206,13 @@ class ObjectPrompt:
         if not self.keys:
             raise ValueError("an object to propagate needs at least one key box")
         self.keys = sorted(self.keys, key=lambda k: k.slice)
+        for key in self.keys:
+            clicks = self.points.get(key.slice)
+            if key.box is None and (clicks is None or not (np.asarray(clicks[1]) == 1).any()):
+                raise ValueError(
+                    f"the key on slice {key.slice} has no box and no foreground click on its slice to start from; "
+                    "give a box, or a foreground click (label 1) on that slice"
+                )
         slices = [k.slice for k in self.keys]
         twice = sorted({z for z in slices if slices.count(z) > 1})
         if twice:
@@ -397,10 +418,21 @@ def propagate(
     learned = learned and class_prompts_of(inferer.model) is not None
     automatic = {} if class_masks is None else class_masks  # per slice, the model's automatic mask of each class
 
-    def run(z: int, box: np.ndarray, previous: SliceResult | None = None) -> SliceResult:
-        near = [k for k in point_slices if abs(k - z) <= config.point_reach]
-        pts = np.concatenate([prompt.points[k][0] for k in near]) if near else None
-        labels = np.concatenate([prompt.points[k][1] for k in near]) if near else None
+    started: set[int] = set()  # click keys' slices once segmented: their foreground clicks chose, a box prompts
+
+    def clicks_near(z: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        chosen = []
+        for k in (k for k in point_slices if abs(k - z) <= config.point_reach):
+            pts, labels = np.asarray(prompt.points[k][0]), np.asarray(prompt.points[k][1])
+            keep = labels == 0 if k in started else np.ones(len(labels), dtype=bool)
+            if keep.any():
+                chosen.append((pts[keep], labels[keep]))
+        if not chosen:
+            return None, None
+        return np.concatenate([p for p, _ in chosen]), np.concatenate([lab for _, lab in chosen])
+
+    def run(z: int, box: np.ndarray | None, previous: SliceResult | None = None) -> SliceResult:
+        pts, labels = clicks_near(z)
         logits = previous.low_res if (config.mask_prompt and previous is not None) else None
         _, emb = next(inferer.encode(volume, [z], cache))
         res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
@@ -413,9 +445,47 @@ def propagate(
     def area(res: SliceResult) -> int:
         return int((res.prob > thr).sum())
 
-    results = {key.slice: run(key.slice, key.box) for key in prompt.keys}
+    def clicked_region(z: int, first: SliceResult) -> tuple[torch.Tensor, set[int]]:
+        """What a click key's clicks point at on slice ``z``, and the classes it belongs to: for a model with class
+        prompts, the connected parts of its own class masks that hold a foreground click (a click says "this
+        one"), else the clicks' own mask (no class)."""
+        found = first.prob > thr
+        model = getattr(inferer, "model", None)
+        if model is None or class_prompts_of(model) is None:
+            return found, set()
+        from scipy import ndimage
 
-    for a, b in zip(prompt.keys, prompt.keys[1:], strict=False):  # between keys: from both ends to the middle
+        if z not in automatic:
+            _, emb = next(inferer.encode(volume, [z], cache))
+            automatic[z] = [r.prob > thr for r in inferer.decode_classes(emb, size)]
+        pts, labels = prompt.points[z]
+        clicks = [(int(round(y)), int(round(x))) for (x, y), lab in zip(pts, labels, strict=True) if lab == 1]
+        picked, classes = torch.zeros_like(found), set()
+        for i, mask in enumerate(automatic[z]):
+            parts, _ = ndimage.label(np.asarray(mask))
+            for y, x in clicks:
+                if 0 <= y < size[0] and 0 <= x < size[1] and parts[y, x]:
+                    picked |= torch.as_tensor(parts == parts[y, x])
+                    classes.add(i)
+        return (picked, classes) if int(picked.sum()) >= config.min_area else (found, set())
+
+    keys, results, picked_classes = [], {}, set()
+    for key in prompt.keys:
+        if key.box is None:  # a click key: what its clicks point at, then the box of that (grown by the margin)
+            first = run(key.slice, None)
+            found, classes_here = clicked_region(key.slice, first)
+            if int(found.sum()) < config.min_area:
+                results[key.slice] = first  # nothing there: the key slice's answer, and no walk from it
+                continue
+            started.add(key.slice)  # its foreground clicks have done their work: from here on, the box prompts
+            picked_classes |= classes_here
+            key = KeyBox(key.slice, _grow(mask_box(found), config, size))  # grown as a walk's next prompt
+        keys.append(key)
+        results[key.slice] = run(key.slice, key.box)
+    if not keys:
+        return results
+
+    for a, b in zip(keys, keys[1:], strict=False):  # between keys: from both ends to the middle
         middle = (a.slice + b.slice) / 2
         for start, step in ((a, 1), (b, -1)):
             previous = results[start.slice]
@@ -431,9 +501,11 @@ def propagate(
                 z += step
 
     classes = set()  # what the adapter calls this object, on any of its key slices
-    for key in prompt.keys if learned else []:
-        classes |= matching_classes(automatic[key.slice], results[key.slice].prob > thr)
-    for key, step in ((prompt.keys[-1], 1), (prompt.keys[0], -1)):  # beyond the outermost keys, with stop rules
+    for key in keys if learned else []:
+        if key.slice not in started:  # a click key's classes are those its click picked
+            classes |= matching_classes(automatic[key.slice], results[key.slice].prob > thr)
+    classes |= picked_classes if learned else set()
+    for key, step in ((keys[-1], 1), (keys[0], -1)):  # beyond the outermost keys, with stop rules
         previous = results[key.slice]
         z = key.slice + step
         pending: dict[int, SliceResult] = {}  # slices that broke a rule: kept only if a later slice holds

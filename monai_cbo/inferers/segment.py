@@ -71,9 +71,12 @@ class KeyPrompt:
     ``points``: [[i, j, k, l], ...] correction points, ``l`` 1 foreground / 0 background (a background point where
     the mask leaks). ``label`` is the class written. With ``bounded``, a box's slices always bound the
     propagation, a flat box's too: it is segmented on its one slice only (a viewer's one-slice ROI).
+
+    No ``box``: the first foreground point starts the object on its slice (a click key: segmented from the
+    clicks, then from the tight box of what they found) and the object is propagated from there, open.
     """
 
-    box: Sequence[float] | Sequence[Sequence[float]]
+    box: Sequence[float] | Sequence[Sequence[float]] | None = None
     label: int = 1
     key_slice: int | None = None
     points: Sequence[Sequence[float]] | None = None
@@ -84,12 +87,24 @@ class KeyPrompt:
         for point in self.points or []:
             if len(point) != 4 or point[3] not in (0, 1):
                 raise ValueError(f"a point is i, j, k, label with label 1 (foreground) or 0 (background), got {point}")
+        if self.box is None:
+            if not any(point[3] == 1 for point in self.points or []):
+                raise ValueError("an object needs a key box or a foreground point (label 1) to start from")
+            if self.key_slice is not None:
+                raise ValueError("key_slice goes with a 3D box; without a box the object starts at its first click")
 
     def spec(self, geometry: SliceGeometry, where: str) -> PromptSpec:
         """This prompt in the sliced view of ``geometry``."""
-        spec = spec_from_boxes(
-            {self.label: self.box}, geometry, key=True, where=where, key_slice=self.key_slice, bounded=self.bounded
-        )
+        if self.box is None:
+            spec = PromptSpec()
+            start = next(p for p in self.points if p[3] == 1)
+            probe = PromptSpec()  # the view slice of the first foreground click: the object's key slice
+            add_points(probe, self.label, [start[:3]], [1], "voxel", np.eye(4), geometry, where)
+            spec.key_boxes[self.label] = [(next(iter(probe.points[self.label])), None, None)]
+        else:
+            spec = spec_from_boxes(
+                {self.label: self.box}, geometry, key=True, where=where, key_slice=self.key_slice, bounded=self.bounded
+            )
         if self.points:
             pts = np.asarray(self.points, dtype=np.float64)
             add_points(spec, self.label, pts[:, :3], pts[:, 3].astype(int), "voxel", np.eye(4), geometry, where)

@@ -92,7 +92,8 @@ def parse_prompt(params: dict[str, Any], shape: tuple[int, int, int]) -> KeyProm
     """The :class:`KeyPrompt` of a viewer's request (``roi``, ``foreground``, ``background``, optional
     ``key_slice``) on a volume of stored ``shape``; raises :class:`Refused` (4xx) naming what is wrong.
 
-    The ROI's slices bound the segmentation, a one-slice ROI's too (it is segmented on that slice alone)."""
+    The ROI's slices bound the segmentation, a one-slice ROI's too (it is segmented on that slice alone). Without
+    an ROI the first foreground click starts the object on its slice, propagated with the adapter's stop rules."""
     roi = params.get("roi")
     for kind in ("foreground", "background"):
         if not isinstance(params.get(kind) or [], list):
@@ -104,12 +105,24 @@ def parse_prompt(params: dict[str, Any], shape: tuple[int, int, int]) -> KeyProm
         kind: [_numbers(p, 3, f"a {kind} point") for p in (params.get(kind) or [])]
         for kind in ("foreground", "background")
     }
+    points = []
+    for kind, flag in (("foreground", 1), ("background", 0)):
+        for p in clicks[kind]:
+            if any(not 0 <= v < n for v, n in zip(p, shape, strict=True)):
+                raise Refused(422, f"{kind} point {p} lies outside the volume of shape {list(shape)}")
+            points.append([*p, flag])
     if not roi:
-        raise Refused(
-            422,
-            "the prompted task needs an ROI box (roi = [i0, j0, i1, j1, k0, k1] in voxel indices): LiteMedSAM "
-            "segments from a box; foreground / background clicks correct a box, they cannot replace it",
-        )
+        if not clicks["foreground"]:
+            raise Refused(
+                422,
+                "the prompted task needs an ROI box (roi = [i0, j0, i1, j1, k0, k1] in voxel indices) or a "
+                "foreground click to start from; background clicks correct an object, they cannot start one",
+            )
+        if params.get("key_slice") is not None:
+            raise Refused(
+                422, "key_slice goes with an ROI; without one the object starts at its first foreground click"
+            )
+        return KeyPrompt(None, label=1, points=points)  # the first foreground click starts it; propagated, open
     i0, j0, i1, j1, k0, k1 = _numbers(roi, 6, "roi")
     if i1 <= i0 or j1 <= j0 or k1 < k0:
         raise Refused(
@@ -127,12 +140,6 @@ def parse_prompt(params: dict[str, Any], shape: tuple[int, int, int]) -> KeyProm
     ]
     if outside:
         raise Refused(422, f"the ROI box lies outside the volume: {', '.join(outside)}")
-    points = []
-    for kind, flag in (("foreground", 1), ("background", 0)):
-        for p in clicks[kind]:
-            if any(not 0 <= v < n for v, n in zip(p, shape, strict=True)):
-                raise Refused(422, f"{kind} point {p} lies outside the volume of shape {list(shape)}")
-            points.append([*p, flag])
     key_slice = params.get("key_slice")
     if key_slice is not None:
         key_slice = _numbers([key_slice], 1, "key_slice")[0]

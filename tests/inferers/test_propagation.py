@@ -45,10 +45,16 @@ class SceneInferer(SliceWiseInferer):
         out = []
         for p in prompts:
             self.prompts.setdefault(z, []).append(p)
-            x0, y0, x1, y1 = (int(round(v)) for v in p.box)
             prob = torch.zeros(size)
-            prob[y0 : y1 + 1, x0 : x1 + 1] = self.scene[y0 : y1 + 1, x0 : x1 + 1, z].float()
             rows, cols = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
+            if p.box is not None:
+                x0, y0, x1, y1 = (int(round(v)) for v in p.box)
+                prob[y0 : y1 + 1, x0 : x1 + 1] = self.scene[y0 : y1 + 1, x0 : x1 + 1, z].float()
+            else:  # clicks alone: the scene's foreground within 12 pixels of a foreground click
+                for (x, y), label in zip(p.points, p.point_labels, strict=True):
+                    if label == 1:
+                        near = (rows - y) ** 2 + (cols - x) ** 2 <= 144
+                        prob[near] = self.scene[..., z][near].float()
             for (x, y), label in zip(
                 p.points if p.points is not None else [], p.point_labels if p.points is not None else [], strict=True
             ):
@@ -129,6 +135,28 @@ def test_the_learned_stop_ends_a_leak_where_the_adapters_own_mask_of_the_object_
     ranged = ObjectPrompt([KeyBox(12, _box(scene[..., 12]))], z_range=(0, 25))  # a 3D box: the range_ rule
     assert max(propagate(inferer, VOLUME, ranged, learned)) == 25
     assert max(propagate(inferer, VOLUME, ranged, learned.replace(range_min_class_overlap=0.5))) == 20
+
+
+def test_a_click_picks_the_part_of_the_adapters_own_mask_under_it_and_the_walk_follows_that_class():
+    """With class prompts, the click's part of the adapter's own class mask gives the key box (the click's own
+    mask is partial here: 12 pixels around it on a disc of radius 14); the start click is not sent to the
+    decoder again; the learned stop follows the class clicked, not a small class the key mask happens to cover."""
+    scene = _blob_scene()
+    scene[..., 21:] = _disc((64, 64), (32, 32), 3)[..., None]  # a look-alike past the end
+    speck = np.zeros_like(scene)
+    speck[29:36, 29:36, :] = True  # a small class inside the object on every slice, covering the look-alike
+    inferer = LearnedInferer(scene, [speck, _blob_scene()])
+    click = {12: (np.array([[42.0, 32.0]]), np.array([1]))}  # on the object, beside the speck
+    config = PropagationConfig(max_key_area=1e9, max_growth=1e9, min_iou=0.0, min_class_overlap=0.5)
+    results = propagate(inferer, VOLUME, ObjectPrompt([KeyBox(12, None)], points=click), config)
+    first, second = inferer.prompts[12][:2]
+    assert first.box is None and second.points is None
+    full = _box(scene[..., 12])
+    assert (second.box[:2] <= full[:2]).all() and (second.box[2:] >= full[2:]).all()
+    assert np.array_equal(results[12].prob.numpy() > 0.5, scene[..., 12])
+    assert sorted(results) == list(range(5, 21))  # the speck's class would have walked on into the look-alike
+    key = ObjectPrompt([KeyBox(12, full)])  # a key box: every class its mask covers, the speck's too
+    assert max(propagate(LearnedInferer(scene, [speck, _blob_scene()]), VOLUME, key, config)) == 29
 
 
 def test_patience_walks_past_one_slice_that_breaks_a_rule_and_still_stops_at_the_end():
@@ -297,6 +325,31 @@ def test_a_background_point_removes_a_leak_on_its_slice_and_nearby_ones():
     for z in (10, 11, 12, 13, 14):
         assert fixed[z].prob[45, 45] < 0.5
     assert fixed[12].prob[32, 32] > 0.5  # the object itself is kept
+
+
+def test_a_click_alone_starts_an_object_and_propagates_from_its_slice():
+    """No box: the click's slice is segmented from the click, then from the box of what it found grown by the
+    margin (the models were trained on boxes; a click's first mask may be partial), and the object is walked from
+    there to both ends, as from a key box."""
+    scene = _blob_scene()
+    inferer = SceneInferer(scene)
+    click = {12: (np.array([[32.0, 32.0]]), np.array([1]))}
+    results = propagate(inferer, VOLUME, ObjectPrompt([KeyBox(12, None)], points=click))
+    assert sorted(results) == list(range(5, 21))
+    assert all(np.array_equal(results[z].prob.numpy() > 0.5, scene[..., z]) for z in results)
+    first, second = inferer.prompts[12][:2]
+    assert first.box is None and second.box is not None  # the click, then the box of what it found
+    found = _box(((np.arange(64)[:, None] - 32) ** 2 + (np.arange(64)[None] - 32) ** 2 <= 144) & scene[..., 12])
+    assert (second.box[:2] < found[:2]).all() and (second.box[2:] > found[2:]).all()  # grown past the first mask
+    by_box = propagate(SceneInferer(scene), VOLUME, ObjectPrompt([KeyBox(12, _box(scene[..., 12]))], points=click))
+    assert sorted(by_box) == sorted(results)
+    # a click on nothing: the slice's (empty) answer and no walk
+    missed = propagate(
+        SceneInferer(scene), VOLUME, ObjectPrompt([KeyBox(12, None)], points={12: (np.array([[2.0, 2.0]]), [1])})
+    )
+    assert list(missed) == [12] and not (missed[12].prob > 0.5).any()
+    with pytest.raises(ValueError, match="no box and no foreground click"):
+        ObjectPrompt([KeyBox(12, None)], points={12: (np.array([[32.0, 32.0]]), np.array([0]))})
 
 
 def test_bad_object_prompts_are_refused():

@@ -71,6 +71,27 @@ def test_several_key_boxes_and_points_through_segment_case(tmp_path, tiny):
         KeyPrompt([10, 15, 12, 20, 30, 12], points=[[1, 2, 3]])
 
 
+def test_a_click_alone_starts_the_object_on_the_clicks_slice_in_any_orientation():
+    """Without a box the first foreground click's slice is the key slice: the same slice a flat key box drawn
+    there starts from, whatever the stored orientation (here i and j swapped, every axis flipped: slice k of
+    the file is slice 11 - k of the view)."""
+    from monai_cbo.inferers import SliceGeometry
+
+    affine = np.array([[0, -1.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, -2.0, 0], [0, 0, 0, 1]])
+    geometry = SliceGeometry.from_affine(affine, (20, 30, 12))
+    for click in ([4, 9, 3], [17, 2, 10], [0, 29, 11]):
+        spec = KeyPrompt(points=[[*click, 1], [5, 5, 5, 0]]).spec(geometry, "test")
+        ((start, box, z_range),) = spec.key_boxes[1]
+        assert box is None and z_range is None
+        drawn = KeyPrompt([click[0], click[1], click[2], click[0] + 1, click[1] + 1, click[2]]).spec(geometry, "t")
+        assert drawn.key_boxes[1][0][0] == start == 11 - click[2], click
+        assert start in spec.points[1]
+    with pytest.raises(ValueError, match="a key box or a foreground point"):
+        KeyPrompt(points=[[1, 2, 3, 0]])
+    with pytest.raises(ValueError, match="key_slice goes with a 3D box"):
+        KeyPrompt(points=[[1, 2, 3, 1]], key_slice=3)
+
+
 def test_each_slice_is_encoded_once_per_volume_for_every_class_and_key(tiny):
     import torch
 
