@@ -15,6 +15,9 @@ How an object is grown from its key boxes (:func:`propagate`):
    ``min_area``) starts no walk. A click key's foreground clicks only choose: the decoder is not given them
    again (the adapters were trained on boxes, and a click beside a box made masks worse), and the classes the
    learned stop follows are the ones the click picked, not every class the key mask touches.
+   Any foreground click says the object is on its slice: a walk beyond the keys goes at least as far as the
+   farthest foreground click in its direction before a stop rule may end it (a click on a slice the walk
+   missed used to end the walk sooner, not later: the decoder is less confident with a click beside the box).
 2. Between two consecutive key slices, each slice is prompted with the box interpolated linearly between the
    two keys, moved ``neighbour_weight`` of the way towards the box of the neighbouring prediction (the slice
    one step nearer the key it is walked from); the walk goes from both keys to the middle. No stop rule
@@ -505,9 +508,12 @@ def propagate(
         if key.slice not in started:  # a click key's classes are those its click picked
             classes |= matching_classes(automatic[key.slice], results[key.slice].prob > thr)
     classes |= picked_classes if learned else set()
+    # a foreground click says the object is on its slice: a walk goes at least that far, whatever the rules say
+    clicked = [k for k in point_slices if (np.asarray(prompt.points[k][1]) == 1).any()]
     for key, step in ((keys[-1], 1), (keys[0], -1)):  # beyond the outermost keys, with stop rules
         previous = results[key.slice]
         z = key.slice + step
+        reach = max((abs(k - key.slice) for k in clicked if (k - key.slice) * step > 0), default=0)
         pending: dict[int, SliceResult] = {}  # slices that broke a rule: kept only if a later slice holds
         while lo <= z <= hi:
             before = previous.prob > thr
@@ -518,7 +524,7 @@ def propagate(
             measures = stop_measures(
                 res, previous, thr, key.area, features.get(z), features.get(key.slice), own, classes
             )
-            if stops(config, measures, ranged):
+            if abs(z - key.slice) > reach and stops(config, measures, ranged):
                 pending[z] = res
                 if len(pending) >= patience:  # `patience` slices in a row broke a rule: the object has ended
                     break

@@ -352,6 +352,21 @@ def test_a_click_alone_starts_an_object_and_propagates_from_its_slice():
         ObjectPrompt([KeyBox(12, None)], points={12: (np.array([[32.0, 32.0]]), np.array([0]))})
 
 
+def test_a_foreground_click_past_where_a_rule_ended_the_walk_carries_it_to_the_click():
+    """A click on a slice the walk did not reach says the object is there: the walk goes at least that far, then
+    the rules apply again (before, such a click could only shorten a walk)."""
+    scene = _blob_scene()
+    scene[..., 21:26] = _disc((64, 64), (32, 32), 20)[..., None]  # the object widens at once: the growth rule fires
+    key = KeyBox(12, _box(scene[..., 12]))
+    config = PropagationConfig(max_growth=1.5, max_key_area=1e9, min_iou=0.0, min_overlap=0.0, patience=1)
+    assert max(propagate(SceneInferer(scene), VOLUME, ObjectPrompt([key]), config)) == 20
+    click = {23: (np.array([[32.0, 32.0]]), np.array([1]))}
+    carried = propagate(SceneInferer(scene), VOLUME, ObjectPrompt([key], points=click), config)
+    assert sorted(carried) == list(range(5, 26))  # to the click, then on while the rules hold, to the end
+    behind = {25: (np.array([[50.0, 50.0]]), np.array([0]))}  # a background click says nothing of the kind
+    assert max(propagate(SceneInferer(scene), VOLUME, ObjectPrompt([key], points=behind), config)) == 20
+
+
 def test_bad_object_prompts_are_refused():
     box = np.array([1, 1, 5, 5])
     with pytest.raises(ValueError, match="two key boxes of one class on slice"):
