@@ -10,8 +10,8 @@ How an object is grown from its key boxes (:func:`propagate`):
    adapter's class prompts, what the click points at is the connected part of the adapter's own class mask
    under it (a click on a box-trained model gives a partial mask; the adapter's own mask of the structure is
    far better: hippocampus, anterior, Dice 0.33 against 0.93 on one slice). Then the slice is segmented again
-   from the box of that region, grown by the margin as a walk's next prompt is, with the same clicks (the
-   models were trained on boxes), and is a key box from then on; a click that finds nothing (a mask under
+   from the box of that region, grown by the margin as a walk's next prompt is (the models were trained on
+   boxes), and is a key box from then on; a click that finds nothing (a mask under
    ``min_area``) starts no walk. A click key's foreground clicks only choose: the decoder is not given them
    again (the adapters were trained on boxes, and a click beside a box made masks worse), and the classes the
    learned stop follows are the ones the click picked, not every class the key mask touches.
