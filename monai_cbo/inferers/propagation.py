@@ -441,9 +441,18 @@ def propagate(
         res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
         if max(config.min_similarity, config.range_min_similarity) > -1:
             features[z] = mask_feature(emb, res.low_res)
-        if learned and z not in automatic:  # one class-decode pass per slice, whatever object asks
-            automatic[z] = [r.prob > thr for r in inferer.decode_classes(emb, size)]
+        if learned:
+            own_masks(z, emb)
         return res
+
+    def own_masks(z: int, emb: torch.Tensor | None = None) -> list:
+        """The model's automatic mask of each class on slice ``z``: one class-decode pass per slice, whatever
+        object asks."""
+        if z not in automatic:
+            if emb is None:
+                _, emb = next(inferer.encode(volume, [z], cache))
+            automatic[z] = [r.prob > thr for r in inferer.decode_classes(emb, size)]
+        return automatic[z]
 
     def area(res: SliceResult) -> int:
         return int((res.prob > thr).sum())
@@ -458,13 +467,10 @@ def propagate(
             return found, set()
         from scipy import ndimage
 
-        if z not in automatic:
-            _, emb = next(inferer.encode(volume, [z], cache))
-            automatic[z] = [r.prob > thr for r in inferer.decode_classes(emb, size)]
         pts, labels = prompt.points[z]
         clicks = [(int(round(y)), int(round(x))) for (x, y), lab in zip(pts, labels, strict=True) if lab == 1]
         picked, classes = torch.zeros_like(found), set()
-        for i, mask in enumerate(automatic[z]):
+        for i, mask in enumerate(own_masks(z)):
             parts, _ = ndimage.label(np.asarray(mask))
             for y, x in clicks:
                 if 0 <= y < size[0] and 0 <= x < size[1] and parts[y, x]:

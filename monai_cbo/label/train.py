@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from ..bundles import BundleInfo, load_bundle
 from ..inferers.propagation import PropagationConfig
 from ..peft import PRESETS
+from ..utils import write_atomic
 from .guard import Refused
 
 __all__ = ["TRAIN_LIMITS", "FineTune"]
@@ -139,9 +141,8 @@ class FineTune(TrainTask):
 
     def _write_stats(self, stats: dict[str, Any]) -> None:
         self.stats_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.stats_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats, indent=1), encoding="utf-8")
-        os.replace(tmp, self.stats_file)
+        text = json.dumps(stats, indent=1)
+        write_atomic(self.stats_file, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
 
     def _options(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -232,11 +233,7 @@ class FineTune(TrainTask):
         models.mkdir(parents=True, exist_ok=True)
         target = models / f"adapter_{stamp}.pt"
         if propagation is not None:
-            stop = target.with_suffix(".stop.json")
-            tmp = models / f".{stop.name}.partial"
-            tmp.write_text(json.dumps({"propagation": dataclasses.asdict(propagation)}, indent=1), encoding="utf-8")
-            os.replace(tmp, stop)
-        tmp = models / f".{target.name}.partial"
-        tmp.write_bytes(adapter.read_bytes())
-        os.replace(tmp, target)  # the infer tasks only ever see a complete file
+            text = json.dumps({"propagation": dataclasses.asdict(propagation)}, indent=1)
+            write_atomic(target.with_suffix(".stop.json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_atomic(target, lambda tmp: shutil.copyfile(adapter, tmp))  # the infer tasks see only whole files
         return target
