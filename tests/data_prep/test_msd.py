@@ -25,7 +25,9 @@ def test_hippocampus_gives_208_cases_with_named_labels(hippocampus, tmp_path):
     datalist = _run(hippocampus, tmp_path / "d.json", "--seed", "0", "--channels", "MRI", *NAMES)
     assert [len(datalist[k]) for k in ("training", "validation", "test")] == [124, 42, 42]
     assert datalist["labels"] == {"0": "background", "1": "anterior", "2": "posterior"}
-    assert datalist["channels"] == ["MRI"] and datalist["dataset_dir"] == str(hippocampus)
+    assert datalist["channels"] == ["MRI"] and datalist["dataset_dir"] == str(
+        hippocampus.resolve()
+    )  # data_prep records the real path
     items = load_decathlon_datalist(tmp_path / "d.json", data_list_key="test", base_dir=datalist["dataset_dir"])
     assert all(Path(item["image"]).is_file() and Path(item["label"]).is_file() for item in items)
 
