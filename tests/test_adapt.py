@@ -194,10 +194,12 @@ def test_a_bundle_is_a_start_its_recipe_classes_and_preprocessing(adapted, cases
     assert classes == {1: "organ"} and preprocess.modality == "mri"
     out = tmp_path / "again"
     args = ["adapt", str(cases / "images"), str(cases / "labels"), "-o", str(out), "--bundle", str(adapted)]
-    args += ["--model", "tiny", "--steps", "1", "--no-stop-sweep", "--learning-rate", "0.001"]
+    args += ["--model", "tiny", "--steps", "2", "--no-stop-sweep", "--learning-rate", "0.001", "--click-share", "1"]
     assert main(args) == 0
     record = json.loads((out / "models/adapter.json").read_text())
-    assert record["recipe"] == {**dataclasses.asdict(Recipe(validations=2, val_slices=2)), "learning_rate": 0.001}
+    asked = {"learning_rate": 0.001, "click_share": 1.0}  # every box step simulated a user's clicks
+    assert record["recipe"] == {**dataclasses.asdict(Recipe(validations=2, val_slices=2)), **asked}
+    assert ConfigParser.load_config_file(str(out / "configs/train.json"))["recipe"]["click_share"] == 1.0
     assert record["classes"] == ["organ"]
     assert main([*args[:4], str(tmp_path / "never"), *args[5:], "--modality", "ct"]) == 2
     assert "--bundle" in capsys.readouterr().err and not (tmp_path / "never").exists()

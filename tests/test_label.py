@@ -659,6 +659,7 @@ def test_train_parameters_are_checked_against_the_operators_limits(tmp_path):
         "is not a finite number": {"learning_rate": float("nan")},
         "is not an integer": {"seed": 1.5},
         "is not a number": {"auto_share": True},
+        "outside 0.0..1.0": {"click_share": 1.5},
         "is not true or false": {"stop_sweep": "yes"},
         "is not a preset": {"preset": ["lora"]},
         "unknown train parameter(s) ['dataset_dir']": {"dataset_dir": "/"},
@@ -669,7 +670,9 @@ def test_train_parameters_are_checked_against_the_operators_limits(tmp_path):
             task.validate(params)
         assert err.value.status == 422
     # what a request runs: monai-cbo adapt from the bundle, its budget, and nothing a client could add
-    cmd = task.command(tmp_path / "d.json", tmp_path / "out", {**task.config(), "steps": 3, "stop_sweep": False})
+    options = {**task.config(), "steps": 3, "stop_sweep": False, "click_share": 0.5}
+    cmd = task.command(tmp_path / "d.json", tmp_path / "out", options)
+    assert cmd[cmd.index("--click-share") + 1] == "0.5"  # a user's clicks taught, when asked
     assert cmd[1:5] == ["-m", "monai_cbo.cli", "adapt", str(tmp_path / "d.json")]
     assert cmd[cmd.index("--bundle") + 1] == str(task.bundle.path) and "--no-stop-sweep" in cmd
     assert cmd[cmd.index("--steps") + 1] == "3" and "--minutes" not in cmd

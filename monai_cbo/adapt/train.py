@@ -22,7 +22,7 @@ from ..bench.data import BenchData, ClassKey, LoadedCase, class_mask, foreground
 from ..bench.run import format_eta, frozen_encoder, training_batches
 from ..inferers.slicewise import Prompt2D, SliceWiseInferer, mask_box
 from ..networks import SamSegmenter, class_prompts_of, feature_cache
-from ..training import build_optimizer, build_trainer
+from ..training import Interaction, build_optimizer, build_trainer
 from ..utils import write_atomic
 
 __all__ = ["Budget", "Recipe", "Validation", "split_validation", "train_adapter", "validate"]
@@ -50,6 +50,10 @@ class Recipe:
             slice's embedding cached, steps at the decoder's cost); in a steps budget: ``Budget.decoder_steps``.
         decoder_lr: the decoder stage's peak learning rate (default a third of ``learning_rate``, the setting
             measured in docs/benchmarks/automatic.md).
+        click_share: share of the box-prompted steps that simulate a user (a box or a click, then up to
+            ``max_clicks`` clicks drawn from the current error; :mod:`~monai_cbo.training.interaction`), so that the
+            adapter learns what a click means; 0 trains with boxes only (docs/benchmarks/corrections.md).
+        max_clicks: most correction clicks in an interactive step.
         seed: model initialisation, slice order, jitter.
     """
 
@@ -66,10 +70,12 @@ class Recipe:
     val_slices: int = 8
     decoder_share: float = 0.3
     decoder_lr: float | None = None
+    click_share: float = 0.0
+    max_clicks: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("auto_share", "background_ratio", "decoder_share"):
+        for name in ("auto_share", "background_ratio", "decoder_share", "click_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share: 0 .. 1, got {getattr(self, name)}")
         for name in ("learning_rate", "decoder_lr"):
@@ -79,6 +85,15 @@ class Recipe:
         for name in ("batch_size", "validations", "patience", "val_slices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_clicks < 0:
+            raise ValueError(f"max_clicks must be >= 0, got {self.max_clicks}")
+
+    @property
+    def interaction(self) -> Interaction | None:
+        """The trainer's simulated interaction (None: box prompts only)."""
+        if self.click_share <= 0:
+            return None
+        return Interaction(share=self.click_share, max_clicks=self.max_clicks, seed=self.seed)
 
     @property
     def decoder_learning_rate(self) -> float:
@@ -394,6 +409,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         feature_cache=cache,
         auto_share=recipe.auto_share if class_prompts_of(model) is not None else 0.0,
         seed=recipe.seed,
+        interaction=recipe.interaction,
     )
     start, prior = time.perf_counter(), st["seconds"]
     marks = [(k + 1) / recipe.validations for k in range(recipe.validations)]

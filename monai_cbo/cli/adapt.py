@@ -80,6 +80,13 @@ def add_parser(sub) -> None:
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--auto-share", type=float, default=None, help="share of automatic steps (default: the recipe's)")
     p.add_argument(
+        "--click-share",
+        type=float,
+        default=None,
+        help="share of box steps that simulate a user's clicks, so the adapter learns corrections (default: the "
+        "recipe's)",
+    )
+    p.add_argument(
         "--seed", type=int, default=None, help="initialisation, slice order and jitter (default: the recipe's, 0)"
     )
     p.add_argument(
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             ("learning_rate", args.learning_rate),
             ("auto_share", args.auto_share),
             ("decoder_share", args.decoder_share),
+            ("click_share", args.click_share),
             ("seed", args.seed),
         )
         if v is not None

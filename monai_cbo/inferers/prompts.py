@@ -57,6 +57,7 @@ __all__ = [
     "VolumePrompts",
     "check_label_value",
     "correction_click",
+    "largest_error",
     "load_prompt_file",
     "prompts_from_label",
     "prompts_from_mask",
@@ -89,23 +90,35 @@ def correction_click(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[floa
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     if pred.shape != truth.shape:
         raise ValueError(f"correction_click: prediction {pred.shape} and truth {truth.shape} differ in shape")
+    found = largest_error(pred, truth)
+    if found is None:
+        return None
+    region, label = found
+    size = int(region.sum())
+    inside = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    deepest = np.argwhere(inside >= inside.max() - 1e-6)  # ties (an elongated region): the one nearest its centre
+    centre = np.argwhere(region).mean(axis=0)
+    y, x, z = deepest[int(np.argmin(((deepest - centre) ** 2).sum(axis=1)))]
+    return Click(int(z), (int(x), int(y)), label, size)
+
+
+def largest_error(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The largest connected region of error of the boolean mask ``pred`` against ``truth`` (any dimension, fully
+    connected: 8 neighbours in 2D, 26 in 3D), missed foreground or leaked background, whichever is larger, with
+    the click that fixes it: ``(region, 1)`` for a miss, ``(region, 0)`` for a leak; None where they are equal."""
+    from scipy import ndimage
+
+    structure = np.ones((3,) * pred.ndim, dtype=bool)
     best: tuple[int, np.ndarray, int] | None = None
     for error, label in ((truth & ~pred, 1), (pred & ~truth, 0)):
-        regions, count = ndimage.label(error, structure=np.ones((3, 3, 3), dtype=bool))
+        regions, count = ndimage.label(error, structure=structure)
         if not count:
             continue
         sizes = np.bincount(regions.ravel())[1:]
         k = int(np.argmax(sizes))
         if best is None or sizes[k] > best[0]:
             best = (int(sizes[k]), regions == k + 1, label)
-    if best is None:
-        return None
-    size, region, label = best
-    inside = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    deepest = np.argwhere(inside >= inside.max() - 1e-6)  # ties (an elongated region): the one nearest its centre
-    centre = np.argwhere(region).mean(axis=0)
-    y, x, z = deepest[int(np.argmin(((deepest - centre) ** 2).sum(axis=1)))]
-    return Click(int(z), (int(x), int(y)), label, size)
+    return None if best is None else best[1:]
 
 
 def prompts_from_mask(mask: np.ndarray | torch.Tensor, min_pixels: int = 1) -> dict[int, Prompt2D]:

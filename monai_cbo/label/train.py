@@ -33,6 +33,7 @@ TRAIN_LIMITS = {
     "steps": (0, 2000),
     "decoder_steps": (0, 10000),
     "auto_share": (0.0, 1.0),
+    "click_share": (0.0, 1.0),
     "learning_rate": (1e-7, 1.0),
     "seed": (0, 2**31 - 1),
 }
@@ -72,6 +73,7 @@ class FineTune(TrainTask):
             "decoder_steps": 0,
             "preset": recipe.preset,
             "auto_share": recipe.auto_share,
+            "click_share": recipe.click_share,
             "learning_rate": recipe.learning_rate,
             "seed": recipe.seed,
             "stop_sweep": True,
@@ -158,7 +160,7 @@ class FineTune(TrainTask):
             cmd += ["--steps", str(options["steps"]), "--decoder-steps", str(options["decoder_steps"])]
         else:
             cmd += ["--minutes", str(options["minutes"])]
-        for key in ("preset", "auto_share", "learning_rate", "seed"):
+        for key in ("preset", "auto_share", "click_share", "learning_rate", "seed"):
             cmd += [f"--{key.replace('_', '-')}", str(options[key])]
         return cmd + ([] if options["stop_sweep"] else ["--no-stop-sweep"])
 

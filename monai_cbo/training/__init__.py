@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .interaction import Interaction, InteractionDraw, error_click, simulate_rounds
 from .trainer import (
     AutocastForward,
     CachedFrontSegmenter,
@@ -15,8 +16,12 @@ from .trainer import (
 __all__ = [
     "AutocastForward",
     "CachedFrontSegmenter",
+    "Interaction",
+    "InteractionDraw",
     "PreparePromptBatch",
     "build_optimizer",
     "build_trainer",
+    "error_click",
+    "simulate_rounds",
     "train_step",
 ]

@@ -17,6 +17,10 @@ the batch's ``auto_step`` flag) prompts every class of every slice with its lear
 channel per class, empty where the class is absent, so the model also learns to say "not here". One adapter
 thus serves both box prompts and automatic runs.
 
+An *interactive* step (a share ``interaction.share`` of the box-prompted steps, :mod:`.interaction`) simulates a
+user: a box or one click first, then rounds of clicks drawn from the current error (decoded without gradients on
+the step's embedding), and trains the last round's prompt, so that an adapter learns what a click means.
+
 The frozen front of the encoder (:func:`~monai_cbo.networks.frozen_prefix`) computes the same features for the
 same slice in every step; given a :class:`~monai_cbo.networks.SliceCache` and batches that name their
 slices (``slice_keys``), :class:`CachedFrontSegmenter` takes those features from the cache
@@ -27,6 +31,7 @@ That changes the time of a step, not its result (tested).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,6 +45,7 @@ from ..networks import SamSegmenter, SegmenterOutput, SliceCache, cached_front, 
 from ..peft import optimizer_param_groups
 from ..precision import resolve_precision
 from ..utils import check_option
+from .interaction import Interaction, InteractionDraw, simulate_rounds
 
 __all__ = [
     "AutocastForward",
@@ -119,15 +125,26 @@ class PreparePromptBatch(PrepareBatchExtraInput):
     ``batch[auto_label_key]`` [B, K, S, S] (every class, empty where absent) and the network gets
     ``classes`` [B, K] = 0..K-1 instead of ``boxes``.
 
+    Interactive steps: with an ``interaction`` whose share is above 0, a box-prompted step may simulate a user
+    (:meth:`~monai_cbo.training.interaction.Interaction.draw`, from ``interaction.seed`` and :attr:`step` as
+    above): the network then also gets ``interaction``, the step's draw with the batch's label as its target
+    (:class:`CachedFrontSegmenter` runs the rounds).
+
     Raises:
         ValueError: an automatic step on a batch without ``auto_label_key`` (add it with
             ``SlicePromptsd(auto_label_key=...)``), or ``auto_share`` outside [0, 1].
     """
 
     def __init__(
-        self, slice_keys: bool = False, auto_share: float = 0.0, auto_label_key: str = "auto_label", seed: int = 0
+        self,
+        slice_keys: bool = False,
+        auto_share: float = 0.0,
+        auto_label_key: str = "auto_label",
+        seed: int = 0,
+        interaction: Interaction | None = None,
     ) -> None:
         super().__init__(extra_keys={"boxes": "boxes", **({"slice_keys": "slice_keys"} if slice_keys else {})})
+        self.interaction = interaction
         if not 0.0 <= auto_share <= 1.0:
             raise ValueError(f"auto_share is the share of automatic training steps, in [0, 1]; got {auto_share}")
         self.auto_share, self.auto_label_key, self.seed = float(auto_share), auto_label_key, int(seed)
@@ -148,6 +165,10 @@ class PreparePromptBatch(PrepareBatchExtraInput):
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any) -> tuple:
         image, label, args, kw = super().__call__(batchdata, device, non_blocking, **kwargs)
         if not self.is_auto(batchdata):
+            draw = None if self.interaction is None else self.interaction.draw(self.step, self.rng)
+            if draw is not None:
+                draw.target = label
+                kw["interaction"] = draw
             return image, label, args, kw
         if self.auto_label_key not in batchdata:
             raise ValueError(
@@ -161,23 +182,34 @@ class PreparePromptBatch(PrepareBatchExtraInput):
 
 
 class CachedFrontSegmenter(nn.Module):
-    """``model`` whose frozen encoder front is read from ``cache`` for slices it has seen before.
+    """``model`` whose frozen encoder front is read from ``cache`` for slices it has seen before, and which runs
+    the rounds of an interactive step (:mod:`~monai_cbo.training.interaction`) on the step's own embedding.
 
-    ``forward(image, boxes, slice_keys=None)``: as ``model(image, boxes=boxes)``; with ``slice_keys`` (one
-    hashable name per image, the same name for the same pixels) the first :func:`frozen_prefix` stages come from
-    :func:`~monai_cbo.networks.cached_front` (computed, without gradients, only for misses). A wrapper because
-    the trainer hands the batch's ``slice_keys`` to its network and nothing else.
+    ``forward(image, boxes, slice_keys=None, classes=None, interaction=None)``: as ``model(image, boxes=boxes)``;
+    with ``slice_keys`` (one hashable name per image, the same name for the same pixels) the first
+    :func:`frozen_prefix` stages come from :func:`~monai_cbo.networks.cached_front` (computed, without gradients,
+    only for misses). With an ``interaction`` draw, the embedding is computed once, the draw's earlier rounds
+    decode it without gradients (:func:`~monai_cbo.training.interaction.simulate_rounds`) and the last round's
+    prompt is decoded with gradients. A wrapper because the trainer hands the batch's keywords to its network and
+    nothing else.
 
     Args:
-        model: the segmenter being trained (its trainable parameters decide the frozen depth, once, here).
+        model: the segmenter being trained (its trainable parameters decide the frozen depth, once, here), or its
+            ``DistributedDataParallel`` wrapper (then no cache; an interactive step's rounds encode once more
+            without gradients, and its trained round goes through the wrapper so that gradients are reduced).
         cache: where the features are kept (a :func:`~monai_cbo.networks.feature_cache`); may be shared by several
-            models of the same base weights.
+            models of the same base weights. None: no cache.
     """
 
-    def __init__(self, model: SamSegmenter, cache: SliceCache) -> None:
+    def __init__(self, model: nn.Module, cache: SliceCache | None = None) -> None:
         super().__init__()
         self.model, self.cache = model, cache
-        self.depth = frozen_prefix(model.image_encoder)
+        self.depth = frozen_prefix(self.segmenter.image_encoder) if cache is not None else 0
+
+    @property
+    def segmenter(self) -> SamSegmenter:
+        """The segmenter inside ``model``'s wrappers."""
+        return _unwrap(self.model)
 
     def forward(
         self,
@@ -185,11 +217,31 @@ class CachedFrontSegmenter(nn.Module):
         boxes: torch.Tensor | None = None,
         slice_keys: Sequence[Hashable] | None = None,
         classes: torch.Tensor | None = None,
+        interaction: InteractionDraw | None = None,
     ) -> SegmenterOutput:
+        net = self.segmenter
+        if interaction is not None and classes is None:
+            if net is not self.model:  # DDP: the trained round must pass through the wrapper
+                with torch.no_grad():
+                    emb = net.encode(image)
+                prompt = simulate_rounds(partial(_decode_masks, net, emb), boxes, interaction, net.low_res_size)
+                return self.model(image, **prompt)
+            emb = self._embed(image, slice_keys)
+            prompt = simulate_rounds(partial(_decode_masks, net, emb.detach()), boxes, interaction, net.low_res_size)
+            return net.decode(emb, **prompt)
         if not self.depth or slice_keys is None:
             return self.model(image, boxes=boxes, classes=classes)
-        front = cached_front(self.model, image, slice_keys, self.cache, self.depth)
-        return self.model.decode(self.model.encode_stages(front, self.depth), boxes=boxes, classes=classes)
+        return net.decode(self._embed(image, slice_keys), boxes=boxes, classes=classes)
+
+    def _embed(self, image: torch.Tensor, slice_keys: Sequence[Hashable] | None) -> torch.Tensor:
+        net = self.segmenter
+        if not self.depth or slice_keys is None:
+            return net.encode(image)
+        return net.encode_stages(cached_front(net, image, slice_keys, self.cache, self.depth), self.depth)
+
+
+def _decode_masks(net: SamSegmenter, embeddings: torch.Tensor, **prompt: Any) -> torch.Tensor:
+    return net.decode(embeddings, **prompt).masks
 
 
 def build_trainer(
@@ -206,6 +258,7 @@ def build_trainer(
     feature_cache: SliceCache | None = None,
     auto_share: float = 0.0,
     seed: int = 0,
+    interaction: Interaction | None = None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` that runs the one training step (module docstring) over ``train_data_loader``.
 
@@ -229,6 +282,8 @@ def build_trainer(
         auto_share: share of automatic steps (class prompts against ``auto_label``; see
             :class:`PreparePromptBatch`). Default 0: box-prompted steps only. Needs a network with class prompts.
         seed: seeds the draw of automatic steps. Default 0.
+        interaction: simulated interaction in a share of the box-prompted steps
+            (:mod:`~monai_cbo.training.interaction`). Default None: box prompts only.
 
     Raises:
         ValueError: ``auto_share > 0`` for a network without class prompts (build it with ``class_names``).
@@ -242,11 +297,17 @@ def build_trainer(
     if precision != "auto":
         resolved = resolve_precision(precision, device)  # checks the name, warns for emulated bf16
         amp = resolved.name == "fp16"
-    if feature_cache is not None:
+    interactive = interaction is not None and interaction.share > 0
+    if feature_cache is not None or interactive:
         network = CachedFrontSegmenter(network, feature_cache)
     if precision == "bf16":
         network = AutocastForward(network, device.type)
-    prepare = PreparePromptBatch(slice_keys=feature_cache is not None, auto_share=auto_share, seed=seed)
+    prepare = PreparePromptBatch(
+        slice_keys=feature_cache is not None,
+        auto_share=auto_share,
+        seed=seed,
+        interaction=interaction if interactive else None,
+    )
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
@@ -261,7 +322,7 @@ def build_trainer(
         optim_set_to_none=True,
         train_handlers=list(handlers) or None,
     )
-    if auto_share > 0:  # automatic steps drawn from (seed, iteration): a resumed run draws what it would have
+    if auto_share > 0 or interactive:  # steps drawn from (seed, iteration): a resumed run draws what it would have
 
         def _track_step(engine: SupervisedTrainer) -> None:
             prepare.step = engine.state.iteration

@@ -8,6 +8,7 @@ adapt resumes); the figures go to ``results.json`` beside this script::
 
     python docs/benchmarks/fewshot/learning_curve.py --structure hippocampus --n 0,1,2,4 --seeds 0 --minutes 10
     python docs/benchmarks/fewshot/learning_curve.py --n 4 --steps 49 --decoder-steps 1500   # exact steps
+    python docs/benchmarks/fewshot/learning_curve.py --n 4 --steps 49 --decoder-steps 1500 --click-share 0.5
 
 Paths: ``--data-root`` (default ../shared/data), ``--runs`` (default runs/fewshot; bundles, scores, caches).
 """
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         "named n{N}_s{seed}_steps{S}+{D}",
     )
     p.add_argument("--decoder-steps", type=int, default=0)
+    p.add_argument(
+        "--click-share",
+        type=float,
+        default=None,
+        help="adapt's --click-share (simulated clicks in training); the runs are named ..._clicks{share}",
+    )
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--runs", default=str(REPO / "runs" / "fewshot"))
     args = p.parse_args(argv)
@@ -87,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = ["--minutes", str(args.minutes)]
     if args.steps is not None:
         budget = ["--steps", str(args.steps), "--decoder-steps", str(args.decoder_steps)]
+    clicks = [] if args.click_share is None else ["--click-share", str(args.click_share)]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
             key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
+            key += f"_clicks{args.click_share:g}" if args.click_share is not None and n else ""
             run = root / key
             bundle = run / "bundle"
             if n and not (bundle / "configs" / "metadata.json").exists():
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.time()
                 _run(
                     [*cli, "adapt", str(datalist), "-o", str(bundle), "--classes", spec["classes"], "--seed",
-                     str(seed), *budget, *resume],
+                     str(seed), *budget, *clicks, *resume],
                     run / "adapt.log",
                 )  # fmt: skip
                 print(f"  adapted in {(time.time() - start) / 60:.1f} min", flush=True)
