@@ -43,6 +43,7 @@ from .propagation_sweep import STOP_GRID, TRAJECTORY_GRID, _sweep
 from .protocols import (
     AUTOMATIC,
     INTERACTIVE,
+    INTERACTIVE_CLICK,
     PROTOCOLS,
     SuiteCase,
     _load,
@@ -81,13 +82,17 @@ def run_prompts_bench(
     log: Callable[[str], None] = print,
     precision: str = "auto",
     clicks: int = 0,
+    click_start: bool = False,
 ) -> dict:
     """Score the protocols on a suite (optionally sweeping the propagation settings first); write ``rows.csv``,
     ``summary.json``, ``summary.md`` (and ``sweep.csv``) into ``out``; return the summary. ``precision``: see
     :mod:`monai_cbo.precision`; a reduced one keys the embedding cache apart from fp32's. ``clicks`` > 0 adds the
-    interactive protocol (:data:`~monai_cbo.bench.protocols.INTERACTIVE`) with that many correction rounds."""
+    interactive protocol (:data:`~monai_cbo.bench.protocols.INTERACTIVE`) with that many correction rounds;
+    ``click_start`` also the one started by a click (:data:`~monai_cbo.bench.protocols.INTERACTIVE_CLICK`)."""
     if not 0 <= clicks <= 20:
         raise ValueError(f"--clicks must be 0 .. 20 correction rounds, got {clicks}")
+    if click_start and not clicks:
+        raise ValueError("--click-start starts the interactive protocol with a click: give --clicks too, e.g. 5")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = [c for c in read_suite(suite, data_root) if sets is None or c.set in sets]
@@ -114,7 +119,7 @@ def run_prompts_bench(
     if sweep:
         config = _sweep(inferer, [c for c in cases if c.part == "tune"], config, cache_path, tag, out, log, evaluate)
     automatic = (AUTOMATIC,) if class_prompts_of(model) is not None else ()
-    interactive = (INTERACTIVE,) if clicks else ()
+    interactive = ((INTERACTIVE,) if clicks else ()) + ((INTERACTIVE_CLICK,) if click_start else ())
     rows = evaluate(config, cases, PROTOCOLS + automatic + interactive)
     if sweep:  # the truncated recordings must predict what the real propagation does
         measured = objective([r for r in rows if r["part"] == "tune" and r["protocol"] != "three_keys"])

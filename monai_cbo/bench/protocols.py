@@ -37,6 +37,8 @@ from ..networks import SliceCache, class_prompts_of
 __all__ = [
     "AUTOMATIC",
     "INTERACTIVE",
+    "INTERACTIVE_CLICK",
+    "INTERACTIVE_STARTS",
     "PROTOCOLS",
     "SuiteCase",
     "objective",
@@ -54,6 +56,11 @@ AUTOMATIC = "automatic"
 #: mask is most wrong, every earlier click kept); its rows are ``clicks0`` (the 3D box, timed) .. ``clicksK``,
 #: scored beside the others and never part of the sweep's objective
 INTERACTIVE = "interactive"
+#: the same started by one foreground click instead of a 3D box (at the structure's deepest voxel, no box, no
+#: slice range): rows ``fromclick0`` (the click alone) .. ``fromclickK``
+INTERACTIVE_CLICK = "interactive_click"
+#: the rows' protocol prefix of each interactive start, and what the start is
+INTERACTIVE_STARTS = {"clicks": "a 3D box", "fromclick": "one foreground click"}
 
 
 @dataclass
@@ -168,8 +175,8 @@ def _score(
     rows = []
     for target, mask in loaded.masks.items():
         for protocol in protocols:
-            if protocol == INTERACTIVE:
-                rows += _interactive(inferer, loaded, target, mask, config, clicks)
+            if protocol in (INTERACTIVE, INTERACTIVE_CLICK):
+                rows += _interactive(inferer, loaded, target, mask, config, clicks, protocol == INTERACTIVE_CLICK)
                 continue
             if protocol == AUTOMATIC:
                 pred = np.isin(_automatic_labels(inferer, loaded), loaded.case.targets[target])
@@ -208,21 +215,37 @@ def _row(loaded: _Loaded, target: str, protocol: str, pred: np.ndarray, mask: np
 
 
 def _interactive(
-    inferer: SliceWiseInferer, loaded: _Loaded, target: str, mask: np.ndarray, config: PropagationConfig, clicks: int
+    inferer: SliceWiseInferer,
+    loaded: _Loaded,
+    target: str,
+    mask: np.ndarray,
+    config: PropagationConfig,
+    clicks: int,
+    click_start: bool = False,
 ) -> list[dict]:
-    """The interactive protocol on one target: the 3D box (row ``clicks0``), then ``clicks`` rounds, each adding
+    """The interactive protocol on one target: the 3D box (row ``clicks0``; with ``click_start``, one foreground
+    click at the structure's deepest voxel instead, row ``fromclick0``), then ``clicks`` rounds, each adding
     :func:`~monai_cbo.inferers.prompts.correction_click` of the current mask (all earlier clicks kept) and
-    segmenting the object again; each row has its round's seconds and the slices whose mask changed. A perfect
-    mask gets no more clicks (its later rounds repeat it, taking no time). The first answer is timed with the
-    slices' embeddings cached and no decode remembered: the decoder's work only, a stricter denominator for a
-    round's time than the user's first answer, which also encodes."""
-    prompt = protocol_prompt(mask, "box3d")
+    segmenting the object again; each row has its round's seconds, the slices whose mask changed and the slices
+    the round decoded (``slices_decoded``: a slice whose prompt did not change is not decoded again, the inferer's
+    decode memo answers; its embedding is cached). A perfect mask gets no more clicks (its later rounds repeat it,
+    taking no time). The first answer is timed with the slices' embeddings cached and no decode remembered: the
+    decoder's work only, a stricter denominator for a round's time than the user's first answer, which also
+    encodes. The model's own class masks (for a learned stop) are decoded once per slice for all rounds."""
+    name = "fromclick" if click_start else "clicks"
+    if click_start:
+        start = correction_click(np.zeros_like(mask), mask)  # nothing predicted: the structure's deepest voxel
+        point = np.asarray([start.point], dtype=np.float32)
+        prompt = ObjectPrompt([KeyBox(start.slice, None)], points={start.slice: (point, np.ones(1, dtype=np.int64))})
+    else:
+        prompt = protocol_prompt(mask, "box3d")
     pred = np.zeros(mask.shape, dtype=bool)
+    class_masks: dict = {}
     rows = []
     for k in range(clicks + 1):
         click = correction_click(pred, mask) if k else None
         if k and click is None:
-            rows.append(_row(loaded, target, f"clicks{k}", pred, mask, seconds=0.0, slices_changed=0))
+            rows.append(_row(loaded, target, f"{name}{k}", pred, mask, seconds=0.0, slices_changed=0, slices_decoded=0))
             continue
         if click is not None:
             points, labels = prompt.points.get(click.slice, (np.zeros((0, 2)), np.zeros(0, dtype=np.int64)))
@@ -232,15 +255,17 @@ def _interactive(
             )
         if k == 0 and inferer.decode_memo is not None:
             inferer.decode_memo.clear()  # the first answer decodes every slice it reaches (embeddings cached)
+        decoded = inferer.decoded
         tick = time.perf_counter()
-        results = propagate(inferer, loaded.volume, prompt, config, loaded.cache)
+        results = propagate(inferer, loaded.volume, prompt, config, loaded.cache, class_masks)
         seconds = time.perf_counter() - tick
         new = np.zeros(mask.shape, dtype=bool)
         for z, res in results.items():
             new[..., z] = res.prob.numpy() > inferer.threshold
         changed = int((new != pred).any(axis=(0, 1)).sum()) if k else int(new.any(axis=(0, 1)).sum())
         pred = new
-        rows.append(_row(loaded, target, f"clicks{k}", pred, mask, seconds=round(seconds, 3), slices_changed=changed))
+        extra = {"seconds": round(seconds, 3), "slices_changed": changed, "slices_decoded": inferer.decoded - decoded}
+        rows.append(_row(loaded, target, f"{name}{k}", pred, mask, **extra))
     return rows
 
 
@@ -279,21 +304,33 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
             }
             if sel[0].get("seconds") not in (None, ""):  # an interactive round (rows.csv: strings): time and reach
                 out[set_name][protocol]["seconds"] = float(np.mean([float(r["seconds"]) for r in sel]))
-                out[set_name][protocol]["slices_changed"] = float(np.mean([float(r["slices_changed"]) for r in sel]))
+                for key in ("slices_changed", "slices_decoded"):
+                    if sel[0].get(key) not in (None, ""):
+                        out[set_name][protocol][key] = float(np.mean([float(r[key]) for r in sel]))
                 lower = [r["dice"] < b["dice"] - 1e-9 for r, b in zip(sel, _round0(mine, sel), strict=True)]
                 out[set_name][protocol]["below_box"] = int(sum(lower))
     return out
 
 
 def _round0(rows: list[dict], sel: list[dict]) -> list[dict]:
-    """For each interactive row of ``sel``, the same target's ``clicks0`` row (the 3D box it started from)."""
-    start = {(r["case"], r["target"]): r for r in rows if r["protocol"] == "clicks0"}
+    """For each interactive row of ``sel``, the same target's round-0 row of the same start (the 3D box or the
+    click it started from)."""
+    prefix = _interactive_prefix(sel[0]["protocol"])
+    start = {(r["case"], r["target"]): r for r in rows if r["protocol"] == f"{prefix}0"}
     return [start[(r["case"], r["target"])] for r in sel]
+
+
+def _interactive_prefix(protocol: str) -> str | None:
+    """The interactive start whose round ``protocol`` is (``clicks`` / ``fromclick``), or None."""
+    for prefix in INTERACTIVE_STARTS:
+        if protocol.startswith(prefix) and protocol[len(prefix) :].isdigit():
+            return prefix
+    return None
 
 
 def _scored(protocol: str) -> bool:
     """Whether ``protocol`` is part of the sweep's objective: the propagated prompt protocols only."""
-    return protocol not in ("per_slice", AUTOMATIC) and not protocol.startswith("clicks")
+    return protocol not in ("per_slice", AUTOMATIC) and _interactive_prefix(protocol) is None
 
 
 def objective(rows: list[dict]) -> float:
@@ -338,31 +375,46 @@ def summary_markdown(result: dict) -> str:
 
 def _interactive_markdown(result: dict) -> list[str]:
     lines: list[str] = []
+    for prefix, start in INTERACTIVE_STARTS.items():
+        lines += _interactive_table(result, prefix, start)
+    if lines:
+        lines += [
+            "",
+            "AUC: the mean Dice over the rounds (round 0: the start alone). Slices changed / decoded: per correction "
+            "round, slices whose mask changed / slices decoded again (the others' decodes are reused).",
+        ]
+    return lines
+
+
+def _interactive_table(result: dict, prefix: str, start: str) -> list[str]:
+    lines: list[str] = []
     for part, per_set in result["parts"].items():
         for set_name, per in per_set.items():
-            rounds = sorted((p for p in per if p.startswith("clicks")), key=lambda p: int(p[6:]))
+            rounds = sorted((p for p in per if _interactive_prefix(p) == prefix), key=lambda p: int(p[len(prefix) :]))
             if not rounds:
                 continue
             if not lines:
                 lines = [
                     "",
-                    "### interactive protocol (a 3D box, then one correction click per round)",
+                    f"### interactive protocol ({start}, then one correction click per round)",
                     "",
-                    "| part | set | " + " | ".join(f"{p[6:]} clicks" for p in rounds) + " | AUC | round / first "
-                    "answer time | slices changed per round | targets below the box after the last |",
-                    "|---|---|" + "---:|" * (len(rounds) + 4),
+                    "| part | set | " + " | ".join(f"{p[len(prefix) :]} clicks" for p in rounds) + " | AUC | round / "
+                    "first answer time | slices changed per round | slices decoded per round | targets below the "
+                    "start after the last |",
+                    "|---|---|" + "---:|" * (len(rounds) + 5),
                 ]
             dice = [per[p]["dice"] for p in rounds]
             first = per[rounds[0]]["seconds"]
             later = [per[p]["seconds"] for p in rounds[1:]]
             ratio = f"{np.mean(later) / first:.2f}" if later and first > 0 else "–"
-            changed = f"{np.mean([per[p]['slices_changed'] for p in rounds[1:]]):.1f}" if later else "–"
+            changed, decoded = (
+                f"{np.mean([per[p][key] for p in rounds[1:]]):.1f}" if later and key in per[rounds[1]] else "–"
+                for key in ("slices_changed", "slices_decoded")
+            )
             last = per[rounds[-1]]
             lines.append(
                 f"| {part} | {set_name} | "
                 + " | ".join(f"{d:.3f}" for d in dice)
-                + f" | {np.mean(dice):.3f} | {ratio} | {changed} | {last['below_box']} of {last['n']} |"
+                + f" | {np.mean(dice):.3f} | {ratio} | {changed} | {decoded} | {last['below_box']} of {last['n']} |"
             )
-    if lines:
-        lines += ["", "AUC: the mean Dice over the rounds (0 clicks: the 3D box alone)."]
     return lines

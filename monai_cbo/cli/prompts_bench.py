@@ -50,6 +50,12 @@ def add_parser(sub) -> None:
         "click each where the mask is most wrong (Dice per round, its AUC, time per round against the first "
         "answer, slices changed); e.g. 5. Default 0: off",
     )
+    p.add_argument(
+        "--click-start",
+        action="store_true",
+        help="with --clicks: also score the interactive protocol started by one foreground click (at the "
+        "structure's deepest voxel, no box) instead of a 3D box",
+    )
     p.add_argument("--cache-dir", default=None, help="keep slice embeddings here (4 MiB a slice) for later runs")
     p.add_argument("--model", default=None, choices=list(MODELS), help="model (default litemedsam)")
     p.add_argument("--checkpoint", help="base model weights (SAM ViT .pth)")
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         log=lambda line: print(line, flush=True),
         precision=args.precision,
         clicks=args.clicks,
+        click_start=args.click_start,
     )
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     print(

@@ -120,6 +120,9 @@ class SliceWiseInferer:
         self.threshold = threshold
         self.resize = ResizeLongestSidePad(model.img_size)
         self.front_cache, self.decode_memo = front_cache, decode_memo
+        #: prompt decodes computed (one per slice and call; a decode memo's hits do not count): what a correction
+        #: round re-decodes (the interactive protocol's ``slices_decoded``)
+        self.decoded = 0
         self.front_depth = frozen_prefix(model.image_encoder) if front_cache is not None else 0
 
     def _autocast(self, part: str = "decoder") -> contextlib.AbstractContextManager:
@@ -192,6 +195,7 @@ class SliceWiseInferer:
 
     def _decode(self, embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[int, int]) -> list[SliceResult]:
         s = self.model.img_size
+        self.decoded += 1
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
             kind = (p.box is not None, None if p.points is None else len(p.points), p.mask_logits is not None)
@@ -222,7 +226,18 @@ class SliceWiseInferer:
 
     def decode_classes(self, embedding: torch.Tensor, size: tuple[int, int]) -> list[SliceResult]:
         """Decode every learned class prompt of the model on one slice of ``size`` (H, W): one decoder call,
-        one result per class in the class prompts' order (see :mod:`~monai_cbo.inferers.automatic`)."""
+        one result per class in the class prompts' order (see :mod:`~monai_cbo.inferers.automatic`). With a
+        ``decode_memo``, remembered as :meth:`decode` is (a correction round's learned stop asks again)."""
+        if self.decode_memo is None:
+            return self._decode_classes(embedding, size)
+        key = ("classes", *_decode_key(embedding, [], size))
+        results = self.decode_memo.get(key)
+        if results is None:
+            results = self._decode_classes(embedding, size)
+            self.decode_memo[key] = results
+        return list(results)
+
+    def _decode_classes(self, embedding: torch.Tensor, size: tuple[int, int]) -> list[SliceResult]:
         prompts = class_prompts_of(self.model)
         n = 0 if prompts is None else len(prompts)
         classes = torch.arange(n, device=self.device)[None]

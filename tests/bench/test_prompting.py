@@ -263,18 +263,24 @@ def test_the_interactive_protocol_clicks_where_the_mask_is_wrong_and_times_each_
 
     out = tmp_path / "clicks"
     base = ["prompts-bench", str(suite), "-o", str(out), "--data-root", str(suite.parent), "--model", "tiny"]
-    assert main([*base, "--clicks", "2"]) == 0
+    assert main([*base, "--clicks", "2", "--click-start"]) == 0
     rows = list(csv.DictReader(open(out / "rows.csv", encoding="utf-8")))
     for case in ("c0", "c1"):
         mine = {r["protocol"]: r for r in rows if r["case"] == case}
-        assert {"clicks0", "clicks1", "clicks2"} <= set(mine)
+        assert {"clicks0", "clicks1", "clicks2", "fromclick0", "fromclick1", "fromclick2"} <= set(mine)
         assert float(mine["clicks0"]["dice"]) == pytest.approx(float(mine["box3d"]["dice"]), abs=1e-9)
-        for k in ("clicks1", "clicks2"):
+        for k in ("clicks1", "clicks2", "fromclick1", "fromclick2"):
             assert float(mine[k]["seconds"]) >= 0 and 0 <= int(mine[k]["slices_changed"]) <= 9
+            # a round decodes again only slices whose prompt it changed: never more than the walk reaches
+            assert 0 <= int(mine[k]["slices_decoded"]) <= 9
+        assert int(mine["clicks0"]["slices_decoded"]) >= int(mine["clicks0"]["predicted_slices"])
         assert mine["box3d"]["seconds"] == ""  # the other protocols' rows leave the interactive columns empty
-    assert "interactive protocol" in (out / "summary.md").read_text(encoding="utf-8")
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "interactive protocol (a 3D box" in summary and "interactive protocol (one foreground click" in summary
     assert "2 clicks" in capsys.readouterr().out
     for r in rows:
         r.update(dice=float(r["dice"]), **{k: int(r[k]) for k in ("slices_outside", "max_beyond", "true_slices")})
-    assert objective(rows) == objective([r for r in rows if not r["protocol"].startswith("clicks")])
+    interactive = ("clicks", "fromclick")
+    assert objective(rows) == objective([r for r in rows if not r["protocol"].startswith(interactive)])
     assert main([*base, "--clicks", "99", "-o", str(tmp_path / "never")]) != 0
+    assert main([*base, "--click-start", "-o", str(tmp_path / "never")]) != 0  # a click start needs --clicks

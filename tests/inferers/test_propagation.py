@@ -327,6 +327,53 @@ def test_a_background_point_removes_a_leak_on_its_slice_and_nearby_ones():
     assert fixed[12].prob[32, 32] > 0.5  # the object itself is kept
 
 
+class MemoSceneInferer(SceneInferer):
+    """The scene behind the library's decode memo: :meth:`SliceWiseInferer.decode` answers a prompt it has decoded
+    before from the memo and calls the scene (recorded in ``prompts``) only for a new one."""
+
+    def __init__(self, scene: np.ndarray) -> None:
+        super().__init__(scene)
+        self.decode_memo = SliceCache(None)
+
+    _decode = SceneInferer.decode
+    decode = SliceWiseInferer.decode
+
+
+def _same_prompt(a, b) -> bool:
+    arrays = all(
+        (x is None and y is None) or (x is not None and y is not None and np.array_equal(x, y))
+        for x, y in ((a.box, b.box), (a.points, b.points), (a.point_labels, b.point_labels))
+    )
+    logits = (a.mask_logits is None) == (b.mask_logits is None)
+    return arrays and logits and (a.mask_logits is None or torch.equal(a.mask_logits, b.mask_logits))
+
+
+def test_a_correction_round_decodes_only_the_slices_whose_prompt_it_changes():
+    """A background click inside a leak between two keys removes it; the next round re-walks the object but
+    decodes again only the slices whose prompt the click changed (its own, and the walk's slices after it up to
+    where the keys' walks meet); every other slice's mask is the first round's, bit for bit. (A click on a miss
+    adds: test_a_foreground_click_past_where_a_rule_ended_the_walk_carries_it_to_the_click.)"""
+    scene = _blob_scene()
+    scene[40:50, 40:50, 16:19] = True  # another structure beside the object on slices 16..18
+    keys = [KeyBox(z, np.array([16, 16, 50, 50], dtype=np.float32)) for z in (6, 12, 18)]
+    config = PropagationConfig(min_overlap=0.0, point_reach=0)
+    inferer = MemoSceneInferer(scene)
+    cache: dict = {}
+    first = propagate(inferer, VOLUME, ObjectPrompt(list(keys)), config, cache)
+    assert first[17].prob[45, 45] > 0.5  # the leak
+    calls = {z: len(p) for z, p in inferer.prompts.items()}
+    click = {17: (np.array([[45.0, 45.0]]), np.array([0]))}
+    second = propagate(inferer, VOLUME, ObjectPrompt(list(keys), points=click), config, cache)
+    decoded = {z for z, p in inferer.prompts.items() if len(p) > calls.get(z, 0)}
+    assert second[17].prob[45, 45] < 0.5 and second[17].prob[32, 32] > 0.5  # the leak is cut, the object kept
+    assert 17 in decoded and decoded <= {15, 16, 17}  # the click's slice and the walk after it, to the middle
+    for z in set(first) - decoded:
+        assert torch.equal(first[z].prob, second[z].prob), z  # not decoded again: the same mask, bit for bit
+    for z in decoded:
+        assert not _same_prompt(inferer.prompts[z][0], inferer.prompts[z][-1]), z  # decoded: its prompt changed
+    assert all(z in second for z in first) and len(inferer.encoded) == len(set(inferer.encoded))  # encoded once
+
+
 def test_a_click_alone_starts_an_object_and_propagates_from_its_slice():
     """No box: the click's slice is segmented from the click, then from the box of what it found grown by the
     margin (the models were trained on boxes; a click's first mask may be partial), and the object is walked from
