@@ -52,7 +52,8 @@ class Recipe:
             measured in docs/benchmarks/automatic.md).
         click_share: share of the box-prompted steps that simulate a user (a box or a click, then up to
             ``max_clicks`` clicks drawn from the current error; :mod:`~monai_cbo.training.interaction`), so that the
-            adapter learns what a click means; 0 trains with boxes only (docs/benchmarks/corrections.md).
+            adapter learns what a click means; 0 trains with boxes only. Default 0.5: on the hippocampus it turned
+            five corrections from -0.05 Dice to +0.05 with no box protocol lower (docs/benchmarks/corrections.md).
         max_clicks: most correction clicks in an interactive step.
         seed: model initialisation, slice order, jitter.
     """
@@ -70,7 +71,7 @@ class Recipe:
     val_slices: int = 8
     decoder_share: float = 0.3
     decoder_lr: float | None = None
-    click_share: float = 0.0
+    click_share: float = 0.5
     max_clicks: int = 5
     seed: int = 0
 

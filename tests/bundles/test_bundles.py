@@ -490,8 +490,8 @@ def test_configs_resolve_to_the_values_recorded_before_the_task_spec():
 
 @pytest.mark.parametrize("bundle", ["spleen_ct_cbo", "hippocampus_mri_cbo"])
 def test_the_recipe_turns_interactive_training_on_in_a_bundles_trainer(bundle):
-    """train.json's trainer takes its simulated interaction from the recipe: none by default (box steps only),
-    ``--recipe#click_share 0.5`` the same interaction as ``monai-cbo adapt --click-share 0.5``."""
+    """train.json's trainer takes its simulated interaction from the recipe: the recipe's by default (half the box
+    steps), the same interaction as ``monai-cbo adapt``'s; ``--recipe#click_share 0`` box steps only."""
     from monai_cbo.training import Interaction
 
     def interaction(**override):
@@ -500,6 +500,6 @@ def test_the_recipe_turns_interactive_training_on_in_a_bundles_trainer(bundle):
         parser.update(override)
         return parser.get_parsed_content("train#trainer#interaction")
 
-    assert interaction() is None
-    assert interaction(**{"recipe#click_share": 0.5, "seed": 3}) == Interaction(share=0.5, max_clicks=5, seed=3)
-    assert Recipe(click_share=0.5, seed=3).interaction == interaction(**{"recipe#click_share": 0.5, "seed": 3})
+    assert interaction() == Interaction(share=0.5, max_clicks=5, seed=0) == Recipe().interaction
+    assert interaction(**{"recipe#click_share": 0.25, "seed": 3}) == Interaction(share=0.25, max_clicks=5, seed=3)
+    assert interaction(**{"recipe#click_share": 0.0}) is None

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         "--click-share",
         type=float,
         default=None,
-        help="adapt's --click-share (simulated clicks in training); the runs are named ..._clicks{share}",
+        help="adapt's --click-share (simulated clicks in training); the runs are named ..._clicks{share}. Without "
+        "it, the recipe's default (0.5 since 2026-12-06; the runs without the suffix in results.json were trained "
+        "with 0, the default then: give --click-share 0 to repeat them)",
     )
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--runs", default=str(REPO / "runs" / "fewshot"))
