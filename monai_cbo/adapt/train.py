@@ -53,7 +53,7 @@ class Recipe:
         click_share: share of the box-prompted steps that simulate a user (a box or a click, then up to
             ``max_clicks`` clicks drawn from the current error; :mod:`~monai_cbo.training.interaction`), so that the
             adapter learns what a click means; 0 trains with boxes only. Default 0.5: on the hippocampus it turned
-            five corrections from -0.05 Dice to +0.05 with no box protocol lower (docs/benchmarks/corrections.md).
+            five corrections from -0.046 Dice to +0.049 with no box protocol lower (docs/benchmarks/corrections.md).
         max_clicks: most correction clicks in an interactive step.
         seed: model initialisation, slice order, jitter.
     """

@@ -199,11 +199,19 @@ class CachedFrontSegmenter(nn.Module):
             without gradients, and its trained round goes through the wrapper so that gradients are reduced).
         cache: where the features are kept (a :func:`~monai_cbo.networks.feature_cache`); may be shared by several
             models of the same base weights. None: no cache.
+
+    Raises:
+        ValueError: a cache for a wrapped (DDP) model.
     """
 
     def __init__(self, model: nn.Module, cache: SliceCache | None = None) -> None:
         super().__init__()
         self.model, self.cache = model, cache
+        if cache is not None and self.segmenter is not model:
+            raise ValueError(
+                "a feature cache reads the segmenter's encoder directly, which a DistributedDataParallel wrapper "
+                "would not see (its gradients would not be reduced): train without feature_cache under DDP"
+            )
         self.depth = frozen_prefix(self.segmenter.image_encoder) if cache is not None else 0
 
     @property

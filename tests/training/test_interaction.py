@@ -145,3 +145,34 @@ def test_an_interactive_training_step_decodes_the_last_rounds_prompt_with_gradie
         assert torch.isfinite(out["loss"])
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # the trained round has gradients
+
+
+class _Wrapped(torch.nn.Module):
+    """Stands for DistributedDataParallel: the segmenter as ``module``, its forward the segmenter's."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        self.calls = getattr(self, "calls", 0) + 1
+        return self.module(*args, **kwargs)
+
+
+def test_under_a_ddp_wrapper_the_trained_round_passes_through_the_wrapper():
+    """DDP reduces gradients only for a forward through itself: an interactive step's rounds decode a no-grad
+    embedding of the inner segmenter, its trained round goes through the wrapper; a feature cache, which would
+    bypass the wrapper, is refused."""
+    from monai_cbo.networks import feature_cache
+
+    model = build_segmenter("tiny", preset="adapter_cbo", seed=0)
+    wrapped = _Wrapped(model)
+    net = CachedFrontSegmenter(wrapped)
+    size = model.img_size
+    target = torch.zeros(1, 1, size, size)
+    target[..., 10:40, 10:40] = 1
+    draw = InteractionDraw(rounds=2, click_start=False, mask_prompt=True, seed=0, target=target)
+    out = net(torch.rand(1, 3, size, size), boxes=torch.tensor([[[8.0, 8, 42, 42]]]), interaction=draw)
+    assert wrapped.calls == 1 and out.masks.requires_grad
+    with pytest.raises(ValueError, match="DistributedDataParallel"):
+        CachedFrontSegmenter(wrapped, feature_cache())
