@@ -14,8 +14,9 @@ on the CPU: it is a small part of the time, and a whole-model bf16 run cost an a
 
 Why ``auto`` is not bf16 on a capable CPU: the rule (issue 31) is that the default changes only where the Dice
 on the validation volumes of every kind stays within 0.005 of fp32. Measured on a CPU with native bf16
-(docs/benchmarks/cpu_speed.md, 2026-12-06): the encoder 1.87-2.00x faster, but 5 of 7 kinds outside 0.005 (a
-small change of one slice's mask moves a propagation's stop), so :data:`CPU_AUTO_BF16` stays off.
+(docs/benchmarks/cpu_speed.md, 2026-12-06): the encoder 1.87-2.00x faster, but 4 of 7 kinds outside 0.005 on
+the 20 validation cases (a small change of one slice's mask moves a propagation's stop; the kinds with one or two
+cases differ most), so :data:`CPU_AUTO_BF16` stays off.
 """
 
 from __future__ import annotations
