@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,12 +184,24 @@ class SliceWiseInferer:
 
         With a ``decode_memo``, a call with the same embedding (by content), prompts and size as an earlier one
         returns that call's results (the same objects: do not change them)."""
+        return self._remembered(None, embedding, prompts, size, lambda: self._decode(embedding, prompts, size))
+
+    def _remembered(
+        self,
+        kind: str | None,
+        embedding: torch.Tensor,
+        prompts: list[Prompt2D],
+        size: tuple[int, int],
+        compute: Callable[[], list[SliceResult]],
+    ) -> list[SliceResult]:
+        """``compute()``, or with a ``decode_memo`` the results it gave for the same ``kind`` of decode, embedding
+        (by content), prompts and size."""
         if self.decode_memo is None:
-            return self._decode(embedding, prompts, size)
-        key = _decode_key(embedding, prompts, size)
+            return compute()
+        key = (kind, *_decode_key(embedding, prompts, size))
         results = self.decode_memo.get(key)
         if results is None:
-            results = self._decode(embedding, prompts, size)
+            results = compute()
             self.decode_memo[key] = results
         return list(results)
 
@@ -228,14 +240,7 @@ class SliceWiseInferer:
         """Decode every learned class prompt of the model on one slice of ``size`` (H, W): one decoder call,
         one result per class in the class prompts' order (see :mod:`~monai_cbo.inferers.automatic`). With a
         ``decode_memo``, remembered as :meth:`decode` is (a correction round's learned stop asks again)."""
-        if self.decode_memo is None:
-            return self._decode_classes(embedding, size)
-        key = ("classes", *_decode_key(embedding, [], size))
-        results = self.decode_memo.get(key)
-        if results is None:
-            results = self._decode_classes(embedding, size)
-            self.decode_memo[key] = results
-        return list(results)
+        return self._remembered("classes", embedding, [], size, lambda: self._decode_classes(embedding, size))
 
     def _decode_classes(self, embedding: torch.Tensor, size: tuple[int, int]) -> list[SliceResult]:
         prompts = class_prompts_of(self.model)
