@@ -75,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         "it, the recipe's default (0.5 since 2026-12-06; the runs without the suffix in results.json were trained "
         "with 0, the default then: give --click-share 0 to repeat them)",
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="adapt's --precision (training and its validation); the runs are named ..._{precision}. Without it, "
+        "adapt's default (auto: fp32 on a CPU, see cpu_speed.md)",
+    )
+    p.add_argument(
+        "--tag",
+        default="",
+        help="appended to the run's name (..._{tag}), to keep runs of another machine or setting apart",
+    )
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--runs", default=str(REPO / "runs" / "fewshot"))
     args = p.parse_args(argv)
@@ -97,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         budget = ["--steps", str(args.steps), "--decoder-steps", str(args.decoder_steps)]
     clicks = [] if args.click_share is None else ["--click-share", str(args.click_share)]
+    precision = [] if args.precision is None else ["--precision", args.precision]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
             key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
             key += f"_clicks{args.click_share:g}" if args.click_share is not None and n else ""
+            key += f"_{args.precision}" if args.precision is not None and n else ""
+            key += f"_{args.tag}" if args.tag else ""
             run = root / key
             bundle = run / "bundle"
             if n and not (bundle / "configs" / "metadata.json").exists():
@@ -114,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.time()
                 _run(
                     [*cli, "adapt", str(datalist), "-o", str(bundle), "--classes", spec["classes"], "--seed",
-                     str(seed), *budget, *clicks, *resume],
+                     str(seed), *budget, *clicks, *precision, *resume],
                     run / "adapt.log",
                 )  # fmt: skip
                 print(f"  adapted in {(time.time() - start) / 60:.1f} min", flush=True)
