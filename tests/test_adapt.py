@@ -274,6 +274,40 @@ def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatc
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
+def test_the_adapter_stage_stops_when_validation_stops_improving_and_the_decoder_stage_runs_out(
+    cases, tmp_path, monkeypatch
+):
+    """Validation that peaks at its first call and never recovers: the whole-adapter stage stops at the first
+    validation past half its budget that ends ``patience`` validations without gain; the decoder stage (cheap
+    steps, its first part spent encoding) runs its budget out all the same; the best weights are kept."""
+    scores = iter([0.6] + [0.4] * 20)
+
+    def flat(*args, **kwargs):
+        value = next(scores)
+        return {"score": value, "boxes": value}
+
+    monkeypatch.setattr(adapt_train, "validate", flat)
+    recipe = Recipe(validations=8, val_slices=2, patience=2)
+    adapt(
+        cases / "images",
+        cases / "labels",
+        tmp_path / "early",
+        budget=Budget(steps=16, decoder_steps=8),
+        recipe=recipe,
+        stop_sweep=False,
+        **TINY,
+    )
+    record = json.loads((tmp_path / "early/models/adapter.json").read_text())
+    history = [(v["stage"], v["step"]) for v in record["validation"]["history"]]
+    # validations every 2 steps; at step 8 (half the budget) the last 3 are 0.4, 0.4, 0.4: no gain in 2
+    assert history[:4] == [("adapter", 2), ("adapter", 4), ("adapter", 6), ("adapter", 8)], history
+    assert record["steps"] == 8 + 8 and record["decoder_steps"] == 8
+    assert "adapter stage: validation did not improve in 2 validations" in record["stopped"]
+    assert "decoder stage: budget spent" in record["stopped"]
+    assert [s for s, _ in history[4:]] == ["decoder"] * 8
+    assert record["validation_dice"]["boxes"]["mean"] == 0.6  # the first validation's weights are the bundle's
+
+
 def test_sigterm_keeps_the_run_as_ctrl_c_does(cases, tmp_path):
     """kill, a scheduler's time limit or a container stop sends SIGTERM: the run checkpoints and says how to go on."""
     import signal

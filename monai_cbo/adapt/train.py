@@ -43,7 +43,10 @@ class Recipe:
             0 trains box prompts only.
         background_ratio: in automatic steps, the chance that a slice is swapped for one without the structure.
         validations: validations over the budget (the last at its end); the best validated weights are kept.
-        patience: validations without improvement after which training stops early (from half the budget on).
+        patience: validations without improvement after which the whole-adapter stage stops early (from half its
+            budget on). The decoder stage runs its budget out (keeping its best validated weights): its steps are
+            cheap, the first part of its time is the pass that encodes its slices (so early validations see few
+            steps), and on the hippocampus it kept improving over 1500 steps (docs/benchmarks/fewshot.md).
         val_slices: most slices holding the structure scored per validation (each costs an encoder pass); a held
             back volume adds the slice just past each end of the structure where automatic steps train.
         decoder_share: share of a minutes budget's training time for the decoder stage (the encoder frozen, each
@@ -414,8 +417,6 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
     )
     start, prior = time.perf_counter(), st["seconds"]
     marks = [(k + 1) / recipe.validations for k in range(recipe.validations)]
-    # the score this stage must beat: the first stage's best, which the decoder stage starts from
-    baseline = st["best"] if decoder else None
     last_log = [0.0]
     window = [st["step"], st["seconds"]]  # step and seconds at the last progress line
 
@@ -447,9 +448,10 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         parts = ", ".join(f"{k} {scores[k]:.3f}" for k in ("boxes", "automatic") if k in scores)
         log(f"  validation at step {st['step']}: {parts}{'  (best so far)' if better else ''}")
         ours = [v for v in st["validations"] if v["stage"] == stage]
-        recent = ([baseline] + ours if baseline else ours)[-recipe.patience - 1 :]
+        recent = ours[-recipe.patience - 1 :]
         if (
             engine is not None
+            and not decoder  # its budget runs out: see Recipe.patience
             and progress() >= 0.5  # not while the learning rate is still high
             and len(recent) > recipe.patience
             and max(v["score"] for v in recent[1:]) <= recent[0]["score"] + 1e-3

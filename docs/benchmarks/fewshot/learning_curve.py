@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         "with 0, the default then: give --click-share 0 to repeat them)",
     )
     p.add_argument(
+        "--decoder-share",
+        type=float,
+        default=None,
+        help="with --minutes: adapt's --decoder-share (the decoder stage's share of the training time); the runs "
+        "are named ..._dec{share}. Without it, the recipe's",
+    )
+    p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default=None,
@@ -110,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         budget = ["--steps", str(args.steps), "--decoder-steps", str(args.decoder_steps)]
     clicks = [] if args.click_share is None else ["--click-share", str(args.click_share)]
     precision = [] if args.precision is None else ["--precision", args.precision]
+    if args.decoder_share is not None and args.steps is None:
+        budget += ["--decoder-share", str(args.decoder_share)]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
             key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
             key += f"_clicks{args.click_share:g}" if args.click_share is not None and n else ""
+            key += f"_dec{args.decoder_share:g}" if args.decoder_share is not None and args.steps is None and n else ""
             key += f"_{args.precision}" if args.precision is not None and n else ""
             key += f"_{args.tag}" if args.tag else ""
             run = root / key
