@@ -59,6 +59,7 @@ __all__ = [
     "STOP_RULES",
     "StopMeasures",
     "class_overlap",
+    "click_box",
     "feature_similarity",
     "matching_classes",
     "mask_feature",
@@ -103,6 +104,12 @@ class PropagationConfig:
             a slice that breaks one is kept when a later slice holds before that (1: end at the first slice that
             breaks one). An empty mask always ends it.
         point_reach: correction points on slice k also prompt slices k - reach .. k + reach.
+        click_boxes: correction points edit the box of each slice they reach instead of going to the mask decoder
+            (:func:`click_box`): a foreground point outside the box widens it to take the point in, a background
+            point inside it moves the box's nearest side past the point. For a model that never saw a point in
+            training (zero-shot LiteMedSAM, adapters trained on boxes only), whose masks a point beside a box makes
+            worse; an adapter trained with simulated clicks (``monai-cbo adapt``'s ``click_share``) turns it off
+            in its bundle. A click key (a click without a box) still goes to the decoder: there is no box to edit.
         range_max_growth, range_min_shrink, range_min_overlap, range_min_iou, range_min_confidence,
         range_min_similarity, range_max_key_area, range_min_class_overlap, range_patience: the same rules for an
             object with a z range (a 3D box), inside its range; swept separately on the 3D-box protocol.
@@ -121,6 +128,7 @@ class PropagationConfig:
     max_key_area: float = 1.0
     neighbour_weight: float = 1.0
     point_reach: int = 2
+    click_boxes: bool = False
     range_max_growth: float = math.inf
     range_min_shrink: float = 0.0
     range_min_overlap: float = 0.0
@@ -361,6 +369,33 @@ def _grow(box: np.ndarray, config: PropagationConfig, size: tuple[int, int]) -> 
     return np.concatenate([np.maximum(box[:2] - grow, 0), np.minimum(box[2:] + grow, limit)]).astype(np.float32)
 
 
+def click_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, pad: float, size: tuple[int, int]) -> np.ndarray:
+    """``box`` (XYXY) edited by correction ``points`` (x, y) with their ``labels`` (1 foreground, 0 background), for
+    a model that understands boxes but not points (:attr:`PropagationConfig.click_boxes`): each foreground point
+    outside the box widens it to hold the point with ``pad`` pixels around it; then each background point inside
+    it moves the nearest side of the box to just past the point (the next nearest where that would leave a
+    foreground point out or the box under 2 pixels wide). The box stays inside the slice (``size``: H, W)."""
+    out = np.asarray(box, dtype=np.float32).copy()
+    points, labels = np.asarray(points, dtype=np.float32).reshape(-1, 2), np.asarray(labels).reshape(-1)
+    foreground = points[labels == 1]
+    for x, y in foreground:
+        out = np.array([min(out[0], x - pad), min(out[1], y - pad), max(out[2], x + pad), max(out[3], y + pad)])
+    out = np.clip(out, 0, [size[1] - 1, size[0] - 1, size[1] - 1, size[0] - 1]).astype(np.float32)
+    for x, y in points[labels == 0]:
+        if not (out[0] <= x <= out[2] and out[1] <= y <= out[3]):
+            continue
+        cuts = [(x - out[0], 0, x + 1), (out[2] - x, 2, x - 1), (y - out[1], 1, y + 1), (out[3] - y, 3, y - 1)]
+        for _, side, value in sorted(cuts):
+            edited = out.copy()
+            edited[side] = value
+            wide = edited[2] - edited[0] >= 2 and edited[3] - edited[1] >= 2
+            holds = all(edited[0] <= fx <= edited[2] and edited[1] <= fy <= edited[3] for fx, fy in foreground)
+            if wide and holds:
+                out = edited
+                break
+    return out
+
+
 #: a class prompt's automatic mask matches an object's key-slice mask when their overlap is at least this share of
 #: the smaller of the two (a class of the object, or one part of an object that is a union of classes)
 CLASS_MATCH = 0.5
@@ -436,6 +471,8 @@ def propagate(
 
     def run(z: int, box: np.ndarray | None, previous: SliceResult | None = None) -> SliceResult:
         pts, labels = clicks_near(z)
+        if config.click_boxes and box is not None and pts is not None:
+            box, pts, labels = click_box(box, pts, labels, config.min_margin, size), None, None
         logits = previous.low_res if (config.mask_prompt and previous is not None) else None
         _, emb = next(inferer.encode(volume, [z], cache))
         res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]

@@ -14,7 +14,14 @@ from monai_cbo.inferers import (
     SliceWiseInferer,
     propagate,
 )
-from monai_cbo.inferers.propagation import STOP_RULES, StopMeasures, matching_classes, stop_measures, stops
+from monai_cbo.inferers.propagation import (
+    STOP_RULES,
+    StopMeasures,
+    click_box,
+    matching_classes,
+    stop_measures,
+    stops,
+)
 from monai_cbo.networks import SliceCache, build_model
 
 
@@ -325,6 +332,57 @@ def test_a_background_point_removes_a_leak_on_its_slice_and_nearby_ones():
     for z in (10, 11, 12, 13, 14):
         assert fixed[z].prob[45, 45] < 0.5
     assert fixed[12].prob[32, 32] > 0.5  # the object itself is kept
+
+
+def test_click_box_widens_for_a_miss_and_cuts_the_nearest_side_past_a_leak():
+    box = np.array([10, 10, 40, 30], dtype=np.float32)
+    # a foreground point outside: the box takes it in, with the pad around it, clipped to the slice
+    assert click_box(box, [[50, 20]], [1], 2, (64, 64)).tolist() == [10, 10, 52, 30]
+    assert click_box(box, [[62, 20]], [1], 4, (64, 64)).tolist() == [10, 10, 63, 30]
+    # a background point inside, nearest the right side: the right side moves to just before it
+    assert click_box(box, [[36, 20]], [0], 2, (64, 64)).tolist() == [10, 10, 35, 30]
+    # nearest the top: the top moves to just after it
+    assert click_box(box, [[25, 12]], [0], 2, (64, 64)).tolist() == [10, 13, 40, 30]
+    # the nearest cuts (right, then top) would leave a foreground point out: the next nearest side moves instead
+    assert click_box(box, [[36, 20], [38, 15]], [0, 1], 2, (64, 64)).tolist() == [10, 10, 40, 19]
+    # outside the box a background point changes nothing; no points, no change
+    assert click_box(box, [[5, 5]], [0], 2, (64, 64)).tolist() == box.tolist()
+    assert click_box(box, np.zeros((0, 2)), np.zeros(0), 2, (64, 64)).tolist() == box.tolist()
+
+
+def test_click_boxes_turn_correction_points_into_box_edits_the_decoder_never_sees():
+    """A model that never saw a point in training gets none: the points of a slice they reach edit its box. A
+    background point on a neighbouring structure that the box takes in cuts it out; a foreground point on a
+    part the box missed takes it in; slices out of the points' reach keep their prompts bit for bit."""
+    scene = _blob_scene()
+    scene[26:38, 50:58, :] = True  # another structure right of the object, on every slice
+    inferer = SceneInferer(scene)
+    key = KeyBox(12, np.array([16, 16, 55, 48], dtype=np.float32))  # the box takes in the other structure
+    config = PropagationConfig(min_overlap=0.0, max_growth=1e9, point_reach=1, click_boxes=True)
+    leaking = propagate(inferer, VOLUME, ObjectPrompt([key]), config)
+    assert leaking[12].prob[32, 53] > 0.5
+    inferer.prompts.clear()
+    cut = propagate(
+        inferer, VOLUME, ObjectPrompt([key], points={12: (np.array([[50.0, 32.0]]), np.array([0]))}), config
+    )
+    for z in (11, 12, 13):
+        assert cut[z].prob[32, 53] < 0.5 and cut[z].prob[32, 32] > 0.5  # the leak is gone, the object kept
+        assert all(p.points is None for p in inferer.prompts[z])  # the decoder saw boxes only
+    assert inferer.prompts[12][-1].box[2] == 49  # the right side moved past the point, at the leak's near edge
+    # slices walked from the edited ones are prompted from masks without the leak: the walk ends with the object
+    assert len(leaking) > 20 and sorted(cut) == list(range(5, 21))  # the leak carried the walk past both ends
+    assert all(float(r.prob[26:38, 50:58].sum()) == 0 for r in cut.values())
+    # a key box that misses part of the object: a foreground point there widens the box to take it in
+    scene = _blob_scene()
+    inferer = SceneInferer(scene)
+    short = KeyBox(12, np.array([18, 18, 32, 46], dtype=np.float32))  # ends at the object's middle column
+    config = PropagationConfig(min_overlap=0.0, max_growth=1e9, point_reach=0, click_boxes=True)
+    missing = propagate(inferer, VOLUME, ObjectPrompt([short]), config)[12]
+    grown = propagate(
+        inferer, VOLUME, ObjectPrompt([short], points={12: (np.array([[44.0, 32.0]]), np.array([1]))}), config
+    )[12]
+    assert missing.prob[32, 44] < 0.5 and grown.prob[32, 44] > 0.5
+    assert grown.prob.sum() > missing.prob.sum() * 1.3
 
 
 class MemoSceneInferer(SceneInferer):
