@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry.update(
                     training_cases=record["training_cases"],
                     steps=record["steps"],
+                    decoder_steps=record.get("decoder_steps"),
+                    recipe=record.get("recipe"),
                     training_minutes=round(record["training_seconds"] / 60, 2),
                     stopped=record["stopped"],
                     validation=record["validation_dice"],
