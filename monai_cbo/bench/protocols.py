@@ -259,6 +259,7 @@ def _interactive(
         tick = time.perf_counter()
         results = propagate(inferer, loaded.volume, prompt, config, loaded.cache, class_masks)
         seconds = time.perf_counter() - tick
+        prompt.previous = {z: res.low_res for z, res in results.items()}  # for config.click_mask_prompt
         new = np.zeros(mask.shape, dtype=bool)
         for z, res in results.items():
             new[..., z] = res.prob.numpy() > inferer.threshold

@@ -110,6 +110,10 @@ class PropagationConfig:
             training (zero-shot LiteMedSAM, adapters trained on boxes only), whose masks a point beside a box makes
             worse; an adapter trained with simulated clicks (``monai-cbo adapt``'s ``click_share``) turns it off
             in its bundle. A click key (a click without a box) still goes to the decoder: there is no box to edit.
+        click_mask_prompt: a slice that correction points reach also gets its mask of the round before
+            (:attr:`ObjectPrompt.previous`, its low-resolution logits) as the mask prompt, as SAM's interactive
+            training feeds the previous mask back, and as ``monai-cbo adapt``'s simulated clicks do in half their
+            steps; only where the round before left logits on that slice.
         range_max_growth, range_min_shrink, range_min_overlap, range_min_iou, range_min_confidence,
         range_min_similarity, range_max_key_area, range_min_class_overlap, range_patience: the same rules for an
             object with a z range (a 3D box), inside its range; swept separately on the 3D-box protocol.
@@ -129,6 +133,7 @@ class PropagationConfig:
     neighbour_weight: float = 1.0
     point_reach: int = 2
     click_boxes: bool = False
+    click_mask_prompt: bool = False
     range_max_growth: float = math.inf
     range_min_shrink: float = 0.0
     range_min_overlap: float = 0.0
@@ -206,12 +211,15 @@ class ObjectPrompt:
 
     ``keys``: one or more :class:`KeyBox`, at most one per slice (their order does not matter); ``z_range``:
     (first, last) slice the object may occupy (a 3D box's thickness), or None; ``points``: slice ->
-    (points [N, 2] (x, y), labels [N], 1 foreground / 0 background), corrections that also prompt nearby slices.
+    (points [N, 2] (x, y), labels [N], 1 foreground / 0 background), corrections that also prompt nearby slices;
+    ``previous``: slice -> the low-resolution logits of the round before (``SliceResult.low_res``), which a
+    correction round hands back for :attr:`PropagationConfig.click_mask_prompt`.
     """
 
     keys: list[KeyBox]
     z_range: tuple[int, int] | None = None
     points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    previous: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -474,6 +482,8 @@ def propagate(
         if config.click_boxes and box is not None and pts is not None:
             box, pts, labels = click_box(box, pts, labels, config.min_margin, size), None, None
         logits = previous.low_res if (config.mask_prompt and previous is not None) else None
+        if config.click_mask_prompt and pts is not None and z in prompt.previous:
+            logits = prompt.previous[z]  # this slice's own mask of the round before, which the points correct
         _, emb = next(inferer.encode(volume, [z], cache))
         res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
         if max(config.min_similarity, config.range_min_similarity) > -1:

@@ -385,6 +385,29 @@ def test_click_boxes_turn_correction_points_into_box_edits_the_decoder_never_see
     assert grown.prob.sum() > missing.prob.sum() * 1.3
 
 
+def test_click_mask_prompt_hands_a_corrected_slice_its_mask_of_the_round_before():
+    scene = _blob_scene()
+    inferer = SceneInferer(scene)
+    key = KeyBox(12, _box(scene[..., 12]))
+    config = PropagationConfig(point_reach=1, click_mask_prompt=True)
+    first = propagate(inferer, VOLUME, ObjectPrompt([key]), config)
+    inferer.prompts.clear()
+    points = {12: (np.array([[32.0, 32.0]]), np.array([1]))}
+    previous = {z: r.low_res for z, r in first.items()}
+    propagate(inferer, VOLUME, ObjectPrompt([key], points=points, previous=previous), config)
+    for z, prompts in inferer.prompts.items():
+        logits = prompts[-1].mask_logits
+        if z in (11, 12, 13):  # the points reach it: its own mask of the round before comes with them
+            assert logits is not None and torch.equal(logits, previous[z])
+        else:
+            assert logits is None
+    # off (the default), or with no round before, no slice gets one
+    inferer.prompts.clear()
+    propagate(inferer, VOLUME, ObjectPrompt([key], points=points, previous=previous), PropagationConfig(point_reach=1))
+    propagate(inferer, VOLUME, ObjectPrompt([key], points=points), config)
+    assert all(p.mask_logits is None for prompts in inferer.prompts.values() for p in prompts)
+
+
 class MemoSceneInferer(SceneInferer):
     """The scene behind the library's decode memo: :meth:`SliceWiseInferer.decode` answers a prompt it has decoded
     before from the memo and calls the scene (recorded in ``prompts``) only for a new one."""
