@@ -68,6 +68,8 @@ def test_the_bundle_holds_the_adapter_its_record_and_the_swept_stop(adapted):
     assert record["steps"] == 3 and record["classes"] == ["organ"]
     assert record["validation"]["held_out"] == "volumes" and len(record["validation"]["cases"]) == 1
     assert len(record["training_cases"]) == 3 and record["validation"]["cases"][0] not in record["training_cases"]
+    assert record["trained_on"].startswith("4 labelled volume(s) given to monai-cbo adapt, trained on ")
+    assert record["trained_on"].endswith(f"; held back for validation: {record['validation']['cases'][0]}")
     assert [v["step"] for v in record["validation"]["history"]][-1] == 3
     import hashlib
 

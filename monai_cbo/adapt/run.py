@@ -201,8 +201,9 @@ def adapt(
     )
     best = history["best"] or {}
     record = {
-        "trained_on": f"{len(train_cases)} labelled volume(s) given to monai-cbo adapt: "
-        + ", ".join(c.name for c in train_cases),
+        "trained_on": f"{len(loaded)} labelled volume(s) given to monai-cbo adapt, trained on "
+        + ", ".join(c.name for c in train_cases)
+        + (f"; held back for validation: {', '.join(validation.cases)}" if validation.held_out == "volumes" else ""),
         "training_cases": [c.name for c in train_cases],
         "command": command,
         "created": created,

@@ -20,7 +20,7 @@ from ..inferers.propagation import StopMeasures, mask_feature, matching_classes,
 from ..networks import class_prompts_of
 from .protocols import PROTOCOLS, SuiteCase, _load, _Loaded, protocol_prompt, summarise
 
-__all__ = ["STOP_GRID", "TRAJECTORY_GRID", "sweep_stop_rules"]
+__all__ = ["STOP_GRID", "TRAJECTORY_GRID", "record_stop_rules", "sweep_stop_rules"]
 
 #: settings that change which prompt each slice gets: one recorded propagation per combination
 TRAJECTORY_GRID: dict[str, list] = {
@@ -220,10 +220,10 @@ def _objective(dice: dict[tuple[str, str], np.ndarray], reference: dict[str, flo
     return np.mean([np.mean(v, axis=0) for v in per_set.values()], axis=0)
 
 
-def _lenient_best(scores: np.ndarray, lenient: np.ndarray) -> int:
-    """The best combination, near-ties (within :data:`TIE`) going to the most lenient stop rules: a rule that does
-    not help on the tune part is not switched on, so that what the defaults do is what the tune data asked for."""
-    rank = np.where(scores >= scores.max() - TIE, -lenient + 1e-3 * scores, -np.inf)
+def _lenient_best(scores: np.ndarray, lenient: np.ndarray, tie: float = TIE) -> int:
+    """The best combination, near-ties (within ``tie``) going to the most lenient stop rules: a rule that does not
+    help on the tune part is not switched on, so that what the defaults do is what the tune data asked for."""
+    rank = np.where(scores >= scores.max() - tie, -lenient + 1e-3 * scores, -np.inf)
     return int(np.argmax(rank))
 
 
@@ -398,19 +398,19 @@ def _fmt(value) -> str:
     return "off" if isinstance(value, float) and value >= 1e9 else str(value)
 
 
-def sweep_stop_rules(
+def record_stop_rules(
     inferer: SliceWiseInferer,
     volumes: list[tuple[str, torch.Tensor, list[np.ndarray]]],
     start: PropagationConfig,
     log=print,
-) -> tuple[PropagationConfig, dict]:
-    """One adapter's own stop (``monai-cbo adapt``): ``start``'s trajectory settings kept, every stop-rule
-    combination of :data:`STOP_GRID` scored by truncating one recording per target and protocol on ``volumes``
-    (name, volume ``[3, H, W, D]``, the targets' binary masks in the sliced view), open objects (one key box, three
-    key boxes) and 3D boxes apart, the most lenient of near-ties chosen (:func:`_lenient_best`).
+) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What every stop-rule combination of :data:`STOP_GRID` gives on ``volumes`` (name, volume ``[3, H, W, D]``,
+    the targets' binary masks in the sliced view), ``start``'s trajectory settings kept: one recording per target
+    and protocol (one key box, three key boxes, 3D box), scored by truncation.
 
-    Returns the chosen settings and what they give: mean 3D Dice per protocol family with the chosen rules, with
-    every rule off (no stop but the volume's end, or the box's range) and with a perfect stop (the ceiling)."""
+    Returns the combinations; per family (``"open"``: one and three key boxes, ``"ranged"``: 3D box) the 3D Dice
+    of each recording under each combination ``[recordings, combinations]``; and per family each recording's
+    Dice with a perfect stop ``[recordings]``."""
     combos, grid = _stop_grid(learned=class_prompts_of(inferer.model) is not None)
     dice: dict[str, list[np.ndarray]] = {"open": [], "ranged": []}
     ceiling: dict[str, list[float]] = {"open": [], "ranged": []}
@@ -427,17 +427,37 @@ def sweep_stop_rules(
         log(f"  stop sweep: {name} recorded ({len(masks)} target(s), {len(loaded.cache)} slices encoded)")
     if not dice["open"]:
         raise ValueError("the stop sweep found no target in its volumes")
+    return (
+        combos,
+        {k: np.stack(v) for k, v in dice.items()},
+        {k: np.asarray(v, dtype=np.float64) for k, v in ceiling.items()},
+    )
+
+
+def sweep_stop_rules(
+    inferer: SliceWiseInferer,
+    volumes: list[tuple[str, torch.Tensor, list[np.ndarray]]],
+    start: PropagationConfig,
+    log=print,
+) -> tuple[PropagationConfig, dict]:
+    """One adapter's own stop (``monai-cbo adapt``): :func:`record_stop_rules` on ``volumes``, then for open
+    objects (one key box, three key boxes) and 3D boxes apart the best combination, the most lenient of near-ties
+    (:func:`_lenient_best`).
+
+    Returns the chosen settings and what they give: mean 3D Dice per protocol family with the chosen rules, with
+    every rule off (no stop but the volume's end, or the box's range) and with a perfect stop (the ceiling)."""
+    combos, dice, ceiling = record_stop_rules(inferer, volumes, start, log)
     lenient = np.array([_strictness(combo) for combo in combos])
     off = int(np.argmin(lenient))  # every rule at its most lenient value
     chosen, report = start, {}
     for family, ranged in (("open", False), ("ranged", True)):
-        scores = np.mean(dice[family], axis=0)
+        scores = dice[family].mean(axis=0)
         best = _lenient_best(scores, lenient)
         chosen = chosen.replace(**_rules(combos[best], ranged))
         report[family] = {
             "dice_chosen": round(float(scores[best]), 4),
             "dice_rules_off": round(float(scores[off]), 4),
-            "dice_perfect_stop": round(float(np.mean(ceiling[family])), 4),
+            "dice_perfect_stop": round(float(ceiling[family].mean()), 4),
             "rules": dict(combos[best]),
             "targets": len(dice[family]) // (1 if ranged else len(OPEN_PROTOCOLS)),
         }

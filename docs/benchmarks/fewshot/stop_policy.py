@@ -1,0 +1,110 @@
+"""How a few-shot adapter's stop rules should be chosen: each policy's choice scored on test volumes.
+
+``monai-cbo adapt`` chooses the stop rules on the volumes it has, most of which it trained on; on unseen volumes
+its masks are less sure of themselves, so rules that fit the training volumes end walks early there
+(docs/benchmarks/fewshot.md). This records every stop-rule combination's 3D Dice once per target and protocol
+(``monai_cbo.bench.propagation_sweep.record_stop_rules``) on three groups of volumes: the bundle's own (its
+datalist: trained on and held back), held-out volumes of the same structure, and the test cases; then scores on
+the test cases the combination each policy picks: the best on the own or held-out volumes with near-ties (within
+``tie``) going to the most lenient rules, for several ``tie``. The recordings are kept (``recordings.npz``), so
+policies can be added without recording again::
+
+    python docs/benchmarks/fewshot/stop_policy.py runs/fewshot/hippocampus/n4_s0_fastcpu/bundle \\
+        --out runs/fewshot/hippocampus/n4_s0_fastcpu/stop_policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+HELD_OUT = REPO / "docs" / "benchmarks" / "corrections" / "hippocampus_tune4.json"
+TEST = HERE / "hippocampus_test.json"
+TIES = (0.001, 0.005, 0.01, 0.02, 0.03, 0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle", help="a bundle folder that monai-cbo adapt wrote")
+    p.add_argument("--out", required=True, help="a folder for recordings.npz and policies.json")
+    p.add_argument("--held-out", default=str(HELD_OUT), help="suite of held-out volumes (never trained on)")
+    p.add_argument("--test", default=str(TEST), help="suite of test volumes")
+    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    args = p.parse_args(argv)
+    out, bundle = Path(args.out), Path(args.bundle)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "recordings.npz"
+    groups = {"own": None, "held_out": Path(args.held_out), "test": Path(args.test)}
+    if not store.exists():
+        arrays = _record(bundle, groups, Path(args.data_root))
+        np.savez_compressed(store, **arrays)
+    data = dict(np.load(store))
+    from monai_cbo.bench.propagation_sweep import _lenient_best, _stop_grid, _strictness
+
+    combos, _ = _stop_grid(learned=True)
+    lenient = np.array([_strictness(c) for c in combos])
+    report: dict = {}
+    for family in ("open", "ranged"):
+        test = data[f"test_{family}"].mean(axis=0)
+        rows = {
+            "test_best": round(float(test.max()), 4),
+            "rules_off": round(float(test[int(np.argmin(lenient))]), 4),
+        }
+        for group in ("own", "held_out"):
+            scores = data[f"{group}_{family}"].mean(axis=0)
+            for tie in TIES:
+                pick = _lenient_best(scores, lenient, tie)
+                rows[f"{group} tie {tie:g}"] = {
+                    "test": round(float(test[pick]), 4),
+                    "chosen_on": round(float(scores[pick]), 4),
+                    "rules": {k: v for k, v in combos[pick].items()},
+                }
+        report[family] = rows
+    (out / "policies.json").write_text(json.dumps(report, indent=1) + "\n")
+    for family, rows in report.items():
+        print(f"{family}: test best {rows['test_best']}, rules off {rows['rules_off']}")
+        for name, row in rows.items():
+            if isinstance(row, dict):
+                print(f"  {name:>18}: test {row['test']:.4f} (on its volumes {row['chosen_on']:.4f})")
+    return 0
+
+
+def _record(bundle: Path, groups: dict, data_root: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    from monai_cbo.adapt.inputs import LabelledCase, cases_from_datalist, check_and_load
+    from monai_cbo.bench.data import class_mask
+    from monai_cbo.bench.propagation_sweep import record_stop_rules
+    from monai_cbo.bundles import load_bundle
+    from monai_cbo.cli.options import load_model
+    from monai_cbo.inferers.slicewise import SliceWiseInferer
+
+    task = load_bundle(str(bundle)).task
+    model = load_model(None, None, [str(bundle / "models" / "adapter.pt")]).eval()
+    inferer = SliceWiseInferer(model, device=torch.device("cpu"))
+    names = dict(enumerate(task.class_names, start=1))
+    arrays = {}
+    for group, suite in groups.items():
+        if suite is None:  # the bundle's own volumes: those it trained on and those it held back
+            datalist = bundle / "data" / "datalist.json"
+            cases = cases_from_datalist(datalist) + cases_from_datalist(datalist, "validation")
+        else:
+            (spec,) = json.loads(suite.read_text())["sets"].values()
+            cases = [LabelledCase(c["case"], data_root / c["image"], data_root / c["label"]) for c in spec["cases"]]
+        loaded, classes, _ = check_and_load(cases, task.preprocess, names)
+        volumes = [(c.name, c.volume, [class_mask(c.gt, k) for k in classes]) for c in loaded]
+        with torch.inference_mode():
+            _, dice, _ = record_stop_rules(inferer, volumes, task.propagation)
+        for family, values in dice.items():
+            arrays[f"{group}_{family}"] = values
+        print(f"{group}: {len(loaded)} volumes recorded", flush=True)
+    return arrays
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
