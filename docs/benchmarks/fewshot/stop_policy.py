@@ -7,16 +7,20 @@ its masks are less sure of themselves, so rules that fit the training volumes en
 datalist: trained on and held back), held-out volumes of the same structure, and the test cases; then scores on
 the test cases the combination each policy picks: the best on the own or held-out volumes with near-ties (within
 ``tie``) going to the most lenient rules, for several ``tie``. The recordings are kept (``recordings.npz``), so
-policies can be added without recording again::
+policies can be added without recording again. ``--score POLICY`` then scores the bundle with that policy's rules
+on the test cases with every protocol (``monai-cbo prompts-bench``; ``adapt``'s own choice is ``"own tie 0.001"``
+on the volumes its time allowed)::
 
     python docs/benchmarks/fewshot/stop_policy.py runs/fewshot/hippocampus/n4_s0_fastcpu/bundle \\
-        --out runs/fewshot/hippocampus/n4_s0_fastcpu/stop_policy
+        --out runs/fewshot/hippocampus/n4_s0_fastcpu/stop_policy --score "held_out tie 0.001"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out", default=str(HELD_OUT), help="suite of held-out volumes (never trained on)")
     p.add_argument("--test", default=str(TEST), help="suite of test volumes")
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--score", action="append", default=[], help="a policy to score with every protocol (repeatable)")
+    p.add_argument("--cache-dir", default=None, help="prompts-bench's embedding cache for --score")
     args = p.parse_args(argv)
     out, bundle = Path(args.out), Path(args.bundle)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in rows.items():
             if isinstance(row, dict):
                 print(f"  {name:>18}: test {row['test']:.4f} (on its volumes {row['chosen_on']:.4f})")
+    for policy in args.score:
+        rules = {**report["open"][policy]["rules"]}
+        rules.update({f"range_{k}": v for k, v in report["ranged"][policy]["rules"].items()})
+        sets = [a for name, value in rules.items() for a in ("--set", f"{name}={value}")]
+        cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
+        subprocess.run(
+            [sys.executable, "-m", "monai_cbo.cli", "prompts-bench", args.test, "-o",
+             str(out / ("score_" + policy.replace(" ", "_"))), "--data-root", args.data_root, "--bundle", str(bundle),
+             *cache, *sets],
+            check=True,
+        )  # fmt: skip
     return 0
 
 
