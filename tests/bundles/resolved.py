@@ -72,7 +72,10 @@ MOVED = {
 }
 #: fields added since the record (type -> {field: the value the code used before the field existed}): a
 #: resolved value holding exactly that is what was recorded without it
-ADDED = {"Preprocess": {"mri_percentiles": [0.5, 99.5]}}
+ADDED = {
+    "Preprocess": {"mri_percentiles": [0.5, 99.5]},
+    "PropagationConfig": {"click_boxes": False, "click_mask_prompt": False},
+}
 #: values pinned so that nothing is built or read: the model's input size, and the CPU
 PINNED = {"img_size": 256, "device": "$torch.device('cpu')", "amp": False}
 SKIPPED_TYPES = (np.random.RandomState, np.random.Generator, torch.Generator)
