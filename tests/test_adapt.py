@@ -78,6 +78,7 @@ def test_the_bundle_holds_the_adapter_its_record_and_the_swept_stop(adapted):
     # the stop chosen for this adapter is the one the bundle's task carries
     task = load_bundle(str(adapted)).task
     assert task.class_names == ("organ",) and task.preprocess.modality == "mri"
+    assert task.propagation.click_boxes is False  # trained with simulated clicks (the recipe's default): points
     for family, prefix in (("open", ""), ("ranged", "range_")):
         for rule, value in record["propagation"][family]["rules"].items():
             written = getattr(task.propagation, prefix + rule)
@@ -274,6 +275,21 @@ def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatc
     a = read_adapter(whole / "models/adapter.pt")["state_dict"]
     b = read_adapter(tmp_path / "cut/models/adapter.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_an_adapter_trained_on_boxes_only_gets_clicks_as_box_edits(cases, tmp_path):
+    """click_share 0: the adapter never saw a point, so its bundle turns a user's clicks into box edits
+    (PropagationConfig.click_boxes), as zero-shot LiteMedSAM's are."""
+    out = adapt(
+        cases / "images",
+        cases / "labels",
+        tmp_path / "boxes_only",
+        budget=Budget(steps=1),
+        recipe=Recipe(val_slices=2, validations=1, click_share=0.0),
+        stop_sweep=False,
+        **TINY,
+    )
+    assert load_bundle(str(out)).task.propagation.click_boxes is True
 
 
 def test_the_adapter_stage_stops_when_validation_stops_improving_and_the_decoder_stage_runs_out(

@@ -192,6 +192,8 @@ def adapt(
     propagation, stop_report = PropagationConfig(), None
     if sweep_plan:
         propagation, stop_report = _stop_sweep(net, sweep_plan, list(classes), device, precision, log)
+    # an adapter trained with simulated clicks reads a click as a point; one trained on boxes only gets box edits
+    propagation = propagation.replace(click_boxes=recipe.interaction is None)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     adapter = save_adapter(
         net,

@@ -327,7 +327,7 @@ def test_a_background_point_removes_a_leak_on_its_slice_and_nearby_ones():
         inferer,
         VOLUME,
         ObjectPrompt([key], points={12: (np.array([[45.0, 45.0]]), np.array([0]))}),
-        PropagationConfig(min_overlap=0.0, point_reach=2),
+        PropagationConfig(min_overlap=0.0, point_reach=2, click_boxes=False),  # points to the decoder
     )
     for z in (10, 11, 12, 13, 14):
         assert fixed[z].prob[45, 45] < 0.5
@@ -389,7 +389,7 @@ def test_click_mask_prompt_hands_a_corrected_slice_its_mask_of_the_round_before(
     scene = _blob_scene()
     inferer = SceneInferer(scene)
     key = KeyBox(12, _box(scene[..., 12]))
-    config = PropagationConfig(point_reach=1, click_mask_prompt=True)
+    config = PropagationConfig(point_reach=1, click_boxes=False, click_mask_prompt=True)
     first = propagate(inferer, VOLUME, ObjectPrompt([key]), config)
     inferer.prompts.clear()
     points = {12: (np.array([[32.0, 32.0]]), np.array([1]))}
@@ -403,7 +403,8 @@ def test_click_mask_prompt_hands_a_corrected_slice_its_mask_of_the_round_before(
             assert logits is None
     # off (the default), or with no round before, no slice gets one
     inferer.prompts.clear()
-    propagate(inferer, VOLUME, ObjectPrompt([key], points=points, previous=previous), PropagationConfig(point_reach=1))
+    off = PropagationConfig(point_reach=1, click_boxes=False)
+    propagate(inferer, VOLUME, ObjectPrompt([key], points=points, previous=previous), off)
     propagate(inferer, VOLUME, ObjectPrompt([key], points=points), config)
     assert all(p.mask_logits is None for prompts in inferer.prompts.values() for p in prompts)
 
@@ -539,7 +540,7 @@ def test_background_points_cut_a_leak_with_litemedsam():
     volume = torch.from_numpy(np.repeat(image[None, :, :, None], 3, axis=0).repeat(3, axis=3))
     inferer = SliceWiseInferer(build_model("litemedsam"))
     key = KeyBox(1, [30, 44, 90, 84])
-    config = PropagationConfig(min_overlap=0.0)
+    config = PropagationConfig(min_overlap=0.0, click_boxes=False)  # the points go to LiteMedSAM's decoder
     cache = SliceCache()
     leaking = propagate(inferer, volume, ObjectPrompt([key]), config, cache)[1].prob.numpy() > 0.5
     points = {1: (np.array([[50.0, 64.0], [88.0, 64.0], [80.0, 64.0]]), np.array([1, 0, 0]))}
