@@ -261,6 +261,12 @@ def adapt(
 
 #: share of a minutes budget the stop sweep may take (volumes are added while their estimate fits)
 SWEEP_SHARE = 0.3
+#: the stop sweep's near-tie tolerance (3D Dice): the most lenient rules within it of the best are chosen. The
+#: swept volumes are mostly ones the adapter trained on, where its masks are surer than on unseen ones, so rules
+#: that fit them end walks early elsewhere; with 0.001 (the library sweep's) one key box on unseen hippocampus
+#: volumes fell to 0.607 where 0.01 chooses rules worth 0.69-0.70 there, and the 3D box kept its Dice
+#: (docs/benchmarks/fewshot.md, stop_policy.py)
+STOP_TIE = 0.01
 
 
 def _plan_stop_sweep(
@@ -302,7 +308,7 @@ def _stop_sweep(
     log(f"stop sweep: the propagation's stop rules for this adapter, on {len(plan)} volume(s)")
     inferer = SliceWiseInferer(net.eval(), device=device, precision=precision)
     volumes = [(c.name, c.volume, [class_mask(c.gt, k) for k in classes]) for c in plan]
-    chosen, report = sweep_stop_rules(inferer, volumes, PropagationConfig(), log)
+    chosen, report = sweep_stop_rules(inferer, volumes, PropagationConfig(), log, tie=STOP_TIE)
     report.update(volumes=[c.name for c in plan], seconds=round(time.perf_counter() - tick, 1))
     for family, title in (("open", "one / three key boxes"), ("ranged", "3D box")):
         r = report[family]

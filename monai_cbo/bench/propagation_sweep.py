@@ -439,10 +439,11 @@ def sweep_stop_rules(
     volumes: list[tuple[str, torch.Tensor, list[np.ndarray]]],
     start: PropagationConfig,
     log=print,
+    tie: float = TIE,
 ) -> tuple[PropagationConfig, dict]:
     """One adapter's own stop (``monai-cbo adapt``): :func:`record_stop_rules` on ``volumes``, then for open
-    objects (one key box, three key boxes) and 3D boxes apart the best combination, the most lenient of near-ties
-    (:func:`_lenient_best`).
+    objects (one key box, three key boxes) and 3D boxes apart the best combination, the most lenient of those
+    within ``tie`` of it (:func:`_lenient_best`).
 
     Returns the chosen settings and what they give: mean 3D Dice per protocol family with the chosen rules, with
     every rule off (no stop but the volume's end, or the box's range) and with a perfect stop (the ceiling)."""
@@ -452,7 +453,7 @@ def sweep_stop_rules(
     chosen, report = start, {}
     for family, ranged in (("open", False), ("ranged", True)):
         scores = dice[family].mean(axis=0)
-        best = _lenient_best(scores, lenient)
+        best = _lenient_best(scores, lenient, tie)
         chosen = chosen.replace(**_rules(combos[best], ranged))
         report[family] = {
             "dice_chosen": round(float(scores[best]), 4),

@@ -140,6 +140,17 @@ def test_truncation_keeps_the_slices_before_the_first_run_of_patience_broken_sli
     assert _kept(np.ones((2, 1), dtype=bool), np.array([[3]])).tolist() == [0]  # a run cut short by the end
 
 
+def test_near_ties_go_to_the_most_lenient_rules_within_the_tolerance():
+    from monai_cbo.bench.propagation_sweep import _lenient_best
+
+    scores = np.array([0.70, 0.74, 0.745, 0.75])  # the strictest rules score best by a little
+    lenient = np.array([0.0, 1.0, 2.0, 3.0])  # strictness: 0 is every rule off
+    assert _lenient_best(scores, lenient) == 3  # the default tolerance (0.001): the best
+    assert _lenient_best(scores, lenient, tie=0.006) == 2
+    assert _lenient_best(scores, lenient, tie=0.01) == 1
+    assert _lenient_best(scores, lenient, tie=0.1) == 0
+
+
 def test_without_class_prompts_the_sweep_does_not_vary_the_learned_stop():
     full, _ = _stop_grid()
     plain, grid = _stop_grid(learned=False)
