@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--runs", default=str(REPO / "runs" / "fewshot"))
     args = p.parse_args(argv)
+    if args.tag and (not re.fullmatch(r"[\w.+-]+", args.tag) or args.tag in (".", "..")):
+        p.error(f"--tag {args.tag!r}: letters, digits and . + - _ only (it names a folder under --runs)")
     spec = STRUCTURES[args.structure]
     data, runs = Path(args.data_root).resolve(), Path(args.runs).resolve()
     if not data.is_dir():

@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out, bundle = Path(args.out), Path(args.bundle)
     out.mkdir(parents=True, exist_ok=True)
-    store = out / "recordings.npz"
+    store, grid = out / "recordings.npz", out / "combinations.json"
     groups = {"own": None, "held_out": Path(args.held_out), "test": Path(args.test)}
     if not store.exists():
-        arrays = _record(bundle, groups, Path(args.data_root))
+        arrays, combos = _record(bundle, groups, Path(args.data_root))
+        grid.write_text(json.dumps(combos) + "\n")  # the columns of every recording, in order
         np.savez_compressed(store, **arrays)
-    data = dict(np.load(store))
-    from monai_cbo.bench.propagation_sweep import _lenient_best, _stop_grid, _strictness
+    data, combos = dict(np.load(store)), json.loads(grid.read_text())
+    from monai_cbo.bench.propagation_sweep import _lenient_best, _rules, _strictness
 
-    combos, _ = _stop_grid(learned=True)
     lenient = np.array([_strictness(c) for c in combos])
     report: dict = {}
     for family in ("open", "ranged"):
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows[f"{group} tie {tie:g}"] = {
                     "test": round(float(test[pick]), 4),
                     "chosen_on": round(float(scores[pick]), 4),
-                    "rules": {k: v for k, v in combos[pick].items()},
+                    "rules": combos[pick],
                 }
         report[family] = rows
     (out / "policies.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in rows.items():
             if isinstance(row, dict):
                 print(f"  {name:>18}: test {row['test']:.4f} (on its volumes {row['chosen_on']:.4f})")
+    unknown = [policy for policy in args.score if policy not in report["open"]]
+    if unknown:
+        known = [k for k, v in report["open"].items() if isinstance(v, dict)]
+        raise SystemExit(f"--score: no policy {unknown}; the policies are {known}")
     for policy in args.score:
-        rules = {**report["open"][policy]["rules"]}
-        rules.update({f"range_{k}": v for k, v in report["ranged"][policy]["rules"].items()})
+        rules = {**_rules(report["open"][policy]["rules"], False), **_rules(report["ranged"][policy]["rules"], True)}
         sets = [a for name, value in rules.items() for a in ("--set", f"{name}={value}")]
         cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
         subprocess.run(
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _record(bundle: Path, groups: dict, data_root: Path) -> dict[str, np.ndarray]:
+def _record(bundle: Path, groups: dict, data_root: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
     import torch
 
     from monai_cbo.adapt.inputs import LabelledCase, cases_from_datalist, check_and_load
@@ -102,9 +105,11 @@ def _record(bundle: Path, groups: dict, data_root: Path) -> dict[str, np.ndarray
     from monai_cbo.inferers.slicewise import SliceWiseInferer
 
     task = load_bundle(str(bundle)).task
+    if task.regions is not None:
+        raise SystemExit(f"{bundle}: a bundle of nested regions; this script pairs exclusive label values")
     model = load_model(None, None, [str(bundle / "models" / "adapter.pt")]).eval()
     inferer = SliceWiseInferer(model, device=torch.device("cpu"))
-    names = dict(enumerate(task.class_names, start=1))
+    names = dict(zip(task.classes or range(1, len(task.class_names) + 1), task.class_names, strict=True))
     arrays = {}
     for group, suite in groups.items():
         if suite is None:  # the bundle's own volumes: those it trained on and those it held back
@@ -116,11 +121,11 @@ def _record(bundle: Path, groups: dict, data_root: Path) -> dict[str, np.ndarray
         loaded, classes, _ = check_and_load(cases, task.preprocess, names)
         volumes = [(c.name, c.volume, [class_mask(c.gt, k) for k in classes]) for c in loaded]
         with torch.inference_mode():
-            _, dice, _ = record_stop_rules(inferer, volumes, task.propagation)
+            combos, dice, _ = record_stop_rules(inferer, volumes, task.propagation)
         for family, values in dice.items():
             arrays[f"{group}_{family}"] = values
         print(f"{group}: {len(loaded)} volumes recorded", flush=True)
-    return arrays
+    return arrays, combos
 
 
 if __name__ == "__main__":
