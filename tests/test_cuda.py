@@ -183,7 +183,7 @@ def test_bundle_epoch_with_amp_on_cuda_and_its_resume(demo_data, tmp_path):
 def test_one_gpu_torchrun_with_nccl(demo_data, tmp_path):
     out = tmp_path / "ddp"
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29547"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     log = _bundle(
         ["training", "--config_file", configs, "--max_epochs", "1", "--batch_size", "1"],
         out,

@@ -62,7 +62,7 @@ def test_a_stopped_run_resumes_where_it_stopped(demo_data, tmp_path):
 
 def test_two_process_gloo_run_completes_and_only_rank_0_saves(demo_data, tmp_path):
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     log = _bundle(["training", "--config_file", configs, "--max_epochs", "1"], tmp_path / "ddp", demo_data, launcher)
     assert log.count("saved best adapter") == 1  # both ranks validate; rank 0 alone writes
     assert _state(tmp_path / "ddp")["trainer"]["epoch"] == 1
@@ -73,7 +73,7 @@ def test_ddp_trains_past_its_first_iteration(demo_data, tmp_path):
     # the mask decoder's IoU head is trainable but not in the loss: DDP must not wait for its gradients
     # (it did, and failed at the second iteration, before find_unused_parameters)
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29534"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     _bundle(
         ["training", "--config_file", configs, "--max_epochs", "1", "--batch_size", "1"],
         tmp_path / "ddp",
