@@ -12,6 +12,7 @@ from .options import list_of
 
 def add_parser(sub) -> None:
     from ..networks.builders import MODELS
+    from ..precision import PRECISIONS
     from ..timing.speed import DEFAULT_SPEED_PRESETS
 
     p = sub.add_parser(
@@ -76,6 +77,20 @@ def add_parser(sub) -> None:
         help="with --case: per_slice, one_key, box3d, three_keys (comma-separated or repeated; default box3d,one_key)",
     )
     p.add_argument("--case-output", metavar="DIR", help="with --case: keep the prompt files, masks and timings here")
+    p.add_argument(
+        "--case-precision",
+        choices=PRECISIONS,
+        default=None,
+        help="with --case: each segment run's --precision (default segment's own, auto); the reference encoder "
+        "time stays fp32, as the issue's target is stated",
+    )
+    p.add_argument(
+        "--case-bundle",
+        metavar="BUNDLE",
+        default=None,
+        help="with --case: each segment run's --bundle (a shipped bundle's name or a folder), for an adapter's "
+        "own decoder calls and stop",
+    )
     p.set_defaults(func=run)
 
 
@@ -104,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
             if args.skip_encoder
             else lambda: encoder_time_per_slice(args.model, args.steps, device, args.amp),
             keep=args.case_output,
+            segment_options=[
+                *(["--precision", args.case_precision] if args.case_precision else []),
+                *(["--bundle", args.case_bundle] if args.case_bundle else []),
+            ],
         )
         print(json.dumps(result, indent=2))
         return 0

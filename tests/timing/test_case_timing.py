@@ -80,9 +80,11 @@ def test_each_protocols_prompt_file_gives_segment_the_benchs_own_prompt(protocol
 def test_speed_case_times_one_segment_process_per_protocol(tmp_path, capsys):
     image, label = _case(tmp_path)
     args = ["speed", "--case", str(image), str(label), "--classes", "2", "--model", "tiny", "--skip-encoder"]
-    assert main([*args, "--protocol", "box3d", "--case-output", str(tmp_path / "keep")]) == 0
+    keep = ["--case-output", str(tmp_path / "keep"), "--case-precision", "fp32"]
+    assert main([*args, "--protocol", "box3d", *keep]) == 0
     result = json.loads(capsys.readouterr().out)
     figures = result["protocols"]["box3d"]
+    assert figures["command"][-2:] == ["--precision", "fp32"]  # handed on to the segment run it times
     assert result["target"] == {"classes": [2], "slices": 5, "volume_slices": 8}
     assert figures["counters"]["slices_in_volume"] == 8 and 1 <= figures["counters"]["slices_encoded"] <= 5
     assert figures["total_s"] >= figures["stages"]["startup"]["seconds"] > 0
