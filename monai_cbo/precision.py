@@ -3,7 +3,10 @@
 ``auto`` (the default) keeps what was measured to be safe:
 
 * on CUDA, fp16 autocast of the whole model (as ``amp`` always did);
-* on the CPU, fp32, unless :data:`CPU_AUTO_BF16` is switched on by a measurement (below).
+* on the CPU, fp32 for inference, unless :data:`CPU_AUTO_BF16` is switched on by a measurement (below);
+* for training on a CPU with native bf16, the forward pass in bf16 (:data:`CPU_AUTO_BF16_TRAINING`): with
+  ``monai-cbo adapt``'s time budget it trains about twice the steps, and its adapters scored as well or better
+  on unseen volumes (docs/benchmarks/cpu_speed.md); fp32 on a CPU without.
 
 ``bf16`` computes the image encoder (and, in training, the forward pass) under bf16 autocast: on a CPU with
 native bf16 dot products (AVX-512 BF16 or AMX, which oneDNN uses) the encoder runs about 2.3x faster
@@ -29,12 +32,16 @@ import torch
 
 from .utils import check_option, cpu_native_bf16
 
-__all__ = ["CPU_AUTO_BF16", "PRECISIONS", "Precision", "cpu_native_bf16", "resolve_precision"]
+__all__ = ["CPU_AUTO_BF16", "CPU_AUTO_BF16_TRAINING", "PRECISIONS", "Precision", "cpu_native_bf16", "resolve_precision"]
 
 #: the values of ``--precision``
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: whether ``auto`` picks bf16 for the encoder on a CPU with native bf16 (see the module docstring)
 CPU_AUTO_BF16 = False
+#: whether ``auto`` trains in bf16 (the forward pass under bf16 autocast, fp32 weights and loss) on a CPU with
+#: native bf16: measured with ``monai-cbo adapt`` (docs/benchmarks/cpu_speed.md), the same 10 minutes train
+#: about twice the steps, and the adapters score as well or better on unseen volumes
+CPU_AUTO_BF16_TRAINING = True
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,8 +89,10 @@ class Precision:
         return self._autocast(self.decoder)
 
 
-def resolve_precision(name: str, device: str | torch.device) -> Precision:
-    """Turn ``--precision NAME`` into what runs on ``device`` (see the module docstring).
+def resolve_precision(name: str, device: str | torch.device, training: bool = False) -> Precision:
+    """Turn ``--precision NAME`` into what runs on ``device`` (see the module docstring); ``training``: for a
+    training step, whose ``auto`` on a CPU with native bf16 follows :data:`CPU_AUTO_BF16_TRAINING` (the whole
+    forward pass in bf16) instead of :data:`CPU_AUTO_BF16`.
 
     Raises:
         ValueError: an unknown name, or ``fp16`` on the CPU.
@@ -100,8 +109,9 @@ def resolve_precision(name: str, device: str | torch.device) -> Precision:
     if name == "auto":
         if cuda:
             return Precision(name, device_type, torch.float16, torch.float16)
-        if CPU_AUTO_BF16 and device_type == "cpu" and cpu_native_bf16():
-            return Precision(name, device_type, torch.bfloat16, None)
+        policy = CPU_AUTO_BF16_TRAINING if training else CPU_AUTO_BF16
+        if policy and device_type == "cpu" and cpu_native_bf16():
+            return Precision(name, device_type, torch.bfloat16, torch.bfloat16 if training else None)
         return Precision(name, device_type, None, None)
     # bf16
     if device_type == "cpu" and not cpu_native_bf16():

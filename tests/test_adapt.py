@@ -21,7 +21,10 @@ from monai_cbo.adapt import Budget, InputProblems, Recipe, adapt, parse_class_na
 from monai_cbo.adapt import train as adapt_train
 from monai_cbo.bundles import load_bundle
 from monai_cbo.cli import main
+from monai_cbo.models import load_segmenter
+from monai_cbo.networks import trained_with_clicks
 from monai_cbo.peft import read_adapter
+from monai_cbo.precision import resolve_precision
 
 TINY = {"model": "tiny", "log": lambda _: None}
 
@@ -71,6 +74,10 @@ def test_the_bundle_holds_the_adapter_its_record_and_the_swept_stop(adapted):
     assert record["trained_on"].startswith("4 labelled volume(s) given to monai-cbo adapt, trained on ")
     assert record["trained_on"].endswith(f"; held back for validation: {record['validation']['cases'][0]}")
     assert [v["step"] for v in record["validation"]["history"]][-1] == 3
+    assert record["precision"] == {  # what ran, as this CPU resolves the default
+        "training": resolve_precision("auto", "cpu", training=True).label,
+        "inference": resolve_precision("auto", "cpu").label,
+    }
     import hashlib
 
     assert record["sha256"] == hashlib.sha256((adapted / "models/adapter.pt").read_bytes()).hexdigest()
@@ -78,7 +85,10 @@ def test_the_bundle_holds_the_adapter_its_record_and_the_swept_stop(adapted):
     # the stop chosen for this adapter is the one the bundle's task carries
     task = load_bundle(str(adapted)).task
     assert task.class_names == ("organ",) and task.preprocess.modality == "mri"
-    assert task.propagation.click_boxes is False  # trained with simulated clicks (the recipe's default): points
+    # trained with simulated clicks (the recipe's default): the adapter file says so, and its clicks go in as points
+    assert task.propagation.click_boxes is None
+    assert read_adapter(adapted / "models/adapter.pt")["interaction"]["share"] == Recipe().click_share > 0
+    assert trained_with_clicks(load_segmenter(adapted / "models/adapter.pt"))
     for family, prefix in (("open", ""), ("ranged", "range_")):
         for rule, value in record["propagation"][family]["rules"].items():
             written = getattr(task.propagation, prefix + rule)
@@ -289,7 +299,9 @@ def test_an_adapter_trained_on_boxes_only_gets_clicks_as_box_edits(cases, tmp_pa
         stop_sweep=False,
         **TINY,
     )
-    assert load_bundle(str(out)).task.propagation.click_boxes is True
+    assert "interaction" not in read_adapter(out / "models/adapter.pt")
+    assert not trained_with_clicks(load_segmenter(out / "models/adapter.pt"))
+    assert load_bundle(str(out)).task.propagation.click_boxes is None  # the default: box edits for this model
 
 
 def test_the_adapter_stage_stops_when_validation_stops_improving_and_the_decoder_stage_runs_out(

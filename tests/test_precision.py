@@ -20,9 +20,10 @@ from monai_cbo.training import AutocastForward, build_optimizer, build_trainer, 
 def native(monkeypatch):
     """Make the CPU report native bf16 (True) or not (False), and ``auto`` pick it where it is native."""
 
-    def set_native(value: bool, auto: bool = True) -> None:
+    def set_native(value: bool, auto: bool = True, training: bool = True) -> None:
         monkeypatch.setattr(P, "cpu_native_bf16", lambda: value)
         monkeypatch.setattr(P, "CPU_AUTO_BF16", auto)
+        monkeypatch.setattr(P, "CPU_AUTO_BF16_TRAINING", training)
 
     return set_native
 
@@ -43,6 +44,35 @@ def test_auto_on_the_cpu_is_bf16_only_where_native_and_switched_on(native):
 def test_the_shipped_cpu_default_is_fp32_until_the_dice_rule_is_measured():
     assert P.CPU_AUTO_BF16 is False
     assert not P.resolve_precision("auto", "cpu").reduced
+
+
+def test_training_auto_is_bf16_where_the_cpu_has_it_and_fp32_where_not(native):
+    native(True, auto=False)  # inference's policy off: training follows its own
+    p = P.resolve_precision("auto", "cpu", training=True)
+    assert (p.encoder, p.decoder) == (torch.bfloat16, torch.bfloat16)
+    assert not P.resolve_precision("auto", "cpu").reduced  # the same CPU's inference stays fp32
+
+    def trainer_network(**kw):
+        model = build_segmenter("tiny", preset="lora_cbo", seed=3)
+        return build_trainer(model, build_optimizer(model, 1e-3), [], **kw).network
+
+    assert isinstance(trainer_network(), AutocastForward)  # precision auto, the default
+    assert not isinstance(trainer_network(precision="fp32"), AutocastForward)
+    native(False)  # the fallback: fp32, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not P.resolve_precision("auto", "cpu", training=True).reduced
+        assert not isinstance(trainer_network(), AutocastForward)
+    native(True, training=False)
+    assert not isinstance(trainer_network(), AutocastForward)
+    assert (
+        P.CPU_AUTO_BF16_TRAINING is False
+        and P.resolve_precision("auto", "cuda", training=True).encoder == torch.float16
+    )
+
+
+def test_the_shipped_training_default_is_bf16_where_native():
+    assert P.CPU_AUTO_BF16_TRAINING is True
 
 
 def test_cuda_auto_keeps_fp16_autocast_and_fp32_turns_everything_off():

@@ -20,6 +20,7 @@ from ..inferers.propagation import PropagationConfig
 from ..inferers.volume import Preprocess
 from ..models import build_segmenter
 from ..peft import save_adapter
+from ..precision import resolve_precision
 from ..utils import machine_summary
 from .bundle import recipe_config, task_config, write_bundle
 from .inputs import (
@@ -145,6 +146,11 @@ def adapt(
     config = BenchConfig(datalist="<adapt>", out=str(out), min_foreground=recipe.min_foreground, classes=list(classes))
     data = BenchData.from_cases(config, train_cases, [], dict(classes), validation.train_exclude, log)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    formats = {
+        "training": resolve_precision(precision, device, training=True).label,
+        "inference": resolve_precision(precision, device).label,
+    }
+    log(f"number format: training {formats['training']}, validation and stop sweep {formats['inference']}")
     auto = recipe.auto_share > 0
     net = build_segmenter(
         model,
@@ -192,8 +198,6 @@ def adapt(
     propagation, stop_report = PropagationConfig(), None
     if sweep_plan:
         propagation, stop_report = _stop_sweep(net, sweep_plan, list(classes), device, precision, log)
-    # an adapter trained with simulated clicks reads a click as a point; one trained on boxes only gets box edits
-    propagation = propagation.replace(click_boxes=recipe.interaction is None)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     adapter = save_adapter(
         net,
@@ -230,6 +234,7 @@ def adapt(
         "validation_dice": {k: {"mean": best[k]} for k in ("boxes", "automatic") if k in best},
         "propagation": stop_report or "the library's default stop settings (stop sweep off)",
         "loss": history["loss"],
+        "precision": formats,
         "machine": machine_summary(device),
         "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(),
     }

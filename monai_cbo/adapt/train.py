@@ -22,7 +22,7 @@ from ..bench.data import BenchData, ClassKey, LoadedCase, class_mask, foreground
 from ..bench.run import format_eta, frozen_encoder, training_batches
 from ..inferers.slicewise import Prompt2D, SliceWiseInferer, mask_box
 from ..networks import SamSegmenter, class_prompts_of, feature_cache
-from ..training import Interaction, build_optimizer, build_trainer
+from ..training import Interaction, build_optimizer, build_trainer, record_interaction
 from ..utils import write_atomic
 
 __all__ = ["Budget", "Recipe", "Validation", "split_validation", "train_adapter", "validate"]
@@ -264,6 +264,7 @@ def train_adapter(
     best one, why each stage stopped.
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]  # the adapter, whichever stage freezes
+    record_interaction(model, recipe.interaction)  # also where a resumed run has no step left to build a trainer for
     encoder_trains = any(p.requires_grad for p in model.image_encoder.parameters())
     st = {
         "stage": "adapter" if encoder_trains else "decoder",

@@ -49,7 +49,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ..networks import SliceCache, class_prompts_of
+from ..networks import SliceCache, class_prompts_of, trained_with_clicks
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
 __all__ = [
@@ -108,12 +108,13 @@ class PropagationConfig:
             (:func:`click_box`): a foreground point outside the box widens it to take the point in, a background
             point inside it moves the box's nearest side past the point. For a model that never saw a point in
             training (zero-shot LiteMedSAM, adapters trained on boxes only), whose masks a point beside a box makes
-            worse: on by default, chosen on the tune part of the propagation suite, where five zero-shot clicks
-            from a 3D box took the mean of its sets from 0.680 to 0.520 as points and to 0.698 as box edits; on
-            its validation part they lift every set or leave it (hippocampus 0.501 -> 0.610) where points lowered
-            five of seven (docs/benchmarks/corrections.md). ``monai-cbo adapt`` turns it off in the bundle of an
-            adapter trained with simulated clicks (its ``click_share``), which reads points as points. A click key
-            (a click without a box) still goes to the decoder: there is no box to edit.
+            worse: chosen on the tune part of the propagation suite, where five zero-shot clicks from a 3D box took
+            the mean of its sets from 0.680 to 0.520 as points and to 0.698 as box edits; on its validation part
+            they lift every set or leave it (hippocampus 0.501 -> 0.610) where points lowered five of seven
+            (docs/benchmarks/corrections.md). None (the default): box edits unless the model's adapter was trained
+            with simulated clicks (its file says so: :func:`~monai_cbo.networks.trained_with_clicks`), which then
+            reads points as points; True or False decides whatever the adapter. A click key (a click without a
+            box) always goes to the decoder: there is no box to edit.
         click_mask_prompt: a slice that correction points reach also gets its mask of the round before
             (:attr:`ObjectPrompt.previous`, its low-resolution logits) as the mask prompt, as SAM's interactive
             training feeds the previous mask back, and as ``monai-cbo adapt``'s simulated clicks do in half their
@@ -136,7 +137,7 @@ class PropagationConfig:
     max_key_area: float = 1.0
     neighbour_weight: float = 1.0
     point_reach: int = 2
-    click_boxes: bool = True
+    click_boxes: bool | None = None
     click_mask_prompt: bool = False
     range_max_growth: float = math.inf
     range_min_shrink: float = 0.0
@@ -466,6 +467,7 @@ def propagate(
     patience = config.range_patience if ranged else config.patience
     learned = (config.range_min_class_overlap if ranged else config.min_class_overlap) > 0
     learned = learned and class_prompts_of(inferer.model) is not None
+    box_edits = not trained_with_clicks(inferer.model) if config.click_boxes is None else config.click_boxes
     automatic = {} if class_masks is None else class_masks  # per slice, the model's automatic mask of each class
 
     started: set[int] = set()  # click keys' slices once segmented: their foreground clicks chose, a box prompts
@@ -483,7 +485,7 @@ def propagate(
 
     def run(z: int, box: np.ndarray | None, previous: SliceResult | None = None) -> SliceResult:
         pts, labels = clicks_near(z)
-        if config.click_boxes and box is not None and pts is not None:
+        if box_edits and box is not None and pts is not None:
             box, pts, labels = click_box(box, pts, labels, config.min_margin, size), None, None
         logits = previous.low_res if (config.mask_prompt and previous is not None) else None
         if config.click_mask_prompt and pts is not None and z in prompt.previous:

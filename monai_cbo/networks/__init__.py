@@ -6,11 +6,12 @@ from .builders import MODELS, build_model, load_checkpoint_file
 from .cache import SliceCache
 from .class_prompts import ClassPrompts, add_class_prompts, class_prompts_of
 from .ensemble import SegmenterEnsemble
-from .segmenter import SamSegmenter, SegmenterOutput
+from .segmenter import TRAINED_INTERACTION, SamSegmenter, SegmenterOutput, trained_with_clicks
 from .stages import cached_front, encoder_stages, feature_cache, frozen_prefix, run_stages
 
 __all__ = [
     "MODELS",
+    "TRAINED_INTERACTION",
     "ClassPrompts",
     "SamSegmenter",
     "SegmenterEnsemble",
@@ -25,4 +26,5 @@ __all__ = [
     "frozen_prefix",
     "load_checkpoint_file",
     "run_stages",
+    "trained_with_clicks",
 ]

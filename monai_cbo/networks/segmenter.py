@@ -9,13 +9,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "SamSegmenter", "SegmenterOutput"]
+__all__ = [
+    "SAM_PIXEL_MEAN",
+    "SAM_PIXEL_STD",
+    "TRAINED_INTERACTION",
+    "SamSegmenter",
+    "SegmenterOutput",
+    "trained_with_clicks",
+]
 
 # segment-anything's ImageNet statistics, for images on a 0..255 scale.
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 Prompt = torch.Tensor | Sequence[torch.Tensor] | None
+
+#: the attribute of a segmenter that says how it learned to read correction clicks (the trainer's
+#: ``Interaction`` as a dict): set by the trainer for an interactive run, written into the adapter file by
+#: ``peft.save_adapter`` and set again by ``peft.load_adapter``; absent or None: never trained with a click
+TRAINED_INTERACTION = "trained_interaction"
+
+
+def trained_with_clicks(model: nn.Module) -> bool:
+    """Whether ``model`` (every member of an ensemble) was trained with simulated correction clicks."""
+    members = getattr(model, "members", None)
+    if members is not None:
+        return all(trained_with_clicks(m) for m in members)
+    record = getattr(model, TRAINED_INTERACTION, None)
+    return bool(record and record.get("share", 0) > 0)
 
 
 class SegmenterOutput(NamedTuple):

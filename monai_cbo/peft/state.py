@@ -10,6 +10,11 @@ An adapter trained for automatic segmentation also holds ``"class_prompts": {"na
 ``format_version`` 2 so that an older monai_cbo refuses it by name instead of failing on an unknown tensor.
 Adapters without class prompts stay version 1.
 
+An adapter trained with simulated clicks (:mod:`monai_cbo.training.interaction`) also holds ``"interaction":
+{"share": ..., "max_clicks": ..., "click_start": ..., "mask_prompt": ...}``: how it learned to read points, which
+decides how inference gives it correction clicks (:attr:`monai_cbo.inferers.PropagationConfig.click_boxes`). An
+older monai_cbo ignores the field.
+
 It goes onto a freshly built pretrained model of the same name with the same config
 (:func:`monai_cbo.models.load_segmenter` builds that model from the checkpoint alone).
 """
@@ -24,6 +29,7 @@ from torch import nn
 
 from .. import __version__
 from ..networks.class_prompts import class_prompts_of
+from ..networks.segmenter import TRAINED_INTERACTION, trained_with_clicks
 from ..utils import load_weights_only, write_atomic
 from .config import PeftConfig
 
@@ -62,6 +68,8 @@ def save_adapter(
     }
     if prompts is not None:
         payload["class_prompts"] = prompts.spec()
+    if trained_with_clicks(model):
+        payload["interaction"] = dict(getattr(model, TRAINED_INTERACTION))
     return write_atomic(path, lambda tmp: torch.save(payload, tmp), overwrite)
 
 
@@ -158,4 +166,5 @@ def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | N
     with torch.no_grad():
         for name in expected:
             params[name].copy_(state[name])
+    setattr(model, TRAINED_INTERACTION, payload.get("interaction"))
     return model

@@ -10,6 +10,7 @@ from .trainer import (
     PreparePromptBatch,
     build_optimizer,
     build_trainer,
+    record_interaction,
     train_step,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "build_optimizer",
     "build_trainer",
     "error_click",
+    "record_interaction",
     "simulate_rounds",
     "train_step",
 ]

@@ -31,6 +31,7 @@ That changes the time of a step, not its result (tested).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -41,7 +42,15 @@ from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from torch import nn
 
 from ..losses import PromptDiceBCELoss
-from ..networks import SamSegmenter, SegmenterOutput, SliceCache, cached_front, class_prompts_of, frozen_prefix
+from ..networks import (
+    TRAINED_INTERACTION,
+    SamSegmenter,
+    SegmenterOutput,
+    SliceCache,
+    cached_front,
+    class_prompts_of,
+    frozen_prefix,
+)
 from ..peft import optimizer_param_groups
 from ..precision import resolve_precision
 from ..utils import check_option
@@ -53,6 +62,7 @@ __all__ = [
     "PreparePromptBatch",
     "build_optimizer",
     "build_trainer",
+    "record_interaction",
     "train_step",
 ]
 
@@ -77,6 +87,15 @@ def build_optimizer(
         raise ValueError(f"preset {preset!r} trains no parameters; evaluate it with evaluate.json and --adapter ''")
     check_option("optimizer", name, OPTIMIZERS)
     return OPTIMIZERS[name](groups, lr=lr)
+
+
+def record_interaction(network: nn.Module, interaction: Interaction | None) -> None:
+    """Note on the segmenter inside ``network`` that it is trained with simulated clicks, when ``interaction``
+    simulates any: its adapter file then says so, and inference gives the model its clicks as points
+    (:attr:`~monai_cbo.inferers.PropagationConfig.click_boxes`)."""
+    if interaction is not None and interaction.share > 0:
+        record = {k: v for k, v in asdict(interaction).items() if k != "seed"}
+        setattr(_unwrap(network), TRAINED_INTERACTION, record)
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
@@ -279,9 +298,11 @@ def build_trainer(
         max_epochs: passes over ``train_data_loader``. Default 1.
         device: where batches go.
         amp: CUDA mixed precision (fp16 autocast + gradient scaler); ignored on other devices. Default False.
-        precision: ``auto`` (as ``amp`` says), ``fp32`` (no autocast, whatever ``amp`` says), ``fp16`` (CUDA's
-            ``amp``), ``bf16`` (the forward pass under bf16 autocast, :class:`AutocastForward`, CPU or CUDA; on
-            a CPU without native bf16 it is emulated and slow: :mod:`monai_cbo.precision`). Default ``auto``.
+        precision: ``auto`` (as ``amp`` says on CUDA; on a CPU with native bf16, bf16 as below:
+            :data:`~monai_cbo.precision.CPU_AUTO_BF16_TRAINING`), ``fp32`` (no autocast, whatever ``amp`` says),
+            ``fp16`` (CUDA's ``amp``), ``bf16`` (the forward pass under bf16 autocast, :class:`AutocastForward`,
+            CPU or CUDA; on a CPU without native bf16 it is emulated and slow: :mod:`monai_cbo.precision`).
+            Default ``auto``.
         loss_function: default :class:`~monai_cbo.losses.PromptDiceBCELoss` with its default weights.
         epoch_length: steps per epoch. Default ``len(train_data_loader)``.
         handlers: Ignite / MONAI handlers to attach (schedulers, validation, checkpoints, logs).
@@ -302,13 +323,14 @@ def build_trainer(
             "(monai_cbo.models.build_segmenter(..., class_names=[...])), or set auto_share to 0"
         )
     device = torch.device(device)
+    resolved = resolve_precision(precision, device, training=True)  # checks the name, warns for emulated bf16
     if precision != "auto":
-        resolved = resolve_precision(precision, device)  # checks the name, warns for emulated bf16
         amp = resolved.name == "fp16"
     interactive = interaction is not None and interaction.share > 0
+    record_interaction(network, interaction)
     if feature_cache is not None or interactive:
         network = CachedFrontSegmenter(network, feature_cache)
-    if precision == "bf16":
+    if resolved.encoder == torch.bfloat16:  # bf16 asked for, or auto on a CPU with native bf16 (CPU_AUTO_BF16_TRAINING)
         network = AutocastForward(network, device.type)
     prepare = PreparePromptBatch(
         slice_keys=feature_cache is not None,

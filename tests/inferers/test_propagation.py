@@ -22,7 +22,7 @@ from monai_cbo.inferers.propagation import (
     stop_measures,
     stops,
 )
-from monai_cbo.networks import SliceCache, build_model
+from monai_cbo.networks import TRAINED_INTERACTION, SliceCache, build_model
 
 
 class SceneInferer(SliceWiseInferer):
@@ -32,6 +32,7 @@ class SceneInferer(SliceWiseInferer):
 
     def __init__(self, scene: np.ndarray) -> None:
         self.scene = torch.as_tensor(scene).bool()  # [H, W, D]
+        self.model = torch.nn.Identity()  # no class prompts, never trained with clicks
         self.threshold = 0.5
         self.prompts: dict[int, list] = {}
         self.encoded: list[int] = []
@@ -383,6 +384,27 @@ def test_click_boxes_turn_correction_points_into_box_edits_the_decoder_never_see
     )[12]
     assert missing.prob[32, 44] < 0.5 and grown.prob[32, 44] > 0.5
     assert grown.prob.sum() > missing.prob.sum() * 1.3
+
+
+def test_by_default_the_adapter_file_decides_between_points_and_box_edits():
+    """click_boxes None: a model never trained with clicks gets box edits; one whose adapter was trained with
+    simulated clicks (TRAINED_INTERACTION, as load_adapter sets it) gets its points; True / False overrule it."""
+    scene = _blob_scene()
+    inferer = SceneInferer(scene)
+    prompt = ObjectPrompt([KeyBox(12, _box(scene[..., 12]))], points={12: (np.array([[60.0, 60.0]]), np.array([0]))})
+
+    def points_seen(config: PropagationConfig) -> bool:
+        inferer.prompts.clear()
+        propagate(inferer, VOLUME, prompt, config)
+        return any(p.points is not None for p in inferer.prompts[12])
+
+    assert PropagationConfig().click_boxes is None
+    assert not points_seen(PropagationConfig())
+    setattr(inferer.model, TRAINED_INTERACTION, {"share": 0.5, "max_clicks": 5})
+    assert points_seen(PropagationConfig())
+    assert not points_seen(PropagationConfig(click_boxes=True))
+    setattr(inferer.model, TRAINED_INTERACTION, {"share": 0.0})  # a record of no interactive step: boxes only
+    assert not points_seen(PropagationConfig()) and points_seen(PropagationConfig(click_boxes=False))
 
 
 def test_click_mask_prompt_hands_a_corrected_slice_its_mask_of_the_round_before():

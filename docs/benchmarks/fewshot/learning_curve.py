@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     stopped=record["stopped"],
                     validation=record["validation_dice"],
                     stop_sweep=record["propagation"],
+                    precision=record.get("precision"),
                     machine=record["machine"],
                 )
             mine[key] = entry
