@@ -9,6 +9,7 @@ adapt resumes); the figures go to ``results.json`` beside this script::
     python docs/benchmarks/fewshot/learning_curve.py --structure hippocampus --n 0,1,2,4 --seeds 0 --minutes 10
     python docs/benchmarks/fewshot/learning_curve.py --n 4 --steps 49 --decoder-steps 1500   # exact steps
     python docs/benchmarks/fewshot/learning_curve.py --n 4 --steps 49 --decoder-steps 1500 --click-share 0.5
+    python docs/benchmarks/fewshot/learning_curve.py --structure brats2015 --n 0,1,2,3 --seeds 0,1,2,3
 
 Paths: ``--data-root`` (default ../shared/data), ``--runs`` (default runs/fewshot; bundles, scores, caches).
 """
@@ -43,7 +44,44 @@ STRUCTURES = {
         "classes": "1:anterior,2:posterior",
         "suite": HERE / "hippocampus_test.json",
     },
+    # four cases: seed s trains on the N cases from the s-th on (in name order, wrapping round) and is scored on
+    # the others; zero-shot on all four
+    "brats2015": {
+        "rotate": (REPO / "docs" / "benchmarks" / "propagation" / "suite.json", "brats2015"),
+        "classes": "1+2+3+4:whole_tumour,1+3+4:tumour_core",
+        "adapt_options": ["--channels", "0,1", "--modality", "mri"],
+    },
 }
+
+
+def _rotation(spec: dict, n: int, seed: int, data: Path, run: Path) -> tuple[dict | None, Path]:
+    """For a rotating structure: the datalist of run (n, seed) and the suite of the cases it does not train on,
+    written into ``run``."""
+    suite_file, name = spec["rotate"]
+    suite = json.loads(suite_file.read_text())
+    entry = suite["sets"][name]
+    cases = sorted(entry["cases"], key=lambda c: c["case"])
+    if n >= len(cases):
+        raise SystemExit(f"{name} has {len(cases)} cases: train on at most {len(cases) - 1}, and score on the rest")
+    train = [cases[(seed + i) % len(cases)] for i in range(n)]
+    scored = [{**c, "part": "validation"} for c in cases if c not in train]
+    run.mkdir(parents=True, exist_ok=True)
+    scored_suite = run / "suite.json"
+    scored_suite.write_text(
+        json.dumps(
+            {
+                "description": f"{name} cases not trained on by this run (of {suite_file.name}); paths relative to "
+                "--data-root",
+                "sets": {name: {**entry, "cases": scored}},
+            },
+            indent=1,
+        )
+    )
+    datalist = {
+        "dataset_dir": str(data),
+        "training": [{"case": c["case"], "image": c["image"], "label": c["label"]} for c in train],
+    }
+    return (datalist if n else None), scored_suite
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -88,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "fp32", "bf16"],
         default=None,
         help="adapt's --precision (training and its validation); the runs are named ..._{precision}. Without it, "
-        "adapt's default (auto: fp32 on a CPU, see cpu_speed.md)",
+        "adapt's default (auto: training in bf16 on a CPU with native bf16 since 33175c4, fp32 before; each "
+        "entry's 'precision' says which, see cpu_speed.md)",
     )
     p.add_argument(
         "--tag",
@@ -106,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{data} does not exist: the curves need the shared data (--data-root)")
     root = runs / args.structure
     root.mkdir(parents=True, exist_ok=True)
-    split = root / "split.json"
-    if not split.exists():
-        script, *rest = (a.format(data=data) for a in spec["datalist"])
-        _run([sys.executable, script, *rest, "-o", str(split)], root / "split.log")
-    training = json.loads(split.read_text())["training"]
+    training = []
+    if "datalist" in spec:  # a fixed split: seeds take the next volumes of its training part
+        split = root / "split.json"
+        if not split.exists():
+            script, *rest = (a.format(data=data) for a in spec["datalist"])
+            _run([sys.executable, script, *rest, "-o", str(split)], root / "split.log")
+        training = json.loads(split.read_text())["training"]
     results_file = HERE / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     mine = results.setdefault(args.structure, {})
@@ -131,18 +172,21 @@ def main(argv: list[str] | None = None) -> int:
             key += f"_{args.tag}" if args.tag else ""
             run = root / key
             bundle = run / "bundle"
+            if "rotate" in spec:
+                listed, suite = _rotation(spec, n, seed, data, run)
+            else:
+                first = training[(seed * n) % len(training) :][:n]  # seed s: the next n volumes of the split
+                listed = {"dataset_dir": spec["dataset_dir"].format(data=data), "training": first}
+                suite = spec["suite"]
             if n and not (bundle / "configs" / "metadata.json").exists():
                 run.mkdir(exist_ok=True)
                 datalist = run / "datalist.json"
-                first = training[(seed * n) % len(training) :][:n]  # seed s: the next n volumes of the split
-                datalist.write_text(
-                    json.dumps({"dataset_dir": spec["dataset_dir"].format(data=data), "training": first}, indent=1)
-                )
+                datalist.write_text(json.dumps(listed, indent=1))
                 resume = ["--resume"] if (bundle / ".adapt" / "state.pt").exists() else []
                 start = time.time()
                 _run(
                     [*cli, "adapt", str(datalist), "-o", str(bundle), "--classes", spec["classes"], "--seed",
-                     str(seed), *budget, *clicks, *precision, *resume],
+                     str(seed), *budget, *clicks, *precision, *resume, *spec.get("adapt_options", [])],
                     run / "adapt.log",
                 )  # fmt: skip
                 print(f"  adapted in {(time.time() - start) / 60:.1f} min", flush=True)
@@ -151,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
                 run.mkdir(exist_ok=True)
                 source = ["--bundle", str(bundle)] if n else []
                 _run(
-                    [*cli, "prompts-bench", str(spec["suite"]), "-o", str(score), "--data-root", str(data),
+                    [*cli, "prompts-bench", str(suite), "-o", str(score), "--data-root", str(data),
                      "--cache-dir", str(root / "embeddings"), *source],
                     run / "score.log",
                 )  # fmt: skip
             summary = json.loads((score / "summary.json").read_text())["parts"]["validation"]
+            scored = json.loads(Path(suite).read_text())["sets"]
             entry = {"n": n, "seed": seed, "scores": summary}
+            entry["scored_cases"] = sorted(c["case"] for e in scored.values() for c in e["cases"])
             if n:
                 record = json.loads((bundle / "models" / "adapter.json").read_text())
                 entry.update(
