@@ -85,8 +85,8 @@ def test_the_bundle_holds_the_adapter_its_record_and_the_swept_stop(adapted):
     # the stop chosen for this adapter is the one the bundle's task carries
     task = load_bundle(str(adapted)).task
     assert task.class_names == ("organ",) and task.preprocess.modality == "mri"
-    # trained with simulated clicks (the recipe's default): the adapter file says so, and its clicks go in as points
-    assert task.propagation.click_boxes is None
+    # trained with simulated clicks (the recipe's default): the adapter file says so; its clicks still edit boxes
+    assert task.propagation.click_boxes is True
     assert read_adapter(adapted / "models/adapter.pt")["interaction"]["share"] == Recipe().click_share > 0
     assert trained_with_clicks(load_segmenter(adapted / "models/adapter.pt"))
     for family, prefix in (("open", ""), ("ranged", "range_")):
@@ -287,9 +287,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(cases, tmp_path, monkeypatc
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
-def test_an_adapter_trained_on_boxes_only_gets_clicks_as_box_edits(cases, tmp_path):
-    """click_share 0: the adapter never saw a point, so its bundle turns a user's clicks into box edits
-    (PropagationConfig.click_boxes), as zero-shot LiteMedSAM's are."""
+def test_an_adapter_trained_on_boxes_only_says_so_in_its_file(cases, tmp_path):
+    """click_share 0: the adapter never saw a point; its file has no interaction record (a click start then warns,
+    test_cli), and its clicks edit boxes as every model's do (PropagationConfig.click_boxes)."""
     out = adapt(
         cases / "images",
         cases / "labels",
@@ -301,7 +301,7 @@ def test_an_adapter_trained_on_boxes_only_gets_clicks_as_box_edits(cases, tmp_pa
     )
     assert "interaction" not in read_adapter(out / "models/adapter.pt")
     assert not trained_with_clicks(load_segmenter(out / "models/adapter.pt"))
-    assert load_bundle(str(out)).task.propagation.click_boxes is None  # the default: box edits for this model
+    assert load_bundle(str(out)).task.propagation.click_boxes is True
 
 
 def test_the_adapter_stage_stops_when_validation_stops_improving_and_the_decoder_stage_runs_out(

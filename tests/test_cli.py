@@ -118,6 +118,7 @@ def test_several_key_boxes_a_3d_box_and_points_on_the_command_line(tmp_path, cap
     # a foreground point alone starts an object; background points alone cannot
     assert main([*base, "-o", str(tmp_path / "click"), "--point", "9,8,2,1", "--point", "12,8,3,0"]) == 0
     assert (tmp_path / "click" / "case_a_seg.nii.gz").exists()
+    assert "the base model (no adapter) was never trained with clicks" in capsys.readouterr().err  # said, not refused
     assert main([*base, "-o", str(tmp_path / "bg"), "--point", "9,8,2,0"]) == 2
     assert "starts an object at a foreground point" in capsys.readouterr().err
     assert main([*base, "-o", str(tmp_path / "ks"), "--point", "9,8,2,1", "--key-slice", "2"]) == 2

@@ -277,6 +277,15 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"monai-cbo segment: warning: {settings.warning}; give a prompt instead: {PROMPT_OPTIONS}", file=sys.stderr
         )
+    if args.point and args.key_box is None and not any(p.get("interaction") for p in settings.payloads):
+        print(
+            "monai-cbo segment: warning: --point alone starts the object from a click, and "
+            + ("this adapter was" if settings.payloads else "the base model (no adapter) was")
+            + " never trained with clicks: from one click it segments little or nothing (zero-shot LiteMedSAM: "
+            "0.000 in docs/benchmarks/corrections.md); add a --key-box, or use an adapter trained with clicks "
+            "(monai-cbo adapt, whose recipe simulates them by default)",
+            file=sys.stderr,
+        )
     key = None
     if args.key_box is not None or args.point:
         key = KeyPrompt(args.key_box, args.label_value, args.key_slice, args.point)

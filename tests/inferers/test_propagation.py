@@ -386,9 +386,10 @@ def test_click_boxes_turn_correction_points_into_box_edits_the_decoder_never_see
     assert grown.prob.sum() > missing.prob.sum() * 1.3
 
 
-def test_by_default_the_adapter_file_decides_between_points_and_box_edits():
-    """click_boxes None: a model never trained with clicks gets box edits; one whose adapter was trained with
-    simulated clicks (TRAINED_INTERACTION, as load_adapter sets it) gets its points; True / False overrule it."""
+def test_box_edits_are_the_default_for_every_model_and_points_an_opt_in():
+    """click_boxes is on by default, for a model trained with simulated clicks too (its adapter's record,
+    TRAINED_INTERACTION, as load_adapter sets it, does not change it: box edits measured better on such adapters);
+    False hands the points to the decoder."""
     scene = _blob_scene()
     inferer = SceneInferer(scene)
     prompt = ObjectPrompt([KeyBox(12, _box(scene[..., 12]))], points={12: (np.array([[60.0, 60.0]]), np.array([0]))})
@@ -398,12 +399,8 @@ def test_by_default_the_adapter_file_decides_between_points_and_box_edits():
         propagate(inferer, VOLUME, prompt, config)
         return any(p.points is not None for p in inferer.prompts[12])
 
-    assert PropagationConfig().click_boxes is None
-    assert not points_seen(PropagationConfig())
+    assert PropagationConfig().click_boxes is True and not points_seen(PropagationConfig())
     setattr(inferer.model, TRAINED_INTERACTION, {"share": 0.5, "max_clicks": 5})
-    assert points_seen(PropagationConfig())
-    assert not points_seen(PropagationConfig(click_boxes=True))
-    setattr(inferer.model, TRAINED_INTERACTION, {"share": 0.0})  # a record of no interactive step: boxes only
     assert not points_seen(PropagationConfig()) and points_seen(PropagationConfig(click_boxes=False))
 
 
