@@ -9,9 +9,28 @@ from pathlib import Path
 import pytest
 import torch
 
+from monai_cbo import precision
 from monai_cbo.utils import keep_freed_memory
 
 keep_freed_memory()  # as the command line does: LiteMedSAM runs ~1.6x faster on the CPU
+
+#: the library's precision policies as shipped, before the session fixture below pins them
+SHIPPED_PRECISION = {name: getattr(precision, name) for name in ("CPU_AUTO_BF16", "CPU_AUTO_BF16_TRAINING")}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_training_on_every_cpu():
+    """In this process, training's ``auto`` runs fp32 on every CPU, so that a test trains the same whether or not
+    its CPU has native bf16 (its thresholds were set in fp32). The default's bf16 training on such a CPU is tested
+    with native bf16 simulated (tests/test_precision.py); commands run as subprocesses keep the real default."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "CPU_AUTO_BF16_TRAINING", False)
+        yield
+
+
+@pytest.fixture
+def shipped_precision() -> dict:
+    return dict(SHIPPED_PRECISION)
 
 
 @pytest.fixture(autouse=True)

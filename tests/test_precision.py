@@ -41,8 +41,8 @@ def test_auto_on_the_cpu_is_bf16_only_where_native_and_switched_on(native):
     assert not P.resolve_precision("auto", "cpu").reduced
 
 
-def test_the_shipped_cpu_default_is_fp32_until_the_dice_rule_is_measured():
-    assert P.CPU_AUTO_BF16 is False
+def test_the_shipped_cpu_default_is_fp32_until_the_dice_rule_is_measured(shipped_precision):
+    assert P.CPU_AUTO_BF16 is shipped_precision["CPU_AUTO_BF16"] is False
     assert not P.resolve_precision("auto", "cpu").reduced
 
 
@@ -71,8 +71,8 @@ def test_training_auto_is_bf16_where_the_cpu_has_it_and_fp32_where_not(native):
     )
 
 
-def test_the_shipped_training_default_is_bf16_where_native():
-    assert P.CPU_AUTO_BF16_TRAINING is True
+def test_the_shipped_training_default_is_bf16_where_native(shipped_precision):
+    assert shipped_precision["CPU_AUTO_BF16_TRAINING"] is True  # the tests themselves pin it off (conftest.py)
 
 
 def test_cuda_auto_keeps_fp16_autocast_and_fp32_turns_everything_off():
