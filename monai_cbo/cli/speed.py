@@ -97,6 +97,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..precision import resolve_precision
     from ..timing.speed import (
         encoder_time_per_slice,
         machine_summary,
@@ -145,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
         "prompts_per_image": args.prompts,
         "steps": args.steps,
         "amp": args.amp,
+        # what the training steps ran in: auto's (bf16 on a CPU with native bf16), or CUDA's amp flag
+        "training_precision": ("fp16" if args.amp else "fp32")
+        if device == "cuda"
+        else resolve_precision("auto", device, training=True).label,
     }
     if not args.skip_encoder:
         result["encoder_per_slice"] = encoder_time_per_slice(args.model, args.steps, device, args.amp)
