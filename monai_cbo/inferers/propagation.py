@@ -117,7 +117,8 @@ class PropagationConfig:
         click_mask_prompt: a slice that correction points reach also gets its mask of the round before
             (:attr:`ObjectPrompt.previous`, its low-resolution logits) as the mask prompt, as SAM's interactive
             training feeds the previous mask back, and as ``monai-cbo adapt``'s simulated clicks do in half their
-            steps; only where the round before left logits on that slice.
+            steps; only where the round before left logits on that slice, and only for points that go to the
+            decoder (with ``click_boxes`` on, the default, a click edits the box instead and no mask goes in).
         range_max_growth, range_min_shrink, range_min_overlap, range_min_iou, range_min_confidence,
         range_min_similarity, range_max_key_area, range_min_class_overlap, range_patience: the same rules for an
             object with a z range (a 3D box), inside its range; swept separately on the 3D-box protocol.
