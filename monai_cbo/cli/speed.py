@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "amp": args.amp,
         # what the training steps ran in: auto's (bf16 on a CPU with native bf16), or CUDA's amp flag
         "training_precision": ("fp16" if args.amp else "fp32")
-        if device == "cuda"
+        if torch.device(device).type == "cuda"
         else resolve_precision("auto", device, training=True).label,
     }
     if not args.skip_encoder:

@@ -11,9 +11,10 @@ An adapter trained for automatic segmentation also holds ``"class_prompts": {"na
 Adapters without class prompts stay version 1.
 
 An adapter trained with simulated clicks (:mod:`monai_cbo.training.interaction`) also holds ``"interaction":
-{"share": ..., "max_clicks": ..., "click_start": ..., "mask_prompt": ...}``: how it learned to read points, which
-decides how inference gives it correction clicks (:attr:`monai_cbo.inferers.PropagationConfig.click_boxes`). An
-older monai_cbo ignores the field.
+{"share": ..., "max_clicks": ..., "click_start": ..., "mask_prompt": ...}``: how it learned to read points
+(``monai-cbo segment`` warns when a click alone starts an object on a model without it; correction clicks after
+a box edit the box for every model, :attr:`monai_cbo.inferers.PropagationConfig.click_boxes`). An older
+monai_cbo ignores the field.
 
 It goes onto a freshly built pretrained model of the same name with the same config
 (:func:`monai_cbo.models.load_segmenter` builds that model from the checkpoint alone).

@@ -91,8 +91,8 @@ def build_optimizer(
 
 def record_interaction(network: nn.Module, interaction: Interaction | None) -> None:
     """Note on the segmenter inside ``network`` that it is trained with simulated clicks, when ``interaction``
-    simulates any: its adapter file then says so, and inference gives the model its clicks as points
-    (:attr:`~monai_cbo.inferers.PropagationConfig.click_boxes`)."""
+    simulates any: its adapter file then says so (``monai-cbo segment`` warns where a click alone starts an object
+    on a model without that record)."""
     if interaction is not None and interaction.share > 0:
         record = {k: v for k, v in asdict(interaction).items() if k != "seed"}
         setattr(_unwrap(network), TRAINED_INTERACTION, record)
