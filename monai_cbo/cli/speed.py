@@ -97,7 +97,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..precision import resolve_precision
     from ..timing.speed import (
         encoder_time_per_slice,
         machine_summary,
@@ -146,10 +145,6 @@ def run(args: argparse.Namespace) -> int:
         "prompts_per_image": args.prompts,
         "steps": args.steps,
         "amp": args.amp,
-        # what the training steps ran in: auto's (bf16 on a CPU with native bf16), or CUDA's amp flag
-        "training_precision": ("fp16" if args.amp else "fp32")
-        if torch.device(device).type == "cuda"
-        else resolve_precision("auto", device, training=True).label,
     }
     if not args.skip_encoder:
         result["encoder_per_slice"] = encoder_time_per_slice(args.model, args.steps, device, args.amp)
@@ -160,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     steps = training_step_times(args.model, presets, args.batch, args.prompts, args.steps, device=device, amp=args.amp)
     result["train_step"] = {
-        p: {"median_s": round(v["median_s"], 4), "times_s": [round(t, 4) for t in v["times_s"]]}
+        p: {
+            "median_s": round(v["median_s"], 4),
+            "times_s": [round(t, 4) for t in v["times_s"]],
+            "precision": v["precision"],
+        }
         for p, v in steps.items()
     }
     result["cbo_overhead"] = {

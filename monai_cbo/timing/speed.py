@@ -18,7 +18,7 @@ from ..losses import PromptDiceBCELoss
 from ..models import build_segmenter
 from ..networks import build_model
 from ..peft import count_parameters
-from ..training import build_optimizer, build_trainer, train_step
+from ..training import build_optimizer, build_trainer, train_step, trainer_precision
 from ..utils import machine_summary
 
 __all__ = [
@@ -81,19 +81,22 @@ def training_step_times(
 
     All presets are built first (:func:`~monai_cbo.models.build_segmenter`, seeded), then stepped in turn
     ``steps`` times after ``warmup`` rounds, so slow phases of the machine hit every preset alike. ``amp``
-    applies on CUDA only, as in training. Returns ``{preset: {"median_s", "times_s"}}``.
+    applies on CUDA only, as in training. Returns ``{preset: {"median_s", "times_s", "precision"}}`` (the number
+    format the step ran in: :func:`~monai_cbo.training.trainer_precision`).
     """
     device = torch.device(device)
-    models, steppers = {}, {}
+    models, steppers, formats = {}, {}, {}
     for preset in presets:
         model = build_segmenter(model_name, preset=preset, seed=seed).to(device)
         models[preset] = model
         if count_parameters(model)["total_trainable"]:
             trainer = build_trainer(model, build_optimizer(model, lr), [], device=device, amp=amp)
             steppers[preset] = lambda b, t=trainer: train_step(t, b)
+            formats[preset] = trainer_precision(trainer)
         else:
             loss_fn = PromptDiceBCELoss()
             steppers[preset] = lambda b, m=model, f=loss_fn: _forward_and_loss(m, f, b, amp)
+            formats[preset] = "fp16" if amp and device.type == "cuda" else "fp32"  # _forward_and_loss's autocast
     data = _batch(next(iter(models.values())).img_size, batch, prompts, device, seed)
     times: dict[str, list[float]] = {p: [] for p in presets}
     for round_ in range(warmup + steps):
@@ -104,7 +107,7 @@ def training_step_times(
             _sync(device)
             if round_ >= warmup:
                 times[preset].append(time.perf_counter() - start)
-    return {p: {"median_s": statistics.median(t), "times_s": t} for p, t in times.items()}
+    return {p: {"median_s": statistics.median(t), "times_s": t, "precision": formats[p]} for p, t in times.items()}
 
 
 def _forward_and_loss(model: torch.nn.Module, loss_fn: PromptDiceBCELoss, data: dict, amp: bool) -> torch.Tensor:

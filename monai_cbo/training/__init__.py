@@ -12,6 +12,7 @@ from .trainer import (
     build_trainer,
     record_interaction,
     train_step,
+    trainer_precision,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "record_interaction",
     "simulate_rounds",
     "train_step",
+    "trainer_precision",
 ]

@@ -64,6 +64,7 @@ __all__ = [
     "build_trainer",
     "record_interaction",
     "train_step",
+    "trainer_precision",
 ]
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -87,6 +88,14 @@ def build_optimizer(
         raise ValueError(f"preset {preset!r} trains no parameters; evaluate it with evaluate.json and --adapter ''")
     check_option("optimizer", name, OPTIMIZERS)
     return OPTIMIZERS[name](groups, lr=lr)
+
+
+def trainer_precision(trainer: SupervisedTrainer) -> str:
+    """The number format a trainer of :func:`build_trainer` runs its forward pass in: ``bf16``, ``fp16`` or
+    ``fp32``, read from what it was built with (the bf16 wrapper, or MONAI's CUDA amp)."""
+    if isinstance(trainer.network, AutocastForward):
+        return "bf16"
+    return "fp16" if trainer.amp else "fp32"
 
 
 def record_interaction(network: nn.Module, interaction: Interaction | None) -> None:

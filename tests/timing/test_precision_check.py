@@ -27,5 +27,5 @@ def test_speed_says_which_number_format_its_training_steps_ran_in(capsys):
     args = ["speed", "--model", "tiny", "--presets", "lora", "--steps", "1", "--skip-encoder", "--device", "cpu"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["training_precision"] == resolve_precision("auto", "cpu", training=True).label
+    assert result["train_step"]["lora"]["precision"] == resolve_precision("auto", "cpu", training=True).label
     assert result["train_step"]["lora"]["median_s"] > 0
