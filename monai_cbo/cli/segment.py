@@ -269,6 +269,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..inferers import KeyPrompt, SliceWiseInferer, find_cases, segment_cases
     from ..inferers.segment import report
     from ..metrics import MetricsTable
+    from ..peft import adapter_interaction
     from ..stopwatch import stage
 
     with stage("build"):  # the adapters are read here
@@ -277,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"monai-cbo segment: warning: {settings.warning}; give a prompt instead: {PROMPT_OPTIONS}", file=sys.stderr
         )
-    if args.point and args.key_box is None and not any(p.get("interaction") for p in settings.payloads):
+    if args.point and args.key_box is None and not any(adapter_interaction(p) for p in settings.payloads):
         print(
             "monai-cbo segment: warning: --point alone starts the object from a click, and "
             + ("this adapter was" if settings.payloads else "the base model (no adapter) was")

@@ -31,12 +31,9 @@ TRAINED_INTERACTION = "trained_interaction"
 
 
 def trained_with_clicks(model: nn.Module) -> bool:
-    """Whether ``model`` (every member of an ensemble) was trained with simulated correction clicks."""
-    members = getattr(model, "members", None)
-    if members is not None:
-        return all(trained_with_clicks(m) for m in members)
-    record = getattr(model, TRAINED_INTERACTION, None)
-    return bool(record and record.get("share", 0) > 0)
+    """Whether ``model`` was trained with simulated correction clicks: it holds a record (only an interactive run,
+    ``training.record_interaction``, or an adapter file with one, ``peft.adapter_interaction``, leaves it)."""
+    return getattr(model, TRAINED_INTERACTION, None) is not None
 
 
 class SegmenterOutput(NamedTuple):

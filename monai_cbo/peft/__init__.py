@@ -11,7 +11,14 @@ from .config import PRESETS, PeftConfig
 from .inject import apply_peft, count_parameters, find_attention_blocks, optimizer_param_groups
 from .layers import AdapterMLP, LoraQKV, PeftLayer
 from .orchestration import CBOSlot, CrossBlockOrchestrator, QuaternionLinear, hamilton_weight
-from .state import adapter_class_prompts, adapter_state_dict, load_adapter, read_adapter, save_adapter
+from .state import (
+    adapter_class_prompts,
+    adapter_interaction,
+    adapter_state_dict,
+    load_adapter,
+    read_adapter,
+    save_adapter,
+)
 
 __all__ = [
     "PRESETS",
@@ -23,6 +30,7 @@ __all__ = [
     "PeftLayer",
     "QuaternionLinear",
     "adapter_class_prompts",
+    "adapter_interaction",
     "adapter_state_dict",
     "apply_peft",
     "count_parameters",

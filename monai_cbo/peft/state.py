@@ -34,7 +34,14 @@ from ..networks.segmenter import TRAINED_INTERACTION, trained_with_clicks
 from ..utils import load_weights_only, write_atomic
 from .config import PeftConfig
 
-__all__ = ["adapter_class_prompts", "adapter_state_dict", "load_adapter", "read_adapter", "save_adapter"]
+__all__ = [
+    "adapter_class_prompts",
+    "adapter_interaction",
+    "adapter_state_dict",
+    "load_adapter",
+    "read_adapter",
+    "save_adapter",
+]
 
 FORMAT = "monai_cbo.adapter"
 FORMAT_VERSION = 2  # the newest this code reads; 1 is written when there are no class prompts
@@ -90,6 +97,13 @@ def read_adapter(path: str | Path) -> dict[str, Any]:
 def adapter_class_prompts(payload: dict[str, Any]) -> dict[str, Any] | None:
     """The class prompts' spec (names, values, exclusive) of a read adapter checkpoint; None for a prompted-only one."""
     return payload.get("class_prompts") or None
+
+
+def adapter_interaction(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """How a read adapter checkpoint was trained with simulated clicks (its ``"interaction"`` record); None for
+    one trained on boxes only, or whose field is not a record."""
+    record = payload.get("interaction")
+    return record if isinstance(record, dict) and record.get("share", 0) > 0 else None
 
 
 def _config_mismatch(saved: PeftConfig, current: PeftConfig) -> list[str]:
@@ -167,5 +181,5 @@ def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | N
     with torch.no_grad():
         for name in expected:
             params[name].copy_(state[name])
-    setattr(model, TRAINED_INTERACTION, payload.get("interaction"))
+    setattr(model, TRAINED_INTERACTION, adapter_interaction(payload))
     return model

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from monai_cbo.models import load_segmenter
-from monai_cbo.networks import build_model
+from monai_cbo.networks import TRAINED_INTERACTION, build_model, trained_with_clicks
 from monai_cbo.peft import (
     PeftConfig,
+    adapter_interaction,
     adapter_state_dict,
     apply_peft,
     load_adapter,
@@ -116,3 +117,16 @@ def test_truncated_and_missing_checkpoints_name_the_file(tmp_path):
         read_adapter(path)
     with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
         read_adapter(tmp_path / "missing.pt")
+
+
+def test_the_click_training_record_round_trips_and_a_malformed_one_reads_as_none(tmp_path):
+    model = _trained("lora_cbo")
+    save_adapter(model, tmp_path / "boxes.pt")
+    setattr(model, TRAINED_INTERACTION, {"share": 0.5, "max_clicks": 5, "click_start": 0.25, "mask_prompt": 0.5})
+    save_adapter(model, tmp_path / "clicks.pt")
+    assert adapter_interaction(read_adapter(tmp_path / "boxes.pt")) is None
+    assert adapter_interaction(read_adapter(tmp_path / "clicks.pt"))["share"] == 0.5
+    assert trained_with_clicks(load_segmenter(tmp_path / "clicks.pt"))
+    assert not trained_with_clicks(load_segmenter(tmp_path / "boxes.pt"))
+    for field in ("yes", [0.5], {"share": 0}, None):  # a file's field is not trusted to be a record
+        assert adapter_interaction({"interaction": field}) is None
