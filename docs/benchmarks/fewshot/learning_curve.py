@@ -10,6 +10,9 @@ adapt resumes); the figures go to ``results.json`` beside this script::
     python docs/benchmarks/fewshot/learning_curve.py --n 4 --steps 49 --decoder-steps 1500   # exact steps
     python docs/benchmarks/fewshot/learning_curve.py --n 4 --steps 49 --decoder-steps 1500 --click-share 0.5
     python docs/benchmarks/fewshot/learning_curve.py --structure brats2015 --n 0,1,2,3 --seeds 0,1,2,3
+    python docs/benchmarks/fewshot/learning_curve.py --structure spinal_cord --n 0,1 --seeds 0,1,2
+    python docs/benchmarks/fewshot/learning_curve.py --structure nrrd_lesions --n 0,1 --seeds 0,1,2
+    python docs/benchmarks/fewshot/learning_curve.py --structure totalseg_ct --n 0,1 --seeds 0
 
 Paths: ``--data-root`` (default ../shared/data), ``--runs`` (default runs/fewshot; bundles, scores, caches).
 """
@@ -50,6 +53,32 @@ STRUCTURES = {
         "rotate": (REPO / "docs" / "benchmarks" / "propagation" / "suite.json", "brats2015"),
         "classes": "1+2+3+4:whole_tumour,1+3+4:tumour_core",
         "adapt_options": ["--channels", "0,1", "--modality", "mri"],
+    },
+    # one subject's three contrasts: N = 1 trains on one (seed s: the s-th in name order) and scores the other two
+    "spinal_cord": {
+        "rotate": (REPO / "docs" / "benchmarks" / "propagation" / "suite.json", "spinal_cord"),
+        "classes": "1:cord",
+        "adapt_options": ["--modality", "mri"],
+    },
+    # brain1, brain2 (MR) and breast1: N = 1 trains on one and scores the other two
+    "nrrd_lesions": {
+        "rotate": (REPO / "docs" / "benchmarks" / "propagation" / "suite.json", "nrrd_lesions"),
+        "classes": "1:lesion",
+        "adapt_options": ["--modality", "mri"],
+    },
+    # the one shared CT with organ labels; no other CT is shared (example_ct_sm is a crop of the same scan), so
+    # its adapter is scored on another subject's MR and on the CT's organs it was not trained on
+    "totalseg_ct": {
+        "training": [
+            {
+                "case": "example_ct",
+                "image": "TotalSegmentator_examples/example_ct.nii.gz",
+                "label": "TotalSegmentator_examples/example_seg_fast_force_split.nii.gz",
+            }
+        ],
+        "classes": "1:spleen,3:kidney_left,5:liver",
+        "adapt_options": ["--modality", "ct"],
+        "suite": HERE / "totalseg_scored.json",
     },
 }
 
@@ -174,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             bundle = run / "bundle"
             if "rotate" in spec:
                 listed, suite = _rotation(spec, n, seed, data, run)
+            elif "training" in spec:  # one fixed training list: seeds change the initialisation and sampling only
+                if n > len(spec["training"]):
+                    raise SystemExit(f"{args.structure} has {len(spec['training'])} training volume(s): --n {n}")
+                listed = {"dataset_dir": str(data), "training": spec["training"][:n]}
+                suite = spec["suite"]
             else:
                 first = training[(seed * n) % len(training) :][:n]  # seed s: the next n volumes of the split
                 listed = {"dataset_dir": spec["dataset_dir"].format(data=data), "training": first}
