@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,15 @@ import pytest
 import torch
 
 from monai_cbo import precision
+from monai_cbo.networks.runtime import RUNTIME_ENV
 from monai_cbo.utils import keep_freed_memory
 
 keep_freed_memory()  # as the command line does: LiteMedSAM runs ~1.6x faster on the CPU
+# segment's encoder runtime: auto is openvino where it is installed (the dev extra installs it). The tests run the
+# model's own encoder on every install, commands in subprocesses too (the environment is inherited), so that
+# their figures do not depend on the extras; the openvino runtime and auto's choice have their own tests
+# (tests/networks/test_runtime.py)
+os.environ[RUNTIME_ENV] = "torch"
 
 #: the library's precision policies as shipped, before the session fixture below pins them
 SHIPPED_PRECISION = {name: getattr(precision, name) for name in ("CPU_AUTO_BF16", "CPU_AUTO_BF16_TRAINING")}

@@ -83,12 +83,15 @@ def run_prompts_bench(
     precision: str = "auto",
     clicks: int = 0,
     click_start: bool = False,
+    encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Score the protocols on a suite (optionally sweeping the propagation settings first); write ``rows.csv``,
     ``summary.json``, ``summary.md`` (and ``sweep.csv``) into ``out``; return the summary. ``precision``: see
     :mod:`monai_cbo.precision`; a reduced one keys the embedding cache apart from fp32's. ``clicks`` > 0 adds the
     interactive protocol (:data:`~monai_cbo.bench.protocols.INTERACTIVE`) with that many correction rounds;
-    ``click_start`` also the one started by a click (:data:`~monai_cbo.bench.protocols.INTERACTIVE_CLICK`)."""
+    ``click_start`` also the one started by a click (:data:`~monai_cbo.bench.protocols.INTERACTIVE_CLICK`).
+    ``encoder``: another runtime for the image encoder (:mod:`monai_cbo.networks.runtime`, its ``info`` keys the
+    embedding cache apart from torch's)."""
     if not 0 <= clicks <= 20:
         raise ValueError(f"--clicks must be 0 .. 20 correction rounds, got {clicks}")
     if click_start and not clicks:
@@ -98,8 +101,11 @@ def run_prompts_bench(
     cases = [c for c in read_suite(suite, data_root) if sets is None or c.set in sets]
     if not cases:
         raise ValueError(f"no case of the suite {suite} is in the sets {list(sets or [])}")
-    inferer = SliceWiseInferer(model, decode_memo=SliceCache(None), precision=precision)
-    if inferer.precision.reduced:  # other numbers, other embeddings
+    inferer = SliceWiseInferer(model, decode_memo=SliceCache(None), precision=precision, encoder=encoder)
+    if encoder is not None:  # another runtime, other embeddings (its own number format)
+        info = getattr(encoder, "info", {})
+        tag += f"+{info.get('runtime', 'encoder')}:{info.get('precision', '')}"
+    elif inferer.precision.reduced:  # other numbers, other embeddings
         tag += f"+{inferer.precision.label}"
     cache_path = Path(cache_dir) if cache_dir else None
     config = config or PropagationConfig()
@@ -138,6 +144,7 @@ def run_prompts_bench(
         "config": asdict(config),
         "tag": tag,
         "precision": inferer.precision.label,
+        "encoder_runtime": {"runtime": "torch"} if encoder is None else dict(getattr(encoder, "info", {})),
         "seconds": round(time.perf_counter() - start, 1),
         "parts": {part: summarise([r for r in rows if r["part"] == part]) for part in ("tune", "validation")},
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,60 @@ def add_precision_option(p: argparse.ArgumentParser, training: bool = False) -> 
     p.add_argument(
         "--no-amp", dest="precision", action="store_const", const="fp32", help="the same as --precision fp32"
     )
+
+
+def add_encoder_runtime_option(p: argparse.ArgumentParser) -> None:
+    """``--encoder-runtime``: what runs the image encoder (:mod:`monai_cbo.networks.runtime`)."""
+    from ..networks.runtime import RUNTIMES, default_runtime
+
+    p.add_argument(
+        "--encoder-runtime",
+        choices=RUNTIMES,
+        default=default_runtime(),
+        help="what runs the image encoder: auto (default; $MONAI_CBO_ENCODER_RUNTIME sets another) is openvino "
+        'where it is installed (pip install "monai-cbo[openvino]") and the encoder runs on the CPU, else torch. '
+        "openvino gave the same masks about 2x faster in fp32, 3.3-3.9x with --precision bf16, on a CPU with "
+        "native bf16 (docs/benchmarks/cpu_speed/backends.md); the first run of a model or adapter converts it "
+        "(7-80 s) and keeps it in ~/.cache/monai_cbo ($MONAI_CBO_CACHE), later runs read it in under a second",
+    )
+
+
+def encoder_runtime(name: str, model, device, precision: str, command: str):
+    """The encoder of ``--encoder-runtime name`` for ``model`` on ``device``: a callable for the inferer's
+    ``encoder``, or None for the model's own (torch). ``auto`` falls back to torch, with a warning, when openvino
+    cannot convert the model; ``openvino`` asked for by name raises instead.
+
+    Raises:
+        ValueError: openvino with a CUDA device or an ensemble of adapters (the message says what to give).
+        ImportError: openvino is not installed (the message says how to install it).
+    """
+    import torch
+
+    from ..networks.runtime import openvino_encoder, resolve_runtime
+    from ..precision import resolve_precision
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if name == "openvino":
+        if device.type != "cpu":
+            raise ValueError(f"--encoder-runtime {name} runs on the CPU; give --device cpu, or --encoder-runtime torch")
+        if not hasattr(model, "image_encoder"):
+            raise ValueError(f"--encoder-runtime {name} runs one model: give one --adapter, or --encoder-runtime torch")
+    if resolve_runtime(name, device, model) == "torch":
+        return None
+    dtype = resolve_precision(precision, device).encoder
+
+    def say(message: str) -> None:
+        print(f"monai-cbo {command}: {message}", file=sys.stderr)
+
+    try:
+        encoder = openvino_encoder(model, dtype, log=say)
+        say(f"image encoder on openvino ({encoder.info['precision']}; --encoder-runtime torch for the model's own)")
+        return encoder
+    except Exception as err:  # noqa: BLE001 - auto must not fail a run that torch can do
+        if name != "auto":
+            raise
+        say(f"warning: openvino could not run this model's encoder ({type(err).__name__}: {err}); using torch")
+        return None
 
 
 def add_preprocess_options(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .options import add_precision_option, list_of, load_model, setting
+from .options import add_encoder_runtime_option, add_precision_option, encoder_runtime, list_of, load_model, setting
 
 
 def add_parser(sub) -> None:
@@ -67,6 +67,7 @@ def add_parser(sub) -> None:
         "and its propagation settings as the start (--set changes them)",
     )
     add_precision_option(p)
+    add_encoder_runtime_option(p)
     p.set_defaults(func=run)
 
 
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         clicks=args.clicks,
         click_start=args.click_start,
+        encoder=encoder_runtime(args.encoder_runtime, model, None, args.precision, "prompts-bench"),
     )
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     print(

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .options import (
+    add_encoder_runtime_option,
     add_precision_option,
     add_preprocess_options,
+    encoder_runtime,
     list_of,
     load_model,
     preprocess_of,
@@ -128,6 +130,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
     add_precision_option(p)
+    add_encoder_runtime_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
         "--timings",
@@ -298,7 +301,10 @@ def _run(args: argparse.Namespace) -> int:
     _check_prompt_files(cases)
     with stage("build"):
         model = load_model(args.model, args.checkpoint, settings.adapters, settings.payloads)
-        inferer = SliceWiseInferer(model, batch_size=args.batch_size, device=args.device, precision=args.precision)
+        encoder = encoder_runtime(args.encoder_runtime, model, args.device, args.precision, "segment")
+        inferer = SliceWiseInferer(
+            model, batch_size=args.batch_size, device=args.device, precision=args.precision, encoder=encoder
+        )
     task = settings.task
     results = segment_cases(
         inferer, cases, out_dir, task.preprocess, args.overwrite, propagation=task.propagation, verbose=True

@@ -12,6 +12,7 @@ from .options import list_of
 
 def add_parser(sub) -> None:
     from ..networks.builders import MODELS
+    from ..networks.runtime import RUNTIMES
     from ..precision import PRECISIONS
     from ..timing.speed import DEFAULT_SPEED_PRESETS
 
@@ -85,6 +86,13 @@ def add_parser(sub) -> None:
         "time stays fp32, as the issue's target is stated",
     )
     p.add_argument(
+        "--case-runtime",
+        choices=RUNTIMES,
+        default=None,
+        help="with --case: each segment run's --encoder-runtime (default segment's own, auto); with openvino, run "
+        "once before timing so that the runs read the converted model instead of converting it",
+    )
+    p.add_argument(
         "--case-bundle",
         metavar="BUNDLE",
         default=None,
@@ -122,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             segment_options=[
                 *(["--precision", args.case_precision] if args.case_precision else []),
                 *(["--bundle", args.case_bundle] if args.case_bundle else []),
+                *(["--encoder-runtime", args.case_runtime] if args.case_runtime else []),
             ],
         )
         print(json.dumps(result, indent=2))

@@ -92,6 +92,9 @@ class SliceWiseInferer:
             None: encode from the image.
         decode_memo: decoded results by embedding content and prompts, for a caller that decodes the same
             prompts on the same slices again (the prompts bench's sweep); the caller clears it. Default None.
+        encoder: computes the embeddings instead of ``model.encode`` (model input images ``[N, 3, S, S]`` ->
+            ``[N, C, h, w]``), e.g. :func:`~monai_cbo.networks.runtime.openvino_encoder` of the same model; it
+            runs in its own number format (``precision`` then applies to the decoder). Default None.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class SliceWiseInferer:
         threshold: float = 0.5,
         front_cache: SliceCache | None = None,
         decode_memo: SliceCache | None = None,
+        encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if batch_size is None:
@@ -124,6 +128,9 @@ class SliceWiseInferer:
         #: round re-decodes (the interactive protocol's ``slices_decoded``)
         self.decoded = 0
         self.front_depth = frozen_prefix(model.image_encoder) if front_cache is not None else 0
+        if encoder is not None and front_cache is not None:
+            raise ValueError("an encoder runtime replaces the whole encoder: it cannot keep a front_cache")
+        self.encoder = encoder
 
     def _autocast(self, part: str = "decoder") -> contextlib.AbstractContextManager:
         """The autocast of ``precision`` for the ``encoder`` or the ``decoder``."""
@@ -168,6 +175,8 @@ class SliceWiseInferer:
                         keys = [(name, t) for t in chunk]
                         features = cached_front(self.model, batch, keys, self.front_cache, self.front_depth)
                         out = self.model.encode_stages(features, self.front_depth)
+                    elif self.encoder is not None:
+                        out = self.encoder(batch).to(self.device)
                     else:
                         out = self.model.encode(batch)
                 if self.precision.decoder is None:  # a reduced-precision embedding for an fp32 decoder

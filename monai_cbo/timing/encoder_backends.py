@@ -32,7 +32,6 @@ are in ``docs/benchmarks/cpu_speed/backends.md``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import statistics
 import time
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from ..networks.runtime import frozen_copy, frozen_encode
 
 __all__ = [
     "BACKENDS",
@@ -75,24 +76,6 @@ class EncoderBackend:
         return self.run(images)
 
 
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    model = copy.deepcopy(model).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-class _Encode(nn.Module):
-    """``model.encode`` as a module's forward (normalisation included), for the exporters."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(image)
-
-
 def _missing(package: str, extra: str, err: ImportError) -> ImportError:
     return ImportError(
         f"the {package!r} encoder backend needs the package {package!r}, which is not installed ({err}); "
@@ -110,7 +93,7 @@ def _one_by_one(run_one: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[to
 
 def eager_encoder(model: nn.Module) -> EncoderBackend:
     """fp32 eager PyTorch under ``torch.inference_mode``: the reference the others are compared with."""
-    model = _frozen_copy(model)
+    model = frozen_copy(model)
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -121,7 +104,7 @@ def eager_encoder(model: nn.Module) -> EncoderBackend:
 
 def channels_last_encoder(model: nn.Module) -> EncoderBackend:
     """Eager with the model's weights and the input in channels-last memory format."""
-    model = _frozen_copy(model).to(memory_format=torch.channels_last)
+    model = frozen_copy(model).to(memory_format=torch.channels_last)
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -132,7 +115,7 @@ def channels_last_encoder(model: nn.Module) -> EncoderBackend:
 
 def compiled_encoder(model: nn.Module) -> EncoderBackend:
     """``torch.compile`` of the image encoder; compiles on the first call (tens of seconds on a laptop CPU)."""
-    model = _frozen_copy(model)
+    model = frozen_copy(model)
     model.image_encoder = torch.compile(model.image_encoder)
 
     def run(images: torch.Tensor) -> torch.Tensor:
@@ -147,7 +130,7 @@ def int8_dynamic_encoder(model: nn.Module) -> EncoderBackend:
     quantised per call); the rest stays fp32."""
     from torch.ao.quantization import quantize_dynamic
 
-    model = _frozen_copy(model)
+    model = frozen_copy(model)
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice (its successor is torchao)
         warnings.simplefilter("ignore")
         model.image_encoder = quantize_dynamic(model.image_encoder, {nn.Linear}, dtype=torch.qint8)
@@ -193,7 +176,7 @@ def onnxruntime_encoder(model: nn.Module, threads: int | None = None, optimizati
     with warnings.catch_warnings(), torch.no_grad():  # the tracer's warnings about Python ints and asserts
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Encode(_frozen_copy(model)),
+            frozen_encode(model),
             (_example(model),),
             buffer,
             dynamo=False,
@@ -242,7 +225,7 @@ def openvino_encoder(model: nn.Module, threads: int | None = None, precision: st
     start = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        converted = ov.convert_model(_Encode(_frozen_copy(model)), example_input=example, input=[tuple(example.shape)])
+        converted = ov.convert_model(frozen_encode(model), example_input=example, input=[tuple(example.shape)])
     config: dict = {"INFERENCE_NUM_THREADS": threads}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
