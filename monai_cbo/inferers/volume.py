@@ -37,6 +37,7 @@ __all__ = [
     "SliceGeometry",
     "case_name",
     "decide_modality",
+    "modality_mismatch",
     "load_volume",
     "prepare_volume",
     "save_label_map",
@@ -239,13 +240,39 @@ def source_name(image) -> str:
     return str(meta.get("filename_or_obj") or "(in memory)")
 
 
+def _lowest_half_percent(data: torch.Tensor) -> float:
+    """The 0.5th percentile of the finite values (of at most a million of them, evenly strided); 0 if none."""
+    data = torch.as_tensor(data, dtype=torch.float32)  # no copy for float32 input
+    finite = data[torch.isfinite(data)]
+    return float(torch.quantile(finite[:: max(1, finite.numel() // 1_000_000)], 0.005)) if finite.numel() else 0.0
+
+
 def decide_modality(data: torch.Tensor) -> str:
     """``"ct"`` when the image holds air in HU (its 0.5th percentile of finite values below -200), else ``"mri"``:
     what ``Preprocess(modality="auto")`` decides per volume."""
-    data = torch.as_tensor(data, dtype=torch.float32)  # no copy for float32 input
-    finite = data[torch.isfinite(data)]
-    low = float(torch.quantile(finite[:: max(1, finite.numel() // 1_000_000)], 0.005)) if finite.numel() else 0.0
-    return "ct" if low < -200 else "mri"
+    return "ct" if _lowest_half_percent(data) < -200 else "mri"
+
+
+def modality_mismatch(data: torch.Tensor, modality: str, source: str) -> str | None:
+    """A warning when ``data`` does not look like the ``modality`` it is about to be scaled as (a bundle's or an
+    option's): an MR scaled with a CT window, or a CT in HU scaled by MRI percentiles. An adapter trained on one
+    modality segments the other badly (a CT adapter on an MR: box on every slice 0.82 -> 0.35,
+    docs/benchmarks/fewshot.md). None when it looks right, or for ``auto``."""
+    if modality not in ("ct", "mri"):
+        return None
+    low = _lowest_half_percent(data)
+    if modality == "ct" and low >= -200:
+        return (
+            f"image {source} is scaled with a CT window, but holds no air in HU (its 0.5th percentile is {low:.4g}, "
+            "not below -200): if it is not a CT, use a bundle trained on its modality or --modality mri (a CT "
+            "adapter segments other modalities badly); a CT crop without air is fine as it is"
+        )
+    if modality == "mri" and low < -200:
+        return (
+            f"image {source} is scaled as MRI, but holds air in HU (its 0.5th percentile is {low:.4g}): if it is a "
+            "CT, use a bundle trained on CT or --modality ct (an MRI adapter segments CT badly)"
+        )
+    return None
 
 
 def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, SliceGeometry]:
@@ -273,6 +300,9 @@ def prepare_volume(image: MetaTensor, pre: Preprocess) -> tuple[torch.Tensor, Sl
             stacklevel=2,
         )
     modality = decide_modality(data) if pre.modality == "auto" else pre.modality
+    mismatch = modality_mismatch(data, pre.modality, source)
+    if mismatch:
+        warnings.warn(mismatch, stacklevel=2)
     data = pre.intensity(modality)(data)
     geometry = SliceGeometry.from_affine(image.affine.numpy(), data.shape[1:], pre.slice_axis)
     sliced = np.stack([geometry.to_sliced(c) for c in np.asarray(data)])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -85,6 +86,24 @@ def test_prepare_volume_maps_ct_and_mri_to_unit_range():
     mri = load_volume(shared_data("Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz"))
     volume, _ = prepare_volume(mri, Preprocess())
     assert 0.0 <= float(volume.min()) and float(volume.max()) == pytest.approx(1.0)
+
+
+def test_a_volume_scaled_as_the_other_modality_is_warned_about(tmp_path):
+    """A CT bundle given an MR (or an MRI bundle a CT) scales it as the wrong modality: warned, naming the file;
+    the right modality, and auto (which decides per volume), stay quiet."""
+    rng = np.random.default_rng(0)
+    ct = rng.normal(40, 300, size=(24, 24, 4)).astype(np.float32)
+    ct[:4] = -1000  # air in HU
+    mr = rng.uniform(0, 900, size=(24, 24, 4)).astype(np.float32)
+    images = {n: load_volume(_nifti(tmp_path / f"{n}.nii.gz", data)) for n, data in (("ct", ct), ("mr", mr))}
+    with pytest.warns(UserWarning, match=r"mr\.nii\.gz is scaled with a CT window, but holds no air"):
+        prepare_volume(images["mr"], Preprocess(modality="ct"))
+    with pytest.warns(UserWarning, match=r"ct\.nii\.gz is scaled as MRI, but holds air in HU"):
+        prepare_volume(images["ct"], Preprocess(modality="mri"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, modality in (("ct", "ct"), ("mr", "mri"), ("ct", "auto"), ("mr", "auto")):
+            prepare_volume(images[name], Preprocess(modality=modality))
 
 
 def _nifti(path, array, affine=None):
