@@ -818,3 +818,27 @@ def test_a_correction_on_a_study_encodes_nothing_again_and_changes_no_result(tmp
     os.utime(study, ns=(time.time_ns(), time.time_ns() + 10**9))  # the study changed on disk
     kept(click)
     assert sum(encoded) == before + first
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"the label extra is not installed ({INSTALL})")
+def test_the_store_runs_each_models_encoder_on_the_runtime_asked(tmp_path, monkeypatch):
+    """The label server's encoder runtime (--encoder-runtime): openvino gives the model's own embedding, converted
+    once per model; torch keeps the model's encode."""
+    pytest.importorskip("openvino", reason='the openvino extra is not installed: pip install "monai-cbo[openvino]"')
+    import torch
+
+    from monai_cbo.bundles import load_bundle
+    from monai_cbo.label.app import AdapterStore
+    from monai_cbo.networks import runtime
+
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
+    adapter = load_bundle("hippocampus_mri_cbo").adapter
+    plain, _ = AdapterStore(tmp_path / "a", adapter, "cpu", "torch").inferer()
+    assert plain.encoder is None
+    fast, path = AdapterStore(tmp_path / "b", adapter, "cpu", "openvino").inferer()
+    assert path == adapter and fast.encoder.info["runtime"] == "openvino"
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = plain.model.encode(image)
+    assert (fast.encoder(image) - reference).abs().max() <= 1e-4 * reference.abs().max()
+    assert len(list((tmp_path / "cache" / "openvino").iterdir())) == 1  # the adapter's model, converted once

@@ -118,41 +118,18 @@ def add_encoder_runtime_option(p: argparse.ArgumentParser) -> None:
 
 
 def encoder_runtime(name: str, model, device, precision: str, command: str):
-    """The encoder of ``--encoder-runtime name`` for ``model`` on ``device``: a callable for the inferer's
-    ``encoder``, or None for the model's own (torch). ``auto`` falls back to torch, with a warning, when openvino
-    cannot convert the model; ``openvino`` asked for by name raises instead.
-
-    Raises:
-        ValueError: openvino with a CUDA device or an ensemble of adapters (the message says what to give).
-        ImportError: openvino is not installed (the message says how to install it).
-    """
+    """:func:`~monai_cbo.networks.runtime.encoder_for` of ``--encoder-runtime name`` for ``model`` on ``device``
+    (default the model's) with ``--precision``'s encoder format, telling the user on stderr."""
     import torch
 
-    from ..networks.runtime import openvino_encoder, resolve_runtime
+    from ..networks.runtime import encoder_for
     from ..precision import resolve_precision
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if name == "openvino":
-        if device.type != "cpu":
-            raise ValueError(f"--encoder-runtime {name} runs on the CPU; give --device cpu, or --encoder-runtime torch")
-        if not hasattr(model, "image_encoder"):
-            raise ValueError(f"--encoder-runtime {name} runs one model: give one --adapter, or --encoder-runtime torch")
-    if resolve_runtime(name, device, model) == "torch":
-        return None
     dtype = resolve_precision(precision, device).encoder
-
-    def say(message: str) -> None:
-        print(f"monai-cbo {command}: {message}", file=sys.stderr)
-
-    try:
-        encoder = openvino_encoder(model, dtype, log=say)
-        say(f"image encoder on openvino ({encoder.info['precision']}; --encoder-runtime torch for the model's own)")
-        return encoder
-    except Exception as err:  # noqa: BLE001 - auto must not fail a run that torch can do
-        if name != "auto":
-            raise
-        say(f"warning: openvino could not run this model's encoder ({type(err).__name__}: {err}); using torch")
-        return None
+    return encoder_for(
+        name, model, device, dtype, log=lambda message: print(f"monai-cbo {command}: {message}", file=sys.stderr)
+    )
 
 
 def add_preprocess_options(p: argparse.ArgumentParser) -> None:

@@ -152,8 +152,9 @@ class AdapterStore:
     """The model the infer tasks use: the newest adapter the train task wrote into ``models_dir``, else
     ``base`` (the bundle's or the given adapter), else zero-shot LiteMedSAM. Reloaded when a newer one lands."""
 
-    def __init__(self, models_dir: Path, base: Path | None, device: str | None) -> None:
+    def __init__(self, models_dir: Path, base: Path | None, device: str | None, runtime: str = "auto") -> None:
         self.models_dir, self.base, self.device = Path(models_dir), base, device or None
+        self.runtime = runtime or "auto"  # what runs the image encoder (monai_cbo.networks.runtime)
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._inferer: SliceWiseInferer | None = None
@@ -166,6 +167,7 @@ class AdapterStore:
     def inferer(self) -> tuple[SliceWiseInferer, Path | None]:
         from ..models import load_segmenter
         from ..networks import build_model
+        from ..networks.runtime import encoder_for
 
         path = self.current_path()
         key = (str(path), path.stat().st_mtime_ns) if path else (None, None)
@@ -174,7 +176,10 @@ class AdapterStore:
                 model = load_segmenter(path) if path else build_model("litemedsam")
                 logger.info("infer tasks now use %s", path or "zero-shot LiteMedSAM")
                 memo = SliceCache(DECODE_MEMO_MIB)  # keyed by embedding content and prompts: this model's only
-                self._inferer = SliceWiseInferer(model, device=self.device, decode_memo=memo)
+                inferer = SliceWiseInferer(model, device=self.device, decode_memo=memo)
+                # once per model: a new adapter is converted (seconds) before its first answer, then encodes faster
+                inferer.encoder = encoder_for(self.runtime, inferer.model, inferer.device, log=logger.info)
+                self._inferer = inferer
                 self._key = key
                 self._studies.clear()  # another model, other embeddings
             return self._inferer, path
@@ -330,7 +335,9 @@ class MonaiCboApp(MONAILabelApp):
         self.bundle = load_bundle(name) if name else None
         adapter = conf.get("adapter") or (str(self.bundle.adapter) if self.bundle and self.bundle.adapter else "")
         self.task = self.bundle.task if self.bundle else TaskSpec(preprocess=Preprocess(conf.get("modality") or "ct"))
-        self.store = AdapterStore(self.work / "models", Path(adapter) if adapter else None, conf.get("device"))
+        self.store = AdapterStore(
+            self.work / "models", Path(adapter) if adapter else None, conf.get("device"), conf.get("encoder_runtime")
+        )
         labels = list(self.bundle.class_names) if self.bundle else None
         super().__init__(
             app_dir=app_dir,

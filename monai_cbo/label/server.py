@@ -118,6 +118,7 @@ def serve(
     max_train_minutes: float = 30.0,
     allow_image_overwrite: bool = False,
     infer_queue: int = 4,
+    encoder_runtime: str = "auto",
 ) -> int:
     """Start MONAI Label on ``studies`` with the monai_cbo app; returns when the server stops.
 
@@ -163,6 +164,7 @@ def serve(
         "bundle": bundle or "",
         "adapter": str(Path(adapter).resolve()) if adapter else "",
         "device": device or "",
+        "encoder_runtime": encoder_runtime,
         "modality": modality,
         "max_train_minutes": str(float(max_train_minutes)),
         "allow_image_overwrite": str(bool(allow_image_overwrite)).lower(),
@@ -236,6 +238,7 @@ def _run(args: argparse.Namespace) -> int:
         max_train_minutes=args.max_train_minutes,
         allow_image_overwrite=args.allow_image_overwrite,
         infer_queue=args.infer_queue,
+        encoder_runtime=args.encoder_runtime,
     )
 
 
@@ -268,6 +271,16 @@ def add_parser(sub) -> None:
     p.add_argument("--modality", default="ct", choices=["ct", "mri"], help="without --bundle: intensity scaling (ct)")
     p.add_argument("--work", default="runs/label", help="work folder: the app, fine-tuned adapters (runs/label)")
     p.add_argument("--device", default=None, help="torch device for inference (default CUDA when present)")
+    from ..networks.runtime import RUNTIMES, default_runtime
+
+    p.add_argument(
+        "--encoder-runtime",
+        choices=RUNTIMES,
+        default=default_runtime(),
+        help="what runs the image encoder: auto (default) is openvino where it is installed and inference runs on "
+        "the CPU (the same masks, the encoder about 2x faster; each new adapter is converted once, in seconds, "
+        "before its first answer), else torch; as monai-cbo segment's",
+    )
     p.add_argument(
         "--token",
         default=None,

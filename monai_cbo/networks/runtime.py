@@ -35,6 +35,7 @@ __all__ = [
     "RUNTIME_ENV",
     "cache_dir",
     "default_runtime",
+    "encoder_for",
     "encoder_key",
     "frozen_copy",
     "frozen_encode",
@@ -78,6 +79,45 @@ def resolve_runtime(name: str, device: torch.device | str, model: nn.Module) -> 
         return name
     single = hasattr(model, "image_encoder") and hasattr(model, "img_size")
     return "openvino" if torch.device(device).type == "cpu" and single and openvino_available() else "torch"
+
+
+def encoder_for(
+    name: str,
+    model: nn.Module,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The encoder of runtime ``name`` for ``model`` on ``device`` in ``dtype`` (None: fp32): a callable for
+    :class:`~monai_cbo.inferers.SliceWiseInferer`'s ``encoder``, or None for the model's own (torch). ``auto``
+    falls back to torch, saying so through ``log``, when OpenVINO cannot convert or run the model; ``openvino``
+    asked for by name raises instead.
+
+    Raises:
+        ValueError: ``openvino`` on a CUDA device or for an ensemble of adapters (the message says what to give).
+        ImportError: ``openvino`` and the package is not installed (the message says how to install it).
+    """
+    device = torch.device(device)
+    if name == "openvino":
+        if device.type != "cpu":
+            raise ValueError(
+                "--encoder-runtime openvino runs on the CPU; give --device cpu, or --encoder-runtime torch"
+            )
+        if not hasattr(model, "image_encoder"):
+            raise ValueError("--encoder-runtime openvino runs one model: give one adapter, or --encoder-runtime torch")
+    if resolve_runtime(name, device, model) == "torch":
+        return None
+    try:
+        encoder = openvino_encoder(model, dtype, log=log)
+    except Exception as err:  # noqa: BLE001 - auto must not fail what torch can do
+        if name != "auto":
+            raise
+        if log:
+            log(f"warning: openvino could not run this model's encoder ({type(err).__name__}: {err}); using torch")
+        return None
+    if log:
+        log(f"image encoder on openvino ({encoder.info['precision']}; --encoder-runtime torch for the model's own)")
+    return encoder
 
 
 def cache_dir() -> Path:
