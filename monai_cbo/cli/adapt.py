@@ -105,6 +105,12 @@ def add_parser(sub) -> None:
         help="keep the library's propagation stop rules instead of choosing them for this adapter on the volumes "
         "(the sweep takes up to 30%% of --minutes)",
     )
+    p.add_argument(
+        "--allow-few-slices",
+        action="store_true",
+        help="train even when a class shows on fewer than 8 slices of the volumes (refused by default: such an "
+        "adapter overfitted them and segmented unseen cases far below zero-shot, docs/benchmarks/fewshot.md)",
+    )
     p.add_argument("--model", default="litemedsam", choices=sorted(MODELS), help="base model (default litemedsam)")
     p.add_argument("--checkpoint", default=None, help="the base model's weights file (SAM ViT-B/L/H)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cuda when there is one)")
@@ -185,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
                 precision=args.precision,
                 resume=args.resume,
                 stop_sweep=args.stop_sweep,
+                allow_few_slices=args.allow_few_slices,
                 command=command,
             )
     except InputProblems as err:
