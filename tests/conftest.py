@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from monai_cbo import precision
-from monai_cbo.networks.runtime import RUNTIME_ENV
+from monai_cbo.networks.runtime import CACHE_ENV, RUNTIME_ENV
 from monai_cbo.utils import keep_freed_memory
 
 keep_freed_memory()  # as the command line does: LiteMedSAM runs ~1.6x faster on the CPU
@@ -20,6 +21,8 @@ keep_freed_memory()  # as the command line does: LiteMedSAM runs ~1.6x faster on
 # their figures do not depend on the extras; the openvino runtime and auto's choice have their own tests
 # (tests/networks/test_runtime.py)
 os.environ[RUNTIME_ENV] = "torch"
+# and a model converted for openvino by a test goes to a folder of this run, never the user's ~/.cache
+os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="monai_cbo_test_cache_")
 
 #: the library's precision policies as shipped, before the session fixture below pins them
 SHIPPED_PRECISION = {name: getattr(precision, name) for name in ("CPU_AUTO_BF16", "CPU_AUTO_BF16_TRAINING")}

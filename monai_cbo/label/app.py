@@ -152,9 +152,12 @@ class AdapterStore:
     """The model the infer tasks use: the newest adapter the train task wrote into ``models_dir``, else
     ``base`` (the bundle's or the given adapter), else zero-shot LiteMedSAM. Reloaded when a newer one lands."""
 
-    def __init__(self, models_dir: Path, base: Path | None, device: str | None, runtime: str = "auto") -> None:
+    def __init__(self, models_dir: Path, base: Path | None, device: str | None, runtime: str | None = None) -> None:
+        from ..networks.runtime import default_runtime
+
         self.models_dir, self.base, self.device = Path(models_dir), base, device or None
-        self.runtime = runtime or "auto"  # what runs the image encoder (monai_cbo.networks.runtime)
+        # what runs the image encoder (monai_cbo.networks.runtime): the server's --encoder-runtime, else the default
+        self.runtime = runtime or default_runtime()
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._inferer: SliceWiseInferer | None = None
