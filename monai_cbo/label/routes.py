@@ -134,6 +134,25 @@ class _Dispatch:
             )(scope, receive, send)
 
 
+def _starting(listed: list[dict]) -> bool:
+    """Whether MONAI Label has queued a task whose process has not started yet: a task is listed as SUBMITTED as
+    soon as it is queued, its process only once a worker thread has started it, so a second request in between
+    would queue a second training behind the first. A task SUBMITTED over a minute ago whose process never
+    came (its thread failed) does not count, so it cannot block training for good."""
+    from datetime import datetime, timedelta
+
+    recent = datetime.today() - timedelta(minutes=1)
+    for task in listed:
+        if task.get("status") != "SUBMITTED":
+            continue
+        try:
+            if datetime.strptime(task.get("start_ts", ""), "%Y-%m-%d %H:%M:%S") >= recent:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def harden(
     api: FastAPI,
     work: Path,
@@ -148,7 +167,7 @@ def harden(
     Call it before the server starts: MONAI Label's middleware list is read at its first request. Its CORS is
     removed; with ``origins`` named, only they may call, without cookies."""
     from monailabel.interfaces.utils.app import app_instance
-    from monailabel.utils.async_tasks.utils import processes
+    from monailabel.utils.async_tasks.utils import processes, tasks
 
     theirs = api
     if api.middleware_stack is not None:
@@ -236,7 +255,7 @@ def harden(
             raise Refused(404, f"no train task {model!r} on this server; its train tasks: {', '.join(trainers)}")
         if run_sync or enqueue:
             raise Refused(422, "run_sync and enqueue are not offered: one training runs at a time, in the background")
-        if processes("train"):
+        if processes("train") or _starting(tasks("train")):
             raise Refused(
                 429, "a training is already running; wait for it (GET /train/) or stop it (DELETE /train/) first"
             )

@@ -28,3 +28,23 @@ def test_links_to_volumes_outside_the_studies_folder_are_named_at_start(tmp_path
     _check_studies(studies)
     err = capsys.readouterr().err
     assert "1 volume(s) cannot be served, they are links to files outside the studies folder: 'link.nii.gz'" in err
+
+
+def test_a_training_queued_but_not_yet_started_counts_as_running():
+    """MONAI Label lists a task as SUBMITTED before a worker thread starts its process: a second train request in
+    that moment is refused too; a SUBMITTED task over a minute old (its thread failed) no longer blocks."""
+    from datetime import datetime, timedelta
+
+    import pytest
+
+    pytest.importorskip("fastapi", reason="the label extra is not installed")
+    from monai_cbo.label.routes import _starting
+
+    def ts(minutes_ago: float) -> str:
+        return (datetime.today() - timedelta(minutes=minutes_ago)).strftime("%Y-%m-%d %H:%M:%S")
+
+    assert _starting([{"status": "SUBMITTED", "start_ts": ts(0)}])
+    assert not _starting([{"status": "SUBMITTED", "start_ts": ts(5)}])
+    assert not _starting([{"status": "DONE", "start_ts": ts(0)}, {"status": "ERROR", "start_ts": ts(0)}])
+    assert not _starting([{"status": "SUBMITTED", "start_ts": "yesterday"}, {"status": "SUBMITTED"}])
+    assert not _starting([])
