@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ keep_freed_memory()  # as the command line does: LiteMedSAM runs ~1.6x faster on
 os.environ[RUNTIME_ENV] = "torch"
 # and a model converted for openvino by a test goes to a folder of this run, never the user's ~/.cache
 os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="monai_cbo_test_cache_")
+atexit.register(shutil.rmtree, os.environ[CACHE_ENV], ignore_errors=True)
 
 #: the library's precision policies as shipped, before the session fixture below pins them
 SHIPPED_PRECISION = {name: getattr(precision, name) for name in ("CPU_AUTO_BF16", "CPU_AUTO_BF16_TRAINING")}
