@@ -34,6 +34,7 @@ __all__ = [
     "RUNTIMES",
     "RUNTIME_ENV",
     "cache_dir",
+    "convert_encode",
     "default_runtime",
     "encoder_for",
     "encoder_key",
@@ -238,17 +239,23 @@ def openvino_encoder(
     return encode
 
 
+def convert_encode(ov, model: nn.Module):
+    """``model.encode`` (normalisation included) converted by ``openvino.convert_model`` from a frozen fp32 CPU
+    copy, for a batch of one image of the model's input size: an ``openvino.Model``, in memory."""
+    size = int(model.img_size)
+    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python ints and asserts
+        return ov.convert_model(frozen_encode(model), example_input=example, input=[tuple(example.shape)])
+
+
 def _convert(ov, model: nn.Module, folder: Path, log: Callable[[str], None] | None) -> None:
     """Convert ``model.encode`` to OpenVINO IR (fp32 weights) into ``folder``, atomically: written beside it and
     renamed, so a process that stops half-way or a second one converting at the same time leaves no torn model."""
-    size = int(model.img_size)
-    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     if log:
         log(f"converting the image encoder for openvino once (kept in {folder.parent}; later runs read it)")
     start = time.perf_counter()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        converted = ov.convert_model(frozen_encode(model), example_input=example, input=[tuple(example.shape)])
+    converted = convert_encode(ov, model)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

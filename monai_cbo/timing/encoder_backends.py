@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..networks.runtime import frozen_copy, frozen_encode
+from ..networks.runtime import convert_encode, frozen_copy, frozen_encode
 
 __all__ = [
     "BACKENDS",
@@ -221,11 +221,8 @@ def openvino_encoder(model: nn.Module, threads: int | None = None, precision: st
     except ImportError as err:
         raise _missing("openvino", "openvino", err) from err
     threads = threads or torch.get_num_threads()
-    example = _example(model)
     start = time.perf_counter()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        converted = ov.convert_model(frozen_encode(model), example_input=example, input=[tuple(example.shape)])
+    converted = convert_encode(ov, model)
     config: dict = {"INFERENCE_NUM_THREADS": threads}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
