@@ -74,7 +74,7 @@ MOVED = {
 #: resolved value holding exactly that is what was recorded without it
 ADDED = {
     "Preprocess": {"mri_percentiles": [0.5, 99.5]},
-    "PropagationConfig": {"click_boxes": False, "click_mask_prompt": False},
+    "PropagationConfig": {"click_boxes": False, "click_box_points": False, "click_mask_prompt": False},
 }
 #: values pinned so that nothing is built or read: the model's input size, and the CPU
 PINNED = {"img_size": 256, "device": "$torch.device('cpu')", "amp": False}

@@ -17,6 +17,7 @@ from monai_cbo.inferers import (
 from monai_cbo.inferers.propagation import (
     STOP_RULES,
     StopMeasures,
+    box_edit_leftovers,
     click_box,
     matching_classes,
     stop_measures,
@@ -349,6 +350,42 @@ def test_click_box_widens_for_a_miss_and_cuts_the_nearest_side_past_a_leak():
     # outside the box a background point changes nothing; no points, no change
     assert click_box(box, [[5, 5]], [0], 2, (64, 64)).tolist() == box.tolist()
     assert click_box(box, np.zeros((0, 2)), np.zeros(0), 2, (64, 64)).tolist() == box.tolist()
+
+
+def test_box_edit_leftovers_are_the_points_a_box_edit_cannot_carry():
+    box = np.array([10, 10, 40, 30], dtype=np.float32)
+    points = np.array([[50, 20], [20, 25], [38, 12], [5, 5]], dtype=np.float32)
+    labels = np.array([1, 1, 0, 0])  # fg outside, fg inside, bg inside (cut), bg outside (a leak past the box)
+    edited = click_box(box, points, labels, 2, (64, 64))
+    assert edited.tolist() == [10, 13, 52, 30]
+    assert box_edit_leftovers(box, edited, points, labels).tolist() == [False, True, False, True]
+    # a background cut refused (it would leave a foreground point out, on every side): the point stays inside
+    squeezed = np.array([[25, 20], [24, 19], [26, 21]], dtype=np.float32)
+    tight = np.array([22, 17, 28, 23], dtype=np.float32)
+    kept = click_box(tight, squeezed, [0, 1, 1], 2, (64, 64))
+    assert box_edit_leftovers(tight, kept, squeezed, np.array([0, 1, 1])).tolist() == [True, True, True]
+
+
+def test_click_box_points_send_the_points_a_box_edit_cannot_carry_to_the_decoder():
+    """Off (the default) a foreground click inside the box changes nothing: the decoder gets the same box. On, it
+    goes to the decoder as a point with the box, on the slices it reaches; a click the edit carried does not."""
+    scene = _blob_scene()
+    inferer = SceneInferer(scene)
+    key = KeyBox(12, np.array([16, 16, 48, 48], dtype=np.float32))
+    inside = {12: (np.array([[32.0, 32.0], [47.0, 47.0]]), np.array([1, 0]))}  # fg inside, bg cut by the edit
+
+    def seen(**settings) -> dict[int, object]:
+        inferer.prompts.clear()
+        config = PropagationConfig(min_overlap=0.0, point_reach=1, **settings)
+        propagate(inferer, VOLUME, ObjectPrompt([key], points=inside), config)
+        return {z: prompts[-1] for z, prompts in inferer.prompts.items()}
+
+    off, on = seen(), seen(click_box_points=True)
+    assert all(p.points is None for p in off.values())
+    for z in (11, 12, 13):
+        assert on[z].points.tolist() == [[32.0, 32.0]] and on[z].point_labels.tolist() == [1]
+        assert np.array_equal(on[z].box, off[z].box)  # the same edited box
+    assert all(on[z].points is None for z in on if z not in (11, 12, 13))
 
 
 def test_click_boxes_turn_correction_points_into_box_edits_the_decoder_never_sees():
