@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         "entry's 'precision' says which, see cpu_speed.md)",
     )
     p.add_argument(
+        "--preset",
+        default=None,
+        help="adapt's --preset (e.g. adapter: the default adapter_cbo without CBO, to pair CBO against its base at "
+        "each N); the runs are named ..._{preset}. Without it, the recipe's",
+    )
+    p.add_argument(
         "--tag",
         default="",
         help="appended to the run's name (..._{tag}), to keep runs of another machine or setting apart",
@@ -190,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = ["--steps", str(args.steps), "--decoder-steps", str(args.decoder_steps)]
     clicks = [] if args.click_share is None else ["--click-share", str(args.click_share)]
     precision = [] if args.precision is None else ["--precision", args.precision]
+    preset = [] if args.preset is None else ["--preset", args.preset]
     if args.decoder_share is not None and args.steps is None:
         budget += ["--decoder-share", str(args.decoder_share)]
     for n in [int(v) for v in args.n.split(",")]:
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             key += f"_clicks{args.click_share:g}" if args.click_share is not None and n else ""
             key += f"_dec{args.decoder_share:g}" if args.decoder_share is not None and args.steps is None and n else ""
             key += f"_{args.precision}" if args.precision is not None and n else ""
+            key += f"_{args.preset}" if args.preset is not None and n else ""
             key += f"_{args.tag}" if args.tag else ""
             run = root / key
             bundle = run / "bundle"
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.time()
                 _run(
                     [*cli, "adapt", str(datalist), "-o", str(bundle), "--classes", spec["classes"], "--seed",
-                     str(seed), *budget, *clicks, *precision, *resume, *spec.get("adapt_options", [])],
+                     str(seed), *budget, *clicks, *precision, *preset, *resume, *spec.get("adapt_options", [])],
                     run / "adapt.log",
                 )  # fmt: skip
                 print(f"  adapted in {(time.time() - start) / 60:.1f} min", flush=True)
