@@ -165,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         "each N); the runs are named ..._{preset}. Without it, the recipe's",
     )
     p.add_argument(
+        "--auto-share",
+        type=float,
+        default=None,
+        help="adapt's --auto-share (the share of steps with no prompt, training the class prompts); the runs are "
+        "named ..._auto{share}. Without it, the recipe's",
+    )
+    p.add_argument(
         "--tag",
         default="",
         help="appended to the run's name (..._{tag}), to keep runs of another machine or setting apart",
@@ -196,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         budget = ["--steps", str(args.steps), "--decoder-steps", str(args.decoder_steps)]
     clicks = [] if args.click_share is None else ["--click-share", str(args.click_share)]
     precision = [] if args.precision is None else ["--precision", args.precision]
-    preset = [] if args.preset is None else ["--preset", args.preset]
+    recipe = [] if args.preset is None else ["--preset", args.preset]
+    recipe += [] if args.auto_share is None else ["--auto-share", str(args.auto_share)]
     if args.decoder_share is not None and args.steps is None:
         budget += ["--decoder-share", str(args.decoder_share)]
     for n in [int(v) for v in args.n.split(",")]:
@@ -206,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             key += f"_dec{args.decoder_share:g}" if args.decoder_share is not None and args.steps is None and n else ""
             key += f"_{args.precision}" if args.precision is not None and n else ""
             key += f"_{args.preset}" if args.preset is not None and n else ""
+            key += f"_auto{args.auto_share:g}" if args.auto_share is not None and n else ""
             key += f"_{args.tag}" if args.tag else ""
             run = root / key
             bundle = run / "bundle"
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.time()
                 _run(
                     [*cli, "adapt", str(datalist), "-o", str(bundle), "--classes", spec["classes"], "--seed",
-                     str(seed), *budget, *clicks, *precision, *preset, *resume, *spec.get("adapt_options", [])],
+                     str(seed), *budget, *clicks, *precision, *recipe, *resume, *spec.get("adapt_options", [])],
                     run / "adapt.log",
                 )  # fmt: skip
                 print(f"  adapted in {(time.time() - start) / 60:.1f} min", flush=True)
