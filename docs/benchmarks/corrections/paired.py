@@ -8,6 +8,14 @@ area under the curve (mean over rounds), the targets ending below their start, a
 first answer's (the mean over targets of round seconds / round-0 seconds)::
 
     python docs/benchmarks/corrections/paired.py zero=runs/clicks/spinal_zero adapter=runs/clicks/spinal_n1_s0
+
+With ``--protocols`` it compares the prompt protocols instead (a box on every slice, one key box, ...): the mean
+3D Dice of each run on the shared targets and, for every run after the first, its mean difference to the first
+and on how many targets it is higher / lower::
+
+    H=runs/fewshot/hippocampus
+    python docs/benchmarks/corrections/paired.py --protocols cbo=$H/n4_s0_dec0.3_bf16_fastcpu/score \
+        base=$H/n4_s0_adapter_fastcpu/score
 """
 
 from __future__ import annotations
@@ -81,9 +89,35 @@ def per_target(runs: dict[str, dict], start: str) -> list[str]:
     return lines
 
 
+PROTOCOLS = ("per_slice", "one_key", "box3d", "three_keys", "automatic")
+
+
+def protocol_table(runs: dict[str, dict]) -> list[str]:
+    common = sorted(set.intersection(*(set(r) for r in runs.values())))
+    shown = [p for p in PROTOCOLS if all(p in r[k] for r in runs.values() for k in common)]
+    if not common or not shown:
+        return []
+    lines = [f"| run | targets | {' | '.join(shown)} |", "|---|---:|" + "---:|" * len(shown)]
+    first = next(iter(runs.values()))
+    for label, run in runs.items():
+        cells = []
+        for p in shown:
+            mine = [float(run[k][p]["dice"]) for k in common]
+            cell = f"{sum(mine) / len(mine):.3f}"
+            if run is not first:
+                ref = [float(first[k][p]["dice"]) for k in common]
+                diff = [a - b for a, b in zip(mine, ref, strict=True)]
+                up, down = sum(d > 0 for d in diff), sum(d < 0 for d in diff)
+                cell += f" ({sum(diff) / len(diff):+.3f}; {up} up, {down} down)"
+            cells.append(cell)
+        lines.append(f"| {label} | {len(common)} | {' | '.join(cells)} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="LABEL=RUN")
+    p.add_argument("--protocols", action="store_true", help="compare the prompt protocols, not the click rounds")
     args = p.parse_args(argv)
     runs = {}
     for item in args.runs:
@@ -91,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not label:
             p.error(f"{item!r}: give LABEL=FOLDER")
         runs[label] = _read(Path(folder))
+    if args.protocols:
+        print("\n".join(protocol_table(runs)))
+        return 0
     for start, name in (("clicks", "a 3D box"), ("fromclick", "one foreground click")):
         lines = table(runs, start)
         if lines:
