@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..bench.config import BenchConfig
-from ..bench.data import BenchData, ClassKey, class_mask
+from ..bench.data import BenchData, ClassKey, class_mask, foreground_slices
 from ..inferers.automatic import AutoConfig
 from ..inferers.propagation import PropagationConfig
 from ..inferers.volume import Preprocess
@@ -285,7 +285,7 @@ def few_foreground_slices(loaded: list, classes: Mapping[ClassKey, str]) -> list
     label maps (sliced view), with the count and the fix; empty when every class has enough."""
     problems = []
     for key, name in classes.items():
-        count = sum(int(class_mask(case.gt, key).any(axis=(0, 1)).sum()) for case in loaded)
+        count = sum(len(foreground_slices(case.gt, [key], 1)) for case in loaded)
         if count < MIN_FOREGROUND_SLICES:
             problems.append(
                 f"class {name} shows on {count} slice(s) of the {len(loaded)} volume(s), fewer than "
