@@ -559,3 +559,50 @@ def test_adapting_on_two_real_volumes_beats_zero_shot_on_a_third(tmp_path):
     adapted_model = load_segmenter(load_bundle(str(out)).adapter_path).eval()
     adapted = validate(adapted_model, held, list(keys), device, embeddings=embeddings)
     assert adapted["boxes"] > zero_shot["boxes"] + 0.02, (zero_shot, adapted)
+
+
+def test_the_stop_sweep_reserve_is_timed_warm_and_counts_each_targets_walks(monkeypatch):
+    from types import SimpleNamespace
+
+    from monai_cbo.adapt import run
+
+    class Slow:  # the first encode pays a start-up cost a warm one does not
+        calls = 0
+
+        def encode(self, volume, slices):
+            Slow.calls += 1
+            time.sleep(0.3 if Slow.calls == 1 else 0.01)
+            yield slices[0], torch.zeros(1)
+
+        def decode(self, embedding, prompts, size):
+            time.sleep(0.005)
+
+    encode, decode = run._sweep_unit_costs(Slow(), torch.zeros(3, 16, 16, 8))
+    assert encode < 0.1 and 0.005 <= decode < 0.1, (encode, decode)
+
+    monkeypatch.setattr(run, "_sweep_unit_costs", lambda inferer, volume: (1.0, 0.1))
+    monkeypatch.setattr("monai_cbo.inferers.slicewise.SliceWiseInferer", lambda net, **kw: None)
+    loaded = [SimpleNamespace(name=n, volume=torch.zeros(3, 8, 8, 8), gt=np.zeros((8, 8, 8))) for n in "abc"]
+    net = torch.nn.Linear(1, 1)
+    # one target: 8 slices x (an encode + 3 walks' decodes) = 10.4 s a volume; 30 % of a minute holds one
+    plan, seconds = run._plan_stop_sweep(net, loaded, ["c"], 1, Budget(minutes=1), "cpu", "fp32", True)
+    assert [c.name for c in plan] == ["c"] and seconds == pytest.approx(10.4)
+    # two minutes hold three volumes of one target, two of two targets (12.8 s each)
+    plan, seconds = run._plan_stop_sweep(net, loaded, ["c"], 1, Budget(minutes=2), "cpu", "fp32", True)
+    assert [c.name for c in plan] == ["c", "a", "b"] and seconds == pytest.approx(31.2)
+    plan, seconds = run._plan_stop_sweep(net, loaded, ["c"], 2, Budget(minutes=2), "cpu", "fp32", True)
+    assert [c.name for c in plan] == ["c", "a"] and seconds == pytest.approx(25.6)
+    assert net.training  # left as training wants it
+
+
+def test_a_minutes_budget_keeps_time_for_the_stop_sweep_and_records_what_it_took(cases, tmp_path):
+    logs: list[str] = []
+    start = time.perf_counter()
+    adapt(cases / "images", cases / "labels", tmp_path / "swept", budget=Budget(minutes=0.5),
+          recipe=Recipe(val_slices=2), model="tiny", log=logs.append)  # fmt: skip
+    elapsed = time.perf_counter() - start
+    stop = json.loads((tmp_path / "swept/models/adapter.json").read_text())["propagation"]
+    assert stop["seconds_reserved"] > 0 and stop["volumes"]
+    assert any("kept for the stop sweep on" in line for line in logs)
+    assert any(line.strip().startswith("stop sweep took") for line in logs)
+    assert elapsed < 0.5 * 60 + 8, elapsed

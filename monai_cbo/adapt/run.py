@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..bench.config import BenchConfig
@@ -171,7 +172,9 @@ def adapt(
         class_values=written_values(list(classes)) if auto else None,
         exclusive=is_exclusive(classes),
     ).to(device)
-    sweep_plan, sweep_seconds = _plan_stop_sweep(net, loaded, validation.cases, budget, device, precision, stop_sweep)
+    sweep_plan, sweep_seconds = _plan_stop_sweep(
+        net, loaded, validation.cases, len(classes), budget, device, precision, stop_sweep
+    )
     seconds = None
     if budget.steps is None:
         seconds = budget.minutes * 60 - (time.perf_counter() - start) - WRITE_RESERVE - sweep_seconds
@@ -183,6 +186,11 @@ def adapt(
         log(
             f"training for {seconds / 60:.1f} min ({recipe.preset}, learning rate {recipe.learning_rate:g}; "
             f"{recipe.decoder_share:.0%} of the time in the decoder stage)"
+            + (
+                f"; {sweep_seconds / 60:.1f} min kept for the stop sweep on {len(sweep_plan)} volume(s)"
+                if sweep_plan
+                else ""
+            )
         )
     else:
         log(
@@ -207,6 +215,8 @@ def adapt(
     propagation, stop_report = PropagationConfig(), None
     if sweep_plan:
         propagation, stop_report = _stop_sweep(net, sweep_plan, list(classes), device, precision, log)
+        if budget.steps is None:  # how well the reserve was estimated, for the record
+            stop_report["seconds_reserved"] = round(sweep_seconds, 1)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     adapter = save_adapter(
         net,
@@ -308,32 +318,61 @@ STOP_TIE = 0.01
 
 
 def _plan_stop_sweep(
-    net, loaded: list, held_back: list[str], budget: Budget, device, precision: str, enabled: bool
+    net,
+    loaded: list,
+    held_back: list[str],
+    targets: int,
+    budget: Budget,
+    device,
+    precision: str,
+    enabled: bool,
 ) -> tuple[list, float]:
     """The volumes the stop sweep records (held-back volumes first, then the smallest) and the seconds kept for it:
-    each slice of a swept volume is encoded once (timed here on one slice) and decoded once per protocol."""
+    each slice of a swept volume is encoded once and, for each of its ``targets`` (classes), decoded about once
+    per recorded protocol (the walks); both timed here on one slice."""
     if not enabled:
         return [], 0.0
+    from ..bench.propagation_sweep import OPEN_PROTOCOLS, RANGED_PROTOCOLS
     from ..inferers.slicewise import SliceWiseInferer
 
     order = sorted(loaded, key=lambda c: (c.name not in held_back, c.gt.shape[-1]))
     if budget.steps is not None:  # no time budget: every volume, nothing to time
         return order, 0.0
-    inferer = SliceWiseInferer(net, device=device, precision=precision)
-    volume = loaded[0].volume
-    tick = time.perf_counter()
-    for _ in inferer.encode(volume, [volume.shape[-1] // 2]):
-        pass
-    per_slice = (time.perf_counter() - tick) * 1.5  # the decodes of three protocols and the class prompts
+    inferer = SliceWiseInferer(net.eval(), device=device, precision=precision)
+    per_slice, per_decode = _sweep_unit_costs(inferer, loaded[0].volume)
     net.train()
     plan, total = [], 0.0
     for case in order:
-        cost = case.gt.shape[-1] * per_slice
+        walks = targets * (len(OPEN_PROTOCOLS) + len(RANGED_PROTOCOLS))
+        cost = case.gt.shape[-1] * (per_slice + walks * per_decode)
         if plan and total + cost > SWEEP_SHARE * budget.minutes * 60:
             break
         plan.append(case)
         total += cost
     return plan, total
+
+
+def _sweep_unit_costs(inferer, volume) -> tuple[float, float]:
+    """Seconds to encode one slice and to decode one box on it, each the faster of two warm calls: the first call
+    pays for kernel selection and allocation, and a reserve timed on it (as before) swung the training time of
+    runs on the same volumes by up to a minute. The decode is timed apart: its share of the sweep does not follow
+    the encoder's speed (a bf16 encoder is faster, the decodes about as slow)."""
+    from ..inferers.slicewise import Prompt2D
+
+    middle = [volume.shape[-1] // 2]
+    encodes, embedding = [], None
+    for _ in range(3):
+        tick = time.perf_counter()
+        embedding = next(iter(inferer.encode(volume, middle)))[1]
+        encodes.append(time.perf_counter() - tick)
+    h, w = volume.shape[1:3]
+    box = Prompt2D(box=np.array([w // 4, h // 4, 3 * w // 4, 3 * h // 4], dtype=np.float32))
+    decodes = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        inferer.decode(embedding, [box], (h, w))
+        decodes.append(time.perf_counter() - tick)
+    return min(encodes[1:]), min(decodes[1:])
 
 
 def _stop_sweep(
@@ -348,6 +387,7 @@ def _stop_sweep(
     volumes = [(c.name, c.volume, [class_mask(c.gt, k) for k in classes]) for c in plan]
     chosen, report = sweep_stop_rules(inferer, volumes, PropagationConfig(), log, tie=STOP_TIE)
     report.update(volumes=[c.name for c in plan], seconds=round(time.perf_counter() - tick, 1))
+    log(f"  stop sweep took {report['seconds'] / 60:.1f} min")
     for family, title in (("open", "one / three key boxes"), ("ranged", "3D box")):
         r = report[family]
         log(
