@@ -402,6 +402,36 @@ def test_the_decoder_stage_encodes_each_slice_once_and_leaves_the_encoder_as_tra
         Budget(steps=0)
 
 
+def test_the_decoder_stage_trains_on_at_most_decoder_slices(cases, tmp_path, monkeypatch):
+    """A bounded pool: the decoder stage encodes no more than ``decoder_slices`` training slices (and a quarter as
+    many without the structure), however many its volumes hold, and draws the same pool on a resumed run."""
+    from monai_cbo.bench.data import BenchData
+
+    keys: set = set()
+    real_batches = adapt_train.training_batches
+
+    def recording(config, data, seed, size):
+        for batch in real_batches(config, data, seed, size):
+            if config.learning_rate == Recipe().decoder_learning_rate:  # the decoder stage's batches
+                keys.update(batch["slice_keys"])
+            yield batch
+
+    monkeypatch.setattr(adapt_train, "training_batches", recording)
+    recipe = Recipe(validations=1, val_slices=2, decoder_slices=5)
+    adapt(cases / "images", cases / "labels", tmp_path / "pool", budget=Budget(steps=1, decoder_steps=40),
+          recipe=recipe, stop_sweep=False, **TINY)  # fmt: skip
+    assert 0 < len(keys) <= 5 + 1, keys  # 40 steps of 2 slices from 3 volumes of 8 would visit about 24
+    data = BenchData.__new__(BenchData)
+    data.slices, data.background = [(0, z) for z in range(20)], [(1, z) for z in range(8)]
+    pool = adapt_train._decoder_pool(data, 6, seed=3)
+    assert len(pool.slices) == 6 and len(pool.background) == 1 and pool is not data
+    assert pool.slices == adapt_train._decoder_pool(data, 6, seed=3).slices  # seeded: a resume draws the same
+    assert data.slices == [(0, z) for z in range(20)]  # the stage before keeps every slice
+    assert adapt_train._decoder_pool(data, None, seed=3) is data and adapt_train._decoder_pool(data, 20, 3) is data
+    with pytest.raises(ValueError, match="decoder_slices must be >= 1"):
+        Recipe(decoder_slices=0)
+
+
 def test_minutes_stop_training_on_time(cases, tmp_path):
     logs: list[str] = []
     start = time.perf_counter()

@@ -7,6 +7,7 @@ continues from, the best validated weights kept, an early stop when validation s
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,11 @@ class Recipe:
             back volume adds the slice just past each end of the structure where automatic steps train.
         decoder_share: share of a minutes budget's training time for the decoder stage (the encoder frozen, each
             slice's embedding cached, steps at the decoder's cost); in a steps budget: ``Budget.decoder_steps``.
+        decoder_slices: most training slices the decoder stage trains on (None: all). Its first pass encodes each
+            slice it draws, so the encoding takes a share of its time that grows with the volumes: at 8 hippocampus
+            volumes (180 slices) about half of a 10-minute run's stage. A seeded sample of this many (spread over
+            the volumes as the slices are), plus a quarter as many slices without the structure for its automatic
+            steps, keeps the stage's steps.
         decoder_lr: the decoder stage's peak learning rate (default a third of ``learning_rate``, the setting
             measured in docs/benchmarks/automatic.md).
         click_share: share of the box-prompted steps that simulate a user (a box or a click, then up to
@@ -73,6 +79,7 @@ class Recipe:
     patience: int = 2
     val_slices: int = 8
     decoder_share: float = 0.3
+    decoder_slices: int | None = None
     decoder_lr: float | None = None
     click_share: float = 0.5
     max_clicks: int = 5
@@ -86,8 +93,8 @@ class Recipe:
             value = getattr(self, name)
             if value is not None and (not value > 0 or not math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value}")
-        for name in ("batch_size", "validations", "patience", "val_slices"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "validations", "patience", "val_slices", "decoder_slices"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_clicks < 0:
             raise ValueError(f"max_clicks must be >= 0, got {self.max_clicks}")
@@ -400,7 +407,8 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
     # a frozen encoder gives each validation slice one embedding for the whole stage: encode it once
     embeddings: dict[str, dict] | None = {} if decoder else None
     done = st["step"] - st["stage_step"]
-    batches = training_batches(config, data, recipe.seed, model.img_size)
+    pool = _decoder_pool(data, recipe.decoder_slices, recipe.seed) if decoder else data
+    batches = training_batches(config, pool, recipe.seed, model.img_size)
     for _ in range(done):  # the batches a resumed run has already trained on
         next(batches)
     model.train()
@@ -510,6 +518,19 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         run_validation(None)
     st["stopped"].setdefault(stage, "budget spent")
     checkpoint()
+
+
+def _decoder_pool(data: BenchData, most: int | None, seed: int) -> BenchData:
+    """``data`` with at most ``most`` training slices and a quarter as many without the structure (a seeded
+    sample, the same on a resumed run; :attr:`Recipe.decoder_slices`), or ``data`` itself."""
+    if most is None or len(data.slices) <= most:
+        return data
+    rng = np.random.default_rng([seed, 2])
+    pool = copy.copy(data)
+    pool.slices = [data.slices[i] for i in sorted(rng.choice(len(data.slices), most, replace=False))]
+    few = min(len(data.background), max(1, most // 4))
+    pool.background = [data.background[i] for i in sorted(rng.choice(len(data.background), few, replace=False))]
+    return pool
 
 
 def _weights(model: SamSegmenter, names: list[str]) -> dict[str, torch.Tensor]:

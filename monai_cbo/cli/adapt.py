@@ -76,6 +76,12 @@ def add_parser(sub) -> None:
         default=None,
         help="with --minutes: the share of the training time for the decoder stage (default: the recipe's)",
     )
+    p.add_argument(
+        "--decoder-slices",
+        type=int,
+        default=None,
+        help="most training slices the decoder stage trains on (each is encoded once; default: the recipe's)",
+    )
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="PEFT preset (default: the recipe's)")
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--auto-share", type=float, default=None, help="share of automatic steps (default: the recipe's)")
@@ -152,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             ("learning_rate", args.learning_rate),
             ("auto_share", args.auto_share),
             ("decoder_share", args.decoder_share),
+            ("decoder_slices", args.decoder_slices),
             ("click_share", args.click_share),
             ("seed", args.seed),
         )

@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         "are named ..._dec{share}. Without it, the recipe's",
     )
     p.add_argument(
+        "--decoder-slices",
+        type=int,
+        default=None,
+        help="adapt's --decoder-slices (most slices the decoder stage trains on); the runs are named "
+        "..._dslices{K}. Without it, the recipe's",
+    )
+    p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default=None,
@@ -207,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     recipe += [] if args.auto_share is None else ["--auto-share", str(args.auto_share)]
     if args.decoder_share is not None and args.steps is None:
         budget += ["--decoder-share", str(args.decoder_share)]
+    recipe += [] if args.decoder_slices is None else ["--decoder-slices", str(args.decoder_slices)]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
             key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
             key += f"_clicks{args.click_share:g}" if args.click_share is not None and n else ""
             key += f"_dec{args.decoder_share:g}" if args.decoder_share is not None and args.steps is None and n else ""
+            key += f"_dslices{args.decoder_slices}" if args.decoder_slices is not None and n else ""
             key += f"_{args.precision}" if args.precision is not None and n else ""
             key += f"_{args.preset}" if args.preset is not None and n else ""
             key += f"_auto{args.auto_share:g}" if args.auto_share is not None and n else ""
