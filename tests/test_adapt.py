@@ -636,3 +636,18 @@ def test_a_minutes_budget_keeps_time_for_the_stop_sweep_and_records_what_it_took
     assert any("kept for the stop sweep on" in line for line in logs)
     assert any(line.strip().startswith("stop sweep took") for line in logs)
     assert elapsed < 0.5 * 60 + 8, elapsed
+
+
+def test_held_back_volumes_validate_on_the_structure_inside_not_its_end_slices():
+    """With many volumes each held-back one gives few slices: they come from inside the structure (where it is
+    its size), with the slices just past its ends for the learned stop, never its first or last few pixels."""
+    from types import SimpleNamespace
+
+    gt = np.zeros((16, 16, 24), dtype=np.uint8)
+    gt[4:12, 4:12, 2:22] = 1  # the structure on slices 2 .. 21
+    cases = [SimpleNamespace(name=f"case_{i:02d}", gt=gt) for i in range(16)]
+    train, validation = adapt_train.split_validation(cases, [1], Recipe(val_slices=8))
+    assert len(train) == 12 and len(validation.cases) == 4
+    for name in validation.cases:
+        zs = sorted(z for case, z in validation.items if case.name == name)
+        assert zs == [1, 7, 17, 22], zs  # two inside (quarter and three-quarter marks) and the two just past

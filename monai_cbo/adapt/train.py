@@ -145,9 +145,13 @@ class Validation:
 
 
 def _spread(items: list[int], count: int) -> list[int]:
+    """``count`` of ``items`` evenly spread, each the middle of its share: with two, the quarter and three-quarter
+    marks. Spreading from end to end instead gave two slices per held-back volume (16 volumes: 4 held back, 8
+    slices) the structure's first and last, where it is a few pixels: boxes scored 0.49-0.63 there, against
+    0.83-0.86 with 8 volumes, and that signal chose the weights and the early stop."""
     if len(items) <= count:
         return list(items)
-    return [items[int(round(i))] for i in np.linspace(0, len(items) - 1, count)]
+    return [items[int((i + 0.5) * len(items) / count)] for i in range(count)]
 
 
 def split_validation(
