@@ -353,10 +353,11 @@ def _plan_stop_sweep(
 
 
 def _sweep_unit_costs(inferer, volume) -> tuple[float, float]:
-    """Seconds to encode one slice and to decode one box on it, each the faster of two warm calls: the first call
-    pays for kernel selection and allocation, and a reserve timed on it (as before) swung the training time of
-    runs on the same volumes by up to a minute. The decode is timed apart: its share of the sweep does not follow
-    the encoder's speed (a bf16 encoder is faster, the decodes about as slow)."""
+    """Seconds to encode one slice and to decode one box on it, each the faster of two calls after a first (which
+    pays for allocation: 5-10 % more here). The decodes are timed apart: the reserve used to be 1.5 x the first
+    encode, and was 1.8-2.3 x what the sweep took on five recorded 10-minute hippocampus runs; encode plus the
+    walks' timed decodes is 1.6-1.8 x (docs/benchmarks/fewshot.md, reserve_check.py): still on the safe side,
+    and 0.3-1.2 more minutes to train."""
     from ..inferers.slicewise import Prompt2D
 
     middle = [volume.shape[-1] // 2]

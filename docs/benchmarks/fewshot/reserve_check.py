@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     sweep = record["propagation"]
     loaded, classes, _ = check_and_load(cases_from_datalist(run / "datalist.json"), Preprocess(), None, print)
     swept = [c for c in loaded if c.name in sweep["volumes"]]
-    net = build_segmenter("litemedsam", None, record.get("preset", "adapter_cbo"), class_names=["a"] * len(classes))
+    net = build_segmenter(
+        "litemedsam", None, record.get("preset", "adapter_cbo"), class_names=[f"c{i}" for i in range(len(classes))]
+    )
     inferer = SliceWiseInferer(net.eval(), device=torch.device("cpu"), precision=args.precision)
     volume = loaded[0].volume
     tick = time.perf_counter()  # the old planner: one encode, the first, times 1.5
