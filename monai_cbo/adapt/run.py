@@ -341,9 +341,9 @@ def _plan_stop_sweep(
     inferer = SliceWiseInferer(net.eval(), device=device, precision=precision)
     per_slice, per_decode = _sweep_unit_costs(inferer, loaded[0].volume)
     net.train()
+    walks = targets * (len(OPEN_PROTOCOLS) + len(RANGED_PROTOCOLS))
     plan, total = [], 0.0
     for case in order:
-        walks = targets * (len(OPEN_PROTOCOLS) + len(RANGED_PROTOCOLS))
         cost = case.gt.shape[-1] * (per_slice + walks * per_decode)
         if plan and total + cost > SWEEP_SHARE * budget.minutes * 60:
             break

@@ -52,11 +52,12 @@ class Recipe:
             back volume adds the slice just past each end of the structure where automatic steps train.
         decoder_share: share of a minutes budget's training time for the decoder stage (the encoder frozen, each
             slice's embedding cached, steps at the decoder's cost); in a steps budget: ``Budget.decoder_steps``.
-        decoder_slices: most training slices the decoder stage trains on (None: all). Its first pass encodes each
-            slice it draws, so the encoding takes a share of its time that grows with the volumes: at 8 hippocampus
-            volumes (180 slices) about half of a 10-minute run's stage. A seeded sample of this many (spread over
-            the volumes as the slices are), plus a quarter as many slices without the structure for its automatic
-            steps, keeps the stage's steps.
+        decoder_slices: most training slices the decoder stage trains on (None: all): a seeded sample of this many
+            (spread over the volumes as the slices are), plus a quarter as many without the structure for its
+            automatic steps. Its first pass encodes each slice it draws, a cost that grows with the volumes (8
+            hippocampus volumes: 180 slices in a 2-minute stage that trained 162 steps, against 105 slices and
+            about 330 steps at 4). Off by default: bounded to 120, the stage's steps at 8 and 16 volumes did not
+            come back (docs/benchmarks/fewshot.md).
         decoder_lr: the decoder stage's peak learning rate (default a third of ``learning_rate``, the setting
             measured in docs/benchmarks/automatic.md).
         click_share: share of the box-prompted steps that simulate a user (a box or a click, then up to
