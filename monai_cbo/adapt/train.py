@@ -148,7 +148,7 @@ class Validation:
 def _spread(items: list[int], count: int) -> list[int]:
     """``count`` of ``items`` evenly spread, each the middle of its share: with two, the quarter and three-quarter
     marks. Spreading from end to end instead gave two slices per held-back volume (16 volumes: 4 held back, 8
-    slices) the structure's first and last, where it is a few pixels: boxes scored 0.49-0.63 there, against
+    slices) the structure's first and last, where it is smallest: boxes scored 0.49-0.63 there, against
     0.83-0.86 with 8 volumes, and that signal chose the weights and the early stop."""
     if len(items) <= count:
         return list(items)
