@@ -332,7 +332,6 @@ def _plan_stop_sweep(
     per recorded protocol (the walks); both timed here on one slice."""
     if not enabled:
         return [], 0.0
-    from ..bench.propagation_sweep import OPEN_PROTOCOLS, RANGED_PROTOCOLS
     from ..inferers.slicewise import SliceWiseInferer
 
     order = sorted(loaded, key=lambda c: (c.name not in held_back, c.gt.shape[-1]))
@@ -341,15 +340,22 @@ def _plan_stop_sweep(
     inferer = SliceWiseInferer(net.eval(), device=device, precision=precision)
     per_slice, per_decode = _sweep_unit_costs(inferer, loaded[0].volume)
     net.train()
-    walks = targets * (len(OPEN_PROTOCOLS) + len(RANGED_PROTOCOLS))
     plan, total = [], 0.0
     for case in order:
-        cost = case.gt.shape[-1] * (per_slice + walks * per_decode)
+        cost = sweep_seconds_estimate(case.gt.shape[-1], targets, per_slice, per_decode)
         if plan and total + cost > SWEEP_SHARE * budget.minutes * 60:
             break
         plan.append(case)
         total += cost
     return plan, total
+
+
+def sweep_seconds_estimate(slices: int, targets: int, encode: float, decode: float) -> float:
+    """The stop sweep's estimated seconds on ``slices`` slices with ``targets`` classes: each slice encoded once
+    and, per target, decoded about once by each recorded protocol's walk."""
+    from ..bench.propagation_sweep import OPEN_PROTOCOLS, RANGED_PROTOCOLS
+
+    return slices * (encode + targets * (len(OPEN_PROTOCOLS) + len(RANGED_PROTOCOLS)) * decode)
 
 
 def _sweep_unit_costs(inferer, volume) -> tuple[float, float]:

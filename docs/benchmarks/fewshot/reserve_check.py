@@ -20,8 +20,7 @@ import torch
 
 def main(argv: list[str] | None = None) -> None:
     from monai_cbo.adapt.inputs import cases_from_datalist, check_and_load
-    from monai_cbo.adapt.run import _sweep_unit_costs
-    from monai_cbo.bench.propagation_sweep import OPEN_PROTOCOLS, RANGED_PROTOCOLS
+    from monai_cbo.adapt.run import _sweep_unit_costs, sweep_seconds_estimate
     from monai_cbo.inferers.slicewise import SliceWiseInferer
     from monai_cbo.inferers.volume import Preprocess
     from monai_cbo.models import build_segmenter
@@ -46,7 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     cold = time.perf_counter() - tick
     encode, decode = _sweep_unit_costs(inferer, volume)
     slices = sum(c.gt.shape[-1] for c in swept)
-    walks = len(classes) * (len(OPEN_PROTOCOLS) + len(RANGED_PROTOCOLS))
     print(
         json.dumps(
             {
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                 "warm_encode_s": round(encode, 3),
                 "warm_decode_s": round(decode, 4),
                 "reserve_before_s": round(slices * cold * 1.5, 1),
-                "reserve_now_s": round(slices * (encode + walks * decode), 1),
+                "reserve_now_s": round(sweep_seconds_estimate(slices, len(classes), encode, decode), 1),
                 "sweep_took_s": sweep["seconds"],
             }
         )
