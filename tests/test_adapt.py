@@ -179,6 +179,42 @@ def test_nested_labels_train_as_regions_and_the_bundle_writes_them_back(cases, t
         parse_class_names("1+1:twice")
 
 
+def test_walk_boxes_change_only_the_boxes_of_box_steps(cases, tmp_path):
+    """``walk_boxes``: a share of the box-prompted slices take the neighbouring slice's grown box (a one-key walk's
+    prompt); the slices, targets and automatic steps stay those of a run without it, and 0 changes nothing."""
+    from monai_cbo.adapt.inputs import check_and_load, pair_folders
+    from monai_cbo.bench.config import BenchConfig
+    from monai_cbo.bench.data import BenchData
+    from monai_cbo.bench.run import training_batches
+    from monai_cbo.inferers import Preprocess
+
+    quiet = TINY["log"]
+    loaded, keys, _ = check_and_load(
+        pair_folders(cases / "images", cases / "labels"), Preprocess(), {1: "organ"}, quiet
+    )
+
+    def batches(walk: float) -> list[dict]:
+        config = BenchConfig(datalist="<t>", out=str(tmp_path), classes=list(keys), steps=30, batch_size=2,
+                             box_jitter=0, auto_share=0.3, walk_boxes=walk)  # fmt: skip
+        data = BenchData.from_cases(config, loaded, [], dict(keys), (), quiet)
+        return list(training_batches(config, data, 0, 64))
+
+    plain, again, walked = batches(0.0), batches(0.0), batches(0.5)
+    for a, b in zip(plain, again, strict=True):
+        assert torch.equal(a["boxes"], b["boxes"])
+    changed = 0
+    for a, b in zip(plain, walked, strict=True):
+        assert a["slice_keys"] == b["slice_keys"] and a["auto_step"] == b["auto_step"]
+        assert torch.equal(a["label"], b["label"]) and torch.equal(a["auto_label"], b["auto_label"])
+        moved = (a["boxes"] != b["boxes"]).any(dim=-1)
+        assert not (a["auto_step"] and moved.any())  # automatic steps have no box to change
+        changed += int(moved.sum())
+    box_slices = sum(2 for a in plain if not a["auto_step"])
+    assert 0.15 * box_slices < changed < 0.85 * box_slices, (changed, box_slices)
+    with pytest.raises(ValueError, match="walk_boxes"):
+        Recipe(walk_boxes=1.5)
+
+
 def test_the_label_app_trains_a_user_bundle_with_its_own_configs(adapted, tmp_path):
     pytest.importorskip("monailabel", reason="the label extra is not installed (pip install -e .[label])")
     from monai_cbo.label.train import FineTune

@@ -39,6 +39,8 @@ class Recipe:
         learning_rate: peak learning rate, on a cosine to 0 over the budget.
         batch_size: slices per step.
         box_jitter: pixels of random box jitter in box-prompted steps.
+        walk_boxes: share of the box-prompted slices whose box is their neighbouring slice's, grown as a
+            propagation grows it: the prompt each slice of a one-key-box walk gets (0: tight jittered boxes only).
         min_foreground: pixels of a class for a slice to be sampled (and given a box).
         auto_share: share of steps that train the class prompts (automatic segmentation and the learned stop);
             0 trains box prompts only.
@@ -73,6 +75,7 @@ class Recipe:
     learning_rate: float = 3e-4
     batch_size: int = 2
     box_jitter: int = 5
+    walk_boxes: float = 0.0
     min_foreground: int = 4
     auto_share: float = 0.75
     background_ratio: float = 0.1
@@ -87,7 +90,7 @@ class Recipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("auto_share", "background_ratio", "decoder_share", "click_share"):
+        for name in ("auto_share", "background_ratio", "decoder_share", "click_share", "walk_boxes"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share: 0 .. 1, got {getattr(self, name)}")
         for name in ("learning_rate", "decoder_lr"):
@@ -401,6 +404,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         batch_size=recipe.batch_size,
         learning_rate=lr,
         box_jitter=recipe.box_jitter,
+        walk_boxes=recipe.walk_boxes,
         min_foreground=recipe.min_foreground,
         auto_share=recipe.auto_share,
         background_ratio=recipe.background_ratio,

@@ -57,6 +57,7 @@ class BenchConfig:
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     box_jitter: int = 5
+    walk_boxes: float = 0.0
     min_foreground: int = 4
     classes: list[int] | None = None
     modality: str = "auto"
@@ -97,9 +98,10 @@ class BenchConfig:
                 f"decoder_steps ({self.decoder_steps}) must be >= 0 and decoder_lr ({self.decoder_lr}) > 0; "
                 "0 decoder steps: no decoder stage"
             )
-        if not (0 <= self.auto_share <= 1 and 0 <= self.background_ratio <= 1):
+        if not (0 <= self.auto_share <= 1 and 0 <= self.background_ratio <= 1 and 0 <= self.walk_boxes <= 1):
             raise ValueError(
-                f"auto_share ({self.auto_share}) and background_ratio ({self.background_ratio}) are shares in [0, 1]"
+                f"auto_share ({self.auto_share}), background_ratio ({self.background_ratio}) and walk_boxes "
+                f"({self.walk_boxes}) are shares in [0, 1]"
             )
         Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)  # validates
         AutoConfig(z_smooth=self.auto_z_smooth)  # validates

@@ -183,14 +183,23 @@ def training_batches(config: BenchConfig, data: BenchData, seed: int, size: int)
 
     With ``auto_share`` 0 the slices and boxes are those of every earlier bench. Otherwise a share ``auto_share``
     of the steps (drawn from their own generator) are automatic, and each of their slices is, with probability
-    ``background_ratio``, swapped for a slice without any class (the model must learn to leave it empty)."""
+    ``background_ratio``, swapped for a slice without any class (the model must learn to leave it empty).
+
+    With ``walk_boxes`` > 0 that share of the box-prompted slices (drawn from a third generator, so the other draws
+    do not change) take their boxes from a neighbouring slice, as a one-key-box walk prompts each slice
+    (:class:`~monai_cbo.transforms.SlicePromptsd`'s ``walk_key``)."""
     auto_key = "auto_label" if config.auto_share > 0 else None
     prompts = SlicePromptsd(
-        size=size, jitter=config.box_jitter, min_pixels=config.min_foreground, auto_label_key=auto_key
+        size=size,
+        jitter=config.box_jitter,
+        min_pixels=config.min_foreground,
+        auto_label_key=auto_key,
+        walk_key="walk" if config.walk_boxes > 0 else None,
     )
     prompts.set_random_state(seed)
     order = data.sample_order(seed, config.steps * config.batch_size)
     draws = np.random.default_rng([seed, 1])
+    walks = np.random.default_rng([seed, 5])
     keys_out = ("image", "label", "boxes") + (("auto_label",) if auto_key else ())
     for step in range(config.steps):
         auto = config.auto_share > 0 and bool(draws.random() < config.auto_share)
@@ -200,7 +209,12 @@ def training_batches(config: BenchConfig, data: BenchData, seed: int, size: int)
                 case_idx, z = data.background[draws.integers(len(data.background))]
             case = data.train[case_idx]
             label = torch.from_numpy(np.stack([class_mask(case.gt[..., z], c) for c in data.classes])).float()
-            samples.append(prompts({"image": case.volume[..., z], "label": label}))
+            sample = {"image": case.volume[..., z], "label": label}
+            if config.walk_boxes > 0:
+                use, side = walks.random() < config.walk_boxes, 1 if walks.random() < 0.5 else -1
+                if use and not auto and 0 <= z + side < case.gt.shape[-1]:
+                    sample["walk"] = np.stack([class_mask(case.gt[..., z + side], c) for c in data.classes])
+            samples.append(prompts(sample))
             keys.append(("train", case_idx, z))
         batch = {**{k: torch.stack([s[k] for s in samples]) for k in keys_out}, "slice_keys": keys}
         if auto_key:

@@ -86,6 +86,13 @@ def add_parser(sub) -> None:
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--auto-share", type=float, default=None, help="share of automatic steps (default: the recipe's)")
     p.add_argument(
+        "--walk-boxes",
+        type=float,
+        default=None,
+        help="share of box steps prompted with the neighbouring slice's grown box, as a one-key-box walk prompts "
+        "each slice (default: the recipe's)",
+    )
+    p.add_argument(
         "--click-share",
         type=float,
         default=None,
@@ -160,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             ("decoder_share", args.decoder_share),
             ("decoder_slices", args.decoder_slices),
             ("click_share", args.click_share),
+            ("walk_boxes", args.walk_boxes),
             ("seed", args.seed),
         )
         if v is not None

@@ -43,6 +43,14 @@ class SlicePromptsd(Randomizable, MapTransform):
         boxes_key: output key of the boxes. Default "boxes".
         auto_label_key: if given, also write the targets of automatic training there: ``[K, S, S]`` binary, every
             class, empty (not :data:`IGNORE`) where absent, however few pixels a class has. Default None.
+        walk_key: if given and present in a sample (``[K, H, W]``, the class channels of a neighbouring slice), a
+            class present on both slices gets the box a propagation would give it there: the neighbour's tight
+            box grown as :class:`~monai_cbo.inferers.PropagationConfig` grows a propagated box (``walk_margin``:
+            its ``margin`` and ``min_margin``, the latter in slice pixels), unjittered. The target stays this
+            slice's mask, so the model learns to segment a slice from its neighbour's box, the prompt every slice
+            of a one-key-box walk gets. Default None.
+        walk_margin: (fraction of the box's side, least slice pixels) a walk box is grown by. Default (0.1, 2.0),
+            the propagation's defaults.
     """
 
     def __init__(
@@ -54,10 +62,15 @@ class SlicePromptsd(Randomizable, MapTransform):
         min_pixels: int = 1,
         boxes_key: str = "boxes",
         auto_label_key: str | None = None,
+        walk_key: str | None = None,
+        walk_margin: tuple[float, float] = (0.1, 2.0),
     ) -> None:
         MapTransform.__init__(self, [image_key, label_key])
         self.image_key, self.label_key, self.boxes_key = image_key, label_key, boxes_key
-        self.auto_label_key = auto_label_key
+        self.auto_label_key, self.walk_key = auto_label_key, walk_key
+        self.walk_margin = (float(walk_margin[0]), float(walk_margin[1]))
+        if min(self.walk_margin) < 0:
+            raise ValueError(f"walk_margin must be >= 0, got {walk_margin}")
         self.size, self.min_pixels = int(size), int(min_pixels)
         self.resize_image = ResizeLongestSidePad(self.size, "bilinear")
         self.resize_label = ResizeLongestSidePad(self.size, "nearest")
@@ -85,6 +98,9 @@ class SlicePromptsd(Randomizable, MapTransform):
         boxes = torch.zeros(label.shape[0], 4)
         if present.any():  # boxes of the resized targets: jitter is in model-input pixels
             boxes[present] = torch.as_tensor(self.box(targets[present].numpy().astype(np.uint8)))
+        walk = d.pop(self.walk_key, None) if self.walk_key is not None else None
+        if walk is not None:
+            self._walk_boxes(walk, present, boxes, tuple(label.shape[1:]))
         if self.auto_label_key is not None:
             d[self.auto_label_key] = targets.clone()
         targets[~present] = IGNORE
@@ -92,3 +108,19 @@ class SlicePromptsd(Randomizable, MapTransform):
         d[self.label_key] = targets
         d[self.boxes_key] = boxes
         return d
+
+    def _walk_boxes(self, walk: NdarrayOrTensor, present: torch.Tensor, boxes: torch.Tensor, shape: tuple) -> None:
+        """Replace the boxes of the classes present on both slices by their neighbour's grown box (in place)."""
+        neighbour = convert_to_tensor(walk, track_meta=False) > 0.5
+        if tuple(neighbour.shape) != (len(present), *shape):
+            raise ValueError(
+                f"SlicePromptsd: the neighbour slice's channels {tuple(neighbour.shape)} must match the label's "
+                f"{(len(present), *shape)}"
+            )
+        resized = torch.as_tensor(np.asarray(self.resize_label(neighbour))) > 0.5
+        scale = self.size / max(shape)
+        limit = torch.tensor([self.size - 1, self.size - 1], dtype=torch.float32)
+        for k in torch.nonzero(present & (resized.flatten(1).sum(1) >= self.min_pixels)).flatten().tolist():
+            box = torch.as_tensor(BoxFromMask()(resized[k : k + 1].numpy().astype(np.uint8))[0])
+            grow = torch.clamp(self.walk_margin[0] * (box[2:] - box[:2] + 1), min=self.walk_margin[1] * scale)
+            boxes[k] = torch.cat([torch.clamp(box[:2] - grow, min=0), torch.minimum(box[2:] + grow, limit)])

@@ -30,3 +30,25 @@ def test_slice_prompt_jitter_is_seeded_and_stays_inside():
 def test_slice_prompts_refuse_mismatched_grids():
     with pytest.raises(ValueError, match="same grid"):
         SlicePromptsd()({"image": torch.rand(3, 10, 10), "label": torch.zeros(1, 10, 12)})
+
+
+def test_walk_boxes_are_the_neighbours_box_grown_as_a_propagation_grows_it():
+    """A class on both slices gets the neighbour's tight box grown by max(margin * side, min_margin slice pixels),
+    as PropagationConfig grows a propagated box; a class on this slice only keeps its own box; the target stays
+    this slice's mask."""
+    image, label, neighbour = torch.rand(3, 40, 50), torch.zeros(2, 40, 50), torch.zeros(2, 40, 50)
+    label[0, 10:20, 10:30] = 1
+    label[1, 30:36, 40:46] = 1  # class 2 here, not on the neighbour
+    neighbour[0, 12:22, 14:30] = 1
+    transform = SlicePromptsd(size=256, walk_key="walk")
+    own = transform({"image": image, "label": label})
+    walked = transform({"image": image, "label": label, "walk": neighbour})
+    assert "walk" not in walked and torch.equal(walked["label"], own["label"])
+    assert torch.equal(walked["boxes"][1], own["boxes"][1])
+    scale = 256 / 50  # the neighbour's box cols 14..29, rows 12..21; 0.1 x 16 px < 2 px: grown by 2 slice pixels
+    np.testing.assert_allclose(walked["boxes"][0].numpy(), np.array([12, 10, 32, 24]) * scale - [0, 0, 1, 1], atol=1.5)
+    wide = SlicePromptsd(size=256, walk_key="walk", walk_margin=(0.5, 0.0))
+    wide = wide({"image": image, "label": label, "walk": neighbour})
+    assert wide["boxes"][0][0] < walked["boxes"][0][0] and wide["boxes"][0][2] > walked["boxes"][0][2]
+    with pytest.raises(ValueError, match="neighbour"):
+        transform({"image": image, "label": label, "walk": neighbour[:1]})

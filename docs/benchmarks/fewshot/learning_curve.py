@@ -179,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         "named ..._auto{share}. Without it, the recipe's",
     )
     p.add_argument(
+        "--walk-boxes",
+        type=float,
+        default=None,
+        help="adapt's --walk-boxes (the share of box steps prompted with the neighbouring slice's grown box); the "
+        "runs are named ..._walk{share}. Without it, the recipe's",
+    )
+    p.add_argument(
         "--tag",
         default="",
         help="appended to the run's name (..._{tag}), to keep runs of another machine or setting apart",
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.decoder_share is not None and args.steps is None:
         budget += ["--decoder-share", str(args.decoder_share)]
     recipe += [] if args.decoder_slices is None else ["--decoder-slices", str(args.decoder_slices)]
+    recipe += [] if args.walk_boxes is None else ["--walk-boxes", str(args.walk_boxes)]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
             key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
@@ -224,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             key += f"_{args.precision}" if args.precision is not None and n else ""
             key += f"_{args.preset}" if args.preset is not None and n else ""
             key += f"_auto{args.auto_share:g}" if args.auto_share is not None and n else ""
+            key += f"_walk{args.walk_boxes:g}" if args.walk_boxes is not None and n else ""
             key += f"_{args.tag}" if args.tag else ""
             run = root / key
             bundle = run / "bundle"
