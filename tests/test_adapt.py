@@ -646,6 +646,9 @@ def test_the_stop_sweep_reserve_is_timed_warm_and_counts_each_targets_walks(monk
     encode, decode = run._sweep_unit_costs(Slow(), torch.zeros(3, 16, 16, 8))
     assert encode < 0.1 and 0.005 <= decode < 0.1, (encode, decode)
 
+    # the reserve is the estimate times a margin (the estimate was 0.84-1.18 x what live sweeps took)
+    assert run.SWEEP_MARGIN > 1 and run.sweep_seconds_estimate(8, 1, 1.0, 0.1) == pytest.approx(run.SWEEP_MARGIN * 10.4)
+    monkeypatch.setattr(run, "SWEEP_MARGIN", 1.0)
     monkeypatch.setattr(run, "_sweep_unit_costs", lambda inferer, volume: (1.0, 0.1))
     monkeypatch.setattr("monai_cbo.inferers.slicewise.SliceWiseInferer", lambda net, **kw: None)
     loaded = [SimpleNamespace(name=n, volume=torch.zeros(3, 8, 8, 8), gt=np.zeros((8, 8, 8))) for n in "abc"]
