@@ -41,6 +41,10 @@ class Recipe:
         box_jitter: pixels of random box jitter in box-prompted steps.
         walk_boxes: share of the box-prompted slices whose box is their neighbouring slice's, grown as a
             propagation grows it: the prompt each slice of a one-key-box walk gets (0: tight jittered boxes only).
+            Off by default: on the hippocampus (N = 4, three seeds) 0.5 lifted one key box by 0.023-0.042 and
+            lowered the box on every slice by 0.006-0.039 (docs/benchmarks/fewshot.md). Used by ``monai-cbo adapt``
+            and the label server's train task; a bundle's train.json, whose transforms see one slice at a time,
+            trains on the slice's own boxes.
         min_foreground: pixels of a class for a slice to be sampled (and given a box).
         auto_share: share of steps that train the class prompts (automatic segmentation and the learned stop);
             0 trains box prompts only.

@@ -46,6 +46,12 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--box-jitter", type=int, default=5, help="training box jitter in model pixels (default 5)")
     p.add_argument(
+        "--walk-boxes",
+        type=float,
+        default=0.0,
+        help="share of box steps prompted with the neighbouring slice's box grown as a walk grows it (default 0)",
+    )
+    p.add_argument(
         "--min-foreground",
         type=int,
         default=4,

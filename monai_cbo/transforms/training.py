@@ -118,8 +118,8 @@ class SlicePromptsd(Randomizable, MapTransform):
                 f"{(len(present), *shape)}"
             )
         resized = torch.as_tensor(np.asarray(self.resize_label(neighbour))) > 0.5
-        scale = self.size / max(shape)
-        limit = torch.tensor([self.size - 1, self.size - 1], dtype=torch.float32)
+        scale = self.size / max(shape)  # the slice fills the top left of the padded input
+        limit = torch.tensor([shape[1] * scale - 1, shape[0] * scale - 1], dtype=torch.float32)
         for k in torch.nonzero(present & (resized.flatten(1).sum(1) >= self.min_pixels)).flatten().tolist():
             box = torch.as_tensor(BoxFromMask()(resized[k : k + 1].numpy().astype(np.uint8))[0])
             grow = torch.clamp(self.walk_margin[0] * (box[2:] - box[:2] + 1), min=self.walk_margin[1] * scale)
