@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..networks import SliceCache, class_prompts_of
+from ..transforms.prompts import grow_box
 from .slicewise import Prompt2D, SliceResult, SliceWiseInferer, mask_box
 
 __all__ = [
@@ -387,9 +388,7 @@ def feature_similarity(feature: torch.Tensor | None, key: torch.Tensor | None) -
 
 
 def _grow(box: np.ndarray, config: PropagationConfig, size: tuple[int, int]) -> np.ndarray:
-    grow = np.maximum(config.min_margin, config.margin * (box[2:] - box[:2] + 1))
-    limit = np.array([size[1] - 1, size[0] - 1], dtype=np.float32)
-    return np.concatenate([np.maximum(box[:2] - grow, 0), np.minimum(box[2:] + grow, limit)]).astype(np.float32)
+    return grow_box(box, config.margin, config.min_margin, (size[1] - 1, size[0] - 1))
 
 
 def click_box(box: np.ndarray, points: np.ndarray, labels: np.ndarray, pad: float, size: tuple[int, int]) -> np.ndarray:

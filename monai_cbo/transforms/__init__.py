@@ -46,6 +46,7 @@ from .prompts import (
     PointsFromMaskD,
     PointsFromMaskd,
     PointsFromMaskDict,
+    grow_box,
 )
 from .resize import (
     ResizeLongestSidePad,
@@ -76,6 +77,7 @@ __all__ = [
     "SlicePromptsd",
     "BRATS_CONVENTIONS",
     "BoxFromMask",
+    "grow_box",
     "BoxFromMaskD",
     "BoxFromMaskDict",
     "BoxFromMaskd",

@@ -26,6 +26,7 @@ __all__ = [
     "PointsFromMaskD",
     "PointsFromMaskDict",
     "PointsFromMaskd",
+    "grow_box",
 ]
 
 
@@ -34,6 +35,16 @@ def _masks(mask: NdarrayOrTensor, owner: str) -> np.ndarray:
     if mask.ndim != 3:
         raise ValueError(f"{owner} expects masks [P, H, W] (one per prompt), got shape {tuple(mask.shape)}")
     return convert_to_numpy(mask) != 0
+
+
+def grow_box(box: np.ndarray, margin: float, min_margin: float, limit: tuple[float, float]) -> np.ndarray:
+    """An XYXY box grown on each side by ``margin`` of its width / height (inclusive pixels), at least
+    ``min_margin``, kept inside ``0 .. limit`` (the largest x, y): the box a propagation walk prompts the next
+    slice with (:class:`~monai_cbo.inferers.PropagationConfig`), and the one walk-box training draws."""
+    box = np.asarray(box, dtype=np.float32)
+    grow = np.maximum(min_margin, margin * (box[2:] - box[:2] + 1))
+    upper = np.asarray(limit, dtype=np.float32)
+    return np.concatenate([np.maximum(box[:2] - grow, 0), np.minimum(box[2:] + grow, upper)]).astype(np.float32)
 
 
 def _like(out: np.ndarray, ref: NdarrayOrTensor) -> NdarrayOrTensor:

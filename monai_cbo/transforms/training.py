@@ -16,7 +16,7 @@ from monai.config import NdarrayOrTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_tensor
 
-from .prompts import BoxFromMask
+from .prompts import BoxFromMask, grow_box
 from .resize import ResizeLongestSidePad
 
 __all__ = [
@@ -118,9 +118,11 @@ class SlicePromptsd(Randomizable, MapTransform):
                 f"{(len(present), *shape)}"
             )
         resized = torch.as_tensor(np.asarray(self.resize_label(neighbour))) > 0.5
+        both = present & (resized.flatten(1).sum(1) >= self.min_pixels)
+        if not both.any():
+            return
         scale = self.size / max(shape)  # the slice fills the top left of the padded input
-        limit = torch.tensor([shape[1] * scale - 1, shape[0] * scale - 1], dtype=torch.float32)
-        for k in torch.nonzero(present & (resized.flatten(1).sum(1) >= self.min_pixels)).flatten().tolist():
-            box = torch.as_tensor(BoxFromMask()(resized[k : k + 1].numpy().astype(np.uint8))[0])
-            grow = torch.clamp(self.walk_margin[0] * (box[2:] - box[:2] + 1), min=self.walk_margin[1] * scale)
-            boxes[k] = torch.cat([torch.clamp(box[:2] - grow, min=0), torch.minimum(box[2:] + grow, limit)])
+        limit = (shape[1] * scale - 1, shape[0] * scale - 1)
+        margin, least = self.walk_margin[0], self.walk_margin[1] * scale  # min_margin is in slice pixels
+        tight = BoxFromMask()(resized[both].numpy().astype(np.uint8))
+        boxes[both] = torch.as_tensor(np.stack([grow_box(box, margin, least, limit) for box in tight]))
