@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .networks import SamSegmenter, SegmenterEnsemble, add_class_prompts, build_model
-from .peft import PeftConfig, adapter_class_prompts, apply_peft, load_adapter, read_adapter
+from .networks import SamSegmenter, SegmenterEnsemble, add_class_prompts, add_walk_prompt, build_model
+from .peft import PeftConfig, adapter_class_prompts, adapter_walk_prompt, apply_peft, load_adapter, read_adapter
 
 __all__ = ["build_segmenter", "load_ensemble", "load_segmenter"]
 
@@ -30,6 +30,7 @@ def build_segmenter(
     class_names: Sequence[str] | None = None,
     class_values: Sequence[int] | None = None,
     exclusive: bool = True,
+    walk_prompt: bool = False,
     **peft_overrides: Any,
 ) -> SamSegmenter:
     """Build model ``name`` (weights from ``checkpoint``, or LiteMedSAM's packaged ones), apply ``preset`` and
@@ -37,7 +38,8 @@ def build_segmenter(
 
     ``class_names`` adds trainable class prompts (:func:`~monai_cbo.networks.add_class_prompts`), one per name,
     for automatic segmentation, writing ``class_values`` (default 1..C) into label maps, ``exclusive`` or nested;
-    None (default) or empty: a prompted model only.
+    None (default) or empty: a prompted model only. ``walk_prompt`` adds a trainable
+    :class:`~monai_cbo.networks.WalkPrompt` (the boxes of a propagation walk told apart from the user's).
 
     Returns it in train mode. Model and PEFT initialisation draw from ``seed`` only (the global torch RNG is
     left as it was), so the same arguments give the same weights in every caller.
@@ -48,6 +50,8 @@ def build_segmenter(
         apply_peft(model, PeftConfig.from_preset(preset, rank=rank, **peft_overrides))
     if class_names:
         add_class_prompts(model, class_names, seed, class_values, exclusive)
+    if walk_prompt:
+        add_walk_prompt(model)
     if adapter:
         load_adapter(model, adapter)
     return model.train()
@@ -66,6 +70,8 @@ def load_segmenter(path: str | Path, checkpoint: str | Path | None = None, paylo
     spec = adapter_class_prompts(payload)
     if spec:
         add_class_prompts(model, spec["names"], class_values=spec.get("values"), exclusive=spec.get("exclusive", True))
+    if adapter_walk_prompt(payload):
+        add_walk_prompt(model)
     return load_adapter(model, path, payload=payload)
 
 

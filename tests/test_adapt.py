@@ -19,11 +19,11 @@ import torch
 
 from monai_cbo.adapt import Budget, InputProblems, Recipe, adapt, parse_class_names
 from monai_cbo.adapt import train as adapt_train
-from monai_cbo.bundles import load_bundle
+from monai_cbo.bundles import bundle_model, load_bundle
 from monai_cbo.cli import main
 from monai_cbo.models import load_segmenter
-from monai_cbo.networks import trained_with_clicks
-from monai_cbo.peft import read_adapter
+from monai_cbo.networks import trained_with_clicks, walk_prompt_of
+from monai_cbo.peft import adapter_walk_prompt, read_adapter
 from monai_cbo.precision import resolve_precision
 
 TINY = {"model": "tiny", "log": lambda _: None}
@@ -193,13 +193,18 @@ def test_walk_boxes_change_only_the_boxes_of_box_steps(cases, tmp_path):
         pair_folders(cases / "images", cases / "labels"), Preprocess(), {1: "organ"}, quiet
     )
 
-    def batches(walk: float) -> list[dict]:
+    def batches(walk: float, flag: bool = False) -> list[dict]:
         config = BenchConfig(datalist="<t>", out=str(tmp_path), classes=list(keys), steps=30, batch_size=2,
-                             box_jitter=0, auto_share=0.3, walk_boxes=walk)  # fmt: skip
+                             box_jitter=0, auto_share=0.3, walk_boxes=walk, walk_prompt=flag)  # fmt: skip
         data = BenchData.from_cases(config, loaded, [], dict(keys), (), quiet)
         return list(training_batches(config, data, 0, 64))
 
     plain, again, walked = batches(0.0), batches(0.0), batches(0.5)
+    for p, a, b in zip(plain, walked, batches(0.5, flag=True), strict=True):  # the flags name the walk's boxes
+        assert torch.equal(a["boxes"], b["boxes"]) and "walk_flag" not in a
+        moved = (a["boxes"] != p["boxes"]).any(-1)
+        assert not (moved & ~b["walk_flag"]).any() and int((b["walk_flag"] & ~moved).sum()) <= 1
+        assert not (a["auto_step"] and b["walk_flag"].any())
     for a, b in zip(plain, again, strict=True):
         assert torch.equal(a["boxes"], b["boxes"])
     changed = 0
@@ -213,6 +218,8 @@ def test_walk_boxes_change_only_the_boxes_of_box_steps(cases, tmp_path):
     assert 0.15 * box_slices < changed < 0.85 * box_slices, (changed, box_slices)
     with pytest.raises(ValueError, match="walk_boxes"):
         Recipe(walk_boxes=1.5)
+    with pytest.raises(ValueError, match="walk_prompt .* needs walk_boxes > 0"):
+        Recipe(walk_prompt=True)
 
 
 def test_the_label_app_trains_a_user_bundle_with_its_own_configs(adapted, tmp_path):
@@ -338,6 +345,19 @@ def test_an_adapter_trained_on_boxes_only_says_so_in_its_file(cases, tmp_path):
     assert "interaction" not in read_adapter(out / "models/adapter.pt")
     assert not trained_with_clicks(load_segmenter(out / "models/adapter.pt"))
     assert load_bundle(str(out)).task.propagation.click_boxes is True
+
+
+def test_a_walk_prompt_is_trained_saved_and_read_by_the_users_bundle(cases, tmp_path):
+    """``Recipe.walk_prompt``: the walk boxes are flagged to the adapter, whose walk prompt trains (both stages) and
+    is saved in the bundle's adapter; the bundle's model has it, and its propagation hands it the walk's boxes."""
+    recipe = Recipe(val_slices=2, validations=1, walk_boxes=1.0, walk_prompt=True, auto_share=0.0, click_share=0.0)
+    out = adapt(cases / "images", cases / "labels", tmp_path / "walked", budget=Budget(steps=4, decoder_steps=4),
+                recipe=recipe, stop_sweep=False, **TINY)  # fmt: skip
+    payload = read_adapter(out / "models/adapter.pt")
+    assert adapter_walk_prompt(payload) and payload["state_dict"]["walk_prompt.offset"].abs().sum() > 0
+    model = bundle_model(load_bundle(str(out)))
+    assert walk_prompt_of(model) is not None
+    torch.testing.assert_close(model.walk_prompt.offset, payload["state_dict"]["walk_prompt.offset"])
 
 
 def test_the_adapter_stage_stops_when_validation_stops_improving_and_the_decoder_stage_runs_out(

@@ -171,6 +171,7 @@ def adapt(
         class_names=list(classes.values()) if auto else None,
         class_values=written_values(list(classes)) if auto else None,
         exclusive=is_exclusive(classes),
+        walk_prompt=recipe.walk_prompt,
     ).to(device)
     sweep_plan, sweep_seconds = _plan_stop_sweep(
         net, loaded, validation.cases, len(classes), budget, device, precision, stop_sweep

@@ -45,6 +45,9 @@ class Recipe:
             lowered the box on every slice by 0.006-0.039 (docs/benchmarks/fewshot.md). Used by ``monai-cbo adapt``
             and the label server's train task; a bundle's train.json, whose transforms see one slice at a time,
             trains on the slice's own boxes.
+        walk_prompt: with ``walk_boxes``, the walk boxes are flagged to the model, which learns an offset for them
+            (:class:`~monai_cbo.networks.WalkPrompt`) and is given it on every slice a propagation walk prompts: a
+            box the user draws keeps the meaning tight boxes taught it.
         min_foreground: pixels of a class for a slice to be sampled (and given a box).
         auto_share: share of steps that train the class prompts (automatic segmentation and the learned stop);
             0 trains box prompts only.
@@ -80,6 +83,7 @@ class Recipe:
     batch_size: int = 2
     box_jitter: int = 5
     walk_boxes: float = 0.0
+    walk_prompt: bool = False
     min_foreground: int = 4
     auto_share: float = 0.75
     background_ratio: float = 0.1
@@ -104,6 +108,8 @@ class Recipe:
         for name in ("batch_size", "validations", "patience", "val_slices", "decoder_slices"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.walk_prompt and not self.walk_boxes:
+            raise ValueError("walk_prompt tells walk boxes apart from drawn ones: it needs walk_boxes > 0")
         if self.max_clicks < 0:
             raise ValueError(f"max_clicks must be >= 0, got {self.max_clicks}")
 
@@ -409,6 +415,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         learning_rate=lr,
         box_jitter=recipe.box_jitter,
         walk_boxes=recipe.walk_boxes,
+        walk_prompt=recipe.walk_prompt,
         min_foreground=recipe.min_foreground,
         auto_share=recipe.auto_share,
         background_ratio=recipe.background_ratio,

@@ -58,6 +58,7 @@ class BenchConfig:
     weight_decay: float = 0.0
     box_jitter: int = 5
     walk_boxes: float = 0.0
+    walk_prompt: bool = False
     min_foreground: int = 4
     classes: list[int] | None = None
     modality: str = "auto"
@@ -103,6 +104,8 @@ class BenchConfig:
                 f"auto_share ({self.auto_share}), background_ratio ({self.background_ratio}) and walk_boxes "
                 f"({self.walk_boxes}) are shares in [0, 1]"
             )
+        if self.walk_prompt and not self.walk_boxes:
+            raise ValueError("walk_prompt tells walk boxes apart: it needs walk_boxes > 0")
         Preprocess(self.modality, tuple(self.ct_window), self.channels, self.view)  # validates
         AutoConfig(z_smooth=self.auto_z_smooth)  # validates
 

@@ -41,7 +41,7 @@ from ..metrics import MetricsTable, PooledDice, case_metrics
 from ..models import build_segmenter
 from ..networks import SamSegmenter, SliceCache, class_prompts_of, feature_cache
 from ..peft import count_parameters, load_adapter, save_adapter
-from ..training import build_optimizer, build_trainer
+from ..training import WALK_FLAG_KEY, build_optimizer, build_trainer
 from ..transforms.training import SlicePromptsd
 from .config import BenchConfig, check_init_adapter, decoder_lr
 from .data import BenchData, class_mask
@@ -79,6 +79,7 @@ def train_and_evaluate(
         seed=seed,
         class_names=list(data.class_names.values()) if auto else None,
         class_values=data.classes if auto else None,
+        walk_prompt=config.walk_prompt,
     ).to(device)
     init = _load_init_adapter(config, model) if config.init_adapter else None
     counts = count_parameters(model)
@@ -187,7 +188,8 @@ def training_batches(config: BenchConfig, data: BenchData, seed: int, size: int)
 
     With ``walk_boxes`` > 0 that share of the box-prompted slices (drawn from a third generator, so the other draws
     do not change) take their boxes from a neighbouring slice, as a one-key-box walk prompts each slice
-    (:class:`~monai_cbo.transforms.SlicePromptsd`'s ``walk_key``)."""
+    (:class:`~monai_cbo.transforms.SlicePromptsd`'s ``walk_key``); with ``walk_prompt`` the batch's ``walk_flag``
+    [B, K] says which."""
     auto_key = "auto_label" if config.auto_share > 0 else None
     prompts = SlicePromptsd(
         size=size,
@@ -195,12 +197,14 @@ def training_batches(config: BenchConfig, data: BenchData, seed: int, size: int)
         min_pixels=config.min_foreground,
         auto_label_key=auto_key,
         walk_key="walk" if config.walk_boxes > 0 else None,
+        walk_flag_key=WALK_FLAG_KEY if config.walk_prompt else None,
     )
     prompts.set_random_state(seed)
     order = data.sample_order(seed, config.steps * config.batch_size)
     draws = np.random.default_rng([seed, 1])
     walks = np.random.default_rng([seed, 5])
     keys_out = ("image", "label", "boxes") + (("auto_label",) if auto_key else ())
+    keys_out += (WALK_FLAG_KEY,) if config.walk_prompt else ()
     for step in range(config.steps):
         auto = config.auto_share > 0 and bool(draws.random() < config.auto_share)
         keys, samples = [], []

@@ -93,6 +93,13 @@ def add_parser(sub) -> None:
         "each slice (default: the recipe's)",
     )
     p.add_argument(
+        "--walk-prompt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with walk boxes: a learned walk prompt tells the adapter which boxes are a walk's, so a drawn box "
+        "keeps its meaning (default: the recipe's)",
+    )
+    p.add_argument(
         "--click-share",
         type=float,
         default=None,
@@ -168,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             ("decoder_slices", args.decoder_slices),
             ("click_share", args.click_share),
             ("walk_boxes", args.walk_boxes),
+            ("walk_prompt", args.walk_prompt),
             ("seed", args.seed),
         )
         if v is not None

@@ -52,6 +52,11 @@ def add_parser(sub) -> None:
         help="share of box steps prompted with the neighbouring slice's box grown as a walk grows it (default 0)",
     )
     p.add_argument(
+        "--walk-prompt",
+        action="store_true",
+        help="with --walk-boxes: a learned walk prompt tells the model which boxes are a walk's",
+    )
+    p.add_argument(
         "--min-foreground",
         type=int,
         default=4,

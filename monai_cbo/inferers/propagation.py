@@ -507,7 +507,8 @@ def propagate(
             return None, None
         return np.concatenate([p for p, _ in chosen]), np.concatenate([lab for _, lab in chosen])
 
-    def run(z: int, box: np.ndarray | None, previous: SliceResult | None = None) -> SliceResult:
+    def run(z: int, box: np.ndarray | None, previous: SliceResult | None = None, walked: bool = False) -> SliceResult:
+        """Slice ``z`` decoded from ``box`` (a walk's box where ``walked``) and the clicks near it."""
         pts, labels = clicks_near(z)
         if config.click_boxes and box is not None and pts is not None:
             edited = click_box(box, pts, labels, config.min_margin, size)
@@ -517,7 +518,8 @@ def propagate(
         if config.click_mask_prompt and pts is not None and z in prompt.previous:
             logits = prompt.previous[z]  # this slice's own mask of the round before, which the points correct
         _, emb = next(inferer.encode(volume, [z], cache))
-        res = inferer.decode(emb, [Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits)], size)[0]
+        prompt2d = Prompt2D(box=box, points=pts, point_labels=labels, mask_logits=logits, walk=walked)
+        res = inferer.decode(emb, [prompt2d], size)[0]
         if max(config.min_similarity, config.range_min_similarity) > -1:
             features[z] = mask_feature(emb, res.low_res)
         if learned:
@@ -569,7 +571,7 @@ def propagate(
             picked_classes |= classes_here
             key = KeyBox(key.slice, _grow(mask_box(found), config, size))  # grown as a walk's next prompt
         keys.append(key)
-        results[key.slice] = run(key.slice, key.box)
+        results[key.slice] = run(key.slice, key.box, walked=key.slice in started)  # a click key's box: the walk's
     if not keys:
         return results
 
@@ -584,7 +586,7 @@ def propagate(
                 if area(previous) >= config.min_area:  # refined towards the neighbouring prediction's box
                     near = _grow(mask_box(previous.prob > thr), config, size)
                     box = (1 - config.neighbour_weight) * box + config.neighbour_weight * near
-                results[z] = run(z, box.astype(np.float32), previous)
+                results[z] = run(z, box.astype(np.float32), previous, walked=True)
                 previous = results[z]
                 z += step
 
@@ -604,7 +606,7 @@ def propagate(
             before = previous.prob > thr
             if int(before.sum()) < config.min_area:
                 break
-            res = run(z, _grow(mask_box(before), config, size), previous)
+            res = run(z, _grow(mask_box(before), config, size), previous, walked=True)
             own = automatic.get(z, ())  # decoded where the learned stop is on
             measures = stop_measures(
                 res, previous, thr, key.area, features.get(z), features.get(key.slice), own, classes

@@ -28,13 +28,16 @@ class Prompt2D:
     """Prompt for one class on one slice, in slice pixels (SAM order: x = column, y = row).
 
     ``box``: XYXY; ``points``: [N, 2] (x, y) with ``point_labels`` [N] (1 foreground, 0 background);
-    ``mask_logits``: [L, L] low-resolution logits in model-input space (propagation feeds these back).
+    ``mask_logits``: [L, L] low-resolution logits in model-input space (propagation feeds these back);
+    ``walk``: the box is a propagation walk's (its neighbour's mask box, grown), not one the user drew: a model with
+    a walk prompt (:class:`~monai_cbo.networks.WalkPrompt`) reads it so; any other ignores it.
     """
 
     box: np.ndarray | None = None
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
     mask_logits: torch.Tensor | None = None
+    walk: bool = False
 
     def __post_init__(self) -> None:
         if self.box is None and self.points is None and self.mask_logits is None:
@@ -230,6 +233,8 @@ class SliceWiseInferer:
                 if group[0].box is not None:
                     boxes = np.stack([p.box for p in group])
                     kw["boxes"] = torch.as_tensor(scale_coords(boxes, size, s))[None].to(self.device)
+                    if any(p.walk for p in group):
+                        kw["walk"] = torch.tensor([[p.walk for p in group]], device=self.device)
                 if group[0].points is not None:
                     pts = np.stack([p.points for p in group])
                     kw["points"] = torch.as_tensor(scale_coords(pts, size, s))[None].to(self.device)
@@ -314,4 +319,5 @@ def _decode_key(embedding: torch.Tensor, prompts: list[Prompt2D], size: tuple[in
     for p in prompts:
         parts += [None if v is None else (v.shape, v.tobytes()) for v in (p.box, p.points, p.point_labels)]
         parts.append(None if p.mask_logits is None else (tuple(p.mask_logits.shape), _digest(p.mask_logits)))
+        parts.append(p.walk)
     return tuple(parts)

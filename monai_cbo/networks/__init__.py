@@ -8,6 +8,7 @@ from .class_prompts import ClassPrompts, add_class_prompts, class_prompts_of
 from .ensemble import SegmenterEnsemble
 from .segmenter import TRAINED_INTERACTION, SamSegmenter, SegmenterOutput, trained_with_clicks
 from .stages import cached_front, encoder_stages, feature_cache, frozen_prefix, run_stages
+from .walk_prompt import WalkPrompt, add_walk_prompt, walk_prompt_of
 
 __all__ = [
     "MODELS",
@@ -17,7 +18,9 @@ __all__ = [
     "SegmenterEnsemble",
     "SegmenterOutput",
     "SliceCache",
+    "WalkPrompt",
     "add_class_prompts",
+    "add_walk_prompt",
     "build_model",
     "cached_front",
     "class_prompts_of",
@@ -27,4 +30,5 @@ __all__ = [
     "load_checkpoint_file",
     "run_stages",
     "trained_with_clicks",
+    "walk_prompt_of",
 ]

@@ -91,6 +91,7 @@ class SamSegmenter(nn.Module):
         self.model_name = model_name
         self.peft_config = None
         self.class_prompts = None  # ClassPrompts: see monai_cbo.networks.add_class_prompts
+        self.walk_prompt = None  # WalkPrompt: see monai_cbo.networks.add_walk_prompt
         self.normalize = pixel_mean is not None
         if self.normalize:
             self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1) / 255.0, False)
@@ -161,6 +162,7 @@ class SamSegmenter(nn.Module):
         multimask_output: bool = False,
         output_size: int | tuple[int, int] | None = None,
         classes: Prompt = None,
+        walk: Prompt = None,
     ) -> SegmenterOutput:
         """Decode masks for each image's prompts from precomputed ``embeddings`` [B, C, h, w].
 
@@ -171,6 +173,10 @@ class SamSegmenter(nn.Module):
 
         ``classes[b]`` [P] (long, indices into :attr:`class_prompts`) asks for those classes' masks with no other
         prompt: the automatic mode. It cannot be combined with boxes, points or masks.
+
+        ``walk[b]`` [P] (bool) flags the boxes a propagation walk drew (the neighbouring slice's mask box, grown):
+        a model with a :class:`~monai_cbo.networks.WalkPrompt` adds its offset to those boxes' tokens; any other
+        model, and prompts without a box, ignore it.
         """
         if classes is not None:
             if boxes is not None or points is not None or mask_inputs is not None:
@@ -179,7 +185,7 @@ class SamSegmenter(nn.Module):
             prompts = self._class_prompt_embeddings(embeddings, classes)
         else:
             as_list = any(isinstance(p, (list, tuple)) for p in (boxes, points, point_labels, mask_inputs))
-            prompts = self._prompt_embeddings(embeddings, boxes, points, point_labels, mask_inputs)
+            prompts = self._prompt_embeddings(embeddings, boxes, points, point_labels, mask_inputs, walk)
         size = self.img_size if output_size is None else output_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         dense_pe = self.prompt_encoder.get_dense_pe()
@@ -206,7 +212,13 @@ class SamSegmenter(nn.Module):
         return SegmenterOutput(torch.stack(masks), torch.stack(ious))
 
     def _prompt_embeddings(
-        self, embeddings: torch.Tensor, boxes: Prompt, points: Prompt, point_labels: Prompt, mask_inputs: Prompt
+        self,
+        embeddings: torch.Tensor,
+        boxes: Prompt,
+        points: Prompt,
+        point_labels: Prompt,
+        mask_inputs: Prompt,
+        walk: Prompt = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per image, the prompt encoder's (sparse, dense) embeddings of its boxes / points / masks (None: none)."""
         if boxes is None and points is None and mask_inputs is None:
@@ -223,6 +235,7 @@ class SamSegmenter(nn.Module):
                 (mask_inputs, "mask_inputs"),
             )
         ]
+        walks = _per_image(walk if boxes is not None and self.walk_prompt is not None else None, batch, "walk")
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for b, (box, pts, lab, msk) in enumerate(zip(*per, strict=True)):
             counts = {t.shape[0] for t in (box, pts, lab, msk) if t is not None}
@@ -240,7 +253,14 @@ class SamSegmenter(nn.Module):
                 point_pair = (pts.to(embeddings.device, torch.float32), lab.to(embeddings.device))
             if msk is not None:
                 msk = msk.to(embeddings.device, embeddings.dtype)
-            out.append(self.prompt_encoder(points=point_pair, boxes=box, masks=msk))
+            sparse, dense = self.prompt_encoder(points=point_pair, boxes=box, masks=msk)
+            if walks[b] is not None and box is not None:
+                if walks[b].shape != (box.shape[0],):
+                    raise ValueError(
+                        f"image {b}: walk must flag each of its {box.shape[0]} boxes, got {list(walks[b].shape)}"
+                    )
+                sparse = self.walk_prompt.add_to(sparse, walks[b])
+            out.append((sparse, dense))
         return out
 
     def _class_prompt_embeddings(
@@ -271,8 +291,9 @@ class SamSegmenter(nn.Module):
         multimask_output: bool = False,
         output_size: int | tuple[int, int] | None = None,
         classes: Prompt = None,
+        walk: Prompt = None,
     ) -> SegmenterOutput:
         """Encode ``image`` [B, 3, S, S] once and decode every prompt; see :meth:`decode`."""
         return self.decode(
-            self.encode(image), boxes, points, point_labels, mask_inputs, multimask_output, output_size, classes
+            self.encode(image), boxes, points, point_labels, mask_inputs, multimask_output, output_size, classes, walk
         )

@@ -36,6 +36,7 @@ from .config import PeftConfig
 
 __all__ = [
     "adapter_class_prompts",
+    "adapter_walk_prompt",
     "adapter_interaction",
     "adapter_state_dict",
     "load_adapter",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 FORMAT = "monai_cbo.adapter"
+#: the state-dict entry of a walk prompt (an adapter trained with ``Recipe.walk_prompt``)
+WALK_PROMPT_KEY = "walk_prompt.offset"
 FORMAT_VERSION = 2  # the newest this code reads; 1 is written when there are no class prompts
 
 
@@ -97,6 +100,12 @@ def read_adapter(path: str | Path) -> dict[str, Any]:
 def adapter_class_prompts(payload: dict[str, Any]) -> dict[str, Any] | None:
     """The class prompts' spec (names, values, exclusive) of a read adapter checkpoint; None for a prompted-only one."""
     return payload.get("class_prompts") or None
+
+
+def adapter_walk_prompt(payload: dict[str, Any]) -> bool:
+    """Whether a read adapter checkpoint holds a trained walk prompt (:class:`~monai_cbo.networks.WalkPrompt`):
+    the model it loads into needs one (:func:`~monai_cbo.networks.add_walk_prompt`)."""
+    return WALK_PROMPT_KEY in payload.get("state_dict", {})
 
 
 def adapter_interaction(payload: dict[str, Any]) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .interaction import Interaction, InteractionDraw, error_click, simulate_rounds
 from .trainer import (
+    WALK_FLAG_KEY,
     AutocastForward,
     CachedFrontSegmenter,
     PreparePromptBatch,
@@ -16,6 +17,7 @@ from .trainer import (
 )
 
 __all__ = [
+    "WALK_FLAG_KEY",
     "AutocastForward",
     "CachedFrontSegmenter",
     "Interaction",

@@ -67,6 +67,8 @@ __all__ = [
     "trainer_precision",
 ]
 
+#: the batch entry [B, P] (bool) that flags the boxes a walk drew (``SlicePromptsd(walk_flag_key=...)``)
+WALK_FLAG_KEY = "walk_flag"
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
@@ -151,7 +153,8 @@ class PreparePromptBatch(PrepareBatchExtraInput):
     trainer's iteration, which :func:`build_trainer` keeps up to date), so a resumed run draws the same steps as
     an uninterrupted one; without a step (standalone use) a generator seeded with ``seed`` draws. The target is
     ``batch[auto_label_key]`` [B, K, S, S] (every class, empty where absent) and the network gets
-    ``classes`` [B, K] = 0..K-1 instead of ``boxes``.
+    ``classes`` [B, K] = 0..K-1 instead of ``boxes``. A batch's ``walk_flag`` [B, P] (bool: the boxes that are a
+    walk's, ``SlicePromptsd(walk_flag_key=...)``) goes to the network as its ``walk`` keyword in box steps.
 
     Interactive steps: with an ``interaction`` whose share is above 0, a box-prompted step may simulate a user
     (:meth:`~monai_cbo.training.interaction.Interaction.draw`, from ``interaction.seed`` and :attr:`step` as
@@ -193,6 +196,8 @@ class PreparePromptBatch(PrepareBatchExtraInput):
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any) -> tuple:
         image, label, args, kw = super().__call__(batchdata, device, non_blocking, **kwargs)
         if not self.is_auto(batchdata):
+            if WALK_FLAG_KEY in batchdata:  # which boxes are a walk's (the segmenter's walk prompt)
+                kw["walk"] = torch.as_tensor(batchdata[WALK_FLAG_KEY]).to(device=device, non_blocking=non_blocking)
             draw = None if self.interaction is None else self.interaction.draw(self.step, self.rng)
             if draw is not None:
                 draw.target = label
@@ -213,7 +218,8 @@ class CachedFrontSegmenter(nn.Module):
     """``model`` whose frozen encoder front is read from ``cache`` for slices it has seen before, and which runs
     the rounds of an interactive step (:mod:`~monai_cbo.training.interaction`) on the step's own embedding.
 
-    ``forward(image, boxes, slice_keys=None, classes=None, interaction=None)``: as ``model(image, boxes=boxes)``;
+    ``forward(image, boxes, slice_keys=None, classes=None, interaction=None, walk=None)``: as
+    ``model(image, boxes=boxes, walk=walk)``;
     with ``slice_keys`` (one hashable name per image, the same name for the same pixels) the first
     :func:`frozen_prefix` stages come from :func:`~monai_cbo.networks.cached_front` (computed, without gradients,
     only for misses). With an ``interaction`` draw, the embedding is computed once, the draw's earlier rounds
@@ -254,20 +260,21 @@ class CachedFrontSegmenter(nn.Module):
         slice_keys: Sequence[Hashable] | None = None,
         classes: torch.Tensor | None = None,
         interaction: InteractionDraw | None = None,
+        walk: torch.Tensor | None = None,
     ) -> SegmenterOutput:
         net = self.segmenter
         if interaction is not None and classes is None:
             if net is not self.model:  # DDP: the trained round must pass through the wrapper
                 with torch.no_grad():
                     emb = net.encode(image)
-                prompt = simulate_rounds(partial(_decode_masks, net, emb), boxes, interaction, net.low_res_size)
-                return self.model(image, **prompt)
+                rounds = partial(_decode_masks, net, emb, walk=walk)
+                return self.model(image, **simulate_rounds(rounds, boxes, interaction, net.low_res_size), walk=walk)
             emb = self._embed(image, slice_keys)
-            prompt = simulate_rounds(partial(_decode_masks, net, emb.detach()), boxes, interaction, net.low_res_size)
-            return net.decode(emb, **prompt)
+            rounds = partial(_decode_masks, net, emb.detach(), walk=walk)
+            return net.decode(emb, **simulate_rounds(rounds, boxes, interaction, net.low_res_size), walk=walk)
         if not self.depth or slice_keys is None:
-            return self.model(image, boxes=boxes, classes=classes)
-        return net.decode(self._embed(image, slice_keys), boxes=boxes, classes=classes)
+            return self.model(image, boxes=boxes, classes=classes, walk=walk)
+        return net.decode(self._embed(image, slice_keys), boxes=boxes, classes=classes, walk=walk)
 
     def _embed(self, image: torch.Tensor, slice_keys: Sequence[Hashable] | None) -> torch.Tensor:
         net = self.segmenter

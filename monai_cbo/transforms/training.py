@@ -51,6 +51,9 @@ class SlicePromptsd(Randomizable, MapTransform):
             of a one-key-box walk gets. Default None.
         walk_margin: (fraction of the box's side, least slice pixels) a walk box is grown by. Default (0.1, 2.0),
             the propagation's defaults.
+        walk_flag_key: if given, also write there ``[K]`` (bool): which classes' boxes are a walk's (the
+            segmenter's ``walk`` prompt, :class:`~monai_cbo.networks.WalkPrompt`); all False in a sample without
+            a neighbour. Default None.
     """
 
     def __init__(
@@ -64,10 +67,11 @@ class SlicePromptsd(Randomizable, MapTransform):
         auto_label_key: str | None = None,
         walk_key: str | None = None,
         walk_margin: tuple[float, float] = (0.1, 2.0),
+        walk_flag_key: str | None = None,
     ) -> None:
         MapTransform.__init__(self, [image_key, label_key])
         self.image_key, self.label_key, self.boxes_key = image_key, label_key, boxes_key
-        self.auto_label_key, self.walk_key = auto_label_key, walk_key
+        self.auto_label_key, self.walk_key, self.walk_flag_key = auto_label_key, walk_key, walk_flag_key
         self.walk_margin = (float(walk_margin[0]), float(walk_margin[1]))
         if min(self.walk_margin) < 0:
             raise ValueError(f"walk_margin must be >= 0, got {walk_margin}")
@@ -99,8 +103,11 @@ class SlicePromptsd(Randomizable, MapTransform):
         if present.any():  # boxes of the resized targets: jitter is in model-input pixels
             boxes[present] = torch.as_tensor(self.box(targets[present].numpy().astype(np.uint8)))
         walk = d.pop(self.walk_key, None) if self.walk_key is not None else None
+        walked = torch.zeros(label.shape[0], dtype=torch.bool)
         if walk is not None:
-            self._walk_boxes(walk, present, boxes, tuple(label.shape[1:]))
+            walked = self._walk_boxes(walk, present, boxes, tuple(label.shape[1:]))
+        if self.walk_flag_key is not None:
+            d[self.walk_flag_key] = walked
         if self.auto_label_key is not None:
             d[self.auto_label_key] = targets.clone()
         targets[~present] = IGNORE
@@ -109,8 +116,11 @@ class SlicePromptsd(Randomizable, MapTransform):
         d[self.boxes_key] = boxes
         return d
 
-    def _walk_boxes(self, walk: NdarrayOrTensor, present: torch.Tensor, boxes: torch.Tensor, shape: tuple) -> None:
-        """Replace the boxes of the classes present on both slices by their neighbour's grown box (in place)."""
+    def _walk_boxes(
+        self, walk: NdarrayOrTensor, present: torch.Tensor, boxes: torch.Tensor, shape: tuple
+    ) -> torch.Tensor:
+        """Replace the boxes of the classes present on both slices by their neighbour's grown box (in place); return
+        which they are ([K] bool)."""
         neighbour = convert_to_tensor(walk, track_meta=False) > 0.5
         if tuple(neighbour.shape) != (len(present), *shape):
             raise ValueError(
@@ -120,9 +130,10 @@ class SlicePromptsd(Randomizable, MapTransform):
         resized = torch.as_tensor(np.asarray(self.resize_label(neighbour))) > 0.5
         both = present & (resized.flatten(1).sum(1) >= self.min_pixels)
         if not both.any():
-            return
+            return both
         scale = self.size / max(shape)  # the slice fills the top left of the padded input
         limit = (shape[1] * scale - 1, shape[0] * scale - 1)
         margin, least = self.walk_margin[0], self.walk_margin[1] * scale  # min_margin is in slice pixels
         tight = BoxFromMask()(resized[both].numpy().astype(np.uint8))
         boxes[both] = torch.as_tensor(np.stack([grow_box(box, margin, least, limit) for box in tight]))
+        return both

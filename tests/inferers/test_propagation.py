@@ -307,6 +307,20 @@ def test_slices_between_keys_are_prompted_from_both_keys_and_key_order_changes_n
         torch.testing.assert_close(forward[z].prob, backward[z].prob)
 
 
+def test_the_boxes_a_walk_draws_are_flagged_as_a_walks_and_the_users_are_not():
+    """Every slice a walk prompts from its neighbour (beyond the keys and between them) gets ``walk=True`` (a model
+    with a walk prompt reads those boxes so); a key slice's box, which the user drew, does not. A click key's box is
+    the walk's (the grown box of what the click found)."""
+    scene = _blob_scene(first=2, last=27)
+    inferer = SceneInferer(scene)
+    propagate(inferer, VOLUME, ObjectPrompt([KeyBox(z, _box(scene[..., z])) for z in (8, 20)]))
+    assert {z for z, p in inferer.prompts.items() if not p[0].walk} == {8, 20}
+    assert all(p[0].walk for z, p in inferer.prompts.items() if z not in (8, 20)) and len(inferer.prompts) > 20
+    clicked = SceneInferer(scene)
+    propagate(clicked, VOLUME, ObjectPrompt([KeyBox(12, None)], points={12: (np.array([[32.0, 32.0]]), [1])}))
+    assert [p.walk for p in clicked.prompts[12]] == [False, True]  # the click, then the box of what it found
+
+
 def test_every_slice_is_encoded_once_for_several_objects_sharing_a_cache():
     scene = _blob_scene()
     inferer = SceneInferer(scene)

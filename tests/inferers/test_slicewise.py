@@ -89,6 +89,22 @@ def test_a_front_cache_and_a_decode_memo_change_no_output_bit():
     hits = memo.hits
     assert cached.decode(embedding.clone(), box, (32, 32))[0] is first[0] and memo.hits == hits + 1
     assert cached.decode(embedding + 1, box, (32, 32))[0] is not first[0]
+    assert cached.decode(embedding, [Prompt2D(box=[1, 1, 9, 9], walk=True)], (32, 32))[0] is not first[0]
+
+
+def test_the_inferer_hands_a_walks_flag_to_a_model_with_a_walk_prompt():
+    """``Prompt2D.walk`` reaches the segmenter's walk prompt: with a trained offset a walk's box decodes
+    differently from the same box drawn by the user, in the same call as other prompts."""
+    model = build_segmenter("tiny", preset="adapter", walk_prompt=True).eval()
+    with torch.no_grad():
+        model.walk_prompt.offset.normal_()
+    inferer = SliceWiseInferer(model)
+    [(_, embedding)] = inferer.encode(torch.rand(3, 32, 32, 1), [0])
+    drawn, walked = Prompt2D(box=[2, 2, 20, 24]), Prompt2D(box=[2, 2, 20, 24], walk=True)
+    both = inferer.decode(embedding, [drawn, walked], (32, 32))
+    assert torch.allclose(both[0].prob, inferer.decode(embedding, [drawn], (32, 32))[0].prob, atol=1e-6)
+    assert torch.allclose(both[1].prob, inferer.decode(embedding, [walked], (32, 32))[0].prob, atol=1e-6)
+    assert not torch.allclose(both[0].prob, both[1].prob)
 
 
 def test_mixed_prompt_kinds_on_one_slice(tiny):

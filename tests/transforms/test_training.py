@@ -52,3 +52,8 @@ def test_walk_boxes_are_the_neighbours_box_grown_as_a_propagation_grows_it():
     assert wide["boxes"][0][0] < walked["boxes"][0][0] and wide["boxes"][0][2] > walked["boxes"][0][2]
     with pytest.raises(ValueError, match="neighbour"):
         transform({"image": image, "label": label, "walk": neighbour[:1]})
+    # walk_flag_key: which boxes are the neighbour's (the segmenter's walk prompt reads them), none without one
+    flagged = SlicePromptsd(size=256, walk_key="walk", walk_flag_key="walk_flag")
+    assert flagged({"image": image, "label": label, "walk": neighbour})["walk_flag"].tolist() == [True, False]
+    assert flagged({"image": image, "label": label})["walk_flag"].tolist() == [False, False]
+    assert "walk_flag" not in walked

@@ -186,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         "runs are named ..._walk{share}. Without it, the recipe's",
     )
     p.add_argument(
+        "--walk-prompt",
+        action="store_true",
+        help="adapt's --walk-prompt (with --walk-boxes: the walk's boxes flagged to the adapter); runs named "
+        "..._walk{share}p",
+    )
+    p.add_argument(
         "--tag",
         default="",
         help="appended to the run's name (..._{tag}), to keep runs of another machine or setting apart",
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         budget += ["--decoder-share", str(args.decoder_share)]
     recipe += [] if args.decoder_slices is None else ["--decoder-slices", str(args.decoder_slices)]
     recipe += [] if args.walk_boxes is None else ["--walk-boxes", str(args.walk_boxes)]
+    recipe += ["--walk-prompt"] if args.walk_prompt else []
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
             key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
@@ -233,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             key += f"_{args.preset}" if args.preset is not None and n else ""
             key += f"_auto{args.auto_share:g}" if args.auto_share is not None and n else ""
             key += f"_walk{args.walk_boxes:g}" if args.walk_boxes is not None and n else ""
+            key += "p" if args.walk_prompt and n else ""
             key += f"_{args.tag}" if args.tag else ""
             run = root / key
             bundle = run / "bundle"
