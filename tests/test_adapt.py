@@ -23,7 +23,7 @@ from monai_cbo.bundles import bundle_model, load_bundle
 from monai_cbo.cli import main
 from monai_cbo.models import load_segmenter
 from monai_cbo.networks import trained_with_clicks, walk_prompt_of
-from monai_cbo.peft import adapter_walk_prompt, read_adapter
+from monai_cbo.peft import PeftConfig, adapter_walk_prompt, read_adapter
 from monai_cbo.precision import resolve_precision
 
 TINY = {"model": "tiny", "log": lambda _: None}
@@ -358,6 +358,36 @@ def test_a_walk_prompt_is_trained_saved_and_read_by_the_users_bundle(cases, tmp_
     model = bundle_model(load_bundle(str(out)))
     assert walk_prompt_of(model) is not None
     torch.testing.assert_close(model.walk_prompt.offset, payload["state_dict"]["walk_prompt.offset"])
+
+
+def test_each_optimizer_group_follows_the_cosine_from_its_own_peak(cases, tmp_path, monkeypatch):
+    """CBO's relation tensors and heads train at ``cbo_lr_mult`` x the base rate (METHOD.md; the bundles'
+    CosineAnnealingLR keeps the ratio): adapt's cosine moves every group from its own peak, at every step."""
+    seen: list[dict] = []
+    real = adapt_train.build_optimizer
+
+    def recording(model, lr, *args, **kwargs):
+        optimizer = real(model, lr, *args, **kwargs)
+        step = optimizer.step
+
+        def record_then_step(*a, **k):
+            seen.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+            return step(*a, **k)
+
+        optimizer.step = record_then_step
+        return optimizer
+
+    monkeypatch.setattr(adapt_train, "build_optimizer", recording)
+    recipe = Recipe(preset="adapter_cbo", val_slices=2, validations=1, click_share=0.0)
+    adapt(cases / "images", cases / "labels", tmp_path / "lr", budget=Budget(steps=4, decoder_steps=2),
+          recipe=recipe, stop_sweep=False, **TINY)  # fmt: skip
+    adapter_stage = [lrs for lrs in seen if "cbo" in lrs]
+    assert len(adapter_stage) == 4 and adapter_stage[0]["base"] == pytest.approx(recipe.learning_rate)
+    for lrs in adapter_stage:
+        assert lrs["cbo"] == pytest.approx(PeftConfig.from_preset("adapter_cbo").cbo_lr_mult * lrs["base"])
+    assert [lrs["base"] for lrs in adapter_stage] == sorted((lrs["base"] for lrs in adapter_stage), reverse=True)
+    decoder_stage = seen[len(adapter_stage) :]  # the encoder frozen: no CBO group, the decoder's own rate
+    assert len(decoder_stage) == 2 and decoder_stage[0]["base"] == pytest.approx(recipe.decoder_learning_rate)
 
 
 def test_the_adapter_stage_stops_when_validation_stops_improving_and_the_decoder_stage_runs_out(

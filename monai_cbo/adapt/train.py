@@ -422,6 +422,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         precision=precision,
     )
     optimizer = build_optimizer(model, lr)
+    peaks = [group["lr"] for group in optimizer.param_groups]  # each group's own (CBO's: lr x cbo_lr_mult)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     # a frozen encoder gives each validation slice one embedding for the whole stage: encode it once
@@ -492,9 +493,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
 
     @trainer.on(Events.ITERATION_STARTED)
     def _set_lr(engine: Engine) -> None:
-        now = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress())))
-        for group in optimizer.param_groups:
-            group["lr"] = now
+        set_cosine_lr(optimizer, peaks, progress())
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _after_step(engine: Engine) -> None:
@@ -538,6 +537,17 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         run_validation(None)
     st["stopped"].setdefault(stage, "budget spent")
     checkpoint()
+
+
+def set_cosine_lr(optimizer: torch.optim.Optimizer, peaks: Sequence[float], progress: float) -> None:
+    """Each parameter group's learning rate on a cosine from its own peak (``peaks``, in the optimizer's group order)
+    to 0 over ``progress`` 0 .. 1, as the bundles' ``CosineAnnealingLR`` moves each group: the groups keep their
+    ratios (CBO's relation tensors and heads at ``cbo_lr_mult`` x the base rate,
+    :func:`~monai_cbo.peft.optimizer_param_groups`). Until 2026-12-07 every group was set to the base rate, so the
+    CBO group trained at 1x in ``adapt`` and the label server's train task (docs/benchmarks/fewshot.md)."""
+    factor = 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+        group["lr"] = peak * factor
 
 
 def _decoder_pool(data: BenchData, most: int | None, seed: int) -> BenchData:

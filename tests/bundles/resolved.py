@@ -75,7 +75,7 @@ MOVED = {
 ADDED = {
     "Preprocess": {"mri_percentiles": [0.5, 99.5]},
     "PropagationConfig": {"click_boxes": False, "click_box_points": False, "click_mask_prompt": False},
-    "SlicePromptsd": {"walk_key": None, "walk_margin": [0.1, 2.0]},
+    "SlicePromptsd": {"walk_key": None, "walk_margin": [0.1, 2.0], "walk_flag_key": None},
 }
 #: values pinned so that nothing is built or read: the model's input size, and the CPU
 PINNED = {"img_size": 256, "device": "$torch.device('cpu')", "amp": False}
