@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..networks.class_prompts import class_prompts_of
+from ..networks.walk_prompt import walk_prompt_of
 from .config import PeftConfig
 from .layers import AdapterMLP, LoraQKV, PeftLayer
 from .orchestration import CBOSlot, CrossBlockOrchestrator
@@ -188,13 +189,18 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
-    """Optimizer groups over trainable parameters only: the CBO group at ``lr * cbo_lr_mult``."""
+    """Optimizer groups over trainable parameters only: the CBO group at ``lr * cbo_lr_mult``, a walk prompt's
+    offset (:class:`~monai_cbo.networks.WalkPrompt`) at ``lr * WalkPrompt.lr_mult``."""
     config: PeftConfig | None = getattr(model, "peft_config", None)
     mult = config.cbo_lr_mult if config is not None else 1.0
     cbo = [p for p in _cbo_parameters(model) if p.requires_grad]
-    cbo_ids = {id(p) for p in cbo}
-    base = [p for p in model.parameters() if p.requires_grad and id(p) not in cbo_ids]
+    walk = walk_prompt_of(model)
+    walk_params = [p for p in walk.parameters() if p.requires_grad] if walk is not None else []
+    special = {id(p) for p in cbo + walk_params}
+    base = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
     groups = [{"params": base, "lr": lr, "weight_decay": weight_decay, "name": "base"}]
     if cbo:
         groups.append({"params": cbo, "lr": lr * mult, "weight_decay": weight_decay, "name": "cbo"})
+    if walk_params:
+        groups.append({"params": walk_params, "lr": lr * walk.lr_mult, "weight_decay": 0.0, "name": "walk_prompt"})
     return [g for g in groups if g["params"]]

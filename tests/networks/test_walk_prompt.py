@@ -96,3 +96,15 @@ def test_the_trainer_hands_a_batchs_walk_flags_to_the_model(interactive):
 
     assert not offset_after(None).any() and not offset_after(torch.tensor([[False, False]])).any()
     assert offset_after(torch.tensor([[True, False]])).abs().sum() > 0
+
+
+def test_the_walk_prompt_trains_in_its_own_optimizer_group_at_its_rate():
+    from monai_cbo.networks import WalkPrompt
+    from monai_cbo.peft import optimizer_param_groups
+
+    model = build_segmenter("tiny", preset="adapter_cbo", walk_prompt=True)
+    groups = {g["name"]: g for g in optimizer_param_groups(model, 1e-3)}
+    assert groups["walk_prompt"]["params"] == [model.walk_prompt.offset]
+    assert groups["walk_prompt"]["lr"] == pytest.approx(1e-3 * WalkPrompt.lr_mult) and groups["base"]["lr"] == 1e-3
+    assert all(p is not model.walk_prompt.offset for name in ("base", "cbo") for p in groups[name]["params"])
+    assert "walk_prompt" not in {g["name"] for g in optimizer_param_groups(build_segmenter("tiny"), 1e-3)}
