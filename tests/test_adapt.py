@@ -361,8 +361,8 @@ def test_a_walk_prompt_is_trained_saved_and_read_by_the_users_bundle(cases, tmp_
 
 
 def test_each_optimizer_group_follows_the_cosine_from_its_own_peak(cases, tmp_path, monkeypatch):
-    """CBO's relation tensors and heads train at ``cbo_lr_mult`` x the base rate (METHOD.md; the bundles'
-    CosineAnnealingLR keeps the ratio): adapt's cosine moves every group from its own peak, at every step."""
+    """CBO's relation tensors and heads train at the recipe's ``cbo_lr_mult`` x the base rate (as the bundles'
+    CosineAnnealingLR keeps the preset's): adapt's cosine moves every group from its own peak, at every step."""
     seen: list[dict] = []
     real = adapt_train.build_optimizer
 
@@ -378,16 +378,19 @@ def test_each_optimizer_group_follows_the_cosine_from_its_own_peak(cases, tmp_pa
         return optimizer
 
     monkeypatch.setattr(adapt_train, "build_optimizer", recording)
-    recipe = Recipe(preset="adapter_cbo", val_slices=2, validations=1, click_share=0.0)
+    recipe = Recipe(preset="adapter_cbo", val_slices=2, validations=1, click_share=0.0, cbo_lr_mult=100.0)
     adapt(cases / "images", cases / "labels", tmp_path / "lr", budget=Budget(steps=4, decoder_steps=2),
           recipe=recipe, stop_sweep=False, **TINY)  # fmt: skip
     adapter_stage = [lrs for lrs in seen if "cbo" in lrs]
     assert len(adapter_stage) == 4 and adapter_stage[0]["base"] == pytest.approx(recipe.learning_rate)
     for lrs in adapter_stage:
-        assert lrs["cbo"] == pytest.approx(PeftConfig.from_preset("adapter_cbo").cbo_lr_mult * lrs["base"])
+        assert lrs["cbo"] == pytest.approx(100.0 * lrs["base"])
     assert [lrs["base"] for lrs in adapter_stage] == sorted((lrs["base"] for lrs in adapter_stage), reverse=True)
     decoder_stage = seen[len(adapter_stage) :]  # the encoder frozen: no CBO group, the decoder's own rate
     assert len(decoder_stage) == 2 and decoder_stage[0]["base"] == pytest.approx(recipe.decoder_learning_rate)
+    assert Recipe().cbo_lr_mult == 1.0 and PeftConfig.from_preset("adapter_cbo").cbo_lr_mult == 100.0  # bundles'
+    with pytest.raises(ValueError, match="cbo_lr_mult must be a positive number"):
+        Recipe(cbo_lr_mult=0)
 
 
 def test_the_adapter_stage_stops_when_validation_stops_improving_and_the_decoder_stage_runs_out(

@@ -37,6 +37,10 @@ class Recipe:
         preset: the PEFT preset (``monai-cbo params``). Default ``adapter_cbo``, the shipped hippocampus adapter's.
         rank: LoRA rank / adapter width (default: the preset's).
         learning_rate: peak learning rate, on a cosine to 0 over the budget.
+        cbo_lr_mult: the learning rate of CBO's relation tensors and quaternion heads, as a multiple of
+            ``learning_rate``. METHOD.md's 100 (the presets' ``cbo_lr_mult``, which the bundles' train.json keeps)
+            sits on the paper's base rate of 1.25e-6; on this recipe's 3e-4 it lowered one key box on the
+            hippocampus at N = 4 (docs/benchmarks/fewshot.md), so adapt trains them at the base rate.
         batch_size: slices per step.
         box_jitter: pixels of random box jitter in box-prompted steps.
         walk_boxes: share of the box-prompted slices whose box is their neighbouring slice's, grown as a
@@ -80,6 +84,7 @@ class Recipe:
     preset: str = "adapter_cbo"
     rank: int | None = None
     learning_rate: float = 3e-4
+    cbo_lr_mult: float = 1.0
     batch_size: int = 2
     box_jitter: int = 5
     walk_boxes: float = 0.0
@@ -101,7 +106,7 @@ class Recipe:
         for name in ("auto_share", "background_ratio", "decoder_share", "click_share", "walk_boxes"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share: 0 .. 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "decoder_lr"):
+        for name in ("learning_rate", "decoder_lr", "cbo_lr_mult"):
             value = getattr(self, name)
             if value is not None and (not value > 0 or not math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value}")
@@ -421,7 +426,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         background_ratio=recipe.background_ratio,
         precision=precision,
     )
-    optimizer = build_optimizer(model, lr)
+    optimizer = build_optimizer(model, lr, cbo_lr_mult=recipe.cbo_lr_mult)
     peaks = [group["lr"] for group in optimizer.param_groups]  # each group's own (CBO's: lr x cbo_lr_mult)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)

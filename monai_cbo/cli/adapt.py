@@ -86,6 +86,13 @@ def add_parser(sub) -> None:
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--auto-share", type=float, default=None, help="share of automatic steps (default: the recipe's)")
     p.add_argument(
+        "--cbo-lr-mult",
+        type=float,
+        default=None,
+        help="learning rate of CBO's relation tensors and heads, as a multiple of --learning-rate (default: the "
+        "recipe's)",
+    )
+    p.add_argument(
         "--walk-boxes",
         type=float,
         default=None,
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             ("click_share", args.click_share),
             ("walk_boxes", args.walk_boxes),
             ("walk_prompt", args.walk_prompt),
+            ("cbo_lr_mult", args.cbo_lr_mult),
             ("seed", args.seed),
         )
         if v is not None

@@ -188,11 +188,16 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
-def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
-    """Optimizer groups over trainable parameters only: the CBO group at ``lr * cbo_lr_mult``, a walk prompt's
-    offset (:class:`~monai_cbo.networks.WalkPrompt`) at ``lr * WalkPrompt.lr_mult``."""
+def optimizer_param_groups(
+    model: nn.Module, lr: float, weight_decay: float = 0.0, cbo_lr_mult: float | None = None
+) -> list[dict]:
+    """Optimizer groups over trainable parameters only: the CBO group at ``lr * cbo_lr_mult`` (None: the model's PEFT
+    config's, 100 for every preset), a walk prompt's offset (:class:`~monai_cbo.networks.WalkPrompt`) at
+    ``lr * WalkPrompt.lr_mult``."""
     config: PeftConfig | None = getattr(model, "peft_config", None)
-    mult = config.cbo_lr_mult if config is not None else 1.0
+    mult = cbo_lr_mult if cbo_lr_mult is not None else (config.cbo_lr_mult if config is not None else 1.0)
+    if not mult > 0:
+        raise ValueError(f"cbo_lr_mult must be > 0, got {mult}")
     cbo = [p for p in _cbo_parameters(model) if p.requires_grad]
     walk = walk_prompt_of(model)
     walk_params = [p for p in walk.parameters() if p.requires_grad] if walk is not None else []

@@ -73,9 +73,10 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 
 
 def build_optimizer(
-    network: nn.Module, lr: float, weight_decay: float = 0.0, name: str = "adamw"
+    network: nn.Module, lr: float, weight_decay: float = 0.0, name: str = "adamw", cbo_lr_mult: float | None = None
 ) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD over the trainable parameters, the CBO group at its LR multiplier.
+    """AdamW / Adam / SGD over the trainable parameters, the CBO group at its LR multiplier (``cbo_lr_mult``; None:
+    the model's PEFT config's).
 
     ``network`` may be wrapped (``DistributedDataParallel``, :class:`CachedFrontSegmenter`): its ``module`` /
     ``model`` is used.
@@ -84,7 +85,7 @@ def build_optimizer(
         ValueError: nothing trains (the ``freeze`` preset): evaluate it instead of training it.
     """
     model = _unwrap(network)
-    groups = optimizer_param_groups(model, lr, weight_decay)
+    groups = optimizer_param_groups(model, lr, weight_decay, cbo_lr_mult)
     if not groups:
         preset = getattr(getattr(model, "peft_config", None), "preset", "?")
         raise ValueError(f"preset {preset!r} trains no parameters; evaluate it with evaluate.json and --adapter ''")

@@ -186,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         "runs are named ..._walk{share}. Without it, the recipe's",
     )
     p.add_argument(
+        "--cbo-lr-mult",
+        type=float,
+        default=None,
+        help="adapt's --cbo-lr-mult (CBO's learning rate as a multiple of the base rate); runs named ..._cbolr{x}",
+    )
+    p.add_argument(
         "--walk-prompt",
         action="store_true",
         help="adapt's --walk-prompt (with --walk-boxes: the walk's boxes flagged to the adapter); runs named "
@@ -230,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe += [] if args.decoder_slices is None else ["--decoder-slices", str(args.decoder_slices)]
     recipe += [] if args.walk_boxes is None else ["--walk-boxes", str(args.walk_boxes)]
     recipe += ["--walk-prompt"] if args.walk_prompt else []
+    recipe += [] if args.cbo_lr_mult is None else ["--cbo-lr-mult", str(args.cbo_lr_mult)]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
             key = f"n{n}_s{seed}" + (f"_steps{args.steps}+{args.decoder_steps}" if args.steps is not None and n else "")
@@ -241,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             key += f"_auto{args.auto_share:g}" if args.auto_share is not None and n else ""
             key += f"_walk{args.walk_boxes:g}" if args.walk_boxes is not None and n else ""
             key += "p" if args.walk_prompt and n else ""
+            key += f"_cbolr{args.cbo_lr_mult:g}" if args.cbo_lr_mult is not None and n else ""
             key += f"_{args.tag}" if args.tag else ""
             run = root / key
             bundle = run / "bundle"
