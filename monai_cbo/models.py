@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .networks import SamSegmenter, SegmenterEnsemble, add_class_prompts, add_walk_prompt, build_model
+from .networks import SamSegmenter, SegmenterEnsemble, add_class_prompts, add_walk_prompt, build_model, walk_prompt_of
 from .peft import PeftConfig, adapter_class_prompts, adapter_walk_prompt, apply_peft, load_adapter, read_adapter
 
 __all__ = ["build_segmenter", "load_ensemble", "load_segmenter"]
@@ -39,7 +39,8 @@ def build_segmenter(
     ``class_names`` adds trainable class prompts (:func:`~monai_cbo.networks.add_class_prompts`), one per name,
     for automatic segmentation, writing ``class_values`` (default 1..C) into label maps, ``exclusive`` or nested;
     None (default) or empty: a prompted model only. ``walk_prompt`` adds a trainable
-    :class:`~monai_cbo.networks.WalkPrompt` (the boxes of a propagation walk told apart from the user's).
+    :class:`~monai_cbo.networks.WalkPrompt` (the boxes of a propagation walk told apart from the user's); an
+    ``adapter`` that holds one adds it too (a bundle's train.json starting from a user bundle's adapter).
 
     Returns it in train mode. Model and PEFT initialisation draw from ``seed`` only (the global torch RNG is
     left as it was), so the same arguments give the same weights in every caller.
@@ -53,7 +54,10 @@ def build_segmenter(
     if walk_prompt:
         add_walk_prompt(model)
     if adapter:
-        load_adapter(model, adapter)
+        payload = read_adapter(adapter)
+        if adapter_walk_prompt(payload) and walk_prompt_of(model) is None:  # the adapter's own: a start keeps it
+            add_walk_prompt(model)
+        load_adapter(model, adapter, payload=payload)
     return model.train()
 
 

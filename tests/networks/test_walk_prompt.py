@@ -108,3 +108,28 @@ def test_the_walk_prompt_trains_in_its_own_optimizer_group_at_its_rate():
     assert groups["walk_prompt"]["lr"] == pytest.approx(1e-3 * WalkPrompt.lr_mult) and groups["base"]["lr"] == 1e-3
     assert all(p is not model.walk_prompt.offset for name in ("base", "cbo") for p in groups[name]["params"])
     assert "walk_prompt" not in {g["name"] for g in optimizer_param_groups(build_segmenter("tiny"), 1e-3)}
+
+
+def test_an_adapter_with_a_walk_prompt_starts_a_build_that_did_not_ask_for_one(tmp_path):
+    """A bundle's train.json (``build_segmenter(adapter=...)``) started from a user bundle's adapter keeps its walk
+    prompt instead of refusing the file."""
+    model = build_segmenter("tiny", preset="adapter", walk_prompt=True)
+    with torch.no_grad():
+        model.walk_prompt.offset.normal_()
+    path = save_adapter(model, tmp_path / "adapter.pt")
+    started = build_segmenter("tiny", preset="adapter", adapter=path)
+    torch.testing.assert_close(started.walk_prompt.offset, model.walk_prompt.offset)
+
+
+def test_a_bench_started_from_an_adapter_with_a_walk_prompt_keeps_it(tmp_path):
+    from monai_cbo.bench.config import BenchConfig
+    from monai_cbo.bench.run import _load_init_adapter
+
+    model = build_segmenter("tiny", preset="adapter", walk_prompt=True)
+    with torch.no_grad():
+        model.walk_prompt.offset.normal_()
+    path = save_adapter(model, tmp_path / "adapter.pt")
+    config = BenchConfig(datalist="<t>", out=str(tmp_path), model="tiny", presets=["adapter"], init_adapter=str(path))
+    fresh = build_segmenter("tiny", preset="adapter")
+    _load_init_adapter(config, fresh)
+    torch.testing.assert_close(fresh.walk_prompt.offset, model.walk_prompt.offset)
