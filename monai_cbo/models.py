@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .networks import SamSegmenter, SegmenterEnsemble, add_class_prompts, add_walk_prompt, build_model, walk_prompt_of
-from .peft import PeftConfig, adapter_class_prompts, adapter_walk_prompt, apply_peft, load_adapter, read_adapter
+from .networks import SamSegmenter, SegmenterEnsemble, add_class_prompts, add_walk_prompt, build_model
+from .peft import PeftConfig, adapter_class_prompts, apply_peft, load_adapter, read_adapter
 
 __all__ = ["build_segmenter", "load_ensemble", "load_segmenter"]
 
@@ -54,10 +54,7 @@ def build_segmenter(
     if walk_prompt:
         add_walk_prompt(model)
     if adapter:
-        payload = read_adapter(adapter)
-        if adapter_walk_prompt(payload) and walk_prompt_of(model) is None:  # the adapter's own: a start keeps it
-            add_walk_prompt(model)
-        load_adapter(model, adapter, payload=payload)
+        load_adapter(model, adapter)  # adds the adapter's walk prompt where the model has none
     return model.train()
 
 
@@ -74,9 +71,7 @@ def load_segmenter(path: str | Path, checkpoint: str | Path | None = None, paylo
     spec = adapter_class_prompts(payload)
     if spec:
         add_class_prompts(model, spec["names"], class_values=spec.get("values"), exclusive=spec.get("exclusive", True))
-    if adapter_walk_prompt(payload):
-        add_walk_prompt(model)
-    return load_adapter(model, path, payload=payload)
+    return load_adapter(model, path, payload=payload)  # with its walk prompt, if it has one
 
 
 def load_ensemble(

@@ -39,8 +39,8 @@ from ..inferers.slicewise import SliceWiseInferer
 from ..inferers.volume import save_label_map
 from ..metrics import MetricsTable, PooledDice, case_metrics
 from ..models import build_segmenter
-from ..networks import SamSegmenter, SliceCache, add_walk_prompt, class_prompts_of, feature_cache, walk_prompt_of
-from ..peft import adapter_walk_prompt, count_parameters, load_adapter, save_adapter
+from ..networks import SamSegmenter, SliceCache, class_prompts_of, feature_cache
+from ..peft import count_parameters, load_adapter, save_adapter
 from ..training import WALK_FLAG_KEY, build_optimizer, build_trainer
 from ..transforms.training import SlicePromptsd
 from .config import BenchConfig, check_init_adapter, decoder_lr
@@ -280,8 +280,6 @@ def _load_init_adapter(config: BenchConfig, model: SamSegmenter) -> dict:
     records (path, SHA-256, the checkpoint's own metadata)."""
     path = Path(config.init_adapter)
     payload = check_init_adapter(config)
-    if adapter_walk_prompt(payload) and walk_prompt_of(model) is None:  # the adapter's own: a start keeps it
-        add_walk_prompt(model)
     try:
         load_adapter(model, path, payload)  # class prompts for other classes than the datalist's fail here
     except ValueError as err:

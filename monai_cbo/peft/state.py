@@ -31,6 +31,7 @@ from torch import nn
 from .. import __version__
 from ..networks.class_prompts import class_prompts_of
 from ..networks.segmenter import TRAINED_INTERACTION, trained_with_clicks
+from ..networks.walk_prompt import add_walk_prompt, walk_prompt_of
 from ..utils import load_weights_only, write_atomic
 from .config import PeftConfig
 
@@ -151,7 +152,9 @@ def _check_class_prompts(model: nn.Module, path: str | Path, saved: list[str] | 
 def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | None = None) -> nn.Module:
     """Load an adapter checkpoint into ``model`` (already built and PEFT-wrapped with the same config).
 
-    ``payload``: the checkpoint as :func:`read_adapter` returned it, to read ``path`` only once.
+    ``payload``: the checkpoint as :func:`read_adapter` returned it, to read ``path`` only once. A checkpoint
+    holding a walk prompt (:class:`~monai_cbo.networks.WalkPrompt`) gives the model one where it has none, so every
+    path that loads it (``load_segmenter``, ``build_segmenter(adapter=...)``, ``bench --init-adapter``) keeps it.
 
     Raises:
         ValueError: the checkpoint was made for another model or config (the message names each field
@@ -176,6 +179,8 @@ def load_adapter(model: nn.Module, path: str | Path, payload: dict[str, Any] | N
             "load_segmenter (or monai-cbo segment --adapter), which builds the model with the checkpoint's config, "
             "or apply that config before load_adapter"
         )
+    if adapter_walk_prompt(payload) and walk_prompt_of(model) is None:  # the adapter's own: whoever loads it keeps it
+        add_walk_prompt(model)
     state = payload["state_dict"]
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
