@@ -360,6 +360,27 @@ def test_a_walk_prompt_is_trained_saved_and_read_by_the_users_bundle(cases, tmp_
     torch.testing.assert_close(model.walk_prompt.offset, payload["state_dict"]["walk_prompt.offset"])
 
 
+def test_walk_boxes_train_only_the_decoder_stage_where_asked(cases, tmp_path, monkeypatch):
+    """``walk_stage="decoder"``: the whole-adapter stage trains on the slices' own boxes, the decoder stage on walk
+    boxes (with the walk prompt only there); ``"both"`` gives both stages the recipe's share."""
+    seen: list[tuple[float, bool]] = []
+    real = adapt_train.training_batches
+
+    def recording(config, *args, **kwargs):
+        seen.append((config.walk_boxes, config.walk_prompt))
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(adapt_train, "training_batches", recording)
+    for stage in ("decoder", "both"):
+        recipe = Recipe(val_slices=2, validations=1, walk_boxes=0.5, walk_prompt=True, walk_stage=stage,
+                        auto_share=0.0, click_share=0.0)  # fmt: skip
+        adapt(cases / "images", cases / "labels", tmp_path / stage, budget=Budget(steps=2, decoder_steps=2),
+              recipe=recipe, stop_sweep=False, **TINY)  # fmt: skip
+    assert seen == [(0.0, False), (0.5, True), (0.5, True), (0.5, True)]
+    with pytest.raises(ValueError, match="walk_stage is one of both, decoder"):
+        Recipe(walk_boxes=0.5, walk_stage="adapter")
+
+
 def test_each_optimizer_group_follows_the_cosine_from_its_own_peak(cases, tmp_path, monkeypatch):
     """CBO's relation tensors and heads train at the recipe's ``cbo_lr_mult`` x the base rate (as the bundles'
     CosineAnnealingLR keeps the preset's): adapt's cosine moves every group from its own peak, at every step."""

@@ -29,6 +29,10 @@ from ..utils import write_atomic
 __all__ = ["Budget", "Recipe", "Validation", "split_validation", "train_adapter", "validate"]
 
 
+#: where a recipe's walk boxes apply (``Recipe.walk_stage``)
+WALK_STAGES = ("both", "decoder")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How an adapter is trained from a few volumes (the defaults: docs/benchmarks/fewshot.md).
@@ -55,6 +59,8 @@ class Recipe:
             hippocampus (N = 4, three seeds) it gave one key box 0.781 and a box on every slice 0.851 on the mean,
             between the recipe without walk boxes (0.764, 0.859) and walk boxes alone (0.799, 0.841), and three key
             boxes lower (docs/benchmarks/fewshot.md).
+        walk_stage: where ``walk_boxes`` apply: ``"both"`` stages, or the ``"decoder"`` stage only (the whole
+            adapter trained on tight boxes, the decoder then taught the walk's).
         min_foreground: pixels of a class for a slice to be sampled (and given a box).
         auto_share: share of steps that train the class prompts (automatic segmentation and the learned stop);
             0 trains box prompts only.
@@ -92,6 +98,7 @@ class Recipe:
     box_jitter: int = 5
     walk_boxes: float = 0.0
     walk_prompt: bool = False
+    walk_stage: str = "both"
     min_foreground: int = 4
     auto_share: float = 0.75
     background_ratio: float = 0.1
@@ -116,6 +123,8 @@ class Recipe:
         for name in ("batch_size", "validations", "patience", "val_slices", "decoder_slices"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.walk_stage not in WALK_STAGES:
+            raise ValueError(f"walk_stage is one of {', '.join(WALK_STAGES)}, got {self.walk_stage!r}")
         if self.walk_prompt and not self.walk_boxes:
             raise ValueError("walk_prompt tells walk boxes apart from drawn ones: it needs walk_boxes > 0")
         if self.max_clicks < 0:
@@ -411,6 +420,7 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
     stage, classes = st["stage"], list(data.classes)
     decoder = stage == "decoder"
     lr = recipe.decoder_learning_rate if decoder else recipe.learning_rate
+    walk = recipe.walk_boxes if decoder or recipe.walk_stage == "both" else 0.0
     size = _stage_budget(recipe, budget, seconds, st)
     if size <= 0 or stage in st["stopped"]:
         return
@@ -422,8 +432,8 @@ def _stage(run: _Run, optimizer_state: dict | None) -> None:
         batch_size=recipe.batch_size,
         learning_rate=lr,
         box_jitter=recipe.box_jitter,
-        walk_boxes=recipe.walk_boxes,
-        walk_prompt=recipe.walk_prompt,
+        walk_boxes=walk,
+        walk_prompt=recipe.walk_prompt and walk > 0,
         min_foreground=recipe.min_foreground,
         auto_share=recipe.auto_share,
         background_ratio=recipe.background_ratio,

@@ -107,6 +107,13 @@ def add_parser(sub) -> None:
         "keeps its meaning (default: the recipe's)",
     )
     p.add_argument(
+        "--walk-stage",
+        choices=("both", "decoder"),
+        default=None,
+        help="where walk boxes train: both stages, or the decoder stage only, after the whole adapter has trained on "
+        "tight boxes (default: the recipe's)",
+    )
+    p.add_argument(
         "--click-share",
         type=float,
         default=None,
@@ -183,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             ("click_share", args.click_share),
             ("walk_boxes", args.walk_boxes),
             ("walk_prompt", args.walk_prompt),
+            ("walk_stage", args.walk_stage),
             ("cbo_lr_mult", args.cbo_lr_mult),
             ("seed", args.seed),
         )

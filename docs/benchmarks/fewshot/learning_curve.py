@@ -198,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         "..._walk{share}p",
     )
     p.add_argument(
+        "--walk-stage",
+        choices=("both", "decoder"),
+        default=None,
+        help="adapt's --walk-stage (with --walk-boxes: 'decoder' trains them in the decoder stage only); runs named "
+        "..._walk{share}d",
+    )
+    p.add_argument(
         "--tag",
         default="",
         help="appended to the run's name (..._{tag}), to keep runs of another machine or setting apart",
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe += [] if args.decoder_slices is None else ["--decoder-slices", str(args.decoder_slices)]
     recipe += [] if args.walk_boxes is None else ["--walk-boxes", str(args.walk_boxes)]
     recipe += ["--walk-prompt"] if args.walk_prompt else []
+    recipe += [] if args.walk_stage is None else ["--walk-stage", args.walk_stage]
     recipe += [] if args.cbo_lr_mult is None else ["--cbo-lr-mult", str(args.cbo_lr_mult)]
     for n in [int(v) for v in args.n.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")] if n else [0]:
@@ -247,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             key += f"_{args.preset}" if args.preset is not None and n else ""
             key += f"_auto{args.auto_share:g}" if args.auto_share is not None and n else ""
             key += f"_walk{args.walk_boxes:g}" if args.walk_boxes is not None and n else ""
+            key += "d" if args.walk_stage == "decoder" and n else ""
             key += "p" if args.walk_prompt and n else ""
             key += f"_cbolr{args.cbo_lr_mult:g}" if args.cbo_lr_mult is not None and n else ""
             key += f"_{args.tag}" if args.tag else ""
