@@ -90,3 +90,30 @@ def test_sam_vit_normalises_with_imagenet_statistics():
     vit.encode(torch.full((1, 3, 128, 128), 0.5))
     expected = (127.5 - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor([58.395, 57.12, 57.375])
     torch.testing.assert_close(seen[0][0, :, 0, 0], expected)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_tinyvit"])
+def test_the_encoder_runs_channels_last_on_the_cpu_with_the_embedding_it_had(name):
+    """On the CPU the encoder's convolutions and the images they take are channels-last (bf16 autocast then skips
+    its layout copies); the embedding is the contiguous-format encoder's to float rounding, handed on contiguous;
+    another device gets its weights back contiguous."""
+    model = build_model(name).eval()
+    convs = [m for m in model.image_encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    seen = []
+    convs[0].register_forward_pre_hook(
+        lambda _m, inp: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    images = torch.rand(2, 3, model.img_size, model.img_size)
+    plain = build_model(name).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.image_encoder.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        embedding = model.encode(images)
+        staged = model.encode_stages(images)
+        reference = plain.image_encoder(images)
+    assert seen == [True, True] and embedding.is_contiguous() and staged.is_contiguous()
+    torch.testing.assert_close(embedding, reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(staged, embedding)
+    model.to("meta")  # a device other than the CPU
+    assert all(c.weight.is_contiguous() and c.weight.device.type == "meta" for c in convs)
