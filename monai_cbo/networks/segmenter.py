@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CPU_CHANNELS_LAST",
     "SAM_PIXEL_MEAN",
     "SAM_PIXEL_STD",
     "TRAINED_INTERACTION",
@@ -23,6 +24,10 @@ SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 Prompt = torch.Tensor | Sequence[torch.Tensor] | None
+
+#: the image encoder's convolutions channels-last on the CPU (:meth:`SamSegmenter._encoder_memory_format`);
+#: False keeps every device's weights and images contiguous (read when a model is built or moved, and per encode)
+CPU_CHANNELS_LAST = True
 
 #: the attribute of a segmenter that says how it learned to read correction clicks (the trainer's
 #: ``Interaction`` as a dict): set by the trainer for an interactive run, written into the adapter file by
@@ -116,7 +121,8 @@ class SamSegmenter(nn.Module):
         weights = [p for p in self.image_encoder.parameters() if p.ndim == 4]
         if not weights:
             return
-        fmt = torch.channels_last if weights[0].device.type == "cpu" else torch.contiguous_format
+        cpu = weights[0].device.type == "cpu" and CPU_CHANNELS_LAST
+        fmt = torch.channels_last if cpu else torch.contiguous_format
         if not all(w.is_contiguous(memory_format=fmt) for w in weights):  # a 1x1 weight can be in both
             self.image_encoder.to(memory_format=fmt)
 
@@ -328,6 +334,6 @@ class SamSegmenter(nn.Module):
 def _in_encoder_format(images: torch.Tensor) -> torch.Tensor:
     """Images for the encoder: channels-last on the CPU (:meth:`SamSegmenter._encoder_memory_format`; oneDNN keeps
     a convolution's input format, so the weights' format alone does not carry), as they are elsewhere."""
-    if images.device.type == "cpu" and images.ndim == 4:
+    if CPU_CHANNELS_LAST and images.device.type == "cpu" and images.ndim == 4:
         return images.contiguous(memory_format=torch.channels_last)
     return images

@@ -117,3 +117,19 @@ def test_the_encoder_runs_channels_last_on_the_cpu_with_the_embedding_it_had(nam
     torch.testing.assert_close(staged, embedding)
     model.to("meta")  # a device other than the CPU
     assert all(c.weight.is_contiguous() and c.weight.device.type == "meta" for c in convs)
+
+
+def test_cpu_channels_last_off_keeps_the_encoder_contiguous(monkeypatch):
+    """``CPU_CHANNELS_LAST = False``: the weights and the images the encoder takes stay contiguous on the CPU."""
+    import monai_cbo.networks.segmenter as segmenter
+
+    monkeypatch.setattr(segmenter, "CPU_CHANNELS_LAST", False)
+    model = build_model("tiny_tinyvit").eval()
+    convs = [m for m in model.image_encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous() for c in convs)
+    assert not all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    seen = []
+    convs[0].register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].is_contiguous()))
+    with torch.no_grad():
+        model.encode(torch.rand(1, 3, model.img_size, model.img_size))
+    assert seen == [True]
