@@ -60,7 +60,9 @@ class Recipe:
             between the recipe without walk boxes (0.764, 0.859) and walk boxes alone (0.799, 0.841), and three key
             boxes lower (docs/benchmarks/fewshot.md).
         walk_stage: where ``walk_boxes`` apply: ``"both"`` stages, or the ``"decoder"`` stage only (the whole
-            adapter trained on tight boxes, the decoder then taught the walk's).
+            adapter trained on tight boxes, the decoder then taught the walk's). On the hippocampus (N = 4, one
+            seed) ``"decoder"`` traded as walk boxes in both stages do: one key box +0.104, a box on every slice
+            -0.022 (docs/benchmarks/fewshot.md).
         min_foreground: pixels of a class for a slice to be sampled (and given a box).
         auto_share: share of steps that train the class prompts (automatic segmentation and the learned stop);
             0 trains box prompts only.
