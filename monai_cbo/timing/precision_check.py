@@ -24,7 +24,7 @@ from ..training import build_optimizer, build_trainer, train_step
 from ..utils import machine_summary
 from .speedups import _interleaved
 
-__all__ = ["precision_check"]
+__all__ = ["precision_check", "train_step_runner"]
 
 
 def precision_check(model_name: str = "litemedsam", repeats: int = 5, batch: int = 2, seed: int = 0) -> dict:
@@ -68,8 +68,19 @@ def precision_check(model_name: str = "litemedsam", repeats: int = 5, batch: int
 
 def _train_steps(model_name: str, batch: int, seed: int):
     """An fp32 and a bf16 ``lora_cbo`` training step on the same weights and data (reset before each step)."""
+    return (
+        train_step_runner(model_name, "lora_cbo", "fp32", batch, seed),
+        train_step_runner(model_name, "lora_cbo", "bf16", batch, seed),
+    )
+
+
+def train_step_runner(model_name: str, preset: str, precision: str, batch: int = 2, seed: int = 0):
+    """One trainer step of a ``preset`` model built with ``seed`` in ``precision``, on ``batch`` seeded random
+    slices with one box: a callable returning the step's loss, the trained weights and optimizer reset before
+    each call so that every call times the same step. Runners of equal arguments but ``precision`` start from
+    the same weights and data."""
     g = torch.Generator().manual_seed(seed)
-    model = build_segmenter(model_name, preset="lora_cbo", seed=seed)
+    model = build_segmenter(model_name, preset=preset, seed=seed)
     s = model.img_size
     target = torch.zeros(batch, 1, s, s)
     target[:, :, s // 4 : int(s * 0.7), s // 4 : int(s * 0.6)] = 1
@@ -79,20 +90,15 @@ def _train_steps(model_name: str, batch: int, seed: int):
         "boxes": torch.tensor([[s * 0.25, s * 0.25, s * 0.6, s * 0.7]]).repeat(batch, 1, 1),
     }
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    trainers = {
-        name: build_trainer(model, build_optimizer(model, 1e-4), [], precision=name) for name in ("fp32", "bf16")
-    }
+    trainer = build_trainer(model, build_optimizer(model, 1e-4), [], precision=precision)
 
-    def step(name: str):
-        def run() -> torch.Tensor:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in state:
-                        p.copy_(state[n])
-            trainers[name].optimizer = build_optimizer(model, 1e-4)
-            torch.manual_seed(seed)
-            return train_step(trainers[name], data)["loss"].detach()
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+        trainer.optimizer = build_optimizer(model, 1e-4)
+        torch.manual_seed(seed)
+        return train_step(trainer, data)["loss"].detach()
 
-        return run
-
-    return step("fp32"), step("bf16")
+    return run

@@ -22,14 +22,15 @@ import torch
 
 import monai_cbo.networks.segmenter as segmenter
 from monai_cbo.models import build_segmenter
-from monai_cbo.training import build_optimizer, build_trainer, train_step
+from monai_cbo.timing.precision_check import train_step_runner
 from monai_cbo.utils import keep_freed_memory, machine_summary
 
 
 def _in_format(channels_last: bool, build):
-    """``build()`` and every call of what it returns, with the encoder's CPU format set as asked."""
+    """``build()`` with the encoder's CPU layout set as asked, and what it returns wrapped to set it again on
+    every call (the switch is read when a model is built and at each encode)."""
 
-    def under(fn):
+    def set_format(fn):
         def run():
             segmenter.CPU_CHANNELS_LAST = channels_last
             try:
@@ -39,7 +40,8 @@ def _in_format(channels_last: bool, build):
 
         return run
 
-    return under(under(build)())
+    run = set_format(build)()
+    return set_format(run)
 
 
 def _encoder(channels_last: bool, bf16: bool, image: torch.Tensor):
@@ -55,32 +57,8 @@ def _encoder(channels_last: bool, bf16: bool, image: torch.Tensor):
     return _in_format(channels_last, build)
 
 
-def _train_step(channels_last: bool, precision: str, seed: int = 0):
-    def build():
-        model = build_segmenter("litemedsam", preset="adapter_cbo", seed=seed)
-        s = model.img_size
-        target = torch.zeros(2, 1, s, s)
-        target[:, :, s // 4 : int(s * 0.7), s // 4 : int(s * 0.6)] = 1
-        data = {
-            "image": torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(seed)),
-            "label": target,
-            "boxes": torch.tensor([[s * 0.25, s * 0.25, s * 0.6, s * 0.7]]).repeat(2, 1, 1),
-        }
-        state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        trainer = build_trainer(model, build_optimizer(model, 1e-4), [], precision=precision)
-
-        def run():
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in state:
-                        p.copy_(state[n])
-            trainer.optimizer = build_optimizer(model, 1e-4)
-            torch.manual_seed(seed)
-            return train_step(trainer, data)["loss"].detach()
-
-        return run
-
-    return _in_format(channels_last, build)
+def _train_step(channels_last: bool, precision: str):
+    return _in_format(channels_last, lambda: train_step_runner("litemedsam", "adapter_cbo", precision, batch=2))
 
 
 def main(argv: list[str] | None = None) -> int:
